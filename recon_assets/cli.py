@@ -1,0 +1,49 @@
+"""The `recon` command: `recon migrate`, and the servers and demo that later modules add.
+
+Each subcommand imports its module only when called, so `recon migrate` stays fast.
+"""
+
+import argparse
+import os
+import sys
+
+from recon_assets.resources.database import redact_dsn
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from recon_assets.db.migrate import MigrationError, migrate
+
+    dsn = args.dsn or os.environ.get("RECON_DATABASE_URL")
+    if not dsn:
+        print("recon migrate: give --dsn or set RECON_DATABASE_URL", file=sys.stderr)
+        return 2
+    try:
+        applied = migrate(dsn)
+    except MigrationError as exc:
+        print(f"recon migrate: {exc}", file=sys.stderr)
+        return 1
+    target = redact_dsn(dsn)
+    if applied:
+        print(f"applied migrations {', '.join(applied)} to {target}")
+    else:
+        print(f"{target} is up to date; nothing to apply")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recon", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    migrate_cmd = sub.add_parser("migrate", help="apply pending database migrations")
+    migrate_cmd.add_argument("--dsn", help="Postgres URL (default: $RECON_DATABASE_URL)")
+    migrate_cmd.set_defaults(func=_migrate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The project's database: migrations for the trading tables and the `recon` schema."""

@@ -1,0 +1,1 @@
+"""One folder per domain; each exposes `defs()` returning its Definitions."""

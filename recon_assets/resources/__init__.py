@@ -1,0 +1,1 @@
+"""Resources shared by every domain: settings, the database, the IO manager."""

@@ -1,0 +1,53 @@
+"""An IO manager that keeps each snapshot asset's latest value in `recon.asset_values`.
+
+Local-filesystem pickles do not survive a multi-machine deployment; this stores DataFrames as
+parquet bytes in the same Postgres, keyed by asset and partition, so any run on any machine reads
+the same snapshot.
+"""
+
+
+import io
+
+import dagster as dg
+import pandas as pd
+
+from recon_assets.resources.database import PostgresStore
+
+
+class PostgresFrameIOManager(dg.ConfigurableIOManager):
+    """Stores pandas DataFrames (parquet) in recon.asset_values."""
+
+    database: dg.ResourceDependency[PostgresStore]
+
+    @staticmethod
+    def _keys(context: dg.OutputContext | dg.InputContext) -> tuple[str, str]:
+        asset_key = context.asset_key.to_user_string()
+        partition = context.partition_key if context.has_partition_key else ""
+        return asset_key, partition
+
+    def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
+        if obj is None:
+            return
+        if not isinstance(obj, pd.DataFrame):
+            raise TypeError(f"{context.asset_key.to_user_string()}: expected a DataFrame, got {type(obj).__name__}")
+        buffer = io.BytesIO()
+        obj.to_parquet(buffer, index=False)
+        asset_key, partition = self._keys(context)
+        with self.database.connect() as conn:
+            conn.execute(
+                """INSERT INTO recon.asset_values (asset_key, partition_key, run_id, payload)
+                   VALUES (%s, %s, %s, %s)
+                   ON CONFLICT (asset_key, partition_key) DO UPDATE
+                   SET run_id = EXCLUDED.run_id, payload = EXCLUDED.payload, stored_at = now()""",
+                (asset_key, partition, context.run_id, buffer.getvalue()))
+
+    def load_input(self, context: dg.InputContext) -> pd.DataFrame:
+        asset_key, partition = self._keys(context)
+        with self.database.connect() as conn:
+            row = conn.execute(
+                "SELECT payload FROM recon.asset_values WHERE asset_key = %s AND partition_key = %s",
+                (asset_key, partition)).fetchone()
+        if row is None:
+            raise FileNotFoundError(
+                f"no stored value for {asset_key} partition {partition or '-'}: materialize it first")
+        return pd.read_parquet(io.BytesIO(row["payload"]))

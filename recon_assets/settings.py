@@ -1,0 +1,158 @@
+"""Every runbook flag, typed, with the runbook's default and unit, in one settings resource.
+
+`ReconSettings.from_env()` reads the `RECON_*` / `ENABLE_RECON_*` variables. It is called when
+the code location loads (inside the `@definitions` loader), never at import time, so a bad value
+(`RECON_POSITION_PARITY_CONFIRMATIONS=abc`) stops the code location from loading with a message
+that names the variable and what it expects. Values set in the Dagster launchpad go through the
+same checks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import dagster as dg
+from pydantic import model_validator
+
+
+class SettingsError(ValueError):
+    """One or more runbook flags have a value the reconciler cannot run with."""
+
+
+@dataclass(frozen=True)
+class Flag:
+    env: str  # the runbook's variable name
+    field: str  # the ReconSettings field
+    kind: type  # bool, int or float
+    default: Any
+    expects: str  # what a valid value is, for the error message
+    valid: Callable[[Any], bool] = lambda _v: True
+    meaning: str = ""
+
+
+FLAGS: tuple[Flag, ...] = (
+    Flag("ENABLE_RECON_POSITION_PARITY_HEARTBEAT", "enable_position_parity_heartbeat", bool, True,
+         "true or false", meaning="Run the ghost-slice parity heartbeat."),
+    Flag("RECON_POSITION_PARITY_CONFIRMATIONS", "position_parity_confirmations", int, 3,
+         "a whole number >= 1", lambda v: v >= 1,
+         "Consecutive mismatching heartbeat checks before a synthetic EXIT."),
+    Flag("RECON_POSITION_PARITY_REQUIRE_SUBTAG_ATTRIBUTION",
+         "position_parity_require_subtag_attribution", bool, True, "true or false",
+         meaning="No synthetic close without sub-tag attribution; unattributed slices are "
+                 "quarantined."),
+    Flag("RECON_POSITION_PARITY_MAX_NOTIONAL_PCT", "position_parity_max_notional_pct", float, 0.5,
+         "a percent greater than 0 and at most 100 (0.5 means 0.5 %)", lambda v: 0 < v <= 100,
+         "Integrity watchdog: pause a profile when its cumulative mismatch notional exceeds this "
+         "percent of its allocated capital. The unit is percent: 0.5 = 0.5 %."),
+    Flag("ENABLE_RECON_WATCHDOG_AUTO_RESUME", "enable_watchdog_auto_resume", bool, True,
+         "true or false", meaning="Allow auto-resume after a parity-watchdog pause."),
+    Flag("RECON_WATCHDOG_AUTO_RESUME_MIN_PAUSE_MS", "watchdog_auto_resume_min_pause_ms", int,
+         900_000, "a whole number of milliseconds >= 0", lambda v: v >= 0,
+         "Minimum age of a watchdog pause before auto-resume (ms)."),
+    Flag("RECON_WATCHDOG_AUTO_RESUME_CLEAN_CYCLES", "watchdog_auto_resume_clean_cycles", int, 2,
+         "a whole number >= 1", lambda v: v >= 1,
+         "Consecutive clean reconciliation cycles needed before auto-resume."),
+    Flag("RECON_WATCHDOG_AUTO_RESUME_COOLDOWN_MS", "watchdog_auto_resume_cooldown_ms", int,
+         1_800_000, "a whole number of milliseconds >= 0", lambda v: v >= 0,
+         "Minimum gap between two auto-resumes of one profile (ms)."),
+    Flag("RECON_POSITION_PARITY_DRY_RUN", "position_parity_dry_run", bool, False,
+         "true or false", meaning="Record every decision, apply nothing."),
+    Flag("RECON_EXIT_BACKFILL_REQUIRE_STRONG_ATTRIBUTION",
+         "exit_backfill_require_strong_attribution", bool, True, "true or false",
+         meaning="Backfill EXITs only from fills tied by sub_tag, deterministic client_order_id "
+                 "or trade_id hint."),
+    Flag("RECON_EXIT_BACKFILL_ALLOW_HEURISTIC_MATCH", "exit_backfill_allow_heuristic_match", bool,
+         False, "true or false",
+         meaning="Enable the heuristic `single_open_trade` and `qty_unique` matching modes."),
+    Flag("RECON_EXIT_BACKFILL_FILL_AFTER_TRADE_GRACE_MINUTES",
+         "exit_backfill_fill_after_trade_grace_minutes", int, 5,
+         "a whole number of minutes >= 0", lambda v: v >= 0,
+         "Reject fills older than the slice's start minus this grace (minutes)."),
+)
+FLAGS_BY_FIELD = {flag.field: flag for flag in FLAGS}
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _parse(flag: Flag, raw: Any) -> Any:
+    """Turn a raw value (an env string, or a typed launchpad value) into the flag's type."""
+    if flag.kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise ValueError
+    if isinstance(raw, bool):  # bool is an int subclass; True is not a count
+        raise ValueError
+    if flag.kind is int:
+        if isinstance(raw, float) and not raw.is_integer():
+            raise ValueError
+        return int(str(raw).strip()) if isinstance(raw, str) else int(raw)
+    value = float(str(raw).strip()) if isinstance(raw, str) else float(raw)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError
+    return value
+
+
+def _validated(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Parse and check each value; raise one SettingsError naming every bad variable."""
+    parsed: dict[str, Any] = {}
+    problems: list[str] = []
+    for field, raw in values.items():
+        flag = FLAGS_BY_FIELD[field]
+        try:
+            value = _parse(flag, raw)
+            ok = flag.valid(value)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            problems.append(f"{flag.env}={raw!r}: expected {flag.expects}")
+        else:
+            parsed[field] = value
+    if problems:
+        raise SettingsError(f"invalid reconciliation settings ({source}): " + "; ".join(problems))
+    return parsed
+
+
+class ReconSettings(dg.ConfigurableResource):
+    """The runbook's reconciliation flags (see the README's table for meanings and units)."""
+
+    enable_position_parity_heartbeat: bool = True
+    position_parity_confirmations: int = 3
+    position_parity_require_subtag_attribution: bool = True
+    position_parity_max_notional_pct: float = 0.5
+    enable_watchdog_auto_resume: bool = True
+    watchdog_auto_resume_min_pause_ms: int = 900_000
+    watchdog_auto_resume_clean_cycles: int = 2
+    watchdog_auto_resume_cooldown_ms: int = 1_800_000
+    position_parity_dry_run: bool = False
+    exit_backfill_require_strong_attribution: bool = True
+    exit_backfill_allow_heuristic_match: bool = False
+    exit_backfill_fill_after_trade_grace_minutes: int = 5
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_values(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            known = {k: v for k, v in data.items() if k in FLAGS_BY_FIELD}
+            return {**data, **_validated(known, "configuration")}
+        return data
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "ReconSettings":
+        """Settings from the runbook's environment variables; unset ones take the default."""
+        env = os.environ if environ is None else environ
+        raw = {flag.field: env[flag.env] for flag in FLAGS if flag.env in env}
+        return cls(**_validated(raw, "environment"))
+
+    @property
+    def max_mismatch_fraction(self) -> float:
+        """The watchdog threshold as a fraction of allocated capital (0.5 % -> 0.005)."""
+        return self.position_parity_max_notional_pct / 100.0

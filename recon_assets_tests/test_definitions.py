@@ -1,0 +1,85 @@
+"""The whole code location loads, validates, and every definition in it is described."""
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+import dagster as dg
+import pytest
+
+import recon_assets
+from recon_assets.definitions import defs as load_defs
+from recon_assets.settings import SettingsError
+
+PACKAGE = pathlib.Path(recon_assets.__file__).parent
+REPO = PACKAGE.parent
+
+
+@pytest.fixture(scope="module")
+def defs() -> dg.Definitions:
+    return load_defs()
+
+
+def test_code_location_loads_and_validates(defs):
+    dg.Definitions.validate_loadable(defs)
+    assert defs.resolve_all_asset_specs(), "the code location defines no assets"
+
+
+def test_every_asset_has_a_business_description_and_group(defs):
+    for spec in defs.resolve_all_asset_specs():
+        assert spec.description and spec.description.strip(), f"{spec.key} has no description"
+        assert "\n" not in spec.description.strip(), f"{spec.key}: keep the docstring to one line"
+        assert spec.group_name != "default", f"{spec.key} is not in a domain group"
+
+
+def test_every_sensor_and_schedule_has_a_description(defs):
+    for sensor in defs.sensors or []:
+        assert sensor.description, f"sensor {sensor.name} has no description"
+    for schedule in defs.schedules or []:
+        assert schedule.description, f"schedule {schedule.name} has no description"
+
+
+def test_every_asset_check_has_a_description(defs):
+    for check_key in defs.resolve_asset_graph().asset_check_keys:
+        spec = defs.resolve_asset_graph().get_check_spec(check_key)
+        assert spec.description, f"check {check_key.to_user_string()} has no description"
+
+
+def test_bad_flag_stops_the_code_location_loading(monkeypatch):
+    monkeypatch.setenv("RECON_POSITION_PARITY_CONFIRMATIONS", "abc")
+    with pytest.raises(SettingsError, match="RECON_POSITION_PARITY_CONFIRMATIONS"):
+        load_defs()
+
+
+def test_dagster_cli_validates_the_workspace(tmp_path):
+    env = {"PATH": str(pathlib.Path(sys.executable).parent), "DAGSTER_HOME": str(tmp_path),
+           "RECON_DATABASE_URL": "postgresql://u@127.0.0.1:1/db", "HOME": str(tmp_path)}
+    result = subprocess.run(
+        [str(pathlib.Path(sys.executable).parent / "dagster"), "definitions", "validate",
+         "-w", str(REPO / "workspace.yaml")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "All code locations passed validation" in result.stdout + result.stderr
+
+
+def test_core_logic_never_imports_dagster():
+    for path in (PACKAGE / "core").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                assert not name.startswith("dagster"), f"{path.name} imports {name}"
+
+
+def test_module_import_reads_no_environment(monkeypatch):
+    """Importing the code location must not read flags: only the loader does."""
+    monkeypatch.setenv("RECON_POSITION_PARITY_CONFIRMATIONS", "abc")
+    result = subprocess.run([sys.executable, "-c", "import recon_assets.definitions"],
+                            capture_output=True, text=True,
+                            env={"RECON_POSITION_PARITY_CONFIRMATIONS": "abc", "PATH": ""})
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,80 @@
+"""Every runbook flag has the runbook's default; every kind of bad value is rejected by name."""
+
+import pytest
+
+from recon_assets.settings import FLAGS, ReconSettings, SettingsError
+
+RUNBOOK_DEFAULTS = {
+    "ENABLE_RECON_POSITION_PARITY_HEARTBEAT": True,
+    "RECON_POSITION_PARITY_CONFIRMATIONS": 3,
+    "RECON_POSITION_PARITY_REQUIRE_SUBTAG_ATTRIBUTION": True,
+    "RECON_POSITION_PARITY_MAX_NOTIONAL_PCT": 0.5,
+    "ENABLE_RECON_WATCHDOG_AUTO_RESUME": True,
+    "RECON_WATCHDOG_AUTO_RESUME_MIN_PAUSE_MS": 900000,
+    "RECON_WATCHDOG_AUTO_RESUME_CLEAN_CYCLES": 2,
+    "RECON_WATCHDOG_AUTO_RESUME_COOLDOWN_MS": 1800000,
+    "RECON_POSITION_PARITY_DRY_RUN": False,
+    "RECON_EXIT_BACKFILL_REQUIRE_STRONG_ATTRIBUTION": True,
+    "RECON_EXIT_BACKFILL_ALLOW_HEURISTIC_MATCH": False,
+    "RECON_EXIT_BACKFILL_FILL_AFTER_TRADE_GRACE_MINUTES": 5,
+}
+
+
+def test_every_runbook_flag_is_defined_once():
+    assert sorted(f.env for f in FLAGS) == sorted(RUNBOOK_DEFAULTS)
+
+
+@pytest.mark.parametrize("env_name,default", sorted(RUNBOOK_DEFAULTS.items()))
+def test_runbook_default(env_name, default):
+    settings = ReconSettings.from_env({})
+    field = next(f.field for f in FLAGS if f.env == env_name)
+    value = getattr(settings, field)
+    assert value == default and type(value) is type(default)
+
+
+def test_values_are_read_from_the_environment():
+    settings = ReconSettings.from_env({
+        "RECON_POSITION_PARITY_CONFIRMATIONS": "5",
+        "RECON_POSITION_PARITY_DRY_RUN": "TRUE",
+        "ENABLE_RECON_POSITION_PARITY_HEARTBEAT": "0",
+        "RECON_POSITION_PARITY_MAX_NOTIONAL_PCT": "1.25",
+    })
+    assert settings.position_parity_confirmations == 5
+    assert settings.position_parity_dry_run is True
+    assert settings.enable_position_parity_heartbeat is False
+    assert settings.position_parity_max_notional_pct == 1.25
+    assert settings.max_mismatch_fraction == pytest.approx(0.0125)
+
+
+@pytest.mark.parametrize("env_name,value,expects", [
+    ("RECON_POSITION_PARITY_CONFIRMATIONS", "abc", "whole number"),
+    ("RECON_POSITION_PARITY_CONFIRMATIONS", "0", "whole number >= 1"),
+    ("RECON_POSITION_PARITY_CONFIRMATIONS", "2.5", "whole number"),
+    ("RECON_POSITION_PARITY_MAX_NOTIONAL_PCT", "-0.1", "percent"),
+    ("RECON_POSITION_PARITY_MAX_NOTIONAL_PCT", "0", "percent"),
+    ("RECON_POSITION_PARITY_MAX_NOTIONAL_PCT", "100.5", "at most 100"),
+    ("RECON_POSITION_PARITY_MAX_NOTIONAL_PCT", "nan", "percent"),
+    ("RECON_POSITION_PARITY_DRY_RUN", "maybe", "true or false"),
+    ("ENABLE_RECON_WATCHDOG_AUTO_RESUME", "", "true or false"),
+    ("RECON_WATCHDOG_AUTO_RESUME_MIN_PAUSE_MS", "-1", "milliseconds >= 0"),
+    ("RECON_WATCHDOG_AUTO_RESUME_CLEAN_CYCLES", "0", "whole number >= 1"),
+    ("RECON_EXIT_BACKFILL_FILL_AFTER_TRADE_GRACE_MINUTES", "five", "minutes"),
+])
+def test_bad_value_names_the_variable(env_name, value, expects):
+    with pytest.raises(SettingsError) as err:
+        ReconSettings.from_env({env_name: value})
+    assert env_name in str(err.value)
+    assert expects in str(err.value)
+
+
+def test_every_bad_variable_is_reported_at_once():
+    with pytest.raises(SettingsError) as err:
+        ReconSettings.from_env({"RECON_POSITION_PARITY_CONFIRMATIONS": "abc",
+                                "RECON_POSITION_PARITY_DRY_RUN": "perhaps"})
+    assert "RECON_POSITION_PARITY_CONFIRMATIONS" in str(err.value)
+    assert "RECON_POSITION_PARITY_DRY_RUN" in str(err.value)
+
+
+def test_launchpad_configuration_is_checked_too():
+    with pytest.raises(Exception, match="RECON_WATCHDOG_AUTO_RESUME_CLEAN_CYCLES"):
+        ReconSettings(watchdog_auto_resume_clean_cycles=0)
