@@ -30,6 +30,14 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+# Subcommands that own their arguments: `recon NAME ...` runs `main(argv)` of the module.
+DELEGATED = {
+    "simulator": ("recon_assets.simulator.server", "the loopback Binance USD-M exchange simulator"),
+    "health": ("recon_assets.metrics.server", "serve /internal/health and /metrics"),
+    "demo": ("recon_assets.demo", "the full loop against the simulator, with the Dagster UI"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recon", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -37,10 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     migrate_cmd = sub.add_parser("migrate", help="apply pending database migrations")
     migrate_cmd.add_argument("--dsn", help="Postgres URL (default: $RECON_DATABASE_URL)")
     migrate_cmd.set_defaults(func=_migrate)
+    for name, (_module, help_text) in DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in DELEGATED:
+        import importlib
+
+        module = importlib.import_module(DELEGATED[argv[0]][0])
+        return module.main(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -1,15 +1,21 @@
 """The recon-assets code location: each domain's definitions, plus the shared resources.
 
 Loaded lazily through `@definitions`, so the runbook flags are read and checked when the code
-location loads, not when this module is imported.
+location loads, not when this module is imported. A domain is a folder under `defs/` whose
+`definitions.py` has a `defs()` function; add its name to DOMAINS.
 """
+
+import importlib
 
 import dagster as dg
 
-from recon_assets.defs.database import assets as database_assets
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.io_manager import PostgresFrameIOManager
 from recon_assets.settings import ReconSettings
+
+DOMAINS = [
+    "database",
+]
 
 
 def shared_resources() -> dict:
@@ -23,7 +29,6 @@ def shared_resources() -> dict:
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.Definitions.merge(
-        database_assets.defs(),
-        dg.Definitions(resources=shared_resources()),
-    )
+    domain_defs = [importlib.import_module(f"recon_assets.defs.{name}.definitions").defs()
+                   for name in DOMAINS]
+    return dg.Definitions.merge(*domain_defs, dg.Definitions(resources=shared_resources()))

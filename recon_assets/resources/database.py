@@ -51,3 +51,10 @@ class PostgresStore(dg.ConfigurableResource):
             raise ConnectionError(f"cannot connect to the database at {self.describe()}: {reason}") from None
         with conn:
             yield conn
+
+    def snapshot_account(self, account: str) -> dict:
+        """The account's profiles, orders, positions and open trade slices, read in one statement
+        (one consistent snapshot): the JSON of `recon_snapshot_account`."""
+        with self.connect() as conn:
+            row = conn.execute("SELECT recon_snapshot_account(%s) AS snapshot", (account,)).fetchone()
+        return row["snapshot"]

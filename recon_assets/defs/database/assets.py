@@ -48,6 +48,3 @@ def exchange_account_partitions_sensor(context: dg.SensorEvaluationContext, data
         requests.append(exchange_account_partitions.build_delete_request(sorted(existing - wanted)))
     return dg.SensorResult(dynamic_partitions_requests=requests)
 
-
-def defs() -> dg.Definitions:
-    return dg.Definitions(assets=[db_profiles], sensors=[exchange_account_partitions_sensor])
