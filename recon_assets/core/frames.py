@@ -55,3 +55,40 @@ def require_columns(frame: pd.DataFrame, columns: Sequence[str], name: str) -> p
 
 def empty_frame(columns: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype="object") for c in columns})
+
+
+# Which columns of the database snapshot hold numbers and times (the rest are text).
+_NUMERIC = {"allocated_capital_usd", "qty", "filled_qty", "price", "avg_price", "entry_qty",
+            "exit_qty", "virtual_open_qty", "entry_price", "slice_no"}
+_TIMES = {"paused_at", "last_auto_resume_at", "created_at", "updated_at", "opened_at"}
+
+DB_SNAPSHOT_PARTS = {
+    "profiles": DB_PROFILES,
+    "orders": DB_ORDERS,
+    "positions": DB_POSITIONS,
+    "trade_slices": DB_TRADE_SLICES,
+}
+
+
+def typed_frame(records: list[dict], columns: Sequence[str], name: str) -> pd.DataFrame:
+    """A frame with exactly `columns`, numbers as float and times as UTC timestamps."""
+    if not isinstance(records, list):
+        raise SnapshotShapeError(f"{name}: expected a list of rows, got {type(records).__name__}")
+    frame = pd.DataFrame.from_records(records, columns=list(columns)) if records else empty_frame(columns)
+    for column in columns:
+        if column in _NUMERIC:
+            frame[column] = pd.to_numeric(frame[column], errors="raise").astype("float64")
+        elif column in _TIMES:
+            frame[column] = pd.to_datetime(frame[column], utc=True, format="ISO8601")
+    return frame
+
+
+def db_snapshot_frames(snapshot: dict) -> tuple[pd.Timestamp, dict[str, pd.DataFrame]]:
+    """Split the JSON of `recon_snapshot_account` into typed frames, plus the read time."""
+    missing = [part for part in ("read_at", *DB_SNAPSHOT_PARTS) if part not in snapshot]
+    if missing:
+        raise SnapshotShapeError(f"database snapshot is missing: {', '.join(missing)}")
+    read_at = pd.Timestamp(snapshot["read_at"]).tz_convert("UTC")
+    frames = {part: typed_frame(snapshot[part], columns, f"db_{part}")
+              for part, columns in DB_SNAPSHOT_PARTS.items()}
+    return read_at, frames

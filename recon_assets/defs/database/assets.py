@@ -1,36 +1,61 @@
 """Snapshots of the trading database, one consistent read per exchange account."""
 
-
 import dagster as dg
 import pandas as pd
 
-from recon_assets.core.frames import DB_PROFILES
+from recon_assets.core.frames import db_snapshot_frames
 from recon_assets.defs.partitions import exchange_account_partitions
 from recon_assets.resources.database import PostgresStore
 
+# Asset name -> part of the account snapshot, with the one-line description shown in the UI.
+DB_SNAPSHOT_ASSETS = {
+    "db_profiles": ("profiles", "Trading profiles on this exchange account: sub tag, allocated "
+                                "capital, trading state and pause source."),
+    "db_orders": ("orders", "Orders the database holds for this account: every open order plus "
+                            "terminal ones touched in the last day."),
+    "db_positions": ("positions", "Positions the database holds per profile and symbol on this "
+                                  "account."),
+    "db_trade_slices": ("trade_slices", "Open lifecycle slices (trade_history) on this account, "
+                                        "with their virtual open qty."),
+}
 
-def _frame(rows: list[dict], columns: tuple[str, ...]) -> pd.DataFrame:
-    return pd.DataFrame.from_records(rows, columns=list(columns))
+
+def _markdown_preview(frame: pd.DataFrame, rows: int = 20) -> dg.MetadataValue:
+    return dg.MetadataValue.md(frame.head(rows).to_markdown(index=False) if len(frame) else "_empty_")
 
 
-@dg.asset(partitions_def=exchange_account_partitions, group_name="database",
-          kinds={"postgres", "pandas"})
-def db_profiles(context: dg.AssetExecutionContext, database: PostgresStore) -> dg.Output[pd.DataFrame]:
-    """The trading profiles on this exchange account: sub tag, allocated capital, trading state."""
-    with database.connect() as conn:
-        rows = conn.execute(
-            """SELECT id AS profile_id, exchange_account, sub_tag, allocated_capital_usd,
-                      trading_state, pause_source, paused_at, last_auto_resume_at
-               FROM profiles WHERE exchange_account = %s ORDER BY id""",
-            (context.partition_key,)).fetchall()
-    frame = _frame(rows, DB_PROFILES)
-    frame["allocated_capital_usd"] = frame["allocated_capital_usd"].astype(float)
-    return dg.Output(frame, metadata={
-        "profiles": len(frame),
-        "allocated_capital_usd": float(frame["allocated_capital_usd"].sum()),
-        "paused_profiles": int((frame["trading_state"] == "paused").sum()),
-        "preview": dg.MetadataValue.md(frame.head(20).to_markdown(index=False) if len(frame) else "_none_"),
-    })
+def _snapshot_metadata(name: str, frame: pd.DataFrame) -> dict:
+    metadata = {"dagster/row_count": len(frame), "preview": _markdown_preview(frame),
+                "read_at": frame.attrs["read_at"]}
+    if name == "db_profiles":
+        metadata["allocated_capital_usd"] = float(frame["allocated_capital_usd"].sum())
+        metadata["paused_profiles"] = int((frame["trading_state"] == "paused").sum())
+    elif name == "db_orders":
+        open_orders = frame[frame["status"].isin(["new", "open", "partially_filled"])]
+        metadata["open_orders"] = len(open_orders)
+        metadata["open_notional_usd"] = float(
+            ((open_orders["qty"] - open_orders["filled_qty"]) * open_orders["price"].fillna(0)).sum())
+    elif name == "db_trade_slices":
+        metadata["virtual_open_qty"] = float(frame["virtual_open_qty"].sum())
+    return metadata
+
+
+@dg.multi_asset(
+    outs={name: dg.AssetOut(description=description, group_name="database",
+                            kinds={"postgres", "pandas"})
+          for name, (_part, description) in DB_SNAPSHOT_ASSETS.items()},
+    partitions_def=exchange_account_partitions,
+    can_subset=False,
+)
+def db_snapshot(context: dg.AssetExecutionContext, database: PostgresStore):
+    """Reads the account's database state in one statement, so the four snapshots agree."""
+    account = context.partition_key
+    read_at, frames = db_snapshot_frames(database.snapshot_account(account))
+    context.log.info(f"read database snapshot of {account} from {database.describe()} at {read_at}")
+    for name, (part, _description) in DB_SNAPSHOT_ASSETS.items():
+        frame = frames[part]
+        frame.attrs["read_at"] = read_at.isoformat()
+        yield dg.Output(frame, output_name=name, metadata=_snapshot_metadata(name, frame))
 
 
 @dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
@@ -47,4 +72,3 @@ def exchange_account_partitions_sensor(context: dg.SensorEvaluationContext, data
     if existing - wanted:
         requests.append(exchange_account_partitions.build_delete_request(sorted(existing - wanted)))
     return dg.SensorResult(dynamic_partitions_requests=requests)
-
