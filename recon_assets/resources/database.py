@@ -6,12 +6,16 @@ and the reconciliation lock is an advisory lock. The DSN carries a password, so 
 """
 
 
+import json
+import re
 from contextlib import contextmanager
 from collections.abc import Iterator
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 import dagster as dg
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 from pydantic import Field
 
@@ -25,6 +29,37 @@ def redact_dsn(dsn: str) -> str:
     except ValueError:
         pass
     return "<postgres>"
+
+
+_SQL_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@runtime_checkable
+class TradingStore(Protocol):
+    """What callers use of the trading database, whichever backend reaches it: `PostgresStore`
+    (psycopg, primary) or `SupabaseStore` (supabase-py through PostgREST, in supabase_store.py)."""
+
+    def describe(self) -> str:
+        """Where the store points, without any secret (for logs and metadata)."""
+
+    def snapshot_account(self, account: str) -> dict:
+        """The JSON of `recon_snapshot_account(account)`; raises rather than return a partial one."""
+
+    def call(self, function: str, params: dict[str, Any] | None = None) -> Any:
+        """Call the SQL function `public.<function>` with named arguments, shaped as PostgREST
+        shapes an rpc() result: a list for a set-returning function, else the single value."""
+
+
+def _sql_argument(value: Any) -> str | None:
+    """A parameter as an untyped SQL literal, so Postgres casts it to the argument's declared type
+    (as PostgREST does from JSON): numbers, text, booleans, timestamps; dicts and lists as JSON."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, default=str)
+    return str(value)
 
 
 class PostgresStore(dg.ConfigurableResource):
@@ -58,3 +93,25 @@ class PostgresStore(dg.ConfigurableResource):
         with self.connect() as conn:
             row = conn.execute("SELECT recon_snapshot_account(%s) AS snapshot", (account,)).fetchone()
         return row["snapshot"]
+
+    def call(self, function: str, params: dict[str, Any] | None = None) -> Any:
+        """Call `public.<function>` by named arguments in its own transaction, the way supabase-py's
+        `rpc()` reaches it through PostgREST: `SELECT * FROM function(name => value, ...)`. The
+        result is JSON-shaped like PostgREST's: a set-returning function gives a list (of row
+        objects, or of values), any other function its one value (None for void)."""
+        params = params or {}
+        for name in (function, *params):
+            if not _SQL_IDENTIFIER.fullmatch(name):
+                raise ValueError(f"not a plain SQL identifier: {name!r}")
+        args = sql.SQL(", ").join(
+            sql.SQL("{} => {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in params)
+        query = sql.SQL(
+            "SELECT json_agg(r) AS result, (SELECT bool_or(p.proretset) FROM pg_proc p"
+            " WHERE p.proname = {name} AND p.pronamespace = 'public'::regnamespace) AS retset"
+            " FROM public.{fn}({args}) r").format(
+                name=sql.Literal(function), fn=sql.Identifier(function), args=args)
+        with self.connect() as conn:
+            row = conn.execute(query, {k: _sql_argument(v) for k, v in params.items()}).fetchone()
+        if row["retset"]:
+            return row["result"] or []
+        return row["result"][0] if row["result"] else None
