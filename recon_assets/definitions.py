@@ -6,15 +6,18 @@ location loads, not when this module is imported. A domain is a folder under `de
 """
 
 import importlib
+import os
 
 import dagster as dg
 
+from recon_assets.resources.alerts import AlertWebhook
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.io_manager import PostgresFrameIOManager
 from recon_assets.settings import ReconSettings
 
 DOMAINS = [
     "database",
+    "alerts",
 ]
 
 
@@ -24,6 +27,9 @@ def shared_resources() -> dict:
         "settings": ReconSettings.from_env(),
         "database": store,
         "io_manager": PostgresFrameIOManager(database=store),
+        # Optional secret: only referenced (never read) when the variable is set.
+        "alert_webhook": AlertWebhook(url=dg.EnvVar("RECON_ALERT_WEBHOOK_URL"))
+        if "RECON_ALERT_WEBHOOK_URL" in os.environ else AlertWebhook(),
     }
 
 

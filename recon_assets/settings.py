@@ -136,6 +136,8 @@ class ReconSettings(dg.ConfigurableResource):
     exit_backfill_require_strong_attribution: bool = True
     exit_backfill_allow_heuristic_match: bool = False
     exit_backfill_fill_after_trade_grace_minutes: int = 5
+    # Not runbook flags: operational bounds of the loop itself.
+    recency_guard_seconds: float = 5.0  # rows changed this recently are re-checked next cycle
 
     @model_validator(mode="before")
     @classmethod

@@ -43,11 +43,17 @@ class PostgresFrameIOManager(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
         asset_key, partition = self._keys(context)
-        with self.database.connect() as conn:
-            row = conn.execute(
-                "SELECT payload FROM recon.asset_values WHERE asset_key = %s AND partition_key = %s",
-                (asset_key, partition)).fetchone()
-        if row is None:
+        frame = load_stored_frame(self.database, asset_key, partition)
+        if frame is None:
             raise FileNotFoundError(
                 f"no stored value for {asset_key} partition {partition or '-'}: materialize it first")
-        return pd.read_parquet(io.BytesIO(row["payload"]))
+        return frame
+
+
+def load_stored_frame(database: PostgresStore, asset_key: str, partition: str = "") -> pd.DataFrame | None:
+    """The latest stored value of an asset partition, or None if it was never materialized."""
+    with database.connect() as conn:
+        row = conn.execute(
+            "SELECT payload FROM recon.asset_values WHERE asset_key = %s AND partition_key = %s",
+            (asset_key, partition)).fetchone()
+    return None if row is None else pd.read_parquet(io.BytesIO(row["payload"]))

@@ -1,0 +1,115 @@
+"""When to escalate, as the runbook says: mismatches still present after two reconciliation
+runs, lock contention that keeps the loop from running, and unknown fills the exchange reports.
+
+Each function turns rows read from the `recon` schema into alerts with a deterministic dedup key,
+so an alert is raised once per situation however often the sensor evaluates.
+"""
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+# What makes two findings in different cycles "the same mismatch".
+MISMATCH_IDENTITY = ["kind", "profile_id", "exchange_account", "symbol", "client_order_id",
+                     "exchange_order_id", "trade_id"]
+
+
+@dataclass(frozen=True)
+class Alert:
+    dedup_key: str
+    reason: str  # persistent_mismatch | lock_contention | unknown_fill | failed_cycle
+    summary: str
+    exchange_account: str | None = None
+    profile_id: str | None = None
+    details: dict = field(default_factory=dict)
+
+
+def persistent_mismatches(mismatches: pd.DataFrame, cycles: pd.DataFrame, runs: int = 2) -> list[Alert]:
+    """Mismatches found in each of an account's last `runs` succeeded cycles.
+
+    `cycles`: cycle_id, exchange_account, finished_at (succeeded cycles only).
+    `mismatches`: rows of recon.mismatches for those cycles (MISMATCH_IDENTITY + cycle_id).
+    """
+    alerts: list[Alert] = []
+    if cycles.empty or mismatches.empty:
+        return alerts
+    for account, account_cycles in cycles.groupby("exchange_account", sort=True):
+        last = account_cycles.sort_values("finished_at").tail(runs)
+        if len(last) < runs:
+            continue
+        ids = set(last["cycle_id"])
+        rows = mismatches[mismatches["cycle_id"].isin(ids)]
+        identity = rows[MISMATCH_IDENTITY].astype(object).fillna("").astype(str)
+        keyed = rows.assign(identity=identity.agg("|".join, axis=1))
+        seen_in = keyed.groupby("identity")["cycle_id"].nunique()
+        persistent = keyed[keyed["identity"].isin(seen_in[seen_in == runs].index)]
+        persistent = persistent.drop_duplicates("identity").sort_values("identity")
+        if persistent.empty:
+            continue
+        latest = last["cycle_id"].iloc[-1]
+        by_kind = persistent["kind"].value_counts().sort_index().to_dict()
+        alerts.append(Alert(
+            dedup_key=f"persistent_mismatch:{account}:{latest}",
+            reason="persistent_mismatch",
+            exchange_account=account,
+            summary=(f"{len(persistent)} mismatch(es) on {account} still present after {runs} "
+                     f"reconciliation runs ({', '.join(f'{k}: {v}' for k, v in by_kind.items())})"),
+            details={"cycles": list(last["cycle_id"]), "by_kind": by_kind,
+                     "profiles": sorted(persistent["profile_id"].dropna().unique().tolist()),
+                     "notional_usd": float(persistent["notional_usd"].sum())
+                     if "notional_usd" in persistent else 0.0},
+        ))
+    return alerts
+
+
+def lock_contention(events: pd.DataFrame) -> list[Alert]:
+    """One alert per recorded contention event (profile_id, cycle_id, waited_ms, id)."""
+    return [Alert(dedup_key=f"lock_contention:{row.id}", reason="lock_contention",
+                  profile_id=row.profile_id,
+                  summary=(f"reconciliation lock for profile {row.profile_id} was busy for "
+                           f"{row.waited_ms} ms; cycle {row.cycle_id} could not correct it"),
+                  details={"cycle_id": row.cycle_id, "waited_ms": int(row.waited_ms)})
+            for row in events.itertuples()]
+
+
+def unknown_fills(fills: pd.DataFrame, known_order_ids: set[str], account: str) -> list[Alert]:
+    """Exchange fills of `account` tied to no order the database knows (by exchange order id or
+    client order id): activity nobody recorded."""
+    if fills.empty:
+        return []
+    known = fills["exchange_order_id"].astype(str).isin(known_order_ids) | \
+        fills["client_order_id"].astype(str).isin(known_order_ids)
+    unknown = fills[~known].sort_values("exchange_fill_id")
+    if unknown.empty:
+        return []
+    ids = unknown["exchange_fill_id"].astype(str).tolist()
+    return [Alert(
+        dedup_key=f"unknown_fill:{account}:{ids[-1]}:{len(ids)}",
+        reason="unknown_fill", exchange_account=account,
+        summary=f"{len(ids)} exchange fill(s) on {account} match no order in the database",
+        details={"exchange_fill_ids": ids[:50], "symbols": sorted(unknown["symbol"].unique().tolist()),
+                 "notional_usd": float(unknown["notional_usd"].sum())})]
+
+
+def slack_payload(alert: Alert) -> dict:
+    """A Slack-compatible webhook body (text plus blocks) for one alert."""
+    title = {"persistent_mismatch": "Reconciliation mismatch persists",
+             "lock_contention": "Reconciliation lock contention",
+             "unknown_fill": "Unknown exchange fills",
+             "failed_cycle": "Reconciliation cycle failed"}[alert.reason]
+    where = " · ".join(x for x in (alert.exchange_account and f"account {alert.exchange_account}",
+                                    alert.profile_id and f"profile {alert.profile_id}") if x)
+    text = f":rotating_light: {title}: {alert.summary}"
+    return {
+        "text": text,
+        "blocks": [
+            {"type": "header", "text": {"type": "plain_text", "text": title}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": alert.summary}},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": (
+                f"{where or 'all accounts'} · reason `{alert.reason}` · escalate to the trading "
+                "engineering lead (docs/runbooks/reconciliation.md)")}]},
+        ],
+        "recon_alert": {"dedup_key": alert.dedup_key, "reason": alert.reason,
+                        "exchange_account": alert.exchange_account,
+                        "profile_id": alert.profile_id, "details": alert.details},
+    }
