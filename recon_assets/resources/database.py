@@ -52,7 +52,8 @@ class TradingStore(Protocol):
 
 def _sql_argument(value: Any) -> str | None:
     """A parameter as an untyped SQL literal, so Postgres casts it to the argument's declared type
-    (as PostgREST does from JSON): numbers, text, booleans, timestamps; dicts and lists as JSON."""
+    (as PostgREST does from JSON): numbers, text, booleans, timestamps; dicts and lists as JSON
+    (for json/jsonb arguments; Postgres array arguments are not supported on this backend)."""
     if value is None:
         return None
     if isinstance(value, bool):
