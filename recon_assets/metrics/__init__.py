@@ -1,0 +1,1 @@
+"""The runbook's metrics: `/internal/health` and `/metrics`, served by `recon health`."""

@@ -1,0 +1,257 @@
+"""The runbook's health numbers, computed from the state persisted in the database.
+
+Everything here is read from Postgres on each request (nothing is kept in memory), so the numbers
+survive a restart of the metrics server and agree across replicas. One read-only REPEATABLE READ
+transaction per request, so every number of one answer comes from the same moment.
+
+Which accounts count ("watched accounts"): the exchange accounts named in `profiles`; an account
+whose profiles are gone stops counting. If `profiles` is empty, every account in `recon.cycles`.
+
+`/internal/health` fields (names are the runbook's) and what they mean:
+
+- `reconciliationLoopHealthy`: true only when every watched account has a succeeded cycle that
+  finished at most `stale_after_s` ago (by the database clock), and its latest finished cycle
+  (succeeded or failed; a cycle still running does not count) did not fail. False when there is
+  no watched account or no cycle at all.
+- `reconciliationLastRun`: ISO-8601 (UTC) finish time of the most recent finished cycle of any
+  watched account, succeeded or failed; null if none.
+- Current counts, from the latest succeeded cycle of each watched account (its `recon.cycles` row
+  and the `recon.mismatches` rows with that `cycle_id` and `exchange_account`), summed over
+  accounts:
+  - `reconciliationMismatchCount`: all its mismatch rows, every kind;
+  - `reconciliationMissingFromExchange`: rows of kind `missing_from_exchange` (open in the
+    database, absent on the exchange);
+  - `reconciliationMissingInDb`: rows of kind `missing_in_db` (on the exchange, absent in the
+    database, attributable or foreign);
+  - `reconciliationParityMismatchTrades`: distinct trades (account, profile, trade id) with a
+    `ghost_slice` row (virtual open qty in the database, no position on the exchange);
+  - `reconciliationParityMaxMismatchNotionalUsd` / `reconciliationParityTotalMismatchNotionalUsd`:
+    the largest / the sum of `notional_usd` over those `ghost_slice` rows (0 when none).
+- `reconciliationParityQuarantinedTrades`: open quarantines now (`recon.quarantine` rows with
+  `released_at` null), all profiles.
+- `reconciliationParityAutoClosedTrades`: synthetic EXITs applied so far (`recon.corrections` with
+  handler `synthetic_exit`, not `dry_run`), all time.
+- `reconciliationIntegrityWatchdogTriggered`: true when any profile's
+  `recon.watchdog_state.triggered` is true (some profile is paused by the parity watchdog).
+
+Extra fields: `accounts` (the same per watched account, with why it is or is not healthy),
+`staleAfterSeconds`, `checkedAt`.
+
+Cumulative counters (for `/metrics`): every finding ever recorded in `recon.mismatches`, all kinds,
+and those of kind `missing_from_exchange` / `missing_in_db`. The table is append-only (a trigger
+refuses UPDATE and DELETE), so these only grow, and they survive restarts.
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from recon_assets.resources.database import redact_dsn
+
+# The runbook's /internal/health fields, in the runbook's order.
+RUNBOOK_FIELDS = (
+    "reconciliationLoopHealthy",
+    "reconciliationMismatchCount",
+    "reconciliationLastRun",
+    "reconciliationMissingFromExchange",
+    "reconciliationMissingInDb",
+    "reconciliationParityMismatchTrades",
+    "reconciliationParityQuarantinedTrades",
+    "reconciliationParityAutoClosedTrades",
+    "reconciliationParityMaxMismatchNotionalUsd",
+    "reconciliationParityTotalMismatchNotionalUsd",
+    "reconciliationIntegrityWatchdogTriggered",
+)
+
+DEFAULT_STALE_AFTER_S = 300.0
+
+
+class HealthUnavailable(RuntimeError):
+    """The persisted state could not be read; the message names no password or user."""
+
+
+@dataclass
+class ReconState:
+    """One consistent reading: the runbook health fields and the cumulative counters."""
+
+    health: dict[str, Any]
+    cumulative: dict[str, int] = field(default_factory=dict)
+
+
+_ACCOUNTS_SQL = """
+WITH prof AS (SELECT DISTINCT exchange_account FROM public.profiles),
+watched AS (
+    SELECT exchange_account FROM prof
+    UNION
+    SELECT DISTINCT exchange_account FROM recon.cycles WHERE NOT EXISTS (SELECT 1 FROM prof)
+),
+last_finished AS (
+    SELECT DISTINCT ON (c.exchange_account) c.exchange_account, c.cycle_id, c.status,
+           c.finished_at, c.error
+    FROM recon.cycles c JOIN watched USING (exchange_account)
+    WHERE c.status IN ('succeeded', 'failed')
+    ORDER BY c.exchange_account, c.finished_at DESC NULLS LAST, c.started_at DESC
+),
+last_success AS (
+    SELECT DISTINCT ON (c.exchange_account) c.exchange_account, c.cycle_id, c.finished_at
+    FROM recon.cycles c JOIN watched USING (exchange_account)
+    WHERE c.status = 'succeeded'
+    ORDER BY c.exchange_account, c.finished_at DESC NULLS LAST, c.started_at DESC
+)
+SELECT w.exchange_account AS account,
+       lf.cycle_id AS last_cycle_id, lf.status AS last_status, lf.finished_at AS last_finished_at,
+       ls.cycle_id AS success_cycle_id, ls.finished_at AS success_finished_at,
+       EXTRACT(EPOCH FROM (now() - ls.finished_at))::float8 AS success_age_s,
+       COALESCE(m.mismatches, 0) AS mismatches,
+       COALESCE(m.missing_from_exchange, 0) AS missing_from_exchange,
+       COALESCE(m.missing_in_db, 0) AS missing_in_db,
+       COALESCE(m.ghost_trades, 0) AS ghost_trades,
+       COALESCE(m.ghost_max_usd, 0)::float8 AS ghost_max_usd,
+       COALESCE(m.ghost_total_usd, 0)::float8 AS ghost_total_usd
+FROM watched w
+LEFT JOIN last_finished lf USING (exchange_account)
+LEFT JOIN last_success ls USING (exchange_account)
+LEFT JOIN LATERAL (
+    SELECT count(*) AS mismatches,
+           count(*) FILTER (WHERE kind = 'missing_from_exchange') AS missing_from_exchange,
+           count(*) FILTER (WHERE kind = 'missing_in_db') AS missing_in_db,
+           count(DISTINCT CASE WHEN trade_id IS NULL THEN 'row:' || id
+                               ELSE COALESCE(profile_id, '') || '|' || trade_id END)
+               FILTER (WHERE kind = 'ghost_slice') AS ghost_trades,
+           max(notional_usd) FILTER (WHERE kind = 'ghost_slice') AS ghost_max_usd,
+           sum(notional_usd) FILTER (WHERE kind = 'ghost_slice') AS ghost_total_usd
+    FROM recon.mismatches mm
+    WHERE mm.cycle_id = ls.cycle_id AND mm.exchange_account = ls.exchange_account
+) m ON true
+ORDER BY w.exchange_account
+"""
+
+_GLOBAL_SQL = """
+SELECT now() AS checked_at,
+       (SELECT count(*) FROM recon.quarantine WHERE released_at IS NULL) AS quarantined,
+       (SELECT count(*) FROM recon.corrections
+         WHERE handler = 'synthetic_exit' AND NOT dry_run) AS auto_closed,
+       (SELECT COALESCE(bool_or(triggered), false) FROM recon.watchdog_state) AS watchdog
+"""
+
+_CUMULATIVE_SQL = """
+SELECT count(*) AS mismatch,
+       count(*) FILTER (WHERE kind = 'missing_from_exchange') AS missing_from_exchange,
+       count(*) FILTER (WHERE kind = 'missing_in_db') AS missing_in_db
+FROM recon.mismatches
+"""
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(timezone.utc).isoformat() if value is not None else None
+
+
+def _account_health(row: dict, stale_after_s: float) -> dict[str, Any]:
+    if row["last_status"] is None:
+        healthy, reason = False, "no finished reconciliation cycle"
+    elif row["last_status"] == "failed":
+        healthy, reason = False, f"last cycle {row['last_cycle_id']} failed"
+    elif row["success_age_s"] is None:
+        healthy, reason = False, "no succeeded cycle"
+    elif row["success_age_s"] > stale_after_s:
+        healthy, reason = False, (f"last succeeded cycle finished {row['success_age_s']:.0f}s ago "
+                                  f"(bound {stale_after_s:g}s)")
+    else:
+        healthy, reason = True, None
+    return {
+        "account": row["account"],
+        "healthy": healthy,
+        "reason": reason,
+        "lastCycleId": row["last_cycle_id"],
+        "lastCycleStatus": row["last_status"],
+        "lastRun": _iso(row["last_finished_at"]),
+        "lastSucceededCycleId": row["success_cycle_id"],
+        "lastSucceededRun": _iso(row["success_finished_at"]),
+        "mismatchCount": row["mismatches"],
+        "missingFromExchange": row["missing_from_exchange"],
+        "missingInDb": row["missing_in_db"],
+        "parityMismatchTrades": row["ghost_trades"],
+        "parityMaxMismatchNotionalUsd": row["ghost_max_usd"],
+        "parityTotalMismatchNotionalUsd": row["ghost_total_usd"],
+    }
+
+
+def read_state(conn: psycopg.Connection, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> ReconState:
+    """The health fields and the cumulative counters, read through `conn` (dict rows, inside the
+    caller's transaction)."""
+    accounts = [_account_health(row, stale_after_s)
+                for row in conn.execute(_ACCOUNTS_SQL).fetchall()]
+    glob = conn.execute(_GLOBAL_SQL).fetchone()
+    cumulative = conn.execute(_CUMULATIVE_SQL).fetchone()
+    finished = [a["lastRun"] for a in accounts if a["lastRun"]]
+    health = {
+        "reconciliationLoopHealthy": bool(accounts) and all(a["healthy"] for a in accounts),
+        "reconciliationMismatchCount": sum(a["mismatchCount"] for a in accounts),
+        # ISO-8601 strings in one zone (UTC) compare like the times they name.
+        "reconciliationLastRun": max(finished) if finished else None,
+        "reconciliationMissingFromExchange": sum(a["missingFromExchange"] for a in accounts),
+        "reconciliationMissingInDb": sum(a["missingInDb"] for a in accounts),
+        "reconciliationParityMismatchTrades": sum(a["parityMismatchTrades"] for a in accounts),
+        "reconciliationParityQuarantinedTrades": glob["quarantined"],
+        "reconciliationParityAutoClosedTrades": glob["auto_closed"],
+        "reconciliationParityMaxMismatchNotionalUsd": max(
+            (a["parityMaxMismatchNotionalUsd"] for a in accounts), default=0.0),
+        "reconciliationParityTotalMismatchNotionalUsd": sum(
+            a["parityTotalMismatchNotionalUsd"] for a in accounts),
+        "reconciliationIntegrityWatchdogTriggered": bool(glob["watchdog"]),
+        "accounts": accounts,
+        "staleAfterSeconds": stale_after_s,
+        "checkedAt": _iso(glob["checked_at"]),
+    }
+    if not accounts:
+        health["reason"] = "no exchange account to reconcile (no profiles and no cycles)"
+    return ReconState(health=health, cumulative={
+        "mismatch": cumulative["mismatch"],
+        "missing_from_exchange": cumulative["missing_from_exchange"],
+        "missing_in_db": cumulative["missing_in_db"],
+    })
+
+
+def _reason(exc: BaseException, dsn: str) -> str:
+    """The last line of a psycopg error, with anything from the DSN's userinfo removed."""
+    text = str(exc).strip()
+    reason = text.splitlines()[-1] if text else type(exc).__name__
+    try:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(dsn)
+        for secret in (parts.password, parts.username):
+            if secret:
+                reason = reason.replace(secret, "<redacted>")
+    except ValueError:
+        pass
+    return reason
+
+
+def load_state(dsn: str, stale_after_s: float = DEFAULT_STALE_AFTER_S,
+               connect_timeout_s: int = 5, statement_timeout_ms: int = 10_000) -> ReconState:
+    """Read the state in one read-only REPEATABLE READ transaction; raises `HealthUnavailable`
+    (never with the DSN's user or password) when the database cannot be read."""
+    try:
+        with psycopg.connect(dsn, row_factory=dict_row, connect_timeout=connect_timeout_s,
+                             application_name="recon-health",
+                             options=f"-c statement_timeout={statement_timeout_ms}") as conn:
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+            return read_state(conn, stale_after_s)
+    except psycopg.Error as exc:
+        raise HealthUnavailable(
+            f"cannot read the reconciliation state from {redact_dsn(dsn)}: {_reason(exc, dsn)}"
+        ) from None
+
+
+def unavailable_health(error: str, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> dict[str, Any]:
+    """The /internal/health body when the state cannot be read: unhealthy, unknown numbers."""
+    body: dict[str, Any] = {name: None for name in RUNBOOK_FIELDS}
+    body["reconciliationLoopHealthy"] = False
+    body["error"] = error
+    body["staleAfterSeconds"] = stale_after_s
+    return body
