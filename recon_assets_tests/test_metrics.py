@@ -322,3 +322,17 @@ def test_recon_health_command_serves_and_stops_on_sigterm(seeded_dsn):
             proc.wait()
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_metrics_speak_openmetrics_when_the_scraper_asks(seeded_dsn):
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
+
+    with serving(seeded_dsn) as base:
+        request = urllib.request.Request(
+            base + "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            content_type, text = response.headers["Content-Type"], response.read().decode()
+    assert content_type.startswith("application/openmetrics-text; version=1.0.0")
+    samples = {s.name: s.value for f in parse_om(text) for s in f.samples if not s.labels}
+    assert samples["reconciliation_mismatch_total"] == 14
+    assert samples["reconciliation_parity_total_mismatch_notional_usd"] == 800.5
