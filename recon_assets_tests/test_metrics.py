@@ -9,6 +9,7 @@ import threading
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
+from datetime import timezone
 from pathlib import Path
 
 import psycopg
@@ -154,8 +155,7 @@ def test_health_and_metrics_report_the_persisted_state_with_the_runbook_names(se
     with psycopg.connect(seeded_dsn) as conn:
         c2_finished = conn.execute("SELECT finished_at FROM recon.cycles WHERE cycle_id = 'c2'"
                                    ).fetchone()[0]
-    assert body["reconciliationLastRun"] == c2_finished.astimezone(
-        __import__("datetime").timezone.utc).isoformat()
+    assert body["reconciliationLastRun"] == c2_finished.astimezone(timezone.utc).isoformat()
     assert [(a["account"], a["healthy"], a["lastSucceededCycleId"]) for a in body["accounts"]] == [
         ("acct1", True, "c2"), ("acct2", True, "c3")]
 

@@ -5,6 +5,10 @@ Both backends run against the same freshly migrated database: `PostgresStore` wi
 be installed here; see that module's docstring).
 """
 
+import http.server
+import socket
+import threading
+
 import dagster as dg
 import psycopg
 import pytest
@@ -286,3 +290,51 @@ def test_a_migrated_correction_function_runs_alike_through_both_backends(backend
         ledger = conn.execute("SELECT trade_id, reserved_usd::float8 FROM capital_ledger"
                               " WHERE profile_id = 'alpha'").fetchall()
     assert ledger == [("t0", 0.75 * 90)]
+
+
+class _ProxyPage(http.server.BaseHTTPRequestHandler):
+    """What sits in front of PostgREST when things go wrong: an HTML page, 200 or 502."""
+
+    status = 200
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b"<html><body>maintenance</body></html>"
+        self.send_response(self.status)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.mark.parametrize("status, message", [
+    (200, r"answer is not JSON \(HTTP 200, content type 'text/html'\)"),
+    (502, r"failed \(HTTP 502\): Bad Gateway"),
+])
+def test_a_non_postgrest_answer_is_an_error_not_a_snapshot(status, message):
+    handler = type("Page", (_ProxyPage,), {"status": status})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        store = SupabaseStore(url=f"http://127.0.0.1:{server.server_address[1]}",
+                              service_key=SERVICE_KEY)
+        with pytest.raises(SupabaseStoreError, match=message):
+            store.snapshot_account("acct1")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_a_data_api_that_never_answers_is_a_timeout_error():
+    with socket.socket() as listener:  # accepts connections (backlog) but never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        store = SupabaseStore(url=f"http://127.0.0.1:{listener.getsockname()[1]}",
+                              service_key=SERVICE_KEY, timeout_s=0.5)
+        with pytest.raises(SupabaseUnavailableError, match=r"no answer within 0\.5s"):
+            store.snapshot_account("acct1")
