@@ -741,3 +741,53 @@ def test_sigkill_leaves_the_database_before_or_after_never_in_between(open_long,
     final = call(db, "recon_reconcile_exit_fill", **params)
     assert final["status"] == ("applied" if outcome == before else "already_applied")
     assert state(db) == after
+
+
+# --- privileges ------------------------------------------------------------------------------
+
+def test_handlers_are_not_callable_by_public(db):
+    role = f"recon_nobody_{os.getpid()}"
+    db.execute(f"CREATE ROLE {role} NOLOGIN")
+    try:
+        allowed = dict(db.execute(
+            "SELECT p.proname, has_function_privilege(%s, p.oid, 'EXECUTE') FROM pg_proc p "
+            "WHERE p.pronamespace = 'public'::regnamespace AND p.proname LIKE 'recon\\_%%' "
+            "AND p.proname IN ('recon_reconcile_entry_fill', 'recon_reconcile_exit_fill', "
+            "'recon_reconcile_cancel', 'recon_recalculate_capital', 'recon_begin_reconciling', "
+            "'recon_end_reconciling', 'recon_profile_lock_key')", (role,)).fetchall())
+    finally:
+        db.execute(f"DROP ROLE {role}")
+    assert allowed == {"recon_reconcile_entry_fill": False, "recon_reconcile_exit_fill": False,
+                       "recon_reconcile_cancel": False, "recon_recalculate_capital": False,
+                       "recon_begin_reconciling": False, "recon_end_reconciling": False,
+                       "recon_profile_lock_key": True}
+
+
+def test_supabase_roles_get_the_documented_privileges(empty_pg_dsn):
+    """On Supabase: service_role (supabase-py's rpc() with the service key) may call the handlers
+    and write what they write in schema recon; anon and authenticated may not call them."""
+    from recon_assets.db.migrate import migrate
+
+    roles = ("anon", "authenticated", "service_role")
+    with psycopg.connect(empty_pg_dsn, autocommit=True) as conn:
+        existing = {r[0] for r in conn.execute(
+            "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (list(roles),))}
+        created = [r for r in roles if r not in existing]
+        for role in created:
+            conn.execute(f"CREATE ROLE {role} NOLOGIN")
+        try:
+            migrate(empty_pg_dsn)
+            fn = "public.recon_reconcile_exit_fill(text,text,text,text,numeric,numeric,text,jsonb,text,text,boolean,jsonb)"
+            can = {r: conn.execute("SELECT has_function_privilege(%s, %s, 'EXECUTE')",
+                                   (r, fn)).fetchone()[0] for r in roles}
+            writes = conn.execute(
+                "SELECT has_schema_privilege('service_role', 'recon', 'USAGE'), "
+                "has_table_privilege('service_role', 'recon.corrections', 'INSERT'), "
+                "has_table_privilege('service_role', 'recon.corrections', 'UPDATE'), "
+                "has_table_privilege('service_role', 'recon.reconciling', 'DELETE')").fetchone()
+        finally:
+            for role in created:
+                conn.execute(f"DROP OWNED BY {role}")
+                conn.execute(f"DROP ROLE {role}")
+    assert can == {"anon": False, "authenticated": False, "service_role": True}
+    assert writes == (True, True, False, True)  # corrections stay append-only
