@@ -1,0 +1,561 @@
+"""The reconciliation diff: what differs between the database snapshot and exchange truth.
+
+`reconciliation_diff` is a pure function of the snapshot frames (columns in `core/frames.py`).
+It returns one row per finding with `MISMATCH_COLUMNS`, ready to append to `recon.mismatches`.
+Order matching runs inside an in-process DuckDB over the pandas frames (zero copy), so a cycle
+with a million orders costs about one hash join; positions and slices are small and are done in
+pandas. No Dagster import here.
+
+Kinds (exactly the CHECK of `recon.mismatches`):
+
+- ``missing_from_exchange``: a DB order that is open (`new`, `open`, `partially_filled`) and
+  matches no exchange open order. Notional = remaining qty x DB price.
+- ``missing_in_db``: an exchange open order that matches no DB order at all (any status).
+  `attributable` is true when its client_order_id parses (`core.attribution`) to the sub_tag of
+  exactly one profile on that account; then `profile_id` and `trade_id` are filled. Otherwise it
+  is foreign activity (`attributable` false, `profile_id` null); `details.attribution` says why
+  (``foreign_id``, ``unknown_sub_tag``, ``ambiguous_sub_tag``).
+- ``status_drift``: an exchange open order whose DB row is terminal (any status other than the
+  three open ones). Notional = exchange remaining qty x price.
+- ``qty_drift``: a matched open order whose qty, filled qty or side differs.
+  Notional = max(|qty difference|, |filled difference|) x price (the whole qty when sides differ).
+- ``price_drift``: a matched open order whose limit price differs. Notional = remaining qty x
+  |price difference|. A price of 0 is read as "no price" (market orders), like null.
+- ``position_drift``: per account and symbol, the DB net qty (sum over every DB position row of
+  the account, long +, short -) differs from the exchange net position by at least the market's
+  `min_qty_step` (by more than the tolerance when the step is unknown). `profile_id` is null and
+  `attributable` false (an account-level finding); `db_qty`/`exchange_qty` are the SIGNED nets;
+  `details.profiles` lists each profile's part. Notional = |difference| x (mark price, else
+  exchange entry price, else DB average price).
+- ``ghost_slice``: an open slice (`status` ``open``) with `virtual_open_qty > 0` while the
+  account's exchange position on the symbol is effectively zero (gross |qty| below
+  `min_qty_step`, or no row at all). One row per slice, with its profile and trade;
+  `attributable` = its profile is on that account with a sub_tag. Notional = virtual open qty x
+  (exchange mark price, else the slice's entry price).
+
+Matching: a DB order and an exchange open order match on (account, client_order_id); an exchange
+order left unmatched falls back to (account, exchange_order_id) against a DB row that has that
+exchange id and was itself not matched by client id (`details.matched_by` says which key).
+Order quantities in the output are unsigned (sides in `details`).
+
+Tolerances: two numbers differ when |a - b| > REL_TOL * max(|a|, |b|) + ABS_TOL (1e-9 relative,
+1e-12 absolute), so float noise from numeric -> float conversion is never a finding; null vs a
+value is a difference, null vs null is not. Position drift uses the market step instead.
+
+Recency guard (safety rule 7): DB rows (orders, positions, slices) with `updated_at` after
+`db_read_at - recency_guard_s`, and exchange orders with `created_at` after that same moment
+(which includes everything created after `db_read_at`), make the findings that involve them
+suppressed this cycle: they are re-checked next cycle. A position finding is suppressed when any
+DB position row of that account and symbol is recent. The count of suppressed findings is in
+``result.attrs["suppressed_recent"]`` (per kind in ``attrs["suppressed_recent_by_kind"]``).
+
+Bad input fails loudly: a missing column raises `SnapshotShapeError` naming it; so do null or
+unknown sides / null quantities in positions and slices, numbers that do not parse, and naive
+timestamps. Rows are sorted by kind (in the order above), account, symbol, profile, client order
+id, exchange order id, trade id and slice, so two runs over the same input compare exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Sequence
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from recon_assets.core.attribution import parse_client_order_id
+from recon_assets.core.frames import (
+    DB_ORDERS,
+    DB_POSITIONS,
+    DB_PROFILES,
+    DB_TRADE_SLICES,
+    EXCHANGE_OPEN_ORDERS,
+    EXCHANGE_POSITIONS,
+    SnapshotShapeError,
+    require_columns,
+)
+
+MISMATCH_COLUMNS = (
+    "cycle_id", "kind", "profile_id", "exchange_account", "symbol", "client_order_id",
+    "exchange_order_id", "trade_id", "attributable", "db_qty", "exchange_qty", "db_status",
+    "exchange_status", "db_price", "exchange_price", "notional_usd", "details",
+)
+MISMATCH_KINDS = (
+    "missing_from_exchange", "missing_in_db", "status_drift", "qty_drift", "price_drift",
+    "position_drift", "ghost_slice",
+)
+OPEN_ORDER_STATUSES = ("new", "open", "partially_filled")
+OPEN_SLICE_STATUS = "open"
+REL_TOL = 1e-9
+ABS_TOL = 1e-12
+
+_STRING_COLUMNS = ("cycle_id", "kind", "profile_id", "exchange_account", "symbol",
+                   "client_order_id", "exchange_order_id", "trade_id", "db_status",
+                   "exchange_status", "details")
+_NUMBER_COLUMNS = ("db_qty", "exchange_qty", "db_price", "exchange_price", "notional_usd")
+
+
+# --------------------------------------------------------------------------- input checks
+
+def _numbers(frame: pd.DataFrame, name: str, columns: Sequence[str]) -> pd.DataFrame:
+    """Coerce number columns that arrived as object (Decimal, str) to float64, or fail."""
+    updates = {}
+    for col in columns:
+        series = frame[col]
+        if pd.api.types.is_float_dtype(series.dtype):
+            continue
+        try:
+            updates[col] = pd.to_numeric(series, errors="raise").astype("float64")
+        except (TypeError, ValueError) as exc:
+            raise SnapshotShapeError(f"{name}.{col} holds values that are not numbers: {exc}") from exc
+    return frame.assign(**updates) if updates else frame
+
+
+def _recent(frame: pd.DataFrame, name: str, col: str, cutoff: pd.Timestamp) -> np.ndarray:
+    """True where `col` is after `cutoff` (null timestamps are not recent)."""
+    series = frame[col]
+    if not isinstance(series.dtype, pd.DatetimeTZDtype):
+        if pd.api.types.is_datetime64_dtype(series.dtype):
+            raise SnapshotShapeError(f"{name}.{col} must be timezone-aware (UTC), not naive")
+        try:
+            series = pd.to_datetime(series, utc=True)
+        except (TypeError, ValueError) as exc:
+            raise SnapshotShapeError(f"{name}.{col} holds values that are not timestamps: {exc}") from exc
+    return (series > cutoff).fillna(False).to_numpy(dtype=bool)
+
+
+def _require_sides(frame: pd.DataFrame, name: str, allowed: Sequence[str]) -> None:
+    bad = frame["side"].isna() | ~frame["side"].isin(list(allowed))
+    if bad.any():
+        sample = frame.loc[bad, "side"].head(3).tolist()
+        raise SnapshotShapeError(f"{name}.side must be one of {', '.join(allowed)}; found {sample!r}")
+
+
+def _require_present(frame: pd.DataFrame, name: str, col: str) -> None:
+    if frame[col].isna().any():
+        raise SnapshotShapeError(f"{name}.{col} has null value(s); a partial snapshot is not zero")
+
+
+# --------------------------------------------------------------------------- SQL
+
+def _differs(a: str, b: str) -> str:
+    """SQL: the two numbers differ beyond the tolerance (null vs value differs, null vs null not)."""
+    return (f"coalesce(abs({a} - {b}) > {REL_TOL!r} * greatest(abs({a}), abs({b})) + {ABS_TOL!r}, "
+            f"({a} IS NULL) <> ({b} IS NULL))")
+
+
+def _iso(col: str) -> str:
+    return f"strftime({col}, '%Y-%m-%dT%H:%M:%S.%fZ')"
+
+
+_OPEN_SQL = ", ".join(f"'{s}'" for s in OPEN_ORDER_STATUSES)
+_SIDE_DIFFERS = "d_side IS DISTINCT FROM e_side"
+_QTY_DRIFT = (f"({_SIDE_DIFFERS} OR {_differs('d_qty', 'e_qty')} "
+              f"OR {_differs('d_filled', 'e_filled')})")
+_PRICE_DRIFT = _differs("d_price", "e_price")
+_D_NUMS = """CAST(qty AS DOUBLE) AS d_qty,
+           coalesce(CAST(filled_qty AS DOUBLE), 0.0) AS d_filled,
+           nullif(CAST(price AS DOUBLE), 0.0) AS d_price"""
+_E_NUMS = """CAST(qty AS DOUBLE) AS e_qty,
+           coalesce(CAST(filled_qty AS DOUBLE), 0.0) AS e_filled,
+           nullif(CAST(price AS DOUBLE), 0.0) AS e_price"""
+
+# Stage 1, over every order: one full outer join on (account, client_order_id) that carries
+# only what decides, and keeps the rows that differ at all (exact tests; the tolerance is
+# applied to those few in stage 2): orders on one side only (DB side: open rows, and rows with
+# an exchange id, which may still match on it) and matched pairs that are not identical.
+_MATCH_SQL = f"""
+WITH d AS (
+    SELECT _row AS d_row,
+           CAST(exchange_account AS VARCHAR) AS d_account,
+           CAST(client_order_id AS VARCHAR) AS d_coid,
+           exchange_order_id IS NOT NULL AS d_has_eoid,
+           CAST(side AS VARCHAR) AS d_side,
+           coalesce(CAST(status AS VARCHAR) IN ({_OPEN_SQL}), false) AS d_open,
+           {_D_NUMS}
+    FROM db_orders
+),
+e AS (
+    SELECT _row AS e_row,
+           CAST(account AS VARCHAR) AS e_account,
+           CAST(client_order_id AS VARCHAR) AS e_coid,
+           CAST(side AS VARCHAR) AS e_side,
+           {_E_NUMS}
+    FROM exchange_open_orders
+)
+SELECT d_row, e_row
+FROM d FULL OUTER JOIN e ON d_account = e_account AND d_coid = e_coid
+WHERE d_row IS NULL
+   OR (e_row IS NULL AND (d_open OR d_has_eoid))
+   OR (e_row IS NOT NULL AND (NOT d_open OR d_side IS DISTINCT FROM e_side
+       OR d_qty IS DISTINCT FROM e_qty OR d_filled IS DISTINCT FROM e_filled
+       OR d_price IS DISTINCT FROM e_price))
+"""
+
+# Stage 2, over the few candidate rows plus positions and slices: every finding, its columns,
+# notional and details JSON, suppression flag, in the final order.
+_FINDINGS_SQL = f"""
+WITH d AS (
+    SELECT _row AS d_row, _recent AS d_recent,
+           CAST(profile_id AS VARCHAR) AS d_profile_id,
+           CAST(exchange_account AS VARCHAR) AS d_account,
+           CAST(trade_id AS VARCHAR) AS d_trade_id,
+           CAST(intent AS VARCHAR) AS d_intent,
+           CAST(symbol AS VARCHAR) AS d_symbol,
+           CAST(side AS VARCHAR) AS d_side,
+           CAST(client_order_id AS VARCHAR) AS d_coid,
+           CAST(exchange_order_id AS VARCHAR) AS d_eoid,
+           CAST(status AS VARCHAR) AS d_status,
+           coalesce(CAST(status AS VARCHAR) IN ({_OPEN_SQL}), false) AS d_open,
+           {_D_NUMS}
+    FROM d_rows
+),
+e AS (
+    SELECT _row AS e_row, _recent AS e_recent,
+           CAST(account AS VARCHAR) AS e_account,
+           CAST(symbol AS VARCHAR) AS e_symbol,
+           CAST(exchange_order_id AS VARCHAR) AS e_eoid,
+           CAST(client_order_id AS VARCHAR) AS e_coid,
+           CAST(side AS VARCHAR) AS e_side,
+           CAST(order_type AS VARCHAR) AS e_order_type,
+           CAST(status AS VARCHAR) AS e_status,
+           {_E_NUMS},
+           CAST(notional_usd AS DOUBLE) AS e_notional,
+           created_at AS e_created_at
+    FROM e_rows
+),
+j AS (
+    SELECT * FROM matches m LEFT JOIN d USING (d_row) LEFT JOIN e USING (e_row)
+),
+-- Fallback on the exchange order id for what the client id left unmatched on both sides.
+d_only AS (SELECT * FROM j WHERE e_row IS NULL),
+e_only AS (SELECT * FROM j WHERE d_row IS NULL),
+fb AS (
+    SELECT d_only.d_row, e_only.e_row
+    FROM d_only JOIN e_only ON d_only.d_account = e_only.e_account
+                           AND d_only.d_eoid = e_only.e_eoid
+),
+pairs AS (
+    SELECT j.*, 'client_order_id' AS matched_by FROM j
+    WHERE d_row IS NOT NULL AND e_row IS NOT NULL
+    UNION ALL BY NAME
+    SELECT d.*, e.*, 'exchange_order_id' AS matched_by FROM fb JOIN d USING (d_row) JOIN e USING (e_row)
+),
+orders AS (
+    SELECT 'missing_from_exchange' AS kind, d_profile_id AS profile_id, d_account AS account,
+           d_symbol AS symbol, d_coid AS client_order_id, d_eoid AS exchange_order_id,
+           d_trade_id AS trade_id, true AS attributable,
+           d_qty AS db_qty, CAST(NULL AS DOUBLE) AS exchange_qty,
+           d_status AS db_status, CAST(NULL AS VARCHAR) AS exchange_status,
+           d_price AS db_price, CAST(NULL AS DOUBLE) AS exchange_price,
+           greatest(d_qty - d_filled, 0.0) * d_price AS notional_usd,
+           d_recent AS suppressed, CAST(NULL AS BIGINT) AS slice_no,
+           json_object('side', d_side, 'intent', d_intent, 'filled_qty', d_filled,
+                       'remaining_qty', greatest(d_qty - d_filled, 0.0),
+                       'price_known', d_price IS NOT NULL) AS details
+    FROM d_only
+    WHERE d_open AND d_row NOT IN (SELECT d_row FROM fb)
+    UNION ALL
+    SELECT 'missing_in_db', a_profile_id, e_account, e_symbol, e_coid, e_eoid, a_trade_id,
+           a_profile_id IS NOT NULL, NULL, e_qty, NULL, e_status, NULL, e_price,
+           coalesce(greatest(e_qty - e_filled, 0.0) * e_price, e_notional),
+           e_recent, NULL,
+           json_object('side', e_side, 'order_type', e_order_type, 'filled_qty', e_filled,
+                       'remaining_qty', greatest(e_qty - e_filled, 0.0),
+                       'created_at', {_iso('e_created_at')}, 'attribution', a_attribution,
+                       'sub_tag', a_sub_tag, 'intent', a_intent)
+    FROM e_only LEFT JOIN attributions ON a_row = e_row
+    WHERE e_row NOT IN (SELECT e_row FROM fb)
+    UNION ALL
+    SELECT k.kind, d_profile_id, d_account, d_symbol, d_coid, coalesce(e_eoid, d_eoid),
+           d_trade_id, true, d_qty, e_qty, d_status, e_status, d_price, e_price,
+           CASE k.kind
+             WHEN 'status_drift' THEN
+               coalesce(greatest(e_qty - e_filled, 0.0) * coalesce(e_price, d_price), e_notional)
+             WHEN 'qty_drift' THEN
+               CASE WHEN {_SIDE_DIFFERS} THEN greatest(d_qty, e_qty)
+                    ELSE greatest(abs(d_qty - e_qty), abs(d_filled - e_filled)) END
+               * coalesce(e_price, d_price)
+             ELSE greatest(e_qty - e_filled, 0.0) * abs(d_price - e_price)
+           END,
+           d_recent OR e_recent, NULL,
+           json_object('matched_by', matched_by, 'intent', d_intent,
+                       'order_type', e_order_type, 'db_side', d_side, 'exchange_side', e_side,
+                       'db_filled_qty', d_filled, 'exchange_filled_qty', e_filled,
+                       'exchange_client_order_id', e_coid, 'db_exchange_order_id', d_eoid,
+                       'drift', CASE WHEN k.kind = 'qty_drift' THEN list_concat(
+                           CASE WHEN {_SIDE_DIFFERS} THEN ['side'] ELSE [] END,
+                           CASE WHEN {_differs('d_qty', 'e_qty')} THEN ['qty'] ELSE [] END,
+                           CASE WHEN {_differs('d_filled', 'e_filled')} THEN ['filled_qty']
+                                ELSE [] END) END)
+    FROM pairs CROSS JOIN (VALUES ('status_drift'), ('qty_drift'), ('price_drift')) AS k(kind)
+    WHERE (k.kind = 'status_drift' AND NOT d_open)
+       OR (k.kind = 'qty_drift' AND d_open AND {_QTY_DRIFT})
+       OR (k.kind = 'price_drift' AND d_open AND {_PRICE_DRIFT})
+),
+-- Positions: the exchange per account and symbol (one-way or hedge rows summed).
+ex AS (
+    SELECT CAST(account AS VARCHAR) AS account, CAST(symbol AS VARCHAR) AS symbol,
+           sum(qty * CASE side WHEN 'long' THEN 1.0 ELSE -1.0 END) AS ex_net,
+           sum(abs(qty)) AS ex_gross,
+           max(CASE WHEN min_qty_step > 0 THEN min_qty_step END) AS step,
+           max(CASE WHEN mark_price > 0 THEN mark_price END) AS mark,
+           sum(CASE WHEN entry_price > 0 THEN abs(qty) * entry_price END)
+             / nullif(sum(CASE WHEN entry_price > 0 THEN abs(qty) END), 0) AS ex_entry
+    FROM exchange_positions GROUP BY ALL
+),
+pos AS (
+    SELECT CAST(exchange_account AS VARCHAR) AS account, CAST(symbol AS VARCHAR) AS symbol,
+           CAST(profile_id AS VARCHAR) AS profile_id,
+           qty * CASE side WHEN 'long' THEN 1.0 ELSE -1.0 END AS net, abs(qty) AS q,
+           CASE WHEN avg_price > 0 THEN avg_price END AS avg_price, _recent AS recent
+    FROM db_positions
+),
+parts AS (
+    SELECT account, symbol, profile_id, sum(net) AS net FROM pos GROUP BY ALL
+),
+db AS (
+    SELECT account, symbol, sum(net) AS db_net, bool_or(recent) AS recent,
+           sum(q * avg_price) / nullif(sum(CASE WHEN avg_price IS NOT NULL THEN q END), 0)
+             AS db_price
+    FROM pos GROUP BY ALL
+),
+db_parts AS (
+    SELECT account, symbol,
+           list({{'profile_id': profile_id, 'net_qty': net}} ORDER BY profile_id NULLS FIRST)
+             AS parts
+    FROM parts GROUP BY ALL
+),
+both_sides AS (
+    SELECT account, symbol, coalesce(db_net, 0.0) AS db_net,
+           coalesce(ex_net, 0.0) AS ex_net, ex_gross, step, mark, ex_entry, db_price,
+           coalesce(recent, false) AS recent,
+           coalesce(db_net, 0.0) - coalesce(ex_net, 0.0) AS diff
+    FROM db FULL OUTER JOIN ex USING (account, symbol)
+),
+positions AS (
+    SELECT 'position_drift' AS kind, CAST(NULL AS VARCHAR) AS profile_id, b.account, b.symbol,
+           NULL AS client_order_id, NULL AS exchange_order_id, NULL AS trade_id,
+           false AS attributable, db_net, ex_net, NULL AS db_status, NULL AS exchange_status,
+           db_price, ex_entry, abs(diff) * coalesce(mark, ex_entry, db_price, 0.0),
+           recent, NULL AS slice_no,
+           json_object('profiles', coalesce(p.parts, []), 'difference', diff,
+                       'min_qty_step', step, 'exchange_row', ex_gross IS NOT NULL,
+                       'exchange_gross_qty', coalesce(ex_gross, 0.0))
+    FROM both_sides b LEFT JOIN db_parts p USING (account, symbol)
+    WHERE CASE WHEN step IS NOT NULL THEN abs(diff) >= step * (1 - {REL_TOL!r})
+               ELSE {_differs('db_net', 'ex_net')} END
+),
+-- Ghost slices: open with virtual open qty while the exchange is flat on the symbol.
+known AS (
+    SELECT DISTINCT CAST(exchange_account AS VARCHAR) AS account,
+           CAST(profile_id AS VARCHAR) AS profile_id
+    FROM profiles WHERE sub_tag IS NOT NULL AND CAST(sub_tag AS VARCHAR) <> ''
+),
+ghosts AS (
+    SELECT 'ghost_slice' AS kind, s.profile_id, s.account, s.symbol, NULL, NULL, s.trade_id,
+           k.profile_id IS NOT NULL, s.virtual_open_qty, coalesce(x.ex_gross, 0.0),
+           s.status, NULL, s.entry_price, x.mark,
+           s.virtual_open_qty * coalesce(x.mark, s.entry_price, 0.0),
+           s.recent, s.slice_no,
+           json_object('slice_no', s.slice_no, 'side', s.side, 'entry_qty', s.entry_qty,
+                       'exit_qty', s.exit_qty, 'min_qty_step', x.step,
+                       'exchange_row', x.ex_gross IS NOT NULL,
+                       'price_source', CASE WHEN x.mark IS NOT NULL THEN 'mark_price'
+                                            WHEN s.entry_price IS NOT NULL THEN 'entry_price'
+                                       END)
+    FROM (
+        SELECT CAST(profile_id AS VARCHAR) AS profile_id,
+               CAST(exchange_account AS VARCHAR) AS account, CAST(symbol AS VARCHAR) AS symbol,
+               CAST(trade_id AS VARCHAR) AS trade_id, CAST(slice_no AS BIGINT) AS slice_no,
+               CAST(side AS VARCHAR) AS side, CAST(status AS VARCHAR) AS status,
+               CAST(virtual_open_qty AS DOUBLE) AS virtual_open_qty,
+               CAST(entry_qty AS DOUBLE) AS entry_qty, CAST(exit_qty AS DOUBLE) AS exit_qty,
+               CASE WHEN entry_price > 0 THEN CAST(entry_price AS DOUBLE) END AS entry_price,
+               _recent AS recent
+        FROM db_trade_slices
+        WHERE status = '{OPEN_SLICE_STATUS}' AND virtual_open_qty > 0
+    ) s
+    LEFT JOIN ex x USING (account, symbol)
+    LEFT JOIN known k ON k.account = s.account AND k.profile_id = s.profile_id
+    WHERE x.ex_gross IS NULL
+       OR (CASE WHEN x.step IS NOT NULL THEN x.ex_gross < x.step
+                ELSE x.ex_gross <= {ABS_TOL!r} END)
+),
+found AS (
+    SELECT * FROM orders
+    UNION ALL SELECT * FROM positions
+    UNION ALL SELECT * FROM ghosts
+)
+SELECT kind, profile_id, account AS exchange_account, symbol, client_order_id,
+       exchange_order_id, trade_id, attributable, db_qty, exchange_qty, db_status,
+       exchange_status, db_price, exchange_price, abs(coalesce(notional_usd, 0.0)) AS notional_usd,
+       details, suppressed
+FROM found
+ORDER BY CASE kind {' '.join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(MISMATCH_KINDS))} END,
+         exchange_account NULLS FIRST, symbol NULLS FIRST, profile_id NULLS FIRST,
+         client_order_id NULLS FIRST, exchange_order_id NULLS FIRST, trade_id NULLS FIRST,
+         slice_no NULLS FIRST
+"""
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _attributions(e_rows: pd.DataFrame, profiles: pd.DataFrame) -> pd.DataFrame:
+    """Sub-tag attribution (`core.attribution`) of the given exchange orders (a few rows)."""
+    tags: dict[tuple[str, str], set[str]] = {}
+    for account, sub_tag, profile_id in zip(profiles["exchange_account"].tolist(),
+                                            profiles["sub_tag"].tolist(),
+                                            profiles["profile_id"].tolist()):
+        if isinstance(sub_tag, str) and sub_tag:
+            tags.setdefault((account, sub_tag), set()).add(profile_id)
+    cols: dict[str, list] = {k: [] for k in ("a_row", "a_profile_id", "a_trade_id",
+                                             "a_attribution", "a_sub_tag", "a_intent")}
+    for row, account, coid in zip(e_rows["_row"].tolist(), e_rows["account"].tolist(),
+                                  e_rows["client_order_id"].tolist()):
+        parsed = parse_client_order_id(coid)
+        profile_id = trade_id = sub_tag = intent = None
+        if parsed is None:
+            why = "foreign_id"
+        else:
+            sub_tag, intent = parsed.sub_tag, parsed.intent
+            owners = tags.get((account, parsed.sub_tag), set())
+            if len(owners) == 1:
+                why, profile_id, trade_id = "sub_tag", next(iter(owners)), parsed.trade_id
+            else:
+                why = "ambiguous_sub_tag" if owners else "unknown_sub_tag"
+        for key, value in (("a_row", row), ("a_profile_id", profile_id), ("a_trade_id", trade_id),
+                           ("a_attribution", why), ("a_sub_tag", sub_tag), ("a_intent", intent)):
+            cols[key].append(value)
+    return pd.DataFrame({k: pd.Series(v, dtype="int64" if k == "a_row" else object)
+                         for k, v in cols.items()})
+
+
+_DATABASE: tuple[int, duckdb.DuckDBPyConnection] | None = None
+_DATABASE_LOCK = threading.Lock()
+
+
+def _cursor() -> duckdb.DuckDBPyConnection:
+    """A fresh connection to a per-process in-memory DuckDB (opening one costs ~30 ms; a cursor
+    costs nothing). Views registered on it are its own, so concurrent calls do not mix."""
+    global _DATABASE
+    with _DATABASE_LOCK:
+        if _DATABASE is None or _DATABASE[0] != os.getpid():
+            _DATABASE = (os.getpid(), duckdb.connect(":memory:"))
+        return _DATABASE[1].cursor()
+
+
+def _to_result(table, cycle_id: str) -> pd.DataFrame:
+    """Arrow result -> the output frame: text as object with None, numbers float64."""
+    out = {}
+    for col in MISMATCH_COLUMNS:
+        if col == "cycle_id":
+            out[col] = pd.Series(np.full(table.num_rows, cycle_id, dtype=object), dtype=object)
+            continue
+        values = table.column(col).to_numpy(zero_copy_only=False)
+        if col in _NUMBER_COLUMNS:
+            out[col] = pd.Series(np.asarray(values, dtype="float64"))
+        elif col == "attributable":
+            out[col] = pd.Series(np.asarray(values, dtype=bool))
+        else:
+            out[col] = pd.Series(np.asarray(values, dtype=object), dtype=object)
+    return pd.DataFrame(out, columns=list(MISMATCH_COLUMNS))
+
+
+def empty_mismatches() -> pd.DataFrame:
+    """A zero-row result with the columns and dtypes of `reconciliation_diff`."""
+    return pd.DataFrame({c: pd.Series(dtype="float64" if c in _NUMBER_COLUMNS else
+                                      bool if c == "attributable" else object)
+                         for c in MISMATCH_COLUMNS})
+
+
+# --------------------------------------------------------------------------- the diff
+
+def reconciliation_diff(*, profiles: pd.DataFrame, db_orders: pd.DataFrame,
+                        db_positions: pd.DataFrame, db_trade_slices: pd.DataFrame,
+                        exchange_open_orders: pd.DataFrame, exchange_positions: pd.DataFrame,
+                        cycle_id: str, db_read_at: pd.Timestamp,
+                        recency_guard_s: float = 5.0) -> pd.DataFrame:
+    """The mismatch dataset of one cycle: one row per finding, columns `MISMATCH_COLUMNS`.
+
+    See the module docstring for the rules. `result.attrs` holds `suppressed_recent` (findings
+    withheld by the recency guard), `suppressed_recent_by_kind`, and `counts_by_kind`.
+    """
+    db_read_at = pd.Timestamp(db_read_at)
+    if db_read_at.tzinfo is None:
+        raise ValueError("db_read_at must be timezone-aware (UTC)")
+    if isinstance(recency_guard_s, bool) or not (
+            isinstance(recency_guard_s, (int, float)) and math.isfinite(recency_guard_s)
+            and recency_guard_s >= 0):
+        raise ValueError(f"recency_guard_s must be a number >= 0, not {recency_guard_s!r}")
+    cutoff = db_read_at - pd.Timedelta(seconds=float(recency_guard_s))
+
+    profiles = require_columns(profiles, DB_PROFILES, "db_profiles")
+    db_orders = _numbers(require_columns(db_orders, DB_ORDERS, "db_orders"), "db_orders",
+                         ("qty", "filled_qty", "price"))
+    db_positions = _numbers(require_columns(db_positions, DB_POSITIONS, "db_positions"),
+                            "db_positions", ("qty", "avg_price"))
+    slices = _numbers(require_columns(db_trade_slices, DB_TRADE_SLICES, "db_trade_slices"),
+                      "db_trade_slices",
+                      ("entry_qty", "exit_qty", "virtual_open_qty", "entry_price"))
+    ex_orders = _numbers(require_columns(exchange_open_orders, EXCHANGE_OPEN_ORDERS,
+                                         "exchange_open_orders"), "exchange_open_orders",
+                         ("qty", "filled_qty", "price", "notional_usd"))
+    ex_positions = _numbers(require_columns(exchange_positions, EXCHANGE_POSITIONS,
+                                            "exchange_positions"), "exchange_positions",
+                            ("qty", "entry_price", "mark_price", "notional_usd", "min_qty_step"))
+    for frame, name in ((db_positions, "db_positions"), (ex_positions, "exchange_positions")):
+        _require_sides(frame, name, ("long", "short"))
+        _require_present(frame, name, "qty")
+    open_slices = slices.loc[(slices["status"] == OPEN_SLICE_STATUS).fillna(False)]
+    _require_sides(open_slices, "db_trade_slices", ("long", "short"))
+    _require_present(open_slices, "db_trade_slices", "virtual_open_qty")
+
+    db_orders = db_orders.assign(_recent=_recent(db_orders, "db_orders", "updated_at", cutoff),
+                                 _row=np.arange(len(db_orders), dtype=np.int64))
+    ex_orders = ex_orders.assign(
+        _recent=_recent(ex_orders, "exchange_open_orders", "created_at", cutoff),
+        _row=np.arange(len(ex_orders), dtype=np.int64))
+    ex_orders["created_at"] = pd.to_datetime(ex_orders["created_at"], utc=True)
+    db_positions = db_positions.assign(
+        _recent=_recent(db_positions, "db_positions", "updated_at", cutoff))
+    slices = slices.assign(_recent=_recent(slices, "db_trade_slices", "updated_at", cutoff))
+
+    con = _cursor()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.register("db_orders", db_orders)
+        con.register("exchange_open_orders", ex_orders)
+        matches = con.sql(_MATCH_SQL).to_arrow_table()
+        d_pos = np.unique(matches.column("d_row").drop_null().to_numpy())
+        e_pos = np.unique(matches.column("e_row").drop_null().to_numpy())
+        e_rows = ex_orders.iloc[e_pos]
+        d_only = pc.is_null(matches.column("d_row"))
+        candidates = np.unique(matches.column("e_row").filter(d_only).to_numpy())
+        con.register("matches", matches)
+        con.register("d_rows", db_orders.iloc[d_pos])
+        con.register("e_rows", e_rows)
+        con.register("attributions", _attributions(ex_orders.iloc[candidates], profiles))
+        con.register("db_positions", db_positions)
+        con.register("exchange_positions", ex_positions)
+        con.register("db_trade_slices", slices)
+        con.register("profiles", profiles)
+        table = con.sql(_FINDINGS_SQL).to_arrow_table()
+    finally:
+        con.close()
+
+    suppressed = table.column("suppressed").to_numpy(zero_copy_only=False).astype(bool)
+    kinds = table.column("kind").to_numpy(zero_copy_only=False)
+    result = _to_result(table.filter(pa.array(~suppressed)), cycle_id)
+    held = pd.Series(kinds[suppressed], dtype=object).value_counts()
+    result.attrs["suppressed_recent"] = int(suppressed.sum())
+    result.attrs["suppressed_recent_by_kind"] = {k: int(held[k]) for k in MISMATCH_KINDS
+                                                 if k in held.index}
+    counts = result["kind"].value_counts()
+    result.attrs["counts_by_kind"] = {k: int(counts.get(k, 0)) for k in MISMATCH_KINDS}
+    return result
