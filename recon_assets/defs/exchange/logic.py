@@ -1,0 +1,238 @@
+"""The exchange snapshot's decisions, as plain functions (no Dagster): which symbols matter, which
+of them need their fills read, and how ccxt's structures become the frames of
+`recon_assets.core.frames`.
+
+Frames: symbols are ccxt unified symbols, quantities unsigned with a side (`buy`/`sell` for
+orders and fills; `long`/`short`/`flat` for positions), prices and money floats in USD, times
+timezone-aware UTC. Order statuses use the trading database's words (`open`,
+`partially_filled`, `filled`, `canceled`, `expired`, `rejected`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import pandas as pd
+
+from recon_assets.core.frames import (EXCHANGE_FILLS, EXCHANGE_OPEN_ORDERS, EXCHANGE_POSITIONS,
+                                      empty_frame)
+
+OPEN_DB_ORDER_STATUSES = {"new", "open", "partially_filled"}
+BINANCE_TO_DB_STATUS = {
+    "NEW": "open", "PARTIALLY_FILLED": "partially_filled", "FILLED": "filled",
+    "CANCELED": "canceled", "EXPIRED": "expired", "EXPIRED_IN_MATCH": "expired",
+    "REJECTED": "rejected", "NEW_INSURANCE": "open", "NEW_ADL": "open",
+}
+
+
+def _positive(value) -> bool:
+    try:
+        return float(value) > 0
+    except (TypeError, ValueError):
+        return False
+
+
+def db_symbols(snapshot: dict) -> set[str]:
+    """Symbols the database cares about: open slices, open orders, non-zero positions."""
+    symbols = set()
+    for s in snapshot.get("trade_slices") or []:
+        if s.get("status", "open") == "open":
+            symbols.add(s["symbol"])
+    for o in snapshot.get("orders") or []:
+        if o.get("status") in OPEN_DB_ORDER_STATUSES:
+            symbols.add(o["symbol"])
+    for p in snapshot.get("positions") or []:
+        if _positive(p.get("qty")):
+            symbols.add(p["symbol"])
+    return symbols
+
+
+def exchange_symbols(open_orders: Iterable[dict], positions: Iterable[dict]) -> set[str]:
+    """Symbols where the exchange shows activity: open orders or a non-zero position."""
+    return {o["symbol"] for o in open_orders} | {
+        p["symbol"] for p in positions if _positive(p.get("contracts"))}
+
+
+def activity_key(symbol: str, open_orders: Iterable[dict], positions: Iterable[dict]) -> str | None:
+    """A fingerprint of what the exchange shows for `symbol` (the position's amount and update
+    time, each open order's id, executed qty and update time). Every fill moves the position's
+    update time, so while the fingerprint is unchanged no new fill can exist. None when the
+    exchange lists no position for the symbol: then nothing can be concluded."""
+    position = next((p for p in positions if p["symbol"] == symbol and _positive(p.get("contracts"))), None)
+    if position is None:
+        return None
+    info = position.get("info") or {}
+    parts = [f"position:{info.get('positionAmt')}:{info.get('updateTime')}"]
+    parts += sorted(f"order:{o['id']}:{(o.get('info') or {}).get('executedQty')}:"
+                    f"{(o.get('info') or {}).get('updateTime')}"
+                    for o in open_orders if o["symbol"] == symbol)
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Cursor:
+    last_fill_id: int | None
+    activity_key: str | None
+    read_at_ms: int
+
+
+def plan_fill_reads(symbols: Iterable[str], keys: dict[str, str | None], cursors: dict[str, Cursor],
+                    now_ms: int, max_skip_ms: int) -> list[str]:
+    """The symbols whose fills must be read this cycle: never read, no position to fingerprint,
+    a changed fingerprint, or not read for `max_skip_ms` (a safety net)."""
+    out = []
+    for symbol in sorted(set(symbols)):
+        cursor = cursors.get(symbol)
+        key = keys.get(symbol)
+        if (cursor is None or cursor.last_fill_id is None and cursor.activity_key is None
+                or key is None or key != cursor.activity_key
+                or now_ms - cursor.read_at_ms > max_skip_ms):
+            out.append(symbol)
+    return out
+
+
+def _ts(ms) -> pd.Timestamp:
+    return pd.Timestamp(int(ms), unit="ms", tz="UTC")
+
+
+def _num(value) -> float:
+    try:
+        return float(value) if value is not None else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def open_orders_frame(account: str, orders: list[dict], mark_prices: dict[str, float],
+                      fetched_at: pd.Timestamp) -> pd.DataFrame:
+    """EXCHANGE_OPEN_ORDERS from ccxt orders (their `info` keeps Binance's exact status)."""
+    rows = []
+    for o in orders:
+        info = o.get("info") or {}
+        qty, price = _num(o.get("amount")), _num(o.get("price"))
+        if not price > 0:
+            price = math.nan
+        reference = price if price > 0 else mark_prices.get(o["symbol"], math.nan)
+        rows.append({
+            "account": account, "symbol": o["symbol"], "exchange_order_id": str(o["id"]),
+            "client_order_id": o.get("clientOrderId"), "side": o.get("side"),
+            "order_type": o.get("type"), "status": BINANCE_TO_DB_STATUS.get(info.get("status"), "open"),
+            "qty": qty, "filled_qty": _num(o.get("filled")) if o.get("filled") is not None else 0.0,
+            "price": price, "notional_usd": abs(qty * reference),
+            "created_at": _ts(o["timestamp"]), "fetched_at": fetched_at})
+    if not rows:
+        return typed(empty_frame(EXCHANGE_OPEN_ORDERS), EXCHANGE_OPEN_ORDERS)
+    return typed(pd.DataFrame(rows, columns=list(EXCHANGE_OPEN_ORDERS)), EXCHANGE_OPEN_ORDERS)
+
+
+def positions_frame(account: str, symbols: Iterable[str], positions: list[dict],
+                    steps: dict[str, float], fetched_at: pd.Timestamp) -> pd.DataFrame:
+    """EXCHANGE_POSITIONS: one row per symbol that matters, qty 0 and side `flat` when the
+    exchange holds no position, with the market's quantity step."""
+    by_symbol = {p["symbol"]: p for p in positions if _positive(p.get("contracts"))}
+    rows = []
+    for symbol in sorted(set(symbols) | set(by_symbol)):
+        p = by_symbol.get(symbol)
+        if p is None:
+            rows.append({"account": account, "symbol": symbol, "side": "flat", "qty": 0.0,
+                         "entry_price": math.nan, "mark_price": math.nan, "notional_usd": 0.0,
+                         "min_qty_step": steps.get(symbol, math.nan), "fetched_at": fetched_at})
+            continue
+        qty = _num(p.get("contracts")) * (_num(p.get("contractSize")) if p.get("contractSize") else 1.0)
+        mark = _num(p.get("markPrice"))
+        notional = abs(_num(p.get("notional"))) if p.get("notional") is not None else abs(qty * mark)
+        rows.append({"account": account, "symbol": symbol, "side": p.get("side"), "qty": qty,
+                     "entry_price": _num(p.get("entryPrice")), "mark_price": mark,
+                     "notional_usd": notional, "min_qty_step": steps.get(symbol, math.nan),
+                     "fetched_at": fetched_at})
+    if not rows:
+        return typed(empty_frame(EXCHANGE_POSITIONS), EXCHANGE_POSITIONS)
+    return typed(pd.DataFrame(rows, columns=list(EXCHANGE_POSITIONS)), EXCHANGE_POSITIONS)
+
+
+def fill_rows(account: str, trades: list[dict], client_ids: dict[str, str]) -> list[dict]:
+    """Rows for recon.exchange_fills from ccxt trades; the client_order_id comes from the order
+    (Binance's userTrades does not carry it), None when unknown."""
+    rows = []
+    for t in trades:
+        fee = t.get("fee") or {}
+        fee_usd = _num(fee.get("cost")) if fee.get("currency") in ("USDT", "USDC", "USD", None) else math.nan
+        order_id = str(t["order"])
+        rows.append({
+            "exchange_account": account, "symbol": t["symbol"], "exchange_fill_id": str(t["id"]),
+            "exchange_order_id": order_id, "client_order_id": client_ids.get(order_id),
+            "side": t["side"], "qty": _num(t["amount"]), "price": _num(t["price"]),
+            "fee_usd": 0.0 if math.isnan(fee_usd) else fee_usd, "filled_at": _ts(t["timestamp"])})
+    return rows
+
+
+def fills_frame(account: str, rows: list[dict], fetched_at: pd.Timestamp) -> pd.DataFrame:
+    """EXCHANGE_FILLS from stored fill rows."""
+    if not rows:
+        return typed(empty_frame(EXCHANGE_FILLS), EXCHANGE_FILLS)
+    frame = pd.DataFrame(rows)
+    frame = frame.rename(columns={"exchange_account": "account"})
+    frame["account"] = account
+    frame["notional_usd"] = frame["qty"].astype(float) * frame["price"].astype(float)
+    frame["fetched_at"] = fetched_at
+    frame = frame.sort_values(["filled_at", "symbol", "exchange_fill_id"], kind="stable")
+    return typed(frame.loc[:, list(EXCHANGE_FILLS)].reset_index(drop=True), EXCHANGE_FILLS)
+
+
+_FLOATS = {"qty", "filled_qty", "price", "notional_usd", "entry_price", "mark_price",
+           "min_qty_step", "fee_usd"}
+_TIMES = {"created_at", "fetched_at", "filled_at"}
+
+
+def typed(frame: pd.DataFrame, columns) -> pd.DataFrame:
+    """Exactly `columns`, floats as float64, times as UTC timestamps, the rest as objects."""
+    frame = frame.loc[:, list(columns)].copy()
+    for column in columns:
+        if column in _FLOATS:
+            frame[column] = pd.to_numeric(frame[column], errors="raise").astype("float64")
+        elif column in _TIMES:
+            frame[column] = pd.to_datetime(frame[column], utc=True)
+        else:
+            frame[column] = frame[column].astype("object")
+    return frame
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    passed: bool
+    problems: tuple[str, ...]
+
+
+def evaluate_snapshot(*, read_started: float, read_finished: float, checked_at: float,
+                      max_age_s: float, max_spread_s: float, missing_symbols: Iterable[str] = (),
+                      incomplete_symbols: Iterable[str] = ()) -> CheckOutcome:
+    """Fresh: read within `max_spread_s` from first to last response, and no older than
+    `max_age_s` now. Complete: no symbol that matters is missing, no fill read was cut short."""
+    problems = []
+    spread = read_finished - read_started
+    if spread > max_spread_s:
+        problems.append(f"the reads spread over {spread:.1f} s (> {max_spread_s:.0f} s): not one picture")
+    age = checked_at - read_started
+    if age > max_age_s:
+        problems.append(f"the snapshot is {age:.1f} s old (> {max_age_s:.0f} s)")
+    missing = sorted(missing_symbols)
+    if missing:
+        problems.append(f"no row for symbol(s) that matter: {', '.join(missing)}")
+    incomplete = sorted(incomplete_symbols)
+    if incomplete:
+        problems.append(f"fills not read to the end (page cap) for: {', '.join(incomplete)}")
+    return CheckOutcome(not problems, tuple(problems))
+
+
+def preview(frame: pd.DataFrame, rows: int = 20) -> str:
+    """A markdown table of the first rows, for the UI."""
+    if frame.empty:
+        return "_no rows_"
+    shown = frame.head(rows).copy()
+    for column in shown.columns:
+        if str(shown[column].dtype).startswith("datetime64"):
+            shown[column] = shown[column].dt.strftime("%Y-%m-%d %H:%M:%S")
+    text = shown.to_markdown(index=False)
+    return text if len(frame) <= rows else text + f"\n\n_{len(frame) - rows} more rows_"

@@ -1,0 +1,146 @@
+"""One account's exchange snapshot, read in one pass (no Dagster here: the assets, the demo and
+the benchmark call `read_exchange_snapshot`).
+
+The order of reads: markets (cached per process), every open order (one request), every
+position (one request), then fills only for the symbols that matter and may have new fills,
+from each symbol's cursor; then, for fills whose order is unknown, a targeted order lookup to
+learn its client_order_id. Any failed read raises: nothing is stored and no frame is returned.
+New fills and moved cursors are stored in one transaction at the end.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from recon_assets.defs.exchange import store
+from recon_assets.defs.exchange.logic import (OPEN_DB_ORDER_STATUSES, activity_key, db_symbols,
+                                              evaluate_snapshot, exchange_symbols, fill_rows,
+                                              fills_frame, open_orders_frame, plan_fill_reads,
+                                              positions_frame)
+from recon_assets.resources.database import PostgresStore
+from recon_assets.resources.exchange import (ExchangeFetchError, ExchangeResource,
+                                             ExchangeSession, RequestStats)
+
+
+@dataclass
+class ExchangeSnapshot:
+    account: str
+    open_orders: pd.DataFrame
+    positions: pd.DataFrame
+    fills: pd.DataFrame
+    stats: RequestStats
+    symbols: list[str]  # the symbols that matter
+    fill_reads: list[str]  # symbols whose fills were read this cycle
+    incomplete: list[str]  # symbols whose fill read hit the page cap
+    new_fills: int
+    probes: int
+    probe_errors: list[str] = field(default_factory=list)
+    read_started: float = 0.0  # wall-clock time before the open orders were read
+    read_finished: float = 0.0  # and after the positions were
+
+    def outcome(self, resource: ExchangeResource, asset: str, checked_at: float | None = None):
+        """The freshness/completeness verdict for one of the three frames."""
+        missing = []
+        if asset == "exchange_positions":
+            missing = sorted(set(self.symbols) - set(self.positions["symbol"]))
+        return evaluate_snapshot(
+            read_started=self.read_started, read_finished=self.read_finished,
+            checked_at=time.time() if checked_at is None else checked_at,
+            max_age_s=resource.max_snapshot_age_s, max_spread_s=resource.max_snapshot_spread_s,
+            missing_symbols=missing,
+            incomplete_symbols=self.incomplete if asset == "exchange_fills" else ())
+
+
+def read_exchange_snapshot(resource: ExchangeResource, database: PostgresStore, account: str,
+                           run_id: str, session: ExchangeSession | None = None) -> ExchangeSnapshot:
+    db = database.snapshot_account(account)
+    session = session or resource.session(account)
+    markets = session.load_markets()
+    read_started = time.time()  # the picture: open orders and positions, read back to back
+    orders = session.fetch_open_orders()
+    orders_at = pd.Timestamp.now(tz="UTC")
+    positions = session.fetch_positions()
+    positions_at = pd.Timestamp.now(tz="UTC")
+    read_finished = time.time()
+
+    symbols = db_symbols(db) | exchange_symbols(orders, positions)
+    unknown = sorted(s for s in symbols if s not in markets)
+    if unknown:
+        raise ExchangeFetchError(
+            f"{account}: symbol(s) {', '.join(unknown)} are not markets of {resource.exchange_id}; "
+            "the snapshot cannot say whether they are flat")
+
+    now_ms = int(time.time() * 1000)
+    window_ms = resource.fills_window_hours * 3_600_000
+    cursors = store.load_cursors(database, account)
+    keys = {s: activity_key(s, orders, positions) for s in symbols}
+    to_read = plan_fill_reads(symbols, keys, cursors, now_ms, resource.fills_max_skip_s * 1000)
+    trades: list[dict] = []
+    new_cursors: dict[str, dict] = {}
+    incomplete: list[str] = []
+    for symbol in to_read:
+        cursor = cursors.get(symbol)
+        after = cursor.last_fill_id if cursor else None
+        read, complete = session.fetch_fills(symbol, after, None if after is not None else now_ms - window_ms)
+        trades.extend(read)
+        last = max((int(t["id"]) for t in read), default=after)
+        last_at = max((t["timestamp"] for t in read), default=None)
+        if not complete:
+            incomplete.append(symbol)
+        new_cursors[symbol] = {
+            "last_fill_id": last, "last_fill_at": store.utc_from_ms(last_at) if last_at else None,
+            # Cut short: no fingerprint, so the next cycle reads on from the cursor.
+            "activity_key": keys.get(symbol) if complete else None,
+            "read_at": store.utc_from_ms(now_ms)}
+
+    # client_order_id of each fill: from the open orders, the database, earlier cycles, and,
+    # for what is still unknown, one lookup of the order.
+    client_ids = {str(o["id"]): o["clientOrderId"] for o in orders if o.get("clientOrderId")}
+    for o in db.get("orders") or []:
+        if o.get("exchange_order_id") and o.get("client_order_id"):
+            client_ids.setdefault(str(o["exchange_order_id"]), o["client_order_id"])
+    order_ids = sorted({str(t["order"]) for t in trades} - set(client_ids))
+    client_ids.update(store.known_client_ids(database, account, order_ids))
+    window_start = store.utc_from_ms(now_ms - window_ms)
+    wanted = [(str(t["order"]), t["symbol"]) for t in trades if str(t["order"]) not in client_ids]
+    wanted += store.unresolved_orders(database, account, window_start)
+    learnt: dict[str, str] = {}
+    probe_errors: list[str] = []
+    probes = 0
+    for order_id, symbol in dict.fromkeys(wanted):
+        if order_id in client_ids or order_id in learnt:
+            continue
+        if probes >= resource.max_order_probes:
+            break
+        probes += 1
+        try:
+            order = session.fetch_order(order_id, symbol)
+        except ExchangeFetchError as exc:  # attribution stays unknown: hands off, not a failure
+            probe_errors.append(str(exc))
+            continue
+        if order.get("clientOrderId"):
+            learnt[order_id] = order["clientOrderId"]
+    client_ids.update(learnt)
+
+    rows = fill_rows(account, trades, client_ids)
+    new_fills, window = store.save_and_read_window(database, account, run_id, rows, new_cursors,
+                                                   learnt, window_start)
+    finished_at = pd.Timestamp.now(tz="UTC")
+    mark_prices = {p["symbol"]: float(p["markPrice"]) for p in positions if p.get("markPrice")}
+    steps = {s: float(markets[s]["precision"]["amount"]) for s in symbols
+             if markets[s].get("precision", {}).get("amount") is not None}
+    stats = session.stats
+    return ExchangeSnapshot(
+        account=account,
+        open_orders=open_orders_frame(account, orders, mark_prices, orders_at),
+        positions=positions_frame(account, symbols, positions, steps, positions_at),
+        fills=fills_frame(account, window, finished_at),
+        stats=stats, symbols=sorted(symbols), fill_reads=to_read, incomplete=incomplete,
+        new_fills=new_fills, probes=probes, probe_errors=probe_errors,
+        read_started=read_started, read_finished=read_finished)
+
+
+__all__ = ["ExchangeSnapshot", "read_exchange_snapshot", "OPEN_DB_ORDER_STATUSES"]

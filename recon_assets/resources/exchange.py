@@ -1,0 +1,552 @@
+"""The exchange (the truth), through ccxt: `binanceusdm` by default.
+
+Credentials: one environment variable, `RECON_EXCHANGE_CREDENTIALS`, holding JSON
+`{"<exchange account>": {"apiKey": "...", "secret": "..."}}`, read through `EnvVar`. Keys and
+secrets never appear in logs, metadata or errors (messages name the account only).
+
+What makes a snapshot trustworthy or absent:
+- every response is checked before ccxt parses it: a body that is not JSON, or an item whose
+  field is missing or of the wrong shape, raises `ExchangePayloadError` naming the endpoint, the
+  item and the field, at once (no retry: a broken payload is not a transient fault);
+- `NetworkError` (timeouts, dropped connections), `RateLimitExceeded`/`DDoSProtection` (429,
+  418), `ExchangeNotAvailable`, 5xx answers and stale responses (an `Age`/`Date` header older
+  than `max_response_age_s`) are retried with exponential backoff, honouring `Retry-After`;
+  after `max_attempts` the fetch fails with `ExchangeFetchError`;
+- `AuthenticationError` (bad key, bad signature) fails at once.
+
+Every HTTP request is counted (per endpoint, with latency and retries) in `RequestStats`, which
+the snapshot assets put in their metadata and the benchmark reads.
+
+`api_base_url` points every `urls['api']` entry at another host (the loopback simulator).
+"""
+
+import json
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from email.utils import parsedate_to_datetime
+from typing import Any, Optional
+from urllib.parse import urlsplit
+
+import ccxt
+import dagster as dg
+from pydantic import Field
+
+
+class ExchangeFetchError(RuntimeError):
+    """A snapshot could not be read completely from the exchange; nothing may be written."""
+
+
+class ExchangePayloadError(ExchangeFetchError):
+    """The exchange answered with a body the snapshot cannot trust (names the field)."""
+
+
+class ExchangeCredentialsError(ExchangeFetchError):
+    """RECON_EXCHANGE_CREDENTIALS does not hold usable credentials for an account."""
+
+
+class StaleResponseError(ccxt.NetworkError):
+    """The exchange (or a cache in front of it) served data older than the allowed age."""
+
+
+# ---- payload checks (plain functions) --------------------------------------------------------
+ORDER_STATUSES = {"NEW", "PARTIALLY_FILLED", "FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH",
+                  "REJECTED", "NEW_INSURANCE", "NEW_ADL"}
+_SIDES = {"BUY", "SELL"}
+
+
+class _Bad(Exception):
+    pass
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _decimal(item: dict, name: str, minimum: Decimal | None = None, positive: bool = False) -> Decimal:
+    if name not in item:
+        raise _Bad(f"field {name!r} is missing")
+    raw = item[name]
+    if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
+        raise _Bad(f"field {name!r} = {raw!r} is not a decimal")
+    try:
+        value = Decimal(str(raw))
+    except (InvalidOperation, ValueError):
+        raise _Bad(f"field {name!r} = {raw!r} is not a decimal") from None
+    if not value.is_finite():
+        raise _Bad(f"field {name!r} = {raw!r} is not a finite decimal")
+    if positive and value <= 0:
+        raise _Bad(f"field {name!r} = {raw!r} must be > 0")
+    if minimum is not None and value < minimum:
+        raise _Bad(f"field {name!r} = {raw!r} must be >= {minimum}")
+    return value
+
+
+def _integer(item: dict, name: str, minimum: int = 0) -> int:
+    if name not in item:
+        raise _Bad(f"field {name!r} is missing")
+    raw = item[name]
+    if isinstance(raw, str) and raw.isdigit():  # some Binance endpoints send ms times as strings
+        raw = int(raw)
+    if not _is_int(raw) or raw < minimum:
+        raise _Bad(f"field {name!r} = {raw!r} is not a whole number >= {minimum}")
+    return raw
+
+
+def _choice(item: dict, name: str, allowed: set[str], why: str = "") -> str:
+    if name not in item:
+        raise _Bad(f"field {name!r} is missing")
+    raw = item[name]
+    if raw not in allowed:
+        raise _Bad(f"field {name!r} = {raw!r} is not one of {sorted(allowed)}{why}")
+    return raw
+
+
+def _text(item: dict, name: str, optional: bool = False) -> str | None:
+    if name not in item:
+        if optional:
+            return None
+        raise _Bad(f"field {name!r} is missing")
+    raw = item[name]
+    if not isinstance(raw, str) or (not raw and not optional):
+        raise _Bad(f"field {name!r} = {raw!r} is not a non-empty string")
+    return raw
+
+
+def _symbol(item: dict, known: set[str] | None) -> str:
+    symbol = _text(item, "symbol")
+    if known is not None and symbol not in known:
+        raise _Bad(f"field 'symbol' = {symbol!r} is not a market listed by exchangeInfo")
+    return symbol
+
+
+_HEDGE = " (hedge-mode accounts are not supported: use one-way mode, positionSide BOTH)"
+
+
+def _check_order(item: dict, known: set[str] | None, with_time: bool = True) -> None:
+    _integer(item, "orderId", 1)
+    _symbol(item, known)
+    _text(item, "clientOrderId")
+    _choice(item, "side", _SIDES)
+    _text(item, "type")
+    _choice(item, "status", ORDER_STATUSES)
+    qty = _decimal(item, "origQty", positive=True)
+    executed = _decimal(item, "executedQty", minimum=Decimal(0))
+    if executed > qty:
+        raise _Bad(f"field 'executedQty' = {item['executedQty']!r} exceeds origQty {item['origQty']!r}")
+    _decimal(item, "price", minimum=Decimal(0))
+    _decimal(item, "avgPrice", minimum=Decimal(0))
+    _choice(item, "positionSide", {"BOTH"}, _HEDGE)
+    if with_time:
+        _integer(item, "time", 1)
+    _integer(item, "updateTime", 0)
+
+
+def _check_position(item: dict, known: set[str] | None) -> None:
+    _symbol(item, known)
+    _choice(item, "positionSide", {"BOTH"}, _HEDGE)
+    amount = _decimal(item, "positionAmt")
+    entry = _decimal(item, "entryPrice", minimum=Decimal(0))
+    if amount != 0 and entry <= 0:
+        raise _Bad(f"field 'entryPrice' = {item['entryPrice']!r} must be > 0 for positionAmt {item['positionAmt']!r}")
+    _decimal(item, "markPrice", minimum=Decimal(0))
+    _decimal(item, "notional")
+    _integer(item, "updateTime", 0)
+
+
+def _check_trade(item: dict, known: set[str] | None) -> None:
+    _integer(item, "id", 1)
+    _integer(item, "orderId", 1)
+    _symbol(item, known)
+    _choice(item, "side", _SIDES)
+    _decimal(item, "price", positive=True)
+    _decimal(item, "qty", positive=True)
+    _decimal(item, "commission")
+    _text(item, "commissionAsset")
+    _integer(item, "time", 1)
+
+
+def _check_market(item: dict, _known) -> None:
+    _text(item, "symbol")
+    _text(item, "baseAsset")
+    _text(item, "quoteAsset")
+    _text(item, "status")
+    filters = item.get("filters")
+    if not isinstance(filters, list):
+        raise _Bad("field 'filters' is missing or not a list")
+    lot = next((f for f in filters if isinstance(f, dict) and f.get("filterType") == "LOT_SIZE"), None)
+    if lot is None:
+        raise _Bad("field 'filters' has no LOT_SIZE filter")
+    try:
+        _decimal(lot, "stepSize", positive=True)
+    except _Bad as exc:
+        raise _Bad(f"LOT_SIZE {exc}") from None
+
+
+def _label(item: Any) -> str:
+    if isinstance(item, dict):
+        for key in ("orderId", "id", "symbol"):
+            if key in item:
+                return f"{key} {item[key]}"
+    return "?"
+
+
+def _check_list(endpoint: str, payload: Any, check, known, **kwargs) -> None:
+    if not isinstance(payload, list):
+        raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: expected a JSON list, "
+                                   f"got {type(payload).__name__}")
+    for i, item in enumerate(payload):
+        if not isinstance(item, dict):
+            raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: item {i} is "
+                                       f"{type(item).__name__}, not an object")
+        try:
+            check(item, known, **kwargs)
+        except _Bad as exc:
+            raise ExchangePayloadError(
+                f"malformed exchange payload from {endpoint}: item {i} ({_label(item)}): {exc}") from None
+
+
+def check_payload(method: str, path: str, payload: Any, known_symbols: set[str] | None = None) -> None:
+    """Raise ExchangePayloadError naming the field when a Binance USD-M payload cannot be
+    trusted; `known_symbols` (exchange ids) are the markets every item must belong to."""
+    endpoint = f"{method} {path}"
+    if isinstance(payload, dict) and "code" in payload and "msg" in payload and len(payload) <= 3:
+        return  # an error body: ccxt's own error handling raises for it
+    if path.endswith("/exchangeInfo"):
+        if not isinstance(payload, dict) or not isinstance(payload.get("symbols"), list):
+            raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: field 'symbols' "
+                                       "is missing or not a list")
+        if not payload["symbols"]:
+            raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: field 'symbols' is empty")
+        _check_list(endpoint, payload["symbols"], _check_market, None)
+    elif path.endswith("/openOrders"):
+        _check_list(endpoint, payload, _check_order, known_symbols)
+    elif path.endswith("/positionRisk"):
+        _check_list(endpoint, payload, _check_position, known_symbols)
+    elif path.endswith("/userTrades"):
+        _check_list(endpoint, payload, _check_trade, known_symbols)
+    elif path.endswith("/order"):
+        if not isinstance(payload, dict):
+            raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: expected a JSON object")
+        try:
+            _check_order(payload, known_symbols, with_time=(method == "GET"))
+        except _Bad as exc:
+            raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: {exc}") from None
+    elif path.endswith("/account"):
+        if not isinstance(payload, dict) or not isinstance(payload.get("assets"), list):
+            raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: field 'assets' "
+                                       "is missing or not a list")
+
+
+def response_age_s(headers: Any, now: float | None = None) -> float:
+    """How old a response says it is: its `Age` header, or the distance from its `Date`."""
+    if not headers:
+        return 0.0
+    now = time.time() if now is None else now
+    age = 0.0
+    raw_age = headers.get("Age")
+    if raw_age is not None:
+        try:
+            age = max(age, float(raw_age))
+        except ValueError:
+            pass
+    raw_date = headers.get("Date")
+    if raw_date:
+        try:
+            age = max(age, now - parsedate_to_datetime(raw_date).timestamp() - 1.0)  # 1 s resolution
+        except (TypeError, ValueError, IndexError):
+            pass
+    return max(age, 0.0)
+
+
+_SIGNATURE_RE = re.compile(r"(signature=)[0-9a-fA-F]+")
+
+
+def _scrub(message: str) -> str:
+    return _SIGNATURE_RE.sub(r"\1<redacted>", message)
+
+
+# ---- the ccxt client -------------------------------------------------------------------------
+@dataclass
+class RequestStats:
+    """HTTP requests made to the exchange (retries included) and the time they took."""
+
+    requests: int = 0
+    retries: int = 0
+    seconds: float = 0.0
+    by_endpoint: dict[str, int] = field(default_factory=dict)
+    max_age_s: float = 0.0
+    first_at: float | None = None  # wall-clock time of the first and the last response
+    last_at: float | None = None
+
+    def as_metadata(self) -> dict:
+        return {"requests": self.requests, "retries": self.retries,
+                "request_seconds": round(self.seconds, 4),
+                "requests_by_endpoint": dict(sorted(self.by_endpoint.items())),
+                "max_response_age_s": round(self.max_age_s, 3)}
+
+
+def _client_class(exchange_id: str) -> type:
+    base = getattr(ccxt, exchange_id, None)
+    if base is None or not isinstance(base, type) or not issubclass(base, ccxt.Exchange):
+        raise ValueError(f"unknown ccxt exchange id {exchange_id!r}")
+
+    class CheckedClient(base):
+        """ccxt's client, with every response counted, checked and age-tested."""
+
+        recon_stats: RequestStats
+        recon_max_age_s: float = 30.0
+        recon_last_status: int | None = None
+        recon_retry_after: str | None = None
+
+        def fetch(self, url, method="GET", headers=None, body=None):
+            stats = self.recon_stats
+            path = urlsplit(url).path
+            endpoint = f"{method} {path}"
+            stats.requests += 1
+            stats.by_endpoint[endpoint] = stats.by_endpoint.get(endpoint, 0) + 1
+            self.recon_last_status, self.recon_retry_after = None, None
+            started = time.monotonic()
+            try:
+                response = super().fetch(url, method, headers, body)
+            finally:
+                stats.seconds += time.monotonic() - started
+            if isinstance(response, (str, bytes)) or response is None:
+                text = response.decode("utf8", "replace") if isinstance(response, bytes) else (response or "")
+                raise ExchangePayloadError(
+                    f"malformed exchange payload from {endpoint}: the body is not valid JSON "
+                    f"(truncated or garbled; {len(text)} characters, starting {text[:60]!r})")
+            age = response_age_s(self.last_response_headers)
+            stats.max_age_s = max(stats.max_age_s, age)
+            if age > self.recon_max_age_s:
+                raise StaleResponseError(f"{endpoint} served data {age:.0f} s old (the bound is "
+                                         f"{self.recon_max_age_s:.0f} s)")
+            known = set(self.markets_by_id) if self.markets_by_id else None
+            check_payload(method, path, response, known)
+            now = time.time()
+            stats.first_at = now if stats.first_at is None else stats.first_at
+            stats.last_at = now
+            return response
+
+        def handle_errors(self, code, reason, url, method, headers, body, response, request_headers,
+                          request_body):
+            self.recon_last_status = code
+            if headers:
+                self.recon_retry_after = headers.get("Retry-After")
+            return super().handle_errors(code, reason, url, method, headers, body, response,
+                                         request_headers, request_body)
+
+    CheckedClient.__name__ = f"Checked{base.__name__}"
+    return CheckedClient
+
+
+_MARKETS_CACHE: dict[tuple[str, str], tuple[float, Any]] = {}
+_MARKETS_LOCK = threading.Lock()
+
+
+def point_urls_at(urls: dict, base_url: str) -> dict:
+    """Every string entry of ccxt's `urls['api']`, re-rooted at `base_url` (paths kept)."""
+    base_url = base_url.rstrip("/")
+    out = {}
+    for key, value in urls.items():
+        if isinstance(value, str):
+            out[key] = base_url + urlsplit(value).path
+        elif isinstance(value, dict):
+            out[key] = point_urls_at(value, base_url)
+        else:
+            out[key] = value
+    return out
+
+
+class ExchangeSession:
+    """One account's conversation with the exchange for one cycle: a ccxt client, its request
+    statistics, and the retrying reads the snapshot assets use."""
+
+    def __init__(self, resource: "ExchangeResource", account: str, client, stats: RequestStats,
+                 sleep=time.sleep):
+        self.resource = resource
+        self.account = account
+        self.client = client
+        self.stats = stats
+        self._sleep = sleep
+
+    # The retry policy.
+    def call(self, label: str, fn, *args, **kwargs):
+        """Run one ccxt read with retries; raise ExchangeFetchError (naming the account and the
+        call, never the credentials) when it cannot succeed."""
+        res = self.resource
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return fn(*args, **kwargs)
+            except ExchangePayloadError as exc:
+                raise ExchangePayloadError(f"{self.account}: {label}: {exc}") from None
+            except ccxt.AuthenticationError as exc:
+                raise ExchangeFetchError(
+                    f"{self.account}: {label}: the exchange rejected the credentials "
+                    f"({type(exc).__name__}: {_scrub(str(exc))}); check RECON_EXCHANGE_CREDENTIALS "
+                    f"for this account") from None
+            except ccxt.BaseError as exc:
+                status = getattr(self.client, "recon_last_status", None)
+                retryable = isinstance(exc, ccxt.NetworkError) or (
+                    isinstance(exc, ccxt.OperationFailed) and not isinstance(exc, ccxt.BadResponse)) or (
+                    status is not None and status >= 500)
+                if not retryable:
+                    raise ExchangeFetchError(f"{self.account}: {label} failed: {type(exc).__name__}: "
+                                             f"{_scrub(str(exc))}") from None
+                wait = min(res.backoff_max_s, res.backoff_initial_s * 2 ** (attempt - 1))
+                wait *= 1 + 0.25 * random.random()
+                retry_after = getattr(self.client, "recon_retry_after", None)
+                if retry_after:
+                    try:
+                        wait = max(wait, float(retry_after))
+                    except ValueError:
+                        pass
+                if attempt >= res.max_attempts or wait > res.max_retry_after_s:
+                    why = (f"the exchange asked to wait {wait:.0f} s" if wait > res.max_retry_after_s
+                           else f"{attempt} attempts")
+                    raise ExchangeFetchError(
+                        f"{self.account}: {label} failed after {why}: {type(exc).__name__}: "
+                        f"{_scrub(str(exc))}") from None
+                self.stats.retries += 1
+                self._sleep(wait)
+
+    def load_markets(self) -> dict:
+        """Markets (exchangeInfo), shared by every session of this process for `markets_ttl_s`."""
+        key = (self.resource.exchange_id, self.resource.api_base_url or "")
+        with _MARKETS_LOCK:
+            cached = _MARKETS_CACHE.get(key)
+            if cached and time.monotonic() - cached[0] < self.resource.markets_ttl_s:
+                self.client.set_markets(cached[1])
+                return self.client.markets
+        markets = self.call("load markets (GET exchangeInfo)", self.client.load_markets, True)
+        with _MARKETS_LOCK:
+            _MARKETS_CACHE[key] = (time.monotonic(), list(markets.values()))
+        return markets
+
+    def fetch_open_orders(self) -> list[dict]:
+        """Every open order of the account, all symbols, in one request."""
+        return self.call("fetch open orders", self.client.fetch_open_orders)
+
+    def fetch_positions(self) -> list[dict]:
+        """Every non-zero position of the account, in one request."""
+        return self.call("fetch positions", self.client.fetch_positions)
+
+    def fetch_fills(self, symbol: str, after_id: int | None, since_ms: int | None) -> tuple[list[dict], bool]:
+        """The account's fills on `symbol` after trade id `after_id` (or since `since_ms` when
+        there is no cursor yet), oldest first, page by page. Returns (fills, complete): complete
+        is False when `max_trade_pages` pages were read and more remain."""
+        limit = self.resource.trades_page_limit
+        fills: list[dict] = []
+        pages = 0
+        while True:
+            if after_id is not None:
+                page = self.call(f"fetch fills of {symbol}", self.client.fetch_my_trades, symbol,
+                                 None, limit, {"fromId": after_id + 1})
+            else:
+                page = self.call(f"fetch fills of {symbol}", self.client.fetch_my_trades, symbol,
+                                 since_ms, limit)
+            pages += 1
+            page = sorted(page, key=lambda t: int(t["id"]))
+            fills.extend(page)
+            if page:
+                after_id = int(page[-1]["id"])
+            if len(page) < limit:
+                return fills, True
+            if pages >= self.resource.max_trade_pages:
+                return fills, False
+
+    def fetch_order(self, order_id: str, symbol: str) -> dict:
+        """One order by exchange id (the targeted probe)."""
+        return self.call(f"fetch order {order_id}", self.client.fetch_order, order_id, symbol)
+
+
+class ExchangeResource(dg.ConfigurableResource):
+    """The exchange through ccxt (Binance USD-M by default), with retries and request counts."""
+
+    exchange_id: str = Field(default="binanceusdm", description="ccxt exchange id.")
+    credentials: str = Field(
+        description="JSON {account: {apiKey, secret}}; set it through "
+                    "EnvVar('RECON_EXCHANGE_CREDENTIALS'). Never logged.")
+    api_base_url: Optional[str] = Field(
+        default=None, description="Point every ccxt API URL at this host (e.g. the simulator).")
+    timeout_ms: int = Field(default=10_000, description="ccxt HTTP timeout per request (ms).")
+    recv_window_ms: int = Field(default=10_000, description="Binance recvWindow for signed requests (ms).")
+    max_attempts: int = Field(default=4, description="Attempts per read before the snapshot fails.")
+    backoff_initial_s: float = Field(default=0.5, description="First retry delay; doubles per attempt.")
+    backoff_max_s: float = Field(default=8.0, description="Longest delay between two attempts.")
+    max_retry_after_s: float = Field(
+        default=30.0, description="Fail instead of waiting when the exchange asks for longer.")
+    max_response_age_s: float = Field(
+        default=30.0, description="A response older than this (Age/Date headers) is stale: retried.")
+    trades_page_limit: int = Field(default=1000, description="userTrades page size (Binance max 1000).")
+    max_trade_pages: int = Field(
+        default=20, description="Pages of fills read per symbol and cycle; beyond, the snapshot is incomplete.")
+    markets_ttl_s: int = Field(default=3600, description="How long loaded markets are reused in a process.")
+    enable_rate_limit: bool = Field(default=True, description="ccxt's client-side rate limiter.")
+    fills_window_hours: int = Field(
+        default=72, description="The exchange_fills snapshot holds the account's fills of this many hours.")
+    fills_max_skip_s: int = Field(
+        default=900, description="Re-read a symbol's fills at least this often, even when unchanged.")
+    max_order_probes: int = Field(
+        default=20, description="Orders looked up per cycle to learn a fill's client_order_id.")
+    max_snapshot_age_s: float = Field(
+        default=120.0, description="Freshness check: the snapshot is older than this when checked.")
+    max_snapshot_spread_s: float = Field(
+        default=30.0, description="Freshness check: first and last read further apart than this.")
+
+    def _credentials_for(self, account: str) -> tuple[str, str]:
+        try:
+            data = json.loads(self.credentials)
+        except (TypeError, ValueError):
+            raise ExchangeCredentialsError(
+                "RECON_EXCHANGE_CREDENTIALS is not valid JSON; expected "
+                '{"<account>": {"apiKey": "...", "secret": "..."}}') from None
+        entry = data.get(account) if isinstance(data, dict) else None
+        if not isinstance(entry, dict) or not isinstance(entry.get("apiKey"), str) or not entry.get(
+                "apiKey") or not isinstance(entry.get("secret"), str) or not entry.get("secret"):
+            raise ExchangeCredentialsError(
+                f"RECON_EXCHANGE_CREDENTIALS has no apiKey and secret for exchange account {account!r}")
+        return entry["apiKey"], entry["secret"]
+
+    def accounts(self) -> list[str]:
+        """The accounts that have credentials (names only)."""
+        try:
+            data = json.loads(self.credentials)
+        except (TypeError, ValueError):
+            return []
+        return sorted(data) if isinstance(data, dict) else []
+
+    def build_client(self, account: str, stats: RequestStats | None = None):
+        """A ccxt client for `account`, counting into `stats`. Also for trading in the demo and
+        tests (its writes are not retried: a blind retry of an order can place it twice)."""
+        api_key, secret = self._credentials_for(account)
+        client = _client_class(self.exchange_id)({
+            "apiKey": api_key,
+            "secret": secret,
+            "timeout": self.timeout_ms,
+            "enableRateLimit": self.enable_rate_limit,
+            "options": {
+                "fetchCurrencies": False,
+                "fetchMargins": False,
+                "warnOnFetchOpenOrdersWithoutSymbol": False,
+                "recvWindow": self.recv_window_ms,
+                # Leverage brackets only feed ccxt's margin estimates, which reconciliation does
+                # not use: skipping them saves a request per cycle.
+                "leverageBrackets": {},
+            },
+        })
+        if self.api_base_url:
+            client.urls["api"] = point_urls_at(client.urls["api"], self.api_base_url)
+        client.recon_stats = stats if stats is not None else RequestStats()
+        client.recon_max_age_s = self.max_response_age_s
+        return client
+
+    def session(self, account: str, stats: RequestStats | None = None, sleep=time.sleep) -> ExchangeSession:
+        """A session for one account and one cycle; `session.stats` counts its requests."""
+        stats = stats if stats is not None else RequestStats()
+        return ExchangeSession(self, account, self.build_client(account, stats), stats, sleep)

@@ -1,0 +1,461 @@
+"""The simulator's HTTP server: Binance USD-M REST endpoints, request signing checks, faults, and
+the `/_control/...` surface.
+
+Endpoints (exactly what ccxt 4.5 `binanceusdm` calls for what this project does):
+`GET /fapi/v1/exchangeInfo`, `GET /fapi/v1/openOrders`, `GET /fapi/v1/leverageBracket`,
+`GET /fapi/v3/positionRisk`, `GET /fapi/v1/userTrades`, `GET /fapi/v3/account`,
+`GET/POST/DELETE /fapi/v1/order`, plus `GET /fapi/v1/ping` and `GET /fapi/v1/time`.
+
+Signed endpoints check, like Binance: the `X-MBX-APIKEY` header (401, -2014 when absent or
+malformed; 401, -2015 when unknown), the `timestamp`/`recvWindow` window (400, -1021) and the
+HMAC-SHA256 `signature` of the query string plus body (400, -1022).
+
+Control (loopback only; for tests and the demo): `GET /_control/state`, `GET /_control/requests`,
+`GET /_control/credentials`, and `POST /_control/<op>` with a JSON body, where op is one of
+`reset`, `scenario` {name}, `add_account`, `add_market`, `set_mark_price`, `place_order`,
+`fill_order`, `cancel_order`, `expire_order`, `close_position`, `liquidate`, `fault`,
+`clear_faults`, `reset_requests` (arguments: the `SimExchange` method's keyword arguments).
+
+`python -m recon_assets.simulator.server --port 8765 --scenario demo`, or `recon simulator ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import re
+import signal
+import sys
+import threading
+import time
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from recon_assets.simulator.state import Account, Fault, SimError, SimExchange, now_ms
+
+_API_KEY_RE = re.compile(r"^[A-Za-z0-9]{1,128}$")
+_DEFAULT_RECV_WINDOW = 5000
+_PUBLIC = {("GET", "/fapi/v1/ping"), ("GET", "/fapi/v1/time"), ("GET", "/fapi/v1/exchangeInfo")}
+_SIGNED = {
+    ("GET", "/fapi/v1/openOrders"), ("GET", "/fapi/v1/leverageBracket"),
+    ("GET", "/fapi/v3/positionRisk"), ("GET", "/fapi/v1/userTrades"), ("GET", "/fapi/v3/account"),
+    ("GET", "/fapi/v1/order"), ("POST", "/fapi/v1/order"), ("DELETE", "/fapi/v1/order"),
+}
+_CONTROL_OPS = {
+    "reset", "scenario", "add_account", "add_market", "set_mark_price", "place_order",
+    "fill_order", "cancel_order", "expire_order", "close_position", "liquidate", "fault",
+    "clear_faults", "reset_requests",
+}
+
+
+def _bool(raw: str | None) -> bool:
+    return str(raw).lower() == "true"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as ccxt's session expects
+    server_version = "recon-sim/1.0"
+    timeout = 30  # idle keep-alive connections are closed after this many seconds
+
+    server: "_HTTPServer"
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet: tests and the demo own stdout
+        pass
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+    # ---- plumbing ----------------------------------------------------------------------------
+    def _send(self, status: int, body: bytes, content_type: str = "application/json",
+              headers: dict | None = None, declared_length: int | None = None) -> None:
+        headers = dict(headers or {})
+        self.send_response_only(status)
+        self.send_header("Server", self.version_string())
+        self.send_header("Date", headers.pop("Date", None) or self.date_time_string())
+        self.send_header("Content-Type", content_type if content_type != "application/json"
+                         else "application/json;charset=UTF-8")
+        self.send_header("Content-Length", str(declared_length if declared_length is not None else len(body)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+
+    def _send_json(self, status: int, payload: Any, headers: dict | None = None) -> None:
+        self._send(status, json.dumps(payload, separators=(",", ":")).encode(), headers=headers)
+
+    def _read_body(self) -> str:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length).decode("utf-8", "replace") if length else ""
+
+    def _handle(self, method: str) -> None:
+        parts = urlsplit(self.path)
+        path, query_raw = parts.path, parts.query
+        body_raw = self._read_body()
+        exchange = self.server.exchange
+        try:
+            if path.startswith("/_control"):
+                return self._control(method, path, body_raw)
+            exchange.count_request(method, path)
+            fault = exchange.take_fault(method, path) if path.startswith("/fapi") else None
+            if fault is not None and fault.kind == "latency":
+                time.sleep(float(fault.params.get("delay_ms", 1000)) / 1000)
+                fault = None
+            if fault is not None and fault.kind == "drop":
+                self.close_connection = True  # no response at all
+                return None
+            if fault is not None and fault.kind in ("rate_limit", "ban"):
+                retry_after = str(fault.params.get("retry_after_s", 1))
+                status = 429 if fault.kind == "rate_limit" else 418
+                msg = ("Too many requests; current limit of IP(127.0.0.1) is 2400 requests per "
+                       "minute. Please use the websocket for live updates to avoid polling the API."
+                       if status == 429 else
+                       f"Way too many requests; IP(127.0.0.1) banned until {now_ms() + 1000 * int(float(retry_after))}. "
+                       "Please use the websocket for live updates to avoid bans.")
+                return self._send_json(status, {"code": -1003, "msg": msg}, {"Retry-After": retry_after})
+            if fault is not None and fault.kind == "server_error":
+                status = int(fault.params.get("status", 503))
+                if fault.params.get("json"):
+                    return self._send_json(status, {"code": -1001, "msg": "Internal error; unable to process your request. Please try again."})
+                html = f"<html><head><title>{status}</title></head><body><h1>{status} {self.responses.get(status, ('Error',))[0]}</h1></body></html>"
+                return self._send(status, html.encode(), "text/html")
+            params = dict(parse_qsl(query_raw, keep_blank_values=True))
+            if method in ("POST", "PUT") and body_raw:
+                params.update(parse_qsl(body_raw, keep_blank_values=True))
+            headers: dict[str, str] = {}
+            state_source = None
+            if fault is not None and fault.kind == "stale":
+                frozen_at = fault.params["frozen_at"]
+                age_s = float(fault.params.get("age_s", 60))
+                state_source = fault.params["frozen"]
+                headers["Date"] = formatdate(frozen_at / 1000 - age_s, usegmt=True)
+                headers["Age"] = str(int(age_s + (now_ms() - frozen_at) / 1000))
+            payload = self._route(method, path, query_raw, body_raw, params, state_source)
+            payload = self._apply_payload_fault(fault, payload)
+            headers["X-MBX-USED-WEIGHT-1M"] = str(self.server.used_weight())
+            body = json.dumps(payload, separators=(",", ":")).encode()
+            if fault is not None and fault.kind == "malformed_json":
+                body = body[: max(1, len(body) // 2)]  # cut mid-document, honest length
+                return self._send(200, body, headers=headers)
+            if fault is not None and fault.kind == "truncated":
+                self.close_connection = True  # promise the whole body, send half, hang up
+                return self._send(200, body[: len(body) // 2], headers=headers, declared_length=len(body))
+            return self._send_json(200, payload, headers)
+        except SimError as exc:
+            return self._send_json(exc.http_status, exc.body())
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+            return None
+        except Exception as exc:  # a bug in the simulator: say so as Binance's -1000
+            return self._send_json(500, {"code": -1000, "msg": f"simulator error: {type(exc).__name__}: {exc}"})
+
+    @staticmethod
+    def _apply_payload_fault(fault: Fault | None, payload: Any) -> Any:
+        if fault is None:
+            return payload
+        if fault.kind == "empty":
+            if isinstance(payload, list):
+                return []
+            if isinstance(payload, dict):
+                for key in ("positions", "symbols", "assets"):
+                    if key in payload:
+                        payload[key] = []
+            return payload
+        if fault.kind == "bad_field":
+            name = fault.params["field"]
+            items = payload if isinstance(payload, list) else [payload]
+            if isinstance(payload, dict) and name not in payload:
+                items = [x for key in ("symbols", "positions", "assets") for x in payload.get(key, [])]
+            for item in items:
+                if isinstance(item, dict):
+                    if "value" in fault.params:
+                        item[name] = fault.params["value"]
+                    else:
+                        item.pop(name, None)
+        return payload
+
+    # ---- authentication ----------------------------------------------------------------------
+    def _authenticate(self, method: str, query_raw: str, body_raw: str, params: dict) -> Account:
+        api_key = self.headers.get("X-MBX-APIKEY")
+        if not api_key or not _API_KEY_RE.match(api_key):
+            raise SimError(-2014, "API-key format invalid.", 401)
+        account = self.server.exchange.account_by_key(api_key)
+        if account is None:
+            raise SimError(-2015, "Invalid API-key, IP, or permissions for action, request ip: 127.0.0.1", 401)
+        if "timestamp" not in params:
+            raise SimError(-1102, "Mandatory parameter 'timestamp' was not sent, was empty/null, or malformed.")
+        if "signature" not in params or not params["signature"]:
+            raise SimError(-1102, "Mandatory parameter 'signature' was not sent, was empty/null, or malformed.")
+        try:
+            timestamp = int(params["timestamp"])
+            recv_window = int(params.get("recvWindow", _DEFAULT_RECV_WINDOW))
+        except ValueError:
+            raise SimError(-1100, "Illegal characters found in parameter 'timestamp'.") from None
+        if recv_window > 60000:
+            raise SimError(-1131, "recvWindow must be less than 60000")
+        server_time = now_ms()
+        if timestamp > server_time + 1000 or server_time - timestamp > recv_window:
+            raise SimError(-1021, "Timestamp for this request is outside of the recvWindow.")
+        # Binance signs totalParams = query string + request body, without the signature itself.
+        total = query_raw + body_raw
+        signed = "&".join(p for p in total.split("&") if not p.startswith("signature="))
+        expected = hmac.new(account.secret.encode(), signed.encode(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, params["signature"].lower()):
+            raise SimError(-1022, "Signature for this request is not valid.")
+        return account
+
+    # ---- the exchange API --------------------------------------------------------------------
+    def _route(self, method: str, path: str, query_raw: str, body_raw: str, params: dict,
+               frozen: dict | None) -> Any:
+        exchange = self.server.exchange
+        key = (method, path)
+        if key not in _PUBLIC and key not in _SIGNED:
+            known_path = any(p == path for _, p in _PUBLIC | _SIGNED)
+            raise SimError(-1000, "Method not allowed" if known_path else "Not found",
+                           405 if known_path else 404)
+        if key == ("GET", "/fapi/v1/ping"):
+            return {}
+        if key == ("GET", "/fapi/v1/time"):
+            return {"serverTime": now_ms()}
+        if key == ("GET", "/fapi/v1/exchangeInfo"):
+            return exchange.exchange_info()
+        account = self._authenticate(method, query_raw, body_raw, params)
+        source = frozen[account.name] if frozen is not None and account.name in frozen else account
+        symbol = params.get("symbol") or None
+        with exchange.lock:
+            if key == ("GET", "/fapi/v1/openOrders"):
+                return exchange.open_orders(source, symbol)
+            if key == ("GET", "/fapi/v3/positionRisk"):
+                return exchange.position_risk(source, symbol)
+            if key == ("GET", "/fapi/v1/leverageBracket"):
+                return exchange.leverage_brackets(symbol)
+            if key == ("GET", "/fapi/v3/account"):
+                return exchange.account_info(source)
+            if key == ("GET", "/fapi/v1/userTrades"):
+                return exchange.user_trades(source, symbol, params.get("orderId"),
+                                            params.get("startTime"), params.get("endTime"),
+                                            params.get("fromId"), params.get("limit"))
+            if key == ("GET", "/fapi/v1/order"):
+                exchange.market(symbol)
+                order = exchange.find_order(source, params.get("orderId"),
+                                            params.get("origClientOrderId"), symbol)
+                return exchange.order_payload(order)
+            if key == ("DELETE", "/fapi/v1/order"):
+                exchange.market(symbol)
+                order = exchange.cancel_order(account, params.get("orderId"),
+                                              params.get("origClientOrderId"))
+                return exchange.order_payload(order, response=True)
+            if key == ("POST", "/fapi/v1/order"):
+                position_side = params.get("positionSide", "BOTH")
+                if position_side != "BOTH":
+                    raise SimError(-4061, "Order's position side does not match user's setting.")
+                order = exchange.place_order(
+                    account, symbol, params.get("side"), params.get("type"), params.get("quantity"),
+                    params.get("price"), params.get("newClientOrderId"),
+                    _bool(params.get("reduceOnly")), params.get("timeInForce"))
+                return exchange.order_payload(order, response=True)
+        raise SimError(-1000, "Not found", 404)  # unreachable
+
+    # ---- control surface ---------------------------------------------------------------------
+    def _control(self, method: str, path: str, body_raw: str) -> None:
+        exchange = self.server.exchange
+        op = path.removeprefix("/_control").strip("/")
+        try:
+            if method == "GET" and op == "state":
+                return self._send_json(200, exchange.dump())
+            if method == "GET" and op == "requests":
+                return self._send_json(200, dict(exchange.request_counts))
+            if method == "GET" and op == "credentials":
+                return self._send_json(200, credentials(exchange))
+            if method != "POST" or op not in _CONTROL_OPS:
+                return self._send_json(404, {"error": f"unknown control operation {method} {op!r}; "
+                                                      f"POST one of {sorted(_CONTROL_OPS)}"})
+            args = json.loads(body_raw) if body_raw.strip() else {}
+            if not isinstance(args, dict):
+                raise ValueError("the body must be a JSON object of keyword arguments")
+            return self._send_json(200, control(exchange, op, args))
+        except SimError as exc:
+            return self._send_json(400, {"error": exc.msg, "code": exc.code})
+        except (TypeError, ValueError, KeyError) as exc:
+            return self._send_json(400, {"error": f"{type(exc).__name__}: {exc}"})
+
+
+def credentials(exchange: SimExchange) -> dict:
+    """The simulated accounts' test keys, shaped for RECON_EXCHANGE_CREDENTIALS."""
+    with exchange.lock:
+        return {name: {"apiKey": a.api_key, "secret": a.secret} for name, a in exchange.accounts.items()}
+
+
+def control(exchange: SimExchange, op: str, args: dict) -> Any:
+    """Run one control operation (the same for HTTP and in-process callers); JSON-able result."""
+    if op == "reset":
+        exchange.reset()
+        return {"ok": True}
+    if op == "scenario":
+        from recon_assets.simulator.scenarios import load_scenario
+
+        scenario = load_scenario(exchange, args["name"])
+        return {"ok": True, "scenario": scenario.name, "accounts": sorted(exchange.accounts),
+                "expected": scenario.expected}
+    if op == "add_account":
+        account = exchange.add_account(**args)
+        return {"ok": True, "account": account.name}
+    if op == "add_market":
+        market = exchange.add_market(**args)
+        return {"ok": True, "symbol": market.symbol}
+    if op == "set_mark_price":
+        exchange.set_mark_price(**args)
+        return {"ok": True}
+    if op == "place_order":
+        return exchange.order_payload(exchange.place_order(**args))
+    if op == "fill_order":
+        return exchange.trade_payload(exchange.fill_order(**args))
+    if op == "cancel_order":
+        return exchange.order_payload(exchange.cancel_order(**args))
+    if op == "expire_order":
+        return exchange.order_payload(exchange.cancel_order(status="EXPIRED", **args))
+    if op == "close_position":
+        order = exchange.close_position(**args)
+        return exchange.order_payload(order) if order else {"ok": True, "order": None}
+    if op == "liquidate":
+        order = exchange.liquidate(**args)
+        return exchange.order_payload(order) if order else {"ok": True, "order": None}
+    if op == "fault":
+        fault = exchange.inject_fault(**args)
+        return {"ok": True, "kind": fault.kind, "path": fault.path, "count": fault.count}
+    if op == "clear_faults":
+        exchange.clear_faults()
+        return {"ok": True}
+    if op == "reset_requests":
+        return exchange.reset_request_counts()
+    raise ValueError(f"unknown control operation {op!r}")
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address, exchange: SimExchange):
+        super().__init__(address, _Handler)
+        self.exchange = exchange
+        self._weight_lock = threading.Lock()
+        self._weight_minute = 0
+        self._weight = 0
+
+    def used_weight(self) -> int:
+        with self._weight_lock:
+            minute = int(time.time() // 60)
+            if minute != self._weight_minute:
+                self._weight_minute, self._weight = minute, 0
+            self._weight += 1
+            return self._weight
+
+
+class SimulatorServer:
+    """The simulator on a loopback port, in a background thread of this process.
+
+    >>> sim = SimulatorServer(port=0, scenario="clean"); url = sim.start()
+    >>> sim.exchange.fill_order("acct1", client_order_id="rc.ALP.t1.X1")
+    >>> sim.stop()
+    """
+
+    def __init__(self, port: int = 0, host: str = "127.0.0.1", scenario: str | None = None,
+                 exchange: SimExchange | None = None):
+        self.host = host
+        self.port = port
+        self.exchange = exchange or SimExchange()
+        self.scenario = None
+        if scenario:
+            self.load_scenario(scenario)
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def load_scenario(self, name: str):
+        from recon_assets.simulator.scenarios import load_scenario
+
+        self.scenario = load_scenario(self.exchange, name)
+        return self.scenario
+
+    @property
+    def url(self) -> str:
+        if self._httpd is None:
+            raise RuntimeError("the simulator is not running")
+        return f"http://{self.host}:{self._httpd.server_address[1]}"
+
+    def credentials(self) -> dict:
+        return credentials(self.exchange)
+
+    def start(self) -> str:
+        """Start serving; returns the base URL (e.g. http://127.0.0.1:40123)."""
+        if self._httpd is not None:
+            return self.url
+        self._httpd = _HTTPServer((self.host, self.port), self.exchange)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name="recon-simulator", daemon=True)
+        self._thread.start()
+        return self.url
+
+    def stop(self) -> None:
+        if self._httpd is None:
+            return
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._httpd, self._thread = None, None
+
+    def __enter__(self) -> "SimulatorServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def main(argv: list[str]) -> int:
+    """`recon simulator --port P [--scenario NAME] [--host 127.0.0.1]`."""
+    from recon_assets.simulator.scenarios import SCENARIOS
+
+    parser = argparse.ArgumentParser(prog="recon simulator",
+                                     description="A loopback Binance USD-M futures exchange for tests and the demo.")
+    parser.add_argument("--port", type=int, required=True, help="TCP port (0 picks a free one)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), help="scenario to load at start")
+    args = parser.parse_args(argv)
+    server = SimulatorServer(port=args.port, host=args.host, scenario=args.scenario)
+    stop = threading.Event()
+
+    def _stop(signum, _frame):
+        stop.set()
+
+    # Background shells may start us with SIGINT/SIGTERM ignored: take them back.
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    url = server.start()
+    accounts = ", ".join(sorted(server.exchange.accounts)) or "none"
+    print(f"recon simulator listening on {url} (scenario: {args.scenario or 'none'}; "
+          f"accounts: {accounts}; test keys at GET {url}/_control/credentials)", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop()
+    print("recon simulator stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
