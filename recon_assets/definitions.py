@@ -12,12 +12,14 @@ import dagster as dg
 
 from recon_assets.resources.alerts import AlertWebhook
 from recon_assets.resources.database import PostgresStore
+from recon_assets.resources.exchange import ExchangeResource
 from recon_assets.resources.io_manager import PostgresFrameIOManager
 from recon_assets.settings import ReconSettings
 
 DOMAINS = [
     "database",
     "alerts",
+    "exchange",
 ]
 
 
@@ -30,6 +32,11 @@ def shared_resources() -> dict:
         # Optional secret: only referenced (never read) when the variable is set.
         "alert_webhook": AlertWebhook(url=dg.EnvVar("RECON_ALERT_WEBHOOK_URL"))
         if "RECON_ALERT_WEBHOOK_URL" in os.environ else AlertWebhook(),
+        # Credentials JSON {account: {apiKey, secret}}; the base URL only for the simulator.
+        "exchange": ExchangeResource(
+            credentials=dg.EnvVar("RECON_EXCHANGE_CREDENTIALS"),
+            **({"api_base_url": dg.EnvVar("RECON_EXCHANGE_API_BASE_URL")}
+               if "RECON_EXCHANGE_API_BASE_URL" in os.environ else {})),
     }
 
 
