@@ -370,3 +370,21 @@ def test_random_shuffles_of_real_looking_fills_keep_the_key():
         rnd.shuffle(fills)
         keys.add(decide(o, probe(average=100.0), list(fills)).idempotency_key)
     assert len(keys) == 1
+
+
+def test_fills_can_be_exchange_fills_snapshot_rows():
+    """Rows of the exchange_fills snapshot (frames.EXCHANGE_FILLS columns) are evidence too."""
+    rows = [{"account": "acct1", "symbol": "BTC/USDT:USDT", "exchange_fill_id": i,
+             "exchange_order_id": "9001", "client_order_id": "rc.ALP.t1.E1", "side": "buy",
+             "qty": q, "price": 100.0, "fee_usd": 0.02, "notional_usd": q * 100,
+             "filled_at": pd.Timestamp("2026-01-01T00:00:00Z"), "fetched_at": pd.Timestamp.now("UTC")}
+            for i, q in (("11", 1.5), ("12", 0.5))]
+    d = decide(fills=rows)
+    assert d.handler == ENTRY_FILL
+    assert d.params["p_fills"] == [
+        {"id": "11", "qty": "1.5", "price": "100", "fee_usd": "0.02",
+         "filled_at": "2026-01-01T00:00:00+00:00"},
+        {"id": "12", "qty": "0.5", "price": "100", "fee_usd": "0.02",
+         "filled_at": "2026-01-01T00:00:00+00:00"}]
+    other = decide(fills=[{**rows[0], "client_order_id": "rc.ALP.t2.E1"}, rows[1]])
+    assert (other.handler, other.reason) == (NONE, "fill_of_another_order")
