@@ -60,6 +60,10 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as ccxt's session expects
     server_version = "recon-sim/1.0"
     timeout = 30  # idle keep-alive connections are closed after this many seconds
+    # One send per response (headers and body together) and no Nagle delay: otherwise every
+    # keep-alive request waits for a delayed ACK (~40 ms on Linux loopback).
+    wbufsize = -1
+    disable_nagle_algorithm = True
 
     server: "_HTTPServer"
 
