@@ -95,7 +95,20 @@ def test_credentials_errors_never_echo_the_value():
     partial = ExchangeResource(credentials=json.dumps({"acct1": {"apiKey": "k"}}))
     with pytest.raises(ExchangeCredentialsError, match="'acct1'"):
         partial.session("acct1")
-    assert "s3cr3t" not in repr(ExchangeResource(credentials="{}").accounts())
+    resource = ExchangeResource(credentials=json.dumps({"acct1": {"apiKey": "k3y", "secret": "s3cr3t"}}))
+    assert resource.accounts() == ["acct1"]
+    assert "s3cr3t" not in repr(resource) and "s3cr3t" not in str(resource)
+
+
+def test_ccxt_debug_logs_never_carry_the_key(sim, caplog):
+    import logging
+
+    session = _resource(sim).session("acct1")
+    with caplog.at_level(logging.DEBUG):
+        session.load_markets()
+        session.fetch_open_orders()
+    key = sim.credentials()["acct1"]["apiKey"]
+    assert all(key not in record.getMessage() for record in caplog.records)
 
 
 def test_fills_are_read_page_by_page_from_the_cursor(sim):

@@ -20,7 +20,9 @@ the snapshot assets put in their metadata and the benchmark reads.
 `api_base_url` points every `urls['api']` entry at another host (the loopback simulator).
 """
 
+import functools
 import json
+import logging
 import random
 import re
 import threading
@@ -289,6 +291,13 @@ class RequestStats:
                 "max_response_age_s": round(self.max_age_s, 3)}
 
 
+# ccxt logs every request's headers (the API key among them) at DEBUG: its clients log here,
+# a logger held at INFO whatever the root level is.
+_CCXT_LOGGER = logging.getLogger("recon_assets.exchange.ccxt")
+_CCXT_LOGGER.setLevel(logging.INFO)
+
+
+@functools.lru_cache(maxsize=None)
 def _client_class(exchange_id: str) -> type:
     base = getattr(ccxt, exchange_id, None)
     if base is None or not isinstance(base, type) or not issubclass(base, ccxt.Exchange):
@@ -470,6 +479,7 @@ class ExchangeResource(dg.ConfigurableResource):
 
     exchange_id: str = Field(default="binanceusdm", description="ccxt exchange id.")
     credentials: str = Field(
+        repr=False,
         description="JSON {account: {apiKey, secret}}; set it through "
                     "EnvVar('RECON_EXCHANGE_CREDENTIALS'). Never logged.")
     api_base_url: Optional[str] = Field(
@@ -530,6 +540,7 @@ class ExchangeResource(dg.ConfigurableResource):
             "secret": secret,
             "timeout": self.timeout_ms,
             "enableRateLimit": self.enable_rate_limit,
+            "logger": _CCXT_LOGGER,
             "options": {
                 "fetchCurrencies": False,
                 "fetchMargins": False,
