@@ -20,6 +20,7 @@ DOMAINS = [
     "database",
     "alerts",
     "exchange",
+    "reconciliation",
 ]
 
 

@@ -14,7 +14,7 @@ EXCHANGE_OPEN_ORDERS = (
     "qty", "filled_qty", "price", "notional_usd", "created_at", "fetched_at",
 )
 # One row per symbol that matters to the account (open slices, open orders, recent activity),
-# qty 0 when the exchange holds no position, with the market's minimum quantity step so that
+# side "flat" and qty 0 when the exchange holds no position, with the market's minimum quantity step so that
 # "effectively zero" can be decided without another request.
 EXCHANGE_POSITIONS = (
     "account", "symbol", "side", "qty", "entry_price", "mark_price", "notional_usd",

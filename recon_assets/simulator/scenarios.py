@@ -252,6 +252,10 @@ def _cancelled_behind_db(b: _Builder, _base: dict) -> None:
              trade_id="t-a4", exchange_status="CANCELED", handler="reconcile_cancel")
 
 
+# A position closed behind the database's back is also account-level position drift.
+_DB_KEEPS_POSITION = "the database still holds the position the exchange closed"
+
+
 def _exit_filled_behind_db(b: _Builder, _base: dict) -> None:
     _, exit_ref = b.trade("alpha", "t-a5", "LINKUSDT", "BUY", "10.00", "14.500", "16.000")
     b.fill(exit_ref, in_sync=False)
@@ -259,6 +263,7 @@ def _exit_filled_behind_db(b: _Builder, _base: dict) -> None:
              trade_id="t-a5", handler="reconcile_exit_fill")
     b.expect("ghost_slice", "acct1", "LINKUSDT", trade_id="t-a5", profile_id="alpha",
              attributable=True, backfill="GO", evidence="exit fill of rc.ALP.t-a5.X1")
+    b.expect("position_drift", "acct1", "LINKUSDT", attributable=False, note=_DB_KEEPS_POSITION)
 
 
 def _closed_manually(b: _Builder, _base: dict) -> None:
@@ -268,6 +273,7 @@ def _closed_manually(b: _Builder, _base: dict) -> None:
     b.expect("ghost_slice", "acct1", "ADAUSDT", trade_id="t-b5", profile_id="beta", attributable=True,
              backfill="NO_GO", closing_client_order_id=order.client_order_id,
              note="closed from the web UI: no strong attribution; parity heartbeat confirmations")
+    b.expect("position_drift", "acct1", "ADAUSDT", attributable=False, note=_DB_KEEPS_POSITION)
 
 
 def _liquidated(b: _Builder, _base: dict) -> None:
@@ -279,6 +285,7 @@ def _liquidated(b: _Builder, _base: dict) -> None:
              trade_id="t-a6", exchange_status="CANCELED", handler="reconcile_cancel")
     b.expect("ghost_slice", "acct1", "DOGEUSDT", trade_id="t-a6", profile_id="alpha", attributable=True,
              backfill="NO_GO", closing_client_order_id=order.client_order_id, note="liquidation")
+    b.expect("position_drift", "acct1", "DOGEUSDT", attributable=False, note=_DB_KEEPS_POSITION)
 
 
 def _missing_in_db(b: _Builder, _base: dict) -> None:
@@ -322,6 +329,7 @@ def _unattributed_ghost(b: _Builder, _base: dict) -> None:
     b.ex.close_position("acct2", "SOLUSDT", client_order_id="web_" + random_suffix(16), at_ms=b.clock)
     b.expect("ghost_slice", "acct2", "SOLUSDT", trade_id="t-g2", profile_id="gamma",
              attributable=False, note="no order of the trade carries sub-tag attribution: quarantine")
+    b.expect("position_drift", "acct2", "SOLUSDT", attributable=False, note=_DB_KEEPS_POSITION)
 
 
 def _systemic_glitch(b: _Builder, _base: dict) -> None:

@@ -1,0 +1,53 @@
+"""The reconciliation cycle: one run per exchange account, driven by a schedule."""
+
+import dagster as dg
+
+from recon_assets.defs.partitions import exchange_account_partitions
+from recon_assets.defs.reconciliation.assets import reconciliation_diff
+from recon_assets.resources.database import PostgresStore
+
+# One cycle = snapshots of both sides and the diff, for one account; its run id is the cycle id.
+reconciliation_cycle_job = dg.define_asset_job(
+    "reconciliation_cycle",
+    selection=dg.AssetSelection.groups("database", "exchange", "reconciliation"),
+    partitions_def=exchange_account_partitions,
+    description="One reconciliation cycle for one exchange account: snapshot the database and "
+                "the exchange, then diff them.",
+)
+
+
+def cycle_schedule(cron: str) -> dg.ScheduleDefinition:
+    @dg.schedule(job=reconciliation_cycle_job, cron_schedule=cron, name="reconciliation_cycle_schedule",
+                 default_status=dg.DefaultScheduleStatus.RUNNING,
+                 description="Runs the reconciliation cycle for every exchange account.")
+    def _schedule(context: dg.ScheduleEvaluationContext):
+        accounts = context.instance.get_dynamic_partitions(exchange_account_partitions.name)
+        tick = context.scheduled_execution_time.isoformat()
+        for account in sorted(accounts):
+            yield dg.RunRequest(run_key=f"{account}:{tick}", partition_key=account,
+                                tags={"recon/account": account})
+
+    return _schedule
+
+
+@dg.run_failure_sensor(monitored_jobs=[reconciliation_cycle_job],
+                       default_status=dg.DefaultSensorStatus.RUNNING,
+                       description="Records a failed reconciliation cycle in recon.cycles, so "
+                                   "/internal/health reports the loop unhealthy.")
+def failed_cycle_sensor(context: dg.RunFailureSensorContext, database: PostgresStore):
+    run = context.dagster_run
+    account = run.tags.get("dagster/partition")
+    if not account:
+        return
+    message = context.failure_event.message or "reconciliation cycle failed"
+    database.call("recon_record_failed_cycle", {
+        "p_cycle_id": run.run_id, "p_account": account, "p_error": message})
+
+
+def defs(cron: str = "* * * * *") -> dg.Definitions:
+    return dg.Definitions(
+        assets=[reconciliation_diff],
+        jobs=[reconciliation_cycle_job],
+        schedules=[cycle_schedule(cron)],
+        sensors=[failed_cycle_sensor],
+    )
