@@ -385,6 +385,20 @@ def test_db_position_without_an_exchange_row_is_drift_with_no_step_known():
     assert row["notional_usd"] == pytest.approx(0.2 * 100.0)  # falls back to the DB price
 
 
+def test_a_flat_exchange_row_is_a_zero_position():
+    snap = snapshot(db_positions=[db_position("p1", 0.0)],
+                    exchange_positions=[ex_position(0.0, side="flat")],
+                    db_trade_slices=[trade_slice("p1", "t7", 0.5)])
+    assert list(diff(snap)["kind"]) == ["ghost_slice"]
+    snap = snapshot(db_positions=[db_position("p1", 0.3, side="short")],
+                    exchange_positions=[ex_position(0.0, side="flat")])
+    row = only(diff(snap), "position_drift")
+    assert (row["db_qty"], row["exchange_qty"]) == (-0.3, 0.0)
+    bad = snapshot(exchange_positions=[ex_position(1.0, side="flat")])
+    with pytest.raises(SnapshotShapeError, match="flat"):
+        diff(bad)
+
+
 # --------------------------------------------------------------------------- ghost slices
 
 def test_open_slice_while_the_exchange_is_flat_is_a_ghost():
