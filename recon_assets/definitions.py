@@ -21,6 +21,7 @@ DOMAINS = [
     "alerts",
     "exchange",
     "reconciliation",
+    "corrections",
 ]
 
 
@@ -41,8 +42,13 @@ def shared_resources() -> dict:
     }
 
 
-@dg.definitions
-def defs() -> dg.Definitions:
+def build_defs(resources: dict) -> dg.Definitions:
+    """Every domain's definitions bound to `resources` (tests and the demo pass their own)."""
     domain_defs = [importlib.import_module(f"recon_assets.defs.{name}.definitions").defs()
                    for name in DOMAINS]
-    return dg.Definitions.merge(*domain_defs, dg.Definitions(resources=shared_resources()))
+    return dg.Definitions.merge(*domain_defs, dg.Definitions(resources=resources))
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_defs(shared_resources())

@@ -138,6 +138,7 @@ class ReconSettings(dg.ConfigurableResource):
     exit_backfill_fill_after_trade_grace_minutes: int = 5
     # Not runbook flags: operational bounds of the loop itself.
     recency_guard_seconds: float = 5.0  # rows changed this recently are re-checked next cycle
+    correction_max_cycle_age_seconds: float = 300.0  # older snapshots never drive a correction
 
     @model_validator(mode="before")
     @classmethod

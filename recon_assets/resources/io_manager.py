@@ -26,7 +26,9 @@ class PostgresFrameIOManager(dg.ConfigurableIOManager):
         return asset_key, partition
 
     def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
-        if obj is None:
+        # Op results (e.g. a correction run's summary) are not datasets: their truth is in the
+        # recon tables and their summary in the run's metadata, so nothing is stored.
+        if obj is None or not context.has_asset_key:
             return
         if not isinstance(obj, pd.DataFrame):
             raise TypeError(f"{context.asset_key.to_user_string()}: expected a DataFrame, got {type(obj).__name__}")

@@ -25,6 +25,7 @@ test keys are `simkey<account>` / `simsecret<account>` (simulator-only credentia
 | unattributed_ghost | ghost slice of a trade whose orders carry no sub-tag attribution (quarantine) |
 | systemic_glitch | the exchange reports no positions at all (integrity watchdog pause, no mass close) |
 | demo | all of the above except the glitch, on acct1 and acct2 |
+| lifecycle | a filled entry, a filled exit and a cancel the database missed (the three handlers) |
 """
 
 from __future__ import annotations
@@ -359,7 +360,12 @@ _PIECES: dict[str, Callable[[_Builder, dict], None]] = {
     "unattributed_ghost": _unattributed_ghost,
     "systemic_glitch": _systemic_glitch,
 }
-SCENARIOS = ("clean", *_PIECES, "demo")
+# Scenarios made of several pieces; every other scenario is one piece (or none, "clean").
+_COMBOS: dict[str, list[str]] = {
+    "demo": [p for p in _PIECES if p != "systemic_glitch"],
+    "lifecycle": ["entry_filled_behind_db", "exit_filled_behind_db", "cancelled_behind_db"],
+}
+SCENARIOS = ("clean", *_PIECES, *_COMBOS)
 
 
 def build_scenario(exchange: SimExchange, name: str) -> Scenario:
@@ -369,8 +375,7 @@ def build_scenario(exchange: SimExchange, name: str) -> Scenario:
     b = _Builder(exchange)
     _accounts(b)
     base = _baseline(b)
-    pieces = [p for p in _PIECES if p != "systemic_glitch"] if name == "demo" else (
-        [] if name == "clean" else [name])
+    pieces = _COMBOS.get(name, [] if name == "clean" else [name])
     for piece in pieces:
         _PIECES[piece](b, base)
     exchange.check_consistency()

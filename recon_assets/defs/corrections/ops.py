@@ -1,0 +1,170 @@
+"""The lifecycle correction job: route one profile's mismatches through the runbook's handlers.
+
+For every order the cycle found `missing_from_exchange`, one targeted probe (the order by id and
+its fills) feeds the pure decision (`core.corrections`), and an actionable decision is applied by
+its SQL handler under the profile's reconciliation lock, exactly once (idempotency key). While
+the job runs the profile's trading state is `reconciling`, so the trading app starts no new
+ENTRY/EXIT flow; it is restored at the end, also when the job fails (and a crashed run's state is
+restored by the next run's `recon_end_reconciling`).
+"""
+
+import time
+
+import dagster as dg
+import pandas as pd
+import psycopg
+
+from recon_assets.core.corrections import (ProbeFailure, decide_missing_from_exchange)
+from recon_assets.resources.database import PostgresStore
+from recon_assets.resources.exchange import ExchangeFetchError, ExchangeResource
+from recon_assets.settings import ReconSettings
+
+# Kinds the handlers act on. Others (missing_in_db, drift, ghosts) are reported, not corrected here.
+ACTIONABLE_KINDS = ("missing_from_exchange",)
+
+
+class LifecycleCorrectionConfig(dg.Config):
+    profile_id: str
+    cycle_id: str = ""  # empty: the latest succeeded cycle of the profile's account
+
+
+class StaleCycleError(RuntimeError):
+    """The cycle's snapshots are too old to act on."""
+
+
+def _resolve_cycle(database: PostgresStore, profile_id: str, cycle_id: str, max_age_s: float) -> dict:
+    with database.connect() as conn:
+        profile = conn.execute("SELECT id, exchange_account FROM profiles WHERE id = %s",
+                               (profile_id,)).fetchone()
+        if profile is None:
+            raise ValueError(f"unknown profile {profile_id!r}")
+        cycle = conn.execute(
+            """SELECT cycle_id, exchange_account, finished_at,
+                      extract(epoch FROM now() - finished_at) AS age_s
+               FROM recon.cycles WHERE exchange_account = %s AND status = 'succeeded'
+                 AND (%s = '' OR cycle_id = %s)
+               ORDER BY finished_at DESC LIMIT 1""",
+            (profile["exchange_account"], cycle_id, cycle_id)).fetchone()
+    if cycle is None:
+        raise ValueError(f"no succeeded reconciliation cycle {cycle_id or ''} for the account "
+                         f"{profile['exchange_account']} of profile {profile_id}")
+    if float(cycle["age_s"]) > max_age_s:
+        raise StaleCycleError(
+            f"cycle {cycle['cycle_id']} finished {float(cycle['age_s']):.0f} s ago (bound "
+            f"{max_age_s:.0f} s): its snapshots are stale, no correction is made from them")
+    return cycle
+
+
+def _actionable(database: PostgresStore, cycle_id: str, profile_id: str) -> list[dict]:
+    """The cycle's actionable mismatches of the profile, joined with the order as the DB holds it now."""
+    with database.connect() as conn:
+        return conn.execute(
+            """SELECT m.id AS mismatch_id, m.kind, o.profile_id, o.trade_id, o.intent, o.symbol,
+                      o.side, o.client_order_id, o.exchange_order_id, o.status,
+                      o.qty::text AS qty, o.filled_qty::text AS filled_qty,
+                      o.avg_fill_price::text AS avg_fill_price, o.price::text AS price
+               FROM recon.mismatches m
+               JOIN orders o ON o.client_order_id = m.client_order_id AND o.profile_id = m.profile_id
+               WHERE m.cycle_id = %s AND m.profile_id = %s AND m.kind = ANY(%s)
+               ORDER BY m.client_order_id""",
+            (cycle_id, profile_id, list(ACTIONABLE_KINDS))).fetchall()
+
+
+def _probe_failure(exc: Exception) -> ProbeFailure:
+    # ExchangeSession re-raises ccxt errors as ExchangeFetchError (no credentials in the text);
+    # the ccxt error it replaced is kept as the context, and that is what classifies the failure.
+    original = exc.__context__ if isinstance(exc, ExchangeFetchError) and exc.__context__ else exc
+    return ProbeFailure.from_exception(original)
+
+
+def probe_order(session, order: dict) -> tuple[dict | ProbeFailure, list[dict]]:
+    """The one targeted probe: the order by exchange id (else client id), then its fills."""
+    symbol = order["symbol"]
+    try:
+        if order.get("exchange_order_id"):
+            probe = session.call(f"probe order {order['client_order_id']}", session.client.fetch_order,
+                                 str(order["exchange_order_id"]), symbol)
+        else:
+            probe = session.call(f"probe order {order['client_order_id']}", session.client.fetch_order,
+                                 None, symbol, {"origClientOrderId": order["client_order_id"]})
+        fills = []
+        if float(probe.get("filled") or 0) > 0:
+            fills = session.call(f"probe fills of {order['client_order_id']}",
+                                 session.client.fetch_my_trades, symbol, None, None,
+                                 {"orderId": probe["id"]})
+    except Exception as exc:  # noqa: BLE001 - any failed probe decides nothing
+        return _probe_failure(exc), []
+    return probe, fills
+
+
+def _apply(context, database: PostgresStore, decision, profile_id: str, cycle_id: str) -> dict:
+    started = time.monotonic()
+    try:
+        return database.call(decision.sql_function, dict(decision.params))
+    except psycopg.errors.LockNotAvailable:
+        waited_ms = int((time.monotonic() - started) * 1000)
+        with database.connect() as conn:
+            conn.execute("INSERT INTO recon.lock_contention (profile_id, cycle_id, waited_ms) "
+                         "VALUES (%s, %s, %s)", (profile_id, cycle_id, waited_ms))
+        context.log.warning(f"reconciliation lock of {profile_id} busy for {waited_ms} ms; "
+                            "recorded as contention, retried next cycle")
+        return {"status": "lock_contention", "waited_ms": waited_ms}
+
+
+@dg.op(description="Probes each order of the profile that the cycle found missing from the "
+                   "exchange, decides entry fill / exit fill / cancel, and applies it exactly once "
+                   "under the profile's reconciliation lock.",
+       tags={"kind": "postgres"})
+def correct_profile(context: dg.OpExecutionContext, config: LifecycleCorrectionConfig,
+                    settings: ReconSettings, database: PostgresStore,
+                    exchange: ExchangeResource) -> dict:
+    cycle = _resolve_cycle(database, config.profile_id, config.cycle_id,
+                           settings.correction_max_cycle_age_seconds)
+    cycle_id, account = cycle["cycle_id"], cycle["exchange_account"]
+    rows = _actionable(database, cycle_id, config.profile_id)
+    context.log.info(f"profile {config.profile_id} on {account}: {len(rows)} actionable "
+                     f"mismatch(es) from cycle {cycle_id}; dry run {settings.position_parity_dry_run}")
+    outcomes = []
+    if rows:
+        database.call("recon_begin_reconciling", {"p_profile_id": config.profile_id,
+                                                  "p_cycle_id": context.run_id})
+        try:
+            session = exchange.session(account)
+            for row in rows:
+                probe, fills = probe_order(session, row)
+                decision = decide_missing_from_exchange(
+                    row, probe, fills, cycle_id=context.run_id,
+                    dry_run=settings.position_parity_dry_run,
+                    evidence={"mismatch_id": row["mismatch_id"], "diff_cycle_id": cycle_id})
+                result = (_apply(context, database, decision, config.profile_id, context.run_id)
+                          if decision.actionable else {"status": "not_applied"})
+                outcomes.append({"client_order_id": row["client_order_id"],
+                                 "handler": decision.runbook_name or "none",
+                                 "reason": decision.reason,
+                                 "status": (result or {}).get("status", "applied"),
+                                 "detail": decision.detail})
+                context.log.info(f"{row['client_order_id']}: {decision.reason} -> "
+                                 f"{outcomes[-1]['status']}")
+        finally:
+            database.call("recon_end_reconciling", {"p_profile_id": config.profile_id,
+                                                    "p_cycle_id": context.run_id})
+    table = pd.DataFrame(outcomes, columns=["client_order_id", "handler", "reason", "status", "detail"])
+    counts = table["status"].value_counts().to_dict() if len(table) else {}
+    context.add_output_metadata({
+        "profile_id": config.profile_id, "exchange_account": account, "diff_cycle_id": cycle_id,
+        "dry_run": settings.position_parity_dry_run,
+        "corrections": dg.MetadataValue.md(table.to_markdown(index=False) if len(table) else "_nothing to correct_"),
+        **{f"status/{k}": int(v) for k, v in counts.items()},
+    })
+    if counts.get("lock_contention"):
+        raise dg.Failure(f"reconciliation lock of {config.profile_id} was busy; "
+                         f"{counts['lock_contention']} correction(s) wait for the next cycle")
+    return {"cycle_id": cycle_id, "outcomes": outcomes}
+
+
+@dg.job(description="Lifecycle-safe corrections (reconcileEntryFill, reconcileExitFill, "
+                    "reconcileCancel) for one profile, from a reconciliation cycle's mismatches. "
+                    "Launch by hand with the profile id to correct from its latest cycle.",
+        tags={"recon/job": "lifecycle_correction"})
+def lifecycle_correction():
+    correct_profile()
