@@ -165,3 +165,27 @@ def test_stale_cycle_blocks_corrections(sim, pg_dsn, instance):
     error = results[0].get_step_failure_events()[0].event_specific_data.error.to_string()
     assert "stale" in error
     assert _query(pg_dsn, "SELECT count(*) FROM recon.corrections") == [(0,)]
+
+
+def test_lock_contention_is_recorded_and_escalated(sim, pg_dsn, instance):
+    plan = sim.load_scenario("cancelled_behind_db")
+    plan.seed_database(pg_dsn)
+    instance.add_dynamic_partitions(exchange_account_partitions.name, plan.accounts())
+    defs = make_defs(sim, pg_dsn)
+    run_scheduled_cycles(defs, instance)
+    requests = evaluate_correction_sensor(defs, instance).run_requests
+    profile = requests[0].tags["recon/profile"]
+    impatient_store = PostgresStore(dsn=pg_dsn, lock_timeout_ms=300)
+    impatient = build_defs({**defs.resources, "database": impatient_store,
+                            "io_manager": PostgresFrameIOManager(database=impatient_store)})
+    # Another reconciler holds the profile's lock for the whole attempt.
+    with psycopg.connect(pg_dsn, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(recon_profile_lock_key(%s))", (profile,))
+        results = run_corrections(impatient, instance, requests)
+    assert not any(r.success for r in results)
+    assert _query(pg_dsn, "SELECT profile_id FROM recon.lock_contention") == [(profile,)]
+    assert _query(pg_dsn, "SELECT count(*) FROM recon.corrections") == [(0,)]
+    with dg.build_sensor_context(instance=instance, resources={
+            "database": defs.resources["database"], "alert_webhook": AlertWebhook()}) as context:
+        defs.get_sensor_def("escalation_sensor")(context)
+    assert _query(pg_dsn, "SELECT reason, profile_id FROM recon.alerts") == [("lock_contention", profile)]

@@ -69,6 +69,9 @@ class PostgresStore(dg.ConfigurableResource):
     dsn: str = Field(description="Postgres URL; set it through EnvVar('RECON_DATABASE_URL').")
     connect_timeout_s: int = 10
     statement_timeout_ms: int = 30_000
+    # How long a correction waits for a profile's reconciliation lock before it gives up and
+    # records lock contention (escalated by the alert sensor).
+    lock_timeout_ms: int = 10_000
 
     def describe(self) -> str:
         return redact_dsn(self.dsn)
@@ -80,7 +83,8 @@ class PostgresStore(dg.ConfigurableResource):
             conn = psycopg.connect(
                 self.dsn, autocommit=autocommit, row_factory=dict_row,
                 connect_timeout=self.connect_timeout_s, application_name="recon-assets",
-                options=f"-c statement_timeout={self.statement_timeout_ms}")
+                options=f"-c statement_timeout={self.statement_timeout_ms} "
+                        f"-c lock_timeout={self.lock_timeout_ms}")
         except psycopg.OperationalError as exc:
             # psycopg's message names host and user but not the password; keep only its reason.
             reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__

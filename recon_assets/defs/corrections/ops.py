@@ -97,18 +97,24 @@ def probe_order(session, order: dict) -> tuple[dict | ProbeFailure, list[dict]]:
     return probe, fills
 
 
-def _apply(context, database: PostgresStore, decision, profile_id: str, cycle_id: str) -> dict:
+class LockContention(RuntimeError):
+    """Another reconciler held the profile's lock longer than the store's lock_timeout."""
+
+
+def call_under_lock(database: PostgresStore, function: str, params: dict, profile_id: str,
+                    cycle_id: str) -> dict:
+    """Call a SQL function that takes the profile's reconciliation lock; a lock wait that times
+    out is recorded in recon.lock_contention (the escalation sensor reports it) and raised."""
     started = time.monotonic()
     try:
-        return database.call(decision.sql_function, dict(decision.params))
+        return database.call(function, params)
     except psycopg.errors.LockNotAvailable:
         waited_ms = int((time.monotonic() - started) * 1000)
         with database.connect() as conn:
             conn.execute("INSERT INTO recon.lock_contention (profile_id, cycle_id, waited_ms) "
                          "VALUES (%s, %s, %s)", (profile_id, cycle_id, waited_ms))
-        context.log.warning(f"reconciliation lock of {profile_id} busy for {waited_ms} ms; "
-                            "recorded as contention, retried next cycle")
-        return {"status": "lock_contention", "waited_ms": waited_ms}
+        raise LockContention(f"reconciliation lock of profile {profile_id} was busy for "
+                             f"{waited_ms} ms; recorded as contention, retried next cycle") from None
 
 
 @dg.op(description="Probes each order of the profile that the cycle found missing from the "
@@ -126,28 +132,39 @@ def correct_profile(context: dg.OpExecutionContext, config: LifecycleCorrectionC
                      f"mismatch(es) from cycle {cycle_id}; dry run {settings.position_parity_dry_run}")
     outcomes = []
     if rows:
-        database.call("recon_begin_reconciling", {"p_profile_id": config.profile_id,
-                                                  "p_cycle_id": context.run_id})
+        profile, run_id = config.profile_id, context.run_id
+        try:
+            call_under_lock(database, "recon_begin_reconciling",
+                            {"p_profile_id": profile, "p_cycle_id": run_id}, profile, run_id)
+        except LockContention as exc:
+            raise dg.Failure(str(exc)) from None
         try:
             session = exchange.session(account)
             for row in rows:
                 probe, fills = probe_order(session, row)
                 decision = decide_missing_from_exchange(
-                    row, probe, fills, cycle_id=context.run_id,
-                    dry_run=settings.position_parity_dry_run,
+                    row, probe, fills, cycle_id=run_id, dry_run=settings.position_parity_dry_run,
                     evidence={"mismatch_id": row["mismatch_id"], "diff_cycle_id": cycle_id})
-                result = (_apply(context, database, decision, config.profile_id, context.run_id)
-                          if decision.actionable else {"status": "not_applied"})
-                outcomes.append({"client_order_id": row["client_order_id"],
-                                 "handler": decision.runbook_name or "none",
-                                 "reason": decision.reason,
-                                 "status": (result or {}).get("status", "applied"),
-                                 "detail": decision.detail})
-                context.log.info(f"{row['client_order_id']}: {decision.reason} -> "
-                                 f"{outcomes[-1]['status']}")
+                outcome = {"client_order_id": row["client_order_id"],
+                           "handler": decision.runbook_name or "none", "reason": decision.reason,
+                           "status": "not_applied", "detail": decision.detail}
+                outcomes.append(outcome)
+                if decision.actionable:
+                    try:
+                        result = call_under_lock(database, decision.sql_function,
+                                                 dict(decision.params), profile, run_id)
+                        outcome["status"] = (result or {}).get("status", "applied")
+                    except LockContention as exc:
+                        outcome["status"] = "lock_contention"
+                        context.log.warning(str(exc))
+                        break  # another reconciler owns the profile: leave the rest to it
+                context.log.info(f"{row['client_order_id']}: {decision.reason} -> {outcome['status']}")
         finally:
-            database.call("recon_end_reconciling", {"p_profile_id": config.profile_id,
-                                                    "p_cycle_id": context.run_id})
+            try:
+                call_under_lock(database, "recon_end_reconciling",
+                                {"p_profile_id": profile, "p_cycle_id": run_id}, profile, run_id)
+            except LockContention as exc:
+                context.log.warning(f"{exc}; the next run restores the trading state")
     table = pd.DataFrame(outcomes, columns=["client_order_id", "handler", "reason", "status", "detail"])
     counts = table["status"].value_counts().to_dict() if len(table) else {}
     context.add_output_metadata({
