@@ -1,0 +1,335 @@
+"""`recon demo`: the whole reconciliation loop on embedded defaults, nothing to configure.
+
+    recon demo [--dir .demo] [--ui-port 3000] [--health-port 9187] [--drift-every-s 45]
+    recon demo --once
+
+It starts, in a folder of the project (`.demo/`, reused by the next run):
+
+- a local PostgreSQL (`LocalPostgres`, the same class the tests use) with the migrations applied
+  to a `recon_demo` database, which is re-seeded on every start: the exchange simulator keeps its
+  state in memory, so both sides start again from the same demo scenario;
+- the exchange simulator (Binance USD-M dialect, real ccxt over HTTP) with the `demo` scenario:
+  three profiles on two shared accounts and every divergence of the runbook;
+- the runbook's `/internal/health` and `/metrics` (`recon health`) on 127.0.0.1;
+- a stand-in trading app that keeps placing ENTRY orders and lets the exchange fill them behind
+  the database's back, so drift keeps arriving;
+- `dagster dev` with the schedule and sensors running (UI on 127.0.0.1).
+
+Ctrl-C (or SIGTERM) stops every process it started. `--once` runs one full cycle headless
+(snapshots, diff, corrections, a second diff) and prints a readable summary instead of the UI.
+"""
+
+import argparse
+import datetime as dt
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+
+from recon_assets.core.attribution import make_client_order_id
+from recon_assets.db.migrate import migrate
+from recon_assets.local_postgres import LocalPostgres, free_port
+from recon_assets.metrics.health import load_state
+from recon_assets.metrics.server import make_server
+from recon_assets.simulator import SimulatorServer
+
+DEMO_DB = "recon_demo"
+REPO = Path(__file__).resolve().parent.parent
+
+# The demo Dagster instance: local storage in .demo/dagster_home, queued runs with one
+# reconciler per profile (the deployment's dagster.yaml uses Postgres storage instead).
+DEMO_INSTANCE_YAML = """\
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    max_concurrent_runs: 4
+    tag_concurrency_limits:
+      - key: recon/profile
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
+telemetry:
+  enabled: false
+"""
+
+
+def _reset_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+@dataclass
+class DemoStack:
+    """The demo's servers; `stop()` stops each one it started, by pid or handle."""
+
+    base: Path
+    pg: LocalPostgres | None = None
+    sim: SimulatorServer | None = None
+    health: object | None = None
+    drift: "TradingAppStandIn | None" = None
+    dagster: subprocess.Popen | None = None
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    @property
+    def dsn(self) -> str:
+        return self.pg.dsn(DEMO_DB)
+
+    def env(self) -> dict[str, str]:
+        """The code location's configuration for this demo (simulator-only credentials)."""
+        return {
+            "RECON_DATABASE_URL": self.dsn,
+            "RECON_EXCHANGE_CREDENTIALS": json.dumps(self.sim.credentials()),
+            "RECON_EXCHANGE_API_BASE_URL": self.sim.url,
+        }
+
+    def stop(self) -> None:
+        if self.dagster is not None and self.dagster.poll() is None:
+            os.killpg(self.dagster.pid, signal.SIGTERM)
+            try:
+                self.dagster.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.dagster.pid, signal.SIGKILL)
+                self.dagster.wait(10)
+        if self.drift is not None:
+            self.drift.stop()
+        if self.health is not None:
+            self.health.shutdown()
+            self.health.server_close()
+        if self.sim is not None:
+            self.sim.stop()
+        if self.pg is not None:
+            self.pg.stop()
+
+
+def start_stack(base: Path, health_port: int = 0) -> DemoStack:
+    """PostgreSQL (re-seeded demo database), the simulator with the demo scenario, health."""
+    base.mkdir(parents=True, exist_ok=True)
+    os.chmod(base, 0o755)  # the server runs as the postgres user when we are root
+    stack = DemoStack(base)
+    try:
+        stack.pg = LocalPostgres(base / "pg")
+        stack.pg.start()
+        stack.pg.drop_database(DEMO_DB)
+        stack.pg.create_database(DEMO_DB)
+        migrate(stack.dsn)
+        stack.sim = SimulatorServer(port=0, scenario="demo")
+        stack.sim.start()
+        stack.sim.scenario.seed_database(stack.dsn)
+        stack.health = make_server(stack.dsn, port=health_port)
+        thread = threading.Thread(target=stack.health.serve_forever, daemon=True, name="recon-health")
+        thread.start()
+        stack.threads.append(thread)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+class TradingAppStandIn:
+    """Stands in for the trading bots: every `interval_s` it places a new ENTRY order (booked in
+    the database like the app would), and on the next tick the exchange fills it behind the
+    database's back, which the loop must detect and correct through reconcileEntryFill."""
+
+    SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+    PROFILES = (("alpha", "acct1", "ALP"), ("beta", "acct1", "BET"), ("gamma", "acct2", "GAM"))
+
+    def __init__(self, sim: SimulatorServer, dsn: str, interval_s: float):
+        self.sim, self.dsn, self.interval_s = sim, dsn, interval_s
+        self._stop = threading.Event()
+        self._pending: list[tuple[str, str]] = []
+        self._n = 0
+        self._thread = threading.Thread(target=self._run, daemon=True, name="demo-trading-app")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.step()
+            except Exception as exc:  # noqa: BLE001 - the demo must keep running
+                print(f"demo trading app: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+
+    def step(self) -> None:
+        # The exchange fills what the app placed last time; the app does not hear about it.
+        for account, cid in self._pending:
+            self.sim.exchange.fill_order(account, client_order_id=cid)
+        self._pending.clear()
+        self._n += 1
+        profile, account, sub_tag = self.PROFILES[self._n % len(self.PROFILES)]
+        symbol = random.choice(self.SYMBOLS)
+        market = self.sim.exchange.markets[symbol]
+        price = (market.mark_price * Decimal("0.98")).quantize(market.tick_size)
+        qty = max(market.step_size, (Decimal(50) / price).quantize(market.step_size))
+        trade_id = f"d{int(time.time())}{self._n}"
+        cid = make_client_order_id(sub_tag, trade_id, "ENTRY")
+        order = self.sim.exchange.place_order(account, symbol, "BUY", "LIMIT", str(qty), str(price),
+                                              client_order_id=cid)
+        with psycopg.connect(self.dsn) as conn:
+            conn.execute(
+                "INSERT INTO orders (profile_id, trade_id, intent, symbol, side, client_order_id, "
+                "exchange_order_id, status, qty, price) VALUES (%s, %s, 'ENTRY', %s, 'buy', %s, %s, "
+                "'open', %s, %s)", (profile, trade_id, market.unified, cid, str(order.order_id), qty, price))
+        self._pending.append((account, cid))
+
+
+def _prepare_dagster_home(base: Path, accounts: list[str]) -> Path:
+    home = base / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text(DEMO_INSTANCE_YAML)
+    # Add the account partitions now, so the first scheduled cycle does not wait for the
+    # partitions sensor's first tick.
+    script = ("import dagster as dg, sys; inst = dg.DagsterInstance.get(); "
+              "from recon_assets.defs.partitions import exchange_account_partitions as p; "
+              "have = set(inst.get_dynamic_partitions(p.name)); "
+              "inst.add_dynamic_partitions(p.name, [a for a in sys.argv[1:] if a not in have])")
+    subprocess.run([sys.executable, "-c", script, *accounts], check=True,
+                   env={**os.environ, "DAGSTER_HOME": str(home)})
+    return home
+
+
+def run_ui(stack: DemoStack, ui_port: int, drift_every_s: float) -> int:
+    home = _prepare_dagster_home(stack.base, stack.sim.scenario.accounts())
+    dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or "dagster"
+    env = {**os.environ, **stack.env(), "DAGSTER_HOME": str(home)}
+    stack.dagster = subprocess.Popen(
+        [dagster, "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(ui_port)],
+        cwd=REPO, env=env, preexec_fn=_reset_signals, start_new_session=True)
+    stack.drift = TradingAppStandIn(stack.sim, stack.dsn, drift_every_s)
+    stack.drift.start()
+    health = stack.health.server_address
+    print(f"""
+recon demo is up:
+  Dagster UI        http://127.0.0.1:{ui_port}   (the reconciliation_cycle_schedule runs every minute)
+  health / metrics  http://{health[0]}:{health[1]}/internal/health   http://{health[0]}:{health[1]}/metrics
+  exchange sim      {stack.sim.url}   (scenario: demo)
+  database          {stack.pg.dsn(DEMO_DB)}
+Press Ctrl-C to stop everything.
+""", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        if stack.dagster.poll() is not None:
+            print(f"dagster dev exited with {stack.dagster.returncode}", file=sys.stderr)
+            return 1
+    print("stopping the demo...", flush=True)
+    return 0
+
+
+def run_once(stack: DemoStack) -> dict:
+    """One full cycle headless, through the same definitions the UI runs: snapshots and diff per
+    account, the correction sensor and its jobs, then a second diff. Returns the summary."""
+    import warnings
+
+    import dagster as dg
+
+    from recon_assets.definitions import build_defs
+    from recon_assets.resources.alerts import AlertWebhook
+    from recon_assets.resources.database import PostgresStore
+    from recon_assets.resources.exchange import ExchangeResource
+    from recon_assets.resources.io_manager import PostgresFrameIOManager
+    from recon_assets.settings import ReconSettings
+
+    store = PostgresStore(dsn=stack.dsn)
+    defs = build_defs({
+        "settings": ReconSettings.from_env(), "database": store,
+        "io_manager": PostgresFrameIOManager(database=store), "alert_webhook": AlertWebhook(),
+        "exchange": ExchangeResource(credentials=json.dumps(stack.sim.credentials()),
+                                     api_base_url=stack.sim.url),
+    })
+    # A readable summary: Dagster's step logs stay in the run history, not on the terminal.
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="dagster")
+    summary: dict = {"cycles": [], "corrections": []}
+    # The demo's own instance, so these runs are in the UI's history next time.
+    home = _prepare_dagster_home(stack.base, stack.sim.scenario.accounts())
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        cycle_job = defs.resolve_job_def("reconciliation_cycle")
+        schedule = defs.get_schedule_def("reconciliation_cycle_schedule")
+
+        def cycle(label: str) -> None:
+            tick = schedule.evaluate_tick(dg.build_schedule_context(
+                instance=instance, scheduled_execution_time=dt.datetime.now(dt.timezone.utc),
+                repository_def=defs.get_repository_def()))
+            for request in tick.run_requests:
+                result = cycle_job.execute_in_process(instance=instance, tags=request.tags,
+                                                      partition_key=request.partition_key,
+                                                      run_config=quiet)
+                diff = result.output_for_node("reconciliation_diff")
+                summary["cycles"].append({"label": label, "account": request.partition_key,
+                                          "by_kind": diff["kind"].value_counts().sort_index().to_dict()})
+
+        cycle("before corrections")
+        sensor = defs.get_sensor_def("lifecycle_correction_sensor")
+        with dg.build_sensor_context(instance=instance, resources={"database": store}) as context:
+            requests = sensor.evaluate_tick(context).run_requests
+        correction_job = defs.resolve_job_def("lifecycle_correction")
+        for request in requests:
+            result = correction_job.execute_in_process(run_config={**request.run_config, **quiet},
+                                                       instance=instance,
+                                                       tags=request.tags, raise_on_error=False)
+            outcomes = result.output_for_node("correct_profile")["outcomes"] if result.success else []
+            summary["corrections"] += [{"profile": request.tags["recon/profile"], **o} for o in outcomes]
+        cycle("after corrections")
+    summary["health"] = load_state(stack.dsn).health
+    return summary
+
+
+def print_summary(summary: dict) -> None:
+    print("\nReconciliation demo, one full cycle (simulator scenario: demo)\n")
+    for c in summary["cycles"]:
+        kinds = ", ".join(f"{k} {v}" for k, v in c["by_kind"].items()) or "no mismatches"
+        print(f"  {c['label']:<19} {c['account']}: {kinds}")
+    print("\n  corrections (runbook handler: outcome)")
+    for o in summary["corrections"]:
+        print(f"    {o['profile']:<6} {o['client_order_id']:<24} {o['handler']:<18} {o['status']:<12} {o['reason']}")
+    print("\n  /internal/health (the runbook's fields)")
+    for key, value in summary["health"].items():
+        if key.startswith("reconciliation"):
+            print(f"    {key}: {value}")
+    print("\nWhat stays open (ghost slices, foreign orders, drift) is for the parity heartbeat, "
+          "EXIT backfill or an operator: see docs/operator-guide.md.\n")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="recon demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", default=str(REPO / ".demo"), help="folder for the demo's state")
+    parser.add_argument("--once", action="store_true", help="one full cycle headless, then a summary")
+    parser.add_argument("--ui-port", type=int, default=3000)
+    parser.add_argument("--health-port", type=int, default=9187)
+    parser.add_argument("--drift-every-s", type=float, default=45.0,
+                        help="how often the stand-in trading app creates new drift")
+    args = parser.parse_args(argv)
+    health_port = 0 if args.once else args.health_port
+    if not args.once and health_port:
+        try:
+            import socket
+            with socket.create_connection(("127.0.0.1", health_port), timeout=0.2):
+                health_port = free_port()  # taken: pick another, the banner prints it
+        except OSError:
+            pass
+    stack = start_stack(Path(args.dir), health_port=health_port)
+    try:
+        if args.once:
+            print_summary(run_once(stack))
+            return 0
+        return run_ui(stack, args.ui_port, args.drift_every_s)
+    finally:
+        stack.stop()
