@@ -209,7 +209,7 @@ def run_ui(stack: DemoStack, ui_port: int, drift_every_s: float) -> int:
     env = {**os.environ, **stack.env(), "DAGSTER_HOME": str(home)}
     stack.dagster = subprocess.Popen(
         [dagster, "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(ui_port)],
-        cwd=REPO, env=env, preexec_fn=_reset_signals, start_new_session=True)
+        cwd=home, env=env, preexec_fn=_reset_signals, start_new_session=True)
     stack.drift = TradingAppStandIn(stack.sim, stack.dsn, drift_every_s)
     stack.drift.start()
     health = stack.health.server_address
