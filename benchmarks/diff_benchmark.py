@@ -1,17 +1,19 @@
 """Benchmark of `reconciliation_diff` (issue 4): 10k, 100k and 1M orders with 1% drift.
 
-In one run, for each size, three measurements on the same data:
-  diff         reconciliation_diff over the whole snapshot (orders, positions, slices)
-  duckdb_join  a DuckDB full outer join of the same two order frames on (account,
-               client_order_id), materialised as an Arrow table (the reference of issue 4);
-               `duckdb_count` (the same join, count(*) only) is shown as a lower bound
-  dict_loop    a per-row Python loop with dicts that finds the same order mismatches
-               (same matching, fallback, tolerances, recency guard and attribution)
+In one run, for each size, four measurements on the same data:
+  diff          reconciliation_diff over the whole snapshot (orders, positions, slices)
+  duckdb_join   a DuckDB full outer join of the same two order frames on (account,
+                client_order_id), materialised as an Arrow table: the reference of issue 4
+  duckdb_count  the same join, count(*) only (nothing materialised): a lower bound
+  dict_loop     a per-row Python loop with dicts that finds the same order mismatches
+                (same matching and fallback, tolerances, recency guard and attribution)
 
-Each measurement runs in a fresh subprocess that loads the data from a temporary parquet file
-(outside the repo, removed at the end), so peak memory is the measurement's own: the peak
-resident set above the process's resident set just before it (Linux /proc VmHWM, reset through
-/proc/self/clear_refs). Times are wall clock, best and median of the repeats.
+The data is written to a temporary parquet folder (outside the repo, removed at the end) and
+read back by child processes: one times every method round-robin (so a burst of load from other
+work on the machine hits them alike), and one per method measures the peak resident memory of
+one call above the process's resident set just before it (Linux VmHWM, reset through
+/proc/self/clear_refs). Before timing, the dict loop's order findings are checked equal to the
+diff's on the same data (column `loop==diff`).
 
     .venv/bin/python benchmarks/diff_benchmark.py [--sizes 10000,100000,1000000] [--repeat N]
 
@@ -314,37 +316,61 @@ def _status(key: str) -> int:
     return 0
 
 
-def _measure_child(data_dir: str, method: str, repeat: int) -> dict:
-    data = {name: pd.read_parquet(Path(data_dir) / f"{name}.parquet") for name in FRAMES}
-    fn = {
+METHODS = ("diff", "duckdb_join", "duckdb_count", "dict_loop")
+
+
+def _methods(data: dict[str, pd.DataFrame]) -> dict:
+    return {
         "diff": lambda: len(run_diff(data)),
         "duckdb_join": lambda: duckdb_join(data).num_rows,
         "duckdb_count": lambda: duckdb_join(data, count_only=True),
         "dict_loop": lambda: len(dict_loop_order_mismatches(data)),
-    }[method]
-    fn()  # warm-up (imports, first-call costs); not timed, not in the peak
+    }
+
+
+def _load(data_dir: str) -> dict[str, pd.DataFrame]:
+    return {name: pd.read_parquet(Path(data_dir) / f"{name}.parquet") for name in FRAMES}
+
+
+def _time_child(data_dir: str, repeats: dict[str, int]) -> dict:
+    """Every method, round-robin (so a burst of load on the machine hits them alike)."""
+    fns = _methods(_load(data_dir))
+    for name in METHODS:
+        fns[name]()  # warm-up: imports, first-call costs; not timed
+    times: dict[str, list[float]] = {m: [] for m in METHODS}
+    for r in range(max(repeats.values())):
+        for name in METHODS:
+            if r < repeats[name]:
+                gc.collect()
+                t0 = time.perf_counter()
+                fns[name]()
+                times[name].append(time.perf_counter() - t0)
+    return {"times": times, "rows": fns["diff"]()}
+
+
+def _memory_child(data_dir: str, method: str) -> dict:
+    """Peak resident memory of one call, above the process's resident set just before it."""
+    fn = _methods(_load(data_dir))[method]
+    fn()  # warm-up, outside the measured peak
     gc.collect()
     rss_before = _status("VmRSS")
     try:
         with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        peak_ok = True
+            fh.write("5")  # resets VmHWM (the peak) to the current resident set
     except OSError:
-        peak_ok = False
-    times, rows = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        rows = fn()
-        times.append(time.perf_counter() - t0)
-        gc.collect()
-    peak = _status("VmHWM") - rss_before if peak_ok else None
-    return {"times": times, "rows": rows, "peak_bytes": peak}
+        return {"peak_bytes": None}
+    fn()
+    return {"peak_bytes": _status("VmHWM") - rss_before}
 
 
-def _measure(data_dir: str, method: str, repeat: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", data_dir, method, str(repeat)],
+def _child(*args: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", *args],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _fmt_s(x: float) -> str:
@@ -358,14 +384,18 @@ def _fmt_mb(x) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000,1000000")
-    parser.add_argument("--repeat", type=int, default=0, help="repeats per measurement "
-                        "(default: 7 up to 100k orders, 5 at 1M; dict loop: 3 / 1)")
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--repeat", type=int, default=0, help="timed repeats per method "
+                        "(default: 7 up to 100k orders, 5 at 1M; the dict loop at most 3)")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(_measure_child(args.child[0], args.child[1], int(args.child[2]))))
+        kind, data_dir, arg = args.child
+        out = (_time_child(data_dir, json.loads(arg)) if kind == "time"
+               else _memory_child(data_dir, arg))
+        print(json.dumps(out))
         return 0
     sizes = [int(s) for s in args.sizes.split(",")]
+    load_before = _load_average()
     tmp = tempfile.mkdtemp(prefix="recon-diff-bench-")
     rows = []
     try:
@@ -379,9 +409,12 @@ def main(argv: list[str] | None = None) -> int:
             del data
             gc.collect()
             repeat = args.repeat or (7 if n <= 100_000 else 5)
-            loop_repeat = args.repeat or (3 if n <= 100_000 else 1)
-            res = {m: _measure(tmp, m, loop_repeat if m == "dict_loop" else repeat)
-                   for m in ("diff", "duckdb_join", "duckdb_count", "dict_loop")}
+            repeats = {m: repeat for m in METHODS}
+            repeats["dict_loop"] = min(repeat, 3)
+            timing = _child("time", tmp, json.dumps(repeats))
+            res = {m: {"times": timing["times"][m],
+                       "peak_bytes": _child("memory", tmp, m)["peak_bytes"]} for m in METHODS}
+            res["diff"]["rows"] = timing["rows"]
             best = {m: min(r["times"]) for m, r in res.items()}
             med = {m: statistics.median(r["times"]) for m, r in res.items()}
             rows.append((n, n_ex, res, best, med, same))
@@ -391,20 +424,21 @@ def main(argv: list[str] | None = None) -> int:
 
     header = ("db orders", "exch orders", "findings", "diff s", "duckdb join s",
               "duckdb count s", "dict loop s", "diff/join", "diff/count", "loop/diff",
-              "diff MB", "join MB", "loop MB", "loop==diff")
+              "diff MB", "join MB", "count MB", "loop MB", "loop==diff")
     table = []
     for n, n_ex, res, best, med, same in rows:
         table.append((
             f"{n:,}", f"{n_ex:,}", f"{res['diff']['rows']:,}",
             f"{_fmt_s(best['diff'])} ({_fmt_s(med['diff'])})",
             f"{_fmt_s(best['duckdb_join'])} ({_fmt_s(med['duckdb_join'])})",
-            f"{_fmt_s(best['duckdb_count'])}",
-            f"{_fmt_s(best['dict_loop'])}",
-            f"{best['diff'] / best['duckdb_join']:.2f}",
-            f"{best['diff'] / best['duckdb_count']:.2f}",
-            f"{best['dict_loop'] / best['diff']:.1f}",
+            f"{_fmt_s(best['duckdb_count'])} ({_fmt_s(med['duckdb_count'])})",
+            f"{_fmt_s(best['dict_loop'])} ({_fmt_s(med['dict_loop'])})",
+            f"{best['diff'] / best['duckdb_join']:.2f} ({med['diff'] / med['duckdb_join']:.2f})",
+            f"{best['diff'] / best['duckdb_count']:.2f} ({med['diff'] / med['duckdb_count']:.2f})",
+            f"{best['dict_loop'] / best['diff']:.1f} ({med['dict_loop'] / med['diff']:.1f})",
             _fmt_mb(res["diff"]["peak_bytes"]), _fmt_mb(res["duckdb_join"]["peak_bytes"]),
-            _fmt_mb(res["dict_loop"]["peak_bytes"]), "yes" if same else "NO",
+            _fmt_mb(res["duckdb_count"]["peak_bytes"]), _fmt_mb(res["dict_loop"]["peak_bytes"]),
+            "yes" if same else "NO",
         ))
     widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(header)]
     line = " | ".join(h.rjust(w) for h, w in zip(header, widths))
@@ -412,9 +446,12 @@ def main(argv: list[str] | None = None) -> int:
     print("-+-".join("-" * w for w in widths))
     for r in table:
         print(" | ".join(v.rjust(w) for v, w in zip(r, widths)))
-    print("times: best of the repeats (median in brackets), wall clock, seconds; "
-          "MB: peak resident memory above the measuring process's own before the call; "
-          f"{os.cpu_count()} cpu(s).")
+    print("times: wall clock seconds, best of the repeats (median in brackets), the methods "
+          "timed round-robin in one process; ratios: of the bests (of the medians).")
+    print("MB: peak resident memory of one call above the process's resident set just before "
+          "it, one process per method.")
+    print(f"{os.cpu_count()} cpu(s); load average before {load_before}, after "
+          f"{_load_average()}.")
     ok = all(r[5] for r in rows)
     if not ok:
         print("WARNING: the dict-loop baseline and the diff disagree", file=sys.stderr)

@@ -235,18 +235,18 @@ e AS (
            created_at AS e_created_at
     FROM e_rows
 ),
-j AS (
+j AS MATERIALIZED (
     SELECT * FROM matches m LEFT JOIN d USING (d_row) LEFT JOIN e USING (e_row)
 ),
 -- Fallback on the exchange order id for what the client id left unmatched on both sides.
 d_only AS (SELECT * FROM j WHERE e_row IS NULL),
 e_only AS (SELECT * FROM j WHERE d_row IS NULL),
-fb AS (
+fb AS MATERIALIZED (
     SELECT d_only.d_row, e_only.e_row
     FROM d_only JOIN e_only ON d_only.d_account = e_only.e_account
                            AND d_only.d_eoid = e_only.e_eoid
 ),
-pairs AS (
+pairs AS MATERIALIZED (
     SELECT j.*, 'client_order_id' AS matched_by FROM j
     WHERE d_row IS NOT NULL AND e_row IS NOT NULL
     UNION ALL BY NAME
@@ -278,9 +278,9 @@ orders AS (
     FROM e_only LEFT JOIN attributions ON a_row = e_row
     WHERE e_row NOT IN (SELECT e_row FROM fb)
     UNION ALL
-    SELECT k.kind, d_profile_id, d_account, d_symbol, d_coid, coalesce(e_eoid, d_eoid),
+    SELECT kind, d_profile_id, d_account, d_symbol, d_coid, coalesce(e_eoid, d_eoid),
            d_trade_id, true, d_qty, e_qty, d_status, e_status, d_price, e_price,
-           CASE k.kind
+           CASE kind
              WHEN 'status_drift' THEN
                coalesce(greatest(e_qty - e_filled, 0.0) * coalesce(e_price, d_price), e_notional)
              WHEN 'qty_drift' THEN
@@ -294,15 +294,16 @@ orders AS (
                        'order_type', e_order_type, 'db_side', d_side, 'exchange_side', e_side,
                        'db_filled_qty', d_filled, 'exchange_filled_qty', e_filled,
                        'exchange_client_order_id', e_coid, 'db_exchange_order_id', d_eoid,
-                       'drift', CASE WHEN k.kind = 'qty_drift' THEN list_concat(
+                       'drift', CASE WHEN kind = 'qty_drift' THEN list_concat(
                            CASE WHEN {_SIDE_DIFFERS} THEN ['side'] ELSE [] END,
                            CASE WHEN {_differs('d_qty', 'e_qty')} THEN ['qty'] ELSE [] END,
                            CASE WHEN {_differs('d_filled', 'e_filled')} THEN ['filled_qty']
                                 ELSE [] END) END)
-    FROM pairs CROSS JOIN (VALUES ('status_drift'), ('qty_drift'), ('price_drift')) AS k(kind)
-    WHERE (k.kind = 'status_drift' AND NOT d_open)
-       OR (k.kind = 'qty_drift' AND d_open AND {_QTY_DRIFT})
-       OR (k.kind = 'price_drift' AND d_open AND {_PRICE_DRIFT})
+    FROM (
+        SELECT 'status_drift' AS kind, * FROM pairs WHERE NOT d_open
+        UNION ALL SELECT 'qty_drift', * FROM pairs WHERE d_open AND {_QTY_DRIFT}
+        UNION ALL SELECT 'price_drift', * FROM pairs WHERE d_open AND {_PRICE_DRIFT}
+    )
 ),
 -- Positions: the exchange per account and symbol (one-way or hedge rows summed).
 ex AS (
