@@ -27,7 +27,13 @@ def test_mismatch_in_both_of_the_last_two_runs_escalates():
     mismatches = pd.DataFrame([{**GHOST, "cycle_id": "c1"}, {**GHOST, "cycle_id": "c2"}])
     (alert,) = persistent_mismatches(mismatches, _cycles("c1", "c2"))
     assert alert.reason == "persistent_mismatch" and alert.exchange_account == "acct1"
-    assert alert.dedup_key == "persistent_mismatch:acct1:c2"
+    assert alert.dedup_key.startswith("persistent_mismatch:acct1:")
+    # The same persisting set in a later cycle is the same episode: no second alert.
+    later = pd.DataFrame([{**GHOST, "cycle_id": "c2"}, {**GHOST, "cycle_id": "c3"}])
+    assert persistent_mismatches(later, _cycles("c2", "c3"))[0].dedup_key == alert.dedup_key
+    # A different set (new drift joined) is a new escalation.
+    grown = pd.concat([later, pd.DataFrame([{**GHOST, "trade_id": "t9", "cycle_id": c} for c in ("c2", "c3")])])
+    assert persistent_mismatches(grown, _cycles("c2", "c3"))[0].dedup_key != alert.dedup_key
     assert alert.details["by_kind"] == {"ghost_slice": 1} and alert.details["profiles"] == ["alpha"]
 
 
@@ -111,11 +117,24 @@ def test_failed_delivery_is_recorded_without_the_secret_url(pg_dsn):
     assert "secret-token" not in error
 
 
-def test_without_a_webhook_alerts_are_still_recorded(pg_dsn):
+def test_without_a_webhook_alerts_are_still_recorded_but_not_delivered(pg_dsn):
     store = PostgresStore(dsn=pg_dsn)
     with psycopg.connect(pg_dsn) as conn:
         conn.execute("INSERT INTO recon.lock_contention (profile_id, cycle_id, waited_ms) VALUES ('alpha', 'c1', 3000)")
     with dg.instance_for_test() as instance:
         _evaluate(instance, store, None)
     with psycopg.connect(pg_dsn) as conn:
-        assert conn.execute("SELECT count(*) FROM recon.alerts WHERE reason = 'lock_contention'").fetchone()[0] == 1
+        assert conn.execute("SELECT reason, delivered_at FROM recon.alerts").fetchall() == [
+            ("lock_contention", None)]
+
+
+def test_a_failed_cycle_is_escalated_once(pg_dsn):
+    store = PostgresStore(dsn=pg_dsn)
+    store.call("recon_record_failed_cycle", {"p_cycle_id": "c7", "p_account": "acct1",
+                                             "p_error": "ExchangeFetchError: acct1: 5 attempts\ntrace"})
+    with WebhookReceiver() as hook, dg.instance_for_test() as instance:
+        _evaluate(instance, store, hook.url)
+        _evaluate(instance, store, hook.url)
+        assert len(hook.posts) == 1
+        assert hook.posts[0]["recon_alert"]["reason"] == "failed_cycle"
+        assert "c7 on acct1 failed: ExchangeFetchError: acct1: 5 attempts" in hook.posts[0]["text"]

@@ -148,10 +148,13 @@ def test_dry_run_records_every_decision_and_applies_nothing(sim, pg_dsn, instanc
     defs = make_defs(sim, pg_dsn, ReconSettings(position_parity_dry_run=True))
     run_scheduled_cycles(defs, instance)
     before = _query(pg_dsn, "SELECT client_order_id, status, filled_qty FROM orders ORDER BY 1")
+    profiles_before = _query(pg_dsn, "SELECT * FROM profiles ORDER BY id")
     results = run_corrections(defs, instance, evaluate_correction_sensor(defs, instance).run_requests)
     assert all(r.success for r in results)
     assert _query(pg_dsn, "SELECT count(*), bool_and(dry_run) FROM recon.corrections") == [(3, True)]
     assert _query(pg_dsn, "SELECT client_order_id, status, filled_qty FROM orders ORDER BY 1") == before
+    # Not even the trading state was touched (updated_at included).
+    assert _query(pg_dsn, "SELECT * FROM profiles ORDER BY id") == profiles_before
 
 
 def test_stale_cycle_blocks_corrections(sim, pg_dsn, instance):

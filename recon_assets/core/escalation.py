@@ -1,10 +1,12 @@
 """When to escalate, as the runbook says: mismatches still present after two reconciliation
-runs, lock contention that keeps the loop from running, and unknown fills the exchange reports.
+runs, lock contention that keeps the loop from running, and unknown fills the exchange reports;
+plus failed cycles (the loop itself not running).
 
 Each function turns rows read from the `recon` schema into alerts with a deterministic dedup key,
 so an alert is raised once per situation however often the sensor evaluates.
 """
 
+import hashlib
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -46,10 +48,12 @@ def persistent_mismatches(mismatches: pd.DataFrame, cycles: pd.DataFrame, runs: 
         persistent = persistent.drop_duplicates("identity").sort_values("identity")
         if persistent.empty:
             continue
-        latest = last["cycle_id"].iloc[-1]
         by_kind = persistent["kind"].value_counts().sort_index().to_dict()
+        # One alert per episode: the same set of persisting mismatches is not re-sent every
+        # cycle; a set that changes (new drift, or some resolved) is a new escalation.
+        episode = hashlib.sha256("\n".join(persistent["identity"]).encode()).hexdigest()[:16]
         alerts.append(Alert(
-            dedup_key=f"persistent_mismatch:{account}:{latest}",
+            dedup_key=f"persistent_mismatch:{account}:{episode}",
             reason="persistent_mismatch",
             exchange_account=account,
             summary=(f"{len(persistent)} mismatch(es) on {account} still present after {runs} "
@@ -89,6 +93,16 @@ def unknown_fills(fills: pd.DataFrame, known_order_ids: set[str], account: str) 
         summary=f"{len(ids)} exchange fill(s) on {account} match no order in the database",
         details={"exchange_fill_ids": ids[:50], "symbols": sorted(unknown["symbol"].unique().tolist()),
                  "notional_usd": float(unknown["notional_usd"].sum())})]
+
+
+def failed_cycles(cycles: pd.DataFrame) -> list[Alert]:
+    """One alert per failed cycle (cycle_id, exchange_account, error): the loop did not run."""
+    return [Alert(dedup_key=f"failed_cycle:{row.exchange_account}:{row.cycle_id}",
+                  reason="failed_cycle", exchange_account=row.exchange_account,
+                  summary=(f"reconciliation cycle {row.cycle_id} on {row.exchange_account} failed: "
+                           f"{str(row.error or 'no error recorded').splitlines()[0][:300]}"),
+                  details={"cycle_id": row.cycle_id})
+            for row in cycles.itertuples()]
 
 
 def slack_payload(alert: Alert) -> dict:

@@ -5,8 +5,9 @@ import json
 import dagster as dg
 import pandas as pd
 
-from recon_assets.core.escalation import (MISMATCH_IDENTITY, Alert, lock_contention,
-                                          persistent_mismatches, slack_payload, unknown_fills)
+from recon_assets.core.escalation import (MISMATCH_IDENTITY, Alert, failed_cycles,
+                                          lock_contention, persistent_mismatches, slack_payload,
+                                          unknown_fills)
 from recon_assets.defs.partitions import exchange_account_partitions
 from recon_assets.resources.alerts import AlertDeliveryError, AlertWebhook
 from recon_assets.resources.database import PostgresStore
@@ -34,10 +35,14 @@ def find_alerts(database: PostgresStore, accounts: list[str]) -> list[Alert]:
         contention = _frame(conn, """
             SELECT id, profile_id, cycle_id, waited_ms FROM recon.lock_contention
             WHERE observed_at > now() - interval '1 day' ORDER BY id""")
+        failed = _frame(conn, """
+            SELECT cycle_id, exchange_account, error FROM recon.cycles
+            WHERE status = 'failed' AND finished_at > now() - interval '1 day' ORDER BY finished_at""")
         known_ids = {str(v) for r in conn.execute(
             "SELECT client_order_id, exchange_order_id FROM orders").fetchall()
             for v in r.values() if v is not None}
-    alerts = persistent_mismatches(mismatches, cycles, PERSISTENCE_RUNS) + lock_contention(contention)
+    alerts = (persistent_mismatches(mismatches, cycles, PERSISTENCE_RUNS)
+              + lock_contention(contention) + failed_cycles(failed))
     for account in accounts:
         fills = load_stored_frame(database, "exchange_fills", account)
         if fills is not None:
@@ -60,16 +65,17 @@ def raise_alert(database: PostgresStore, webhook: AlertWebhook, alert: Alert) ->
         webhook.post(slack_payload(alert))
     except AlertDeliveryError as exc:
         error = str(exc)
-    with database.connect() as conn:
-        conn.execute("UPDATE recon.alerts SET delivered_at = CASE WHEN %s::text IS NULL THEN now() END, "
-                     "delivery_error = %s WHERE id = %s", (error, error, inserted["id"]))
+    if webhook.enabled:  # without a webhook an alert is only recorded: delivered_at stays null
+        with database.connect() as conn:
+            conn.execute("UPDATE recon.alerts SET delivered_at = CASE WHEN %s::text IS NULL THEN now() END, "
+                         "delivery_error = %s WHERE id = %s", (error, error, inserted["id"]))
     return True, error
 
 
 @dg.sensor(minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Escalates as the runbook says (mismatches persisting after two runs, lock "
-                       "contention, unknown fills): records each alert once in recon.alerts and "
-                       "posts it to the alert webhook.")
+                       "contention, unknown fills) and on failed cycles: records each alert once "
+                       "in recon.alerts and posts it to the alert webhook.")
 def escalation_sensor(context: dg.SensorEvaluationContext, database: PostgresStore,
                       alert_webhook: AlertWebhook):
     accounts = context.instance.get_dynamic_partitions(exchange_account_partitions.name)

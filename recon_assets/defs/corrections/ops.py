@@ -133,17 +133,20 @@ def correct_profile(context: dg.OpExecutionContext, config: LifecycleCorrectionC
     outcomes = []
     if rows:
         profile, run_id = config.profile_id, context.run_id
-        try:
-            call_under_lock(database, "recon_begin_reconciling",
-                            {"p_profile_id": profile, "p_cycle_id": run_id}, profile, run_id)
-        except LockContention as exc:
-            raise dg.Failure(str(exc)) from None
+        # Dry run is total: not even the trading state changes; decisions are only recorded.
+        dry_run = settings.position_parity_dry_run
+        if not dry_run:
+            try:
+                call_under_lock(database, "recon_begin_reconciling",
+                                {"p_profile_id": profile, "p_cycle_id": run_id}, profile, run_id)
+            except LockContention as exc:
+                raise dg.Failure(str(exc)) from None
         try:
             session = exchange.session(account)
             for row in rows:
                 probe, fills = probe_order(session, row)
                 decision = decide_missing_from_exchange(
-                    row, probe, fills, cycle_id=run_id, dry_run=settings.position_parity_dry_run,
+                    row, probe, fills, cycle_id=run_id, dry_run=dry_run,
                     evidence={"mismatch_id": row["mismatch_id"], "diff_cycle_id": cycle_id})
                 outcome = {"client_order_id": row["client_order_id"],
                            "handler": decision.runbook_name or "none", "reason": decision.reason,
@@ -161,8 +164,9 @@ def correct_profile(context: dg.OpExecutionContext, config: LifecycleCorrectionC
                 context.log.info(f"{row['client_order_id']}: {decision.reason} -> {outcome['status']}")
         finally:
             try:
-                call_under_lock(database, "recon_end_reconciling",
-                                {"p_profile_id": profile, "p_cycle_id": run_id}, profile, run_id)
+                if not dry_run:
+                    call_under_lock(database, "recon_end_reconciling",
+                                    {"p_profile_id": profile, "p_cycle_id": run_id}, profile, run_id)
             except LockContention as exc:
                 context.log.warning(f"{exc}; the next run restores the trading state")
     table = pd.DataFrame(outcomes, columns=["client_order_id", "handler", "reason", "status", "detail"])
