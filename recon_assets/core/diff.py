@@ -203,6 +203,13 @@ WHERE d_row IS NULL
        OR d_price IS DISTINCT FROM e_price))
 """
 
+_D_ROW_COLUMNS = ("_row", "_recent", "profile_id", "exchange_account", "trade_id", "intent",
+                  "symbol", "side", "client_order_id", "exchange_order_id", "status", "qty",
+                  "filled_qty", "price")
+_E_ROW_COLUMNS = ("_row", "_recent", "account", "symbol", "exchange_order_id", "client_order_id",
+                  "side", "order_type", "status", "qty", "filled_qty", "price", "notional_usd",
+                  "created_at")
+
 # Stage 2, over the few candidate rows plus positions and slices: every finding, its columns,
 # notional and details JSON, suppression flag, in the final order.
 _FINDINGS_SQL = f"""
@@ -549,13 +556,15 @@ def reconciliation_diff(*, profiles: pd.DataFrame, db_orders: pd.DataFrame,
         matches = con.sql(_MATCH_SQL).to_arrow_table()
         d_pos = np.unique(matches.column("d_row").drop_null().to_numpy())
         e_pos = np.unique(matches.column("e_row").drop_null().to_numpy())
-        e_rows = ex_orders.iloc[e_pos]
+        # Only the columns stage 2 reads (taking rows of arrow-backed text costs per column).
+        e_rows = ex_orders[list(_E_ROW_COLUMNS)].iloc[e_pos]
         d_only = pc.is_null(matches.column("d_row"))
         candidates = np.unique(matches.column("e_row").filter(d_only).to_numpy())
         con.register("matches", matches)
-        con.register("d_rows", db_orders.iloc[d_pos])
+        con.register("d_rows", db_orders[list(_D_ROW_COLUMNS)].iloc[d_pos])
         con.register("e_rows", e_rows)
-        con.register("attributions", _attributions(ex_orders.iloc[candidates], profiles))
+        con.register("attributions", _attributions(
+            ex_orders[["_row", "account", "client_order_id"]].iloc[candidates], profiles))
         con.register("db_positions", db_positions)
         con.register("exchange_positions", ex_positions)
         con.register("db_trade_slices", slices)
