@@ -559,6 +559,19 @@ def test_output_order_is_deterministic_whatever_the_input_order():
             sorted(rows[sort_cols].fillna("").values.tolist())
 
 
+def test_concurrent_calls_do_not_see_each_others_frames():
+    from concurrent.futures import ThreadPoolExecutor
+
+    snaps = [snapshot(db_orders=[db_order(f"rc.P1.t{i}.E{k}") for k in range(1, i + 2)])
+             for i in range(6)]
+    expected = [diff(s) for s in snaps]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        got = list(pool.map(lambda s: reconciliation_diff(**s, cycle_id="run-1",
+                                                          db_read_at=READ_AT), snaps * 2))
+    for i, result in enumerate(got):
+        pd.testing.assert_frame_equal(result, expected[i % len(snaps)])
+
+
 # --------------------------------------------------------------------------- benchmark honesty
 
 def _benchmark_module():
