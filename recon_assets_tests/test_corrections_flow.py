@@ -192,3 +192,35 @@ def test_lock_contention_is_recorded_and_escalated(sim, pg_dsn, instance):
             "database": defs.resources["database"], "alert_webhook": AlertWebhook()}) as context:
         defs.get_sensor_def("escalation_sensor")(context)
     assert _query(pg_dsn, "SELECT reason, profile_id FROM recon.alerts") == [("lock_contention", profile)]
+
+
+def test_eight_concurrent_correction_runs_apply_each_correction_once(sim, pg_dsn, instance):
+    plan = sim.load_scenario("lifecycle")
+    plan.seed_database(pg_dsn)
+    instance.add_dynamic_partitions(exchange_account_partitions.name, plan.accounts())
+    defs = make_defs(sim, pg_dsn)
+    run_scheduled_cycles(defs, instance)
+    (request,) = evaluate_correction_sensor(defs, instance).run_requests
+    job = defs.resolve_job_def("lifecycle_correction")
+
+    def one_run(_):
+        # Each run in its own instance, as separate run workers would be; they share only the
+        # database (and its reconciliation lock) and the exchange.
+        with dg.DagsterInstance.ephemeral() as own:
+            return job.execute_in_process(run_config=request.run_config, instance=own,
+                                          tags=request.tags, raise_on_error=False)
+
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one_run, range(8)))
+    assert all(r.success for r in results)
+    statuses = [o["status"] for r in results for o in r.output_for_node("correct_profile")["outcomes"]]
+    assert statuses.count("applied") == 3, statuses
+    assert _query(pg_dsn, """SELECT handler, count(*) FROM recon.corrections WHERE NOT dry_run
+                             GROUP BY 1 ORDER BY 1""") == [
+        ("reconcile_cancel", 1), ("reconcile_entry_fill", 1), ("reconcile_exit_fill", 1)]
+    assert _query(pg_dsn, """SELECT client_order_id, status FROM orders
+                             WHERE client_order_id IN ('rc.ALP.t-a3.E1', 'rc.ALP.t-a4.E1', 'rc.ALP.t-a5.X1')
+                             ORDER BY 1""") == [
+        ("rc.ALP.t-a3.E1", "filled"), ("rc.ALP.t-a4.E1", "canceled"), ("rc.ALP.t-a5.X1", "filled")]
+    assert {s for (s,) in _query(pg_dsn, "SELECT trading_state FROM profiles")} == {"active"}
