@@ -11,7 +11,7 @@ import pytest
 from recon_assets.settings import FLAGS
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-SQL_DOCS = ("analyst-guide.md", "operator-guide.md", "metrics.md")
+SQL_DOCS = ("analyst-guide.md", "operator-guide.md", "metrics.md", "../README.md")
 
 
 def _text(name: str) -> str:
@@ -57,6 +57,7 @@ def test_every_name_of_the_code_location_is_in_the_operator_guide(monkeypatch):
 
 def test_the_guides_have_queries():
     assert len(_sql_blocks("analyst-guide.md")) >= 4
+    assert len(_sql_blocks("../README.md")) >= 3
 
 
 @pytest.mark.parametrize("doc", SQL_DOCS)
