@@ -249,7 +249,7 @@ def test_ui_shows_every_definition(page, demo_ui, shoot):
         _wait_for_lines(page, names, f"asset checks of {asset_key.to_user_string()}")
 
     # Global asset lineage: every group, expanded (Alt+E), zoomed out to fit, for the docs.
-    page.set_viewport_size({"width": 1280, "height": 1000})
+    page.set_viewport_size({"width": 1280, "height": 1400})
     page.goto("/asset-groups")
     viewport = page.locator("[data-svg-viewport]")
     viewport.wait_for()
@@ -259,19 +259,50 @@ def test_ui_shows_every_definition(page, demo_ui, shoot):
     page.get_by_text(DIFF_ASSET, exact=True).first.wait_for()
     page.get_by_role("button", name="Hide navigation").click()
     page.locator('button:has([aria-label="panel_show_right"])').last.click()  # the group tree
+    # Zoom out (ctrl+wheel) until every group and asset node is drawn and wholly in view (the
+    # graph draws only what is in view). Zoomed out, nodes are compact: long names are shortened.
     box = viewport.bounding_box()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    page.keyboard.down("Control")
-    for _ in range(2):
-        page.mouse.wheel(0, 100)
-        page.wait_for_timeout(150)
-    page.keyboard.up("Control")
-    # Zoomed out, every asset is a compact node (long names are shortened with an ellipsis).
-    page.wait_for_function(
-        "n => document.querySelectorAll('[data-svg-viewport] foreignObject').length >= n",
-        arg=len(exp.asset_keys) + len(exp.groups))
-    page.wait_for_timeout(500)  # the zoom animation
-    shoot(page, "asset-graph")
+    all_in_view = """n => {
+        const v = document.querySelector('[data-svg-viewport]').getBoundingClientRect();
+        // The toolbar (search, materialize) floats over the top of the canvas.
+        const bar = document.querySelector('[class*="topbarWrapper"]');
+        const top = (bar ? bar.getBoundingClientRect().bottom : v.top + 64) + 8;
+        const r = [...document.querySelectorAll('[data-svg-viewport] foreignObject')]
+            .map(e => e.getBoundingClientRect());
+        return r.length >= n && r.every(b => b.left >= v.left && b.right <= v.right
+                                             && b.top >= top && b.bottom <= v.bottom);
+    }"""
+    nodes = len(exp.asset_keys) + len(exp.groups)
+    for _ in range(10):
+        if page.evaluate(all_in_view, nodes):
+            break
+        page.keyboard.down("Control")
+        page.mouse.wheel(0, 40)
+        page.keyboard.up("Control")
+        page.wait_for_timeout(300)  # the zoom animation
+    assert page.evaluate(all_in_view, nodes), "the asset graph does not fit in the browser window"
+    # Drag the graph next to the left edge, then crop the empty canvas right of and below it.
+    bounds = """() => {
+        const r = [...document.querySelectorAll('[data-svg-viewport] foreignObject')]
+            .map(e => e.getBoundingClientRect());
+        return [Math.min(...r.map(b => b.left)), Math.max(...r.map(b => b.right)),
+                Math.max(...r.map(b => b.bottom))];
+    }"""
+    left, _, _ = page.evaluate(bounds)
+    box = viewport.bounding_box()
+    grab = (box["x"] + box["width"] - 120, box["y"] + box["height"] - 20)  # empty canvas
+    page.mouse.move(*grab)
+    page.mouse.down()
+    page.mouse.move(grab[0] - (left - box["x"] - 40), grab[1], steps=5)
+    page.mouse.up()
+    page.wait_for_timeout(300)
+    assert page.evaluate(all_in_view, nodes), "the asset graph moved out of the browser window"
+    _, right, bottom = page.evaluate(bounds)
+    size = page.viewport_size
+    clip = {"x": 0, "y": 0, "width": min(size["width"], right + 60),
+            "height": min(size["height"], bottom + 40)}
+    shoot(page, "asset-graph", clip=clip)
 
 
 def test_diff_materialization_shows_mismatch_table(page, demo_ui, shoot):
