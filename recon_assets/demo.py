@@ -232,6 +232,24 @@ Press Ctrl-C to stop everything.
     return 0
 
 
+def local_resources(dsn: str, sim: SimulatorServer, settings=None, **exchange_config) -> dict:
+    """The code location's resources bound to a local database and the simulator (the demo's
+    `--once` and the tests use this; a deployment configures them from the environment)."""
+    from recon_assets.resources.alerts import AlertWebhook
+    from recon_assets.resources.database import PostgresStore
+    from recon_assets.resources.exchange import ExchangeResource
+    from recon_assets.resources.io_manager import PostgresFrameIOManager
+    from recon_assets.settings import ReconSettings
+
+    store = PostgresStore(dsn=dsn)
+    return {
+        "settings": settings or ReconSettings.from_env(), "database": store,
+        "io_manager": PostgresFrameIOManager(database=store), "alert_webhook": AlertWebhook(),
+        "exchange": ExchangeResource(credentials=json.dumps(sim.credentials()),
+                                     api_base_url=sim.url, **exchange_config),
+    }
+
+
 def run_once(stack: DemoStack) -> dict:
     """One full cycle headless, through the same definitions the UI runs: snapshots and diff per
     account, the correction sensor and its jobs, then a second diff. Returns the summary."""
@@ -240,19 +258,10 @@ def run_once(stack: DemoStack) -> dict:
     import dagster as dg
 
     from recon_assets.definitions import build_defs
-    from recon_assets.resources.alerts import AlertWebhook
-    from recon_assets.resources.database import PostgresStore
-    from recon_assets.resources.exchange import ExchangeResource
-    from recon_assets.resources.io_manager import PostgresFrameIOManager
-    from recon_assets.settings import ReconSettings
 
-    store = PostgresStore(dsn=stack.dsn)
-    defs = build_defs({
-        "settings": ReconSettings.from_env(), "database": store,
-        "io_manager": PostgresFrameIOManager(database=store), "alert_webhook": AlertWebhook(),
-        "exchange": ExchangeResource(credentials=json.dumps(stack.sim.credentials()),
-                                     api_base_url=stack.sim.url),
-    })
+    resources = local_resources(stack.dsn, stack.sim)
+    store = resources["database"]
+    defs = build_defs(resources)
     # A readable summary: Dagster's step logs stay in the run history, not on the terminal.
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     warnings.filterwarnings("ignore", category=dg.BetaWarning)

@@ -9,11 +9,13 @@ import itertools
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 
 import pytest
 
 from recon_assets.db.migrate import migrate
 from recon_assets.local_postgres import LocalPostgres
+from recon_assets.simulator import SimulatorServer
 
 TEMPLATE_DB = "recon_template"
 _db_counter = itertools.count()
@@ -51,3 +53,25 @@ def empty_pg_dsn(pg_server):
     dsn = pg_server.create_database(name)
     yield dsn
     pg_server.drop_database(name)
+
+
+# Retries in tests back off for milliseconds, not seconds.
+FAST_RETRIES = {"backoff_initial_s": 0.05, "backoff_max_s": 0.2}
+
+
+@contextmanager
+def running_simulator(scenario: str | None = None):
+    """The exchange simulator on a fresh loopback port, stopped however the block ends."""
+    server = SimulatorServer(port=0, scenario=scenario)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def sim():
+    """A running simulator with no scenario loaded (tests load theirs)."""
+    with running_simulator() as server:
+        yield server

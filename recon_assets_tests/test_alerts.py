@@ -3,7 +3,6 @@
 import dagster as dg
 import pandas as pd
 import psycopg
-import pytest
 
 from recon_assets.core.escalation import (lock_contention, persistent_mismatches, slack_payload,
                                           unknown_fills)

@@ -2,7 +2,6 @@
 correction job, against the simulator (real ccxt over HTTP) and the real PostgreSQL."""
 
 import datetime as dt
-import json
 
 import dagster as dg
 import psycopg
@@ -12,30 +11,15 @@ from recon_assets.definitions import build_defs
 from recon_assets.defs.partitions import exchange_account_partitions
 from recon_assets.resources.alerts import AlertWebhook
 from recon_assets.resources.database import PostgresStore
-from recon_assets.resources.exchange import ExchangeResource
 from recon_assets.resources.io_manager import PostgresFrameIOManager
 from recon_assets.settings import ReconSettings
-from recon_assets.simulator import SimulatorServer
-
-
-@pytest.fixture
-def sim():
-    server = SimulatorServer(port=0)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+from recon_assets.demo import local_resources
+from recon_assets_tests.conftest import FAST_RETRIES
 
 
 def make_defs(sim, dsn, settings=None):
-    store = PostgresStore(dsn=dsn)
-    return build_defs({
-        "settings": settings or ReconSettings(), "database": store,
-        "io_manager": PostgresFrameIOManager(database=store), "alert_webhook": AlertWebhook(),
-        "exchange": ExchangeResource(credentials=json.dumps(sim.credentials()), api_base_url=sim.url,
-                                     backoff_initial_s=0.05, backoff_max_s=0.2, max_attempts=2),
-    })
+    return build_defs(local_resources(dsn, sim, settings or ReconSettings(), max_attempts=2,
+                                      **FAST_RETRIES))
 
 
 def run_scheduled_cycles(defs, instance):

@@ -15,17 +15,13 @@ from recon_assets.defs.partitions import exchange_account_partitions
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.exchange import ExchangeResource
 from recon_assets.resources.io_manager import PostgresFrameIOManager
-from recon_assets.simulator import SimulatorServer
+from recon_assets_tests.conftest import running_simulator
 
 
 @pytest.fixture
 def sim():
-    server = SimulatorServer(port=0, scenario="demo")
-    server.start()
-    try:
+    with running_simulator("demo") as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _resources(sim, dsn, **exchange_config):

@@ -14,6 +14,7 @@ from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.exchange import ExchangeResource
 from recon_assets.resources.io_manager import PostgresFrameIOManager
 from recon_assets.simulator import SimulatorServer
+from recon_assets_tests.conftest import running_simulator
 
 OPEN_ORDERS, POSITIONS, TRADES = "/fapi/v1/openOrders", "/fapi/v3/positionRisk", "/fapi/v1/userTrades"
 
@@ -48,12 +49,8 @@ MATRIX = [
 
 @pytest.fixture
 def sim():
-    server = SimulatorServer(port=0, scenario="demo")  # a fresh port: nothing cached across tests
-    server.start()
-    try:
+    with running_simulator("demo") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

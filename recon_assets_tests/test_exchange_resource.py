@@ -14,18 +14,14 @@ from recon_assets.defs.exchange.logic import (Cursor, activity_key, db_symbols, 
 from recon_assets.resources.exchange import (ExchangeCredentialsError, ExchangeFetchError,
                                              ExchangePayloadError, ExchangeResource, check_payload,
                                              point_urls_at, response_age_s)
-from recon_assets.simulator import SimulatorServer
 from recon_assets.simulator.state import SimExchange
+from recon_assets_tests.conftest import running_simulator
 
 
 @pytest.fixture(scope="module")
 def sim():
-    server = SimulatorServer(port=0, scenario="demo")
-    server.start()
-    try:
+    with running_simulator("demo") as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _resource(sim, **config):

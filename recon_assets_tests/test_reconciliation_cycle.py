@@ -8,26 +8,14 @@ import dagster as dg
 import psycopg
 import pytest
 
+from recon_assets.demo import local_resources
 from recon_assets.defs.database.assets import db_snapshot
 from recon_assets.defs.exchange.assets import exchange_snapshot
 from recon_assets.defs.partitions import exchange_account_partitions
-from recon_assets.resources.database import PostgresStore
-from recon_assets.resources.exchange import ExchangeResource
-from recon_assets.resources.io_manager import PostgresFrameIOManager
 from recon_assets.defs.reconciliation.assets import reconciliation_diff
 from recon_assets.settings import ReconSettings
-from recon_assets.simulator import SimulatorServer
 from recon_assets.simulator.scenarios import SCENARIOS
-
-
-@pytest.fixture
-def sim():
-    server = SimulatorServer(port=0)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+from recon_assets_tests.conftest import FAST_RETRIES
 
 
 CYCLE_ASSETS = [db_snapshot, exchange_snapshot, reconciliation_diff]
@@ -35,18 +23,13 @@ CYCLE_ASSETS = [db_snapshot, exchange_snapshot, reconciliation_diff]
 
 def run_cycle(instance, sim, dsn, account):
     """Materialize one cycle's assets for one account, as the reconciliation_cycle job does."""
-    store = PostgresStore(dsn=dsn)
-    resources = {
-        "database": store, "io_manager": PostgresFrameIOManager(database=store),
-        "settings": ReconSettings(),
-        "exchange": ExchangeResource(credentials=json.dumps(sim.credentials()), api_base_url=sim.url,
-                                     backoff_initial_s=0.05, backoff_max_s=0.2),
-    }
+    resources = local_resources(dsn, sim, ReconSettings(), **FAST_RETRIES)
     return dg.materialize(CYCLE_ASSETS, partition_key=account, instance=instance, resources=resources)
 
 
 def _key(row):
-    return (row["kind"], row["account"] if "account" in row else row["exchange_account"], row["symbol"],
+    """A finding's identity, whether it is a scenario's expectation or a diff row."""
+    return (row["kind"], row.get("account") or row["exchange_account"], row["symbol"],
             row.get("client_order_id") or row.get("trade_id"))
 
 

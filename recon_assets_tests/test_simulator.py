@@ -21,20 +21,17 @@ from hypothesis import strategies as st
 
 from recon_assets.local_postgres import free_port
 from recon_assets.resources.exchange import point_urls_at
-from recon_assets.simulator import SimExchange, SimulatorServer
+from recon_assets.simulator import SimExchange
 from recon_assets.simulator.scenarios import SCENARIOS, build_scenario
+from recon_assets_tests.conftest import running_simulator
 
 BTC, ETH = "BTC/USDT:USDT", "ETH/USDT:USDT"
 
 
 @pytest.fixture(scope="module")
 def sim():
-    server = SimulatorServer(port=0)
-    server.start()
-    try:
+    with running_simulator() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
