@@ -48,6 +48,7 @@ def diff_metadata(diff: pd.DataFrame, cycle_id: str) -> dict:
     metadata["profiles_with_mismatches"] = int(diff["profile_id"].dropna().nunique())
     metadata["suppressed_recent_rows"] = int(diff.attrs.get("suppressed_recent", 0))
     preview = diff.loc[:, PREVIEW_COLUMNS].head(50)
+    preview = preview.astype(object).where(preview.notna(), "")  # a blank cell, not "nan"
     metadata["mismatches"] = dg.MetadataValue.md(
         preview.to_markdown(index=False, floatfmt=".8g") if len(preview) else "_no mismatches: the database agrees with the exchange_")
     return metadata
