@@ -11,8 +11,9 @@ In one run, for each size, four measurements on the same data:
 The data is written to a temporary parquet folder (outside the repo, removed at the end) and
 read back by child processes: one times every method round-robin (so a burst of load from other
 work on the machine hits them alike), and one per method measures the peak resident memory of
-one call above the process's resident set just before it (Linux VmHWM, reset through
-/proc/self/clear_refs). Before timing, the dict loop's order findings are checked equal to the
+one call, after a warm-up call, above the process's resident set just before it (Linux VmHWM,
+reset through /proc/self/clear_refs; memory the allocator kept from the warm-up is not counted
+again, so this is the steady-state extra memory of a cycle). Before timing, the dict loop's order findings are checked equal to the
 diff's on the same data (column `loop==diff`).
 
     .venv/bin/python benchmarks/diff_benchmark.py [--sizes 10000,100000,1000000] [--repeat N]
