@@ -22,6 +22,16 @@ def make_defs(sim, dsn, settings=None):
                                       **FAST_RETRIES))
 
 
+def after_first_cycle(sim, dsn, instance, scenario="lifecycle", settings=None):
+    """Load a scenario on both sides and run the scheduled cycle once; returns the definitions."""
+    plan = sim.load_scenario(scenario)
+    plan.seed_database(dsn)
+    instance.add_dynamic_partitions(exchange_account_partitions.name, plan.accounts())
+    defs = make_defs(sim, dsn, settings)
+    run_scheduled_cycles(defs, instance)
+    return defs
+
+
 def run_scheduled_cycles(defs, instance):
     """Evaluate the schedule like the daemon does and execute every run it requests."""
     schedule = defs.get_schedule_def("reconciliation_cycle_schedule")
@@ -109,11 +119,7 @@ def test_schedule_sensor_and_job_correct_entry_exit_and_cancel(sim, pg_dsn, inst
 
 
 def test_network_error_during_the_probe_corrects_nothing(sim, pg_dsn, instance):
-    plan = sim.load_scenario("lifecycle")
-    plan.seed_database(pg_dsn)
-    instance.add_dynamic_partitions(exchange_account_partitions.name, plan.accounts())
-    defs = make_defs(sim, pg_dsn)
-    run_scheduled_cycles(defs, instance)
+    defs = after_first_cycle(sim, pg_dsn, instance)
     before = _query(pg_dsn, "SELECT client_order_id, status, filled_qty FROM orders ORDER BY 1")
     sim.exchange.inject_fault("drop", path="/fapi/v1/order", count=None)
     results = run_corrections(defs, instance, evaluate_correction_sensor(defs, instance).run_requests)
@@ -126,11 +132,7 @@ def test_network_error_during_the_probe_corrects_nothing(sim, pg_dsn, instance):
 
 
 def test_dry_run_records_every_decision_and_applies_nothing(sim, pg_dsn, instance):
-    plan = sim.load_scenario("lifecycle")
-    plan.seed_database(pg_dsn)
-    instance.add_dynamic_partitions(exchange_account_partitions.name, plan.accounts())
-    defs = make_defs(sim, pg_dsn, ReconSettings(position_parity_dry_run=True))
-    run_scheduled_cycles(defs, instance)
+    defs = after_first_cycle(sim, pg_dsn, instance, settings=ReconSettings(position_parity_dry_run=True))
     before = _query(pg_dsn, "SELECT client_order_id, status, filled_qty FROM orders ORDER BY 1")
     profiles_before = _query(pg_dsn, "SELECT * FROM profiles ORDER BY id")
     results = run_corrections(defs, instance, evaluate_correction_sensor(defs, instance).run_requests)
@@ -142,11 +144,7 @@ def test_dry_run_records_every_decision_and_applies_nothing(sim, pg_dsn, instanc
 
 
 def test_stale_cycle_blocks_corrections(sim, pg_dsn, instance):
-    plan = sim.load_scenario("lifecycle")
-    plan.seed_database(pg_dsn)
-    instance.add_dynamic_partitions(exchange_account_partitions.name, plan.accounts())
-    defs = make_defs(sim, pg_dsn, ReconSettings(correction_max_cycle_age_seconds=0))
-    run_scheduled_cycles(defs, instance)
+    defs = after_first_cycle(sim, pg_dsn, instance, settings=ReconSettings(correction_max_cycle_age_seconds=0))
     results = run_corrections(defs, instance, evaluate_correction_sensor(defs, instance).run_requests)
     assert results and not any(r.success for r in results)
     error = results[0].get_step_failure_events()[0].event_specific_data.error.to_string()
@@ -155,11 +153,7 @@ def test_stale_cycle_blocks_corrections(sim, pg_dsn, instance):
 
 
 def test_lock_contention_is_recorded_and_escalated(sim, pg_dsn, instance):
-    plan = sim.load_scenario("cancelled_behind_db")
-    plan.seed_database(pg_dsn)
-    instance.add_dynamic_partitions(exchange_account_partitions.name, plan.accounts())
-    defs = make_defs(sim, pg_dsn)
-    run_scheduled_cycles(defs, instance)
+    defs = after_first_cycle(sim, pg_dsn, instance, "cancelled_behind_db")
     requests = evaluate_correction_sensor(defs, instance).run_requests
     profile = requests[0].tags["recon/profile"]
     impatient_store = PostgresStore(dsn=pg_dsn, lock_timeout_ms=300)
@@ -179,11 +173,7 @@ def test_lock_contention_is_recorded_and_escalated(sim, pg_dsn, instance):
 
 
 def test_eight_concurrent_correction_runs_apply_each_correction_once(sim, pg_dsn, instance):
-    plan = sim.load_scenario("lifecycle")
-    plan.seed_database(pg_dsn)
-    instance.add_dynamic_partitions(exchange_account_partitions.name, plan.accounts())
-    defs = make_defs(sim, pg_dsn)
-    run_scheduled_cycles(defs, instance)
+    defs = after_first_cycle(sim, pg_dsn, instance)
     (request,) = evaluate_correction_sensor(defs, instance).run_requests
     job = defs.resolve_job_def("lifecycle_correction")
 
