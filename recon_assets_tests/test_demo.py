@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,65 @@ def test_demo_once_corrects_what_it_covers_and_reuses_its_setup(demo_dir):
     assert "reconciliationMissingFromExchange: 0" in again
     assert len(list((demo_dir / "dagster_home").iterdir())) > 1, "no Dagster history kept"
     assert not _postgres_running_in(demo_dir)
+
+
+def _processes_of(demo_dir: Path) -> list[int]:
+    """Pids whose command line or environment names the demo folder (postgres, dagster dev and
+    its webserver, daemon and code server all carry it one way or the other)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            blob = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if str(demo_dir).encode() in blob:
+            found.append(int(proc.name))
+    return found
+
+
+def test_demo_serves_the_ui_and_ctrl_c_stops_everything(demo_dir):
+    import signal
+    import urllib.request
+
+    from recon_assets.local_postgres import free_port
+
+    ui_port = free_port()
+    log = open(demo_dir / "demo.log", "w+")
+    demo = subprocess.Popen(
+        [RECON, "demo", "--dir", str(demo_dir), "--ui-port", str(ui_port), "--health-port", "0"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert demo.poll() is None, "the demo exited early:\n" + (demo_dir / "demo.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/server_info", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the Dagster UI never answered"
+            time.sleep(1)
+        banner = (demo_dir / "demo.log").read_text()
+        assert f"Dagster UI        http://127.0.0.1:{ui_port}" in banner
+        assert "/internal/health" in banner
+        assert _processes_of(demo_dir), "found none of the demo's processes while it runs"
+        demo.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        assert demo.wait(90) == 0
+        deadline = time.monotonic() + 30
+        while _processes_of(demo_dir) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _processes_of(demo_dir) == [], "processes left after Ctrl-C"
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait(10)
+        for pid in _processes_of(demo_dir):  # never leave anything behind, even on failure
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        log.close()
