@@ -162,3 +162,6 @@ def test_fill_reads_cut_by_the_page_cap_fail_the_blocking_check(sim, pg_dsn, ins
     assert checks["exchange_fills"].passed is False
     assert "page cap" in checks["exchange_fills"].metadata["problems"].value
     assert checks["exchange_positions"].passed is True
+    # The incomplete snapshot failed the step and was not stored for anyone to read.
+    assert not result.success
+    assert all(_stored(pg_dsn, asset)[0] is None for asset in SNAPSHOT_ASSETS)

@@ -55,6 +55,23 @@ def exchange_snapshot(context: dg.AssetExecutionContext, exchange: ExchangeResou
     }
     frames = {"exchange_open_orders": snap.open_orders, "exchange_positions": snap.positions,
               "exchange_fills": snap.fills}
+    checked_at = time.time()
+    outcomes = {key: snap.outcome(exchange, key, checked_at) for key in SNAPSHOT_ASSETS}
+    checks = [dg.AssetCheckResult(
+        asset_key=key, check_name=CHECK_NAME, passed=outcome.passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"problems": "; ".join(outcome.problems) or "none",
+                  "age_s": round(checked_at - snap.read_started, 3),
+                  "read_span_s": common["read_span_s"]}) for key, outcome in outcomes.items()]
+    failed = {key: o for key, o in outcomes.items() if not o.passed}
+    if failed:
+        # A stale or incomplete snapshot is never stored: the checks say why, the step fails,
+        # and every reader keeps the previous good snapshot.
+        yield from checks
+        problems = "; ".join(f"{key}: {'; '.join(o.problems)}" for key, o in failed.items())
+        context.log.warning(f"{context.partition_key}: {problems}")
+        raise dg.Failure(f"exchange snapshot of {context.partition_key} is not fresh and complete "
+                         f"({problems}); nothing was stored")
     for key in SNAPSHOT_ASSETS:
         frame = frames[key]
         yield dg.Output(frame, output_name=key, metadata={
@@ -62,14 +79,4 @@ def exchange_snapshot(context: dg.AssetExecutionContext, exchange: ExchangeResou
             "notional_usd": round(float(frame["notional_usd"].sum()), 2),
             "preview": dg.MetadataValue.md(preview(frame)),
             **common, **extra[key]})
-    checked_at = time.time()
-    for key in SNAPSHOT_ASSETS:
-        outcome = snap.outcome(exchange, key, checked_at)
-        if not outcome.passed:
-            context.log.warning(f"{key} {context.partition_key}: " + "; ".join(outcome.problems))
-        yield dg.AssetCheckResult(
-            asset_key=key, check_name=CHECK_NAME, passed=outcome.passed,
-            severity=dg.AssetCheckSeverity.ERROR,
-            metadata={"problems": "; ".join(outcome.problems) or "none",
-                      "age_s": round(checked_at - snap.read_started, 3),
-                      "read_span_s": common["read_span_s"]})
+    yield from checks
