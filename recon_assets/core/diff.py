@@ -73,7 +73,6 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from recon_assets.core.attribution import parse_client_order_id
 from recon_assets.core.frames import (
@@ -120,8 +119,8 @@ def _numbers(frame: pd.DataFrame, name: str, columns: Sequence[str]) -> pd.DataF
     return frame.assign(**updates) if updates else frame
 
 
-def _recent(frame: pd.DataFrame, name: str, col: str, cutoff: pd.Timestamp) -> np.ndarray:
-    """True where `col` is after `cutoff` (null timestamps are not recent)."""
+def _times(frame: pd.DataFrame, name: str, col: str) -> pd.Series:
+    """`col` as timezone-aware timestamps, or fail (naive, or values that are not timestamps)."""
     series = frame[col]
     if not isinstance(series.dtype, pd.DatetimeTZDtype):
         if pd.api.types.is_datetime64_dtype(series.dtype):
@@ -130,7 +129,51 @@ def _recent(frame: pd.DataFrame, name: str, col: str, cutoff: pd.Timestamp) -> n
             series = pd.to_datetime(series, utc=True)
         except (TypeError, ValueError) as exc:
             raise SnapshotShapeError(f"{name}.{col} holds values that are not timestamps: {exc}") from exc
-    return (series > cutoff).fillna(False).to_numpy(dtype=bool)
+    return series
+
+
+def _after(times: pd.Series, cutoff: pd.Timestamp) -> np.ndarray:
+    """True where the timestamp is after `cutoff` (null timestamps are not recent)."""
+    return (times > cutoff).fillna(False).to_numpy(dtype=bool)
+
+
+def _recent(frame: pd.DataFrame, name: str, col: str, cutoff: pd.Timestamp) -> np.ndarray:
+    """True where `col` is after `cutoff` (null timestamps are not recent)."""
+    return _after(_times(frame, name, col), cutoff)
+
+
+def _take(series: pd.Series, pos: np.ndarray) -> pd.Series:
+    """The values of `series` at the (sorted, unique) positions `pos`, same dtype.
+
+    Arrow-backed columns are taken chunk by chunk: Arrow's take over a chunked array costs
+    several times more than over each chunk (a few ms per text column of a million rows)."""
+    dtype = series.dtype
+    if not (isinstance(dtype, pd.ArrowDtype)
+            or (isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow")):
+        return series.iloc[pos].reset_index(drop=True)
+    chunked = series.array.__arrow_array__()
+    parts, lo, offset = [], 0, 0
+    for chunk, hi in zip(chunked.chunks,
+                         np.searchsorted(pos, np.cumsum([len(c) for c in chunked.chunks]))):
+        if hi > lo:
+            parts.append(chunk.take(pa.array(pos[lo:hi] - offset)))
+        lo, offset = hi, offset + len(chunk)
+    return pd.Series(pa.chunked_array(parts, type=chunked.type), dtype=dtype)
+
+
+def _with_row(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """`columns` of `frame` (not copied) plus `_row`, the row number (cheaper than `assign`,
+    which copies the number columns of a million-row frame)."""
+    out = {col: frame[col].array for col in columns}
+    out["_row"] = np.arange(len(frame), dtype=np.int64)
+    return pd.DataFrame(out, copy=False)
+
+
+def _rows(frame: pd.DataFrame, columns: Sequence[str], pos: np.ndarray) -> pd.DataFrame:
+    """The rows of `frame` at the positions `pos`, only `columns`, with `_row` = the position."""
+    out = {"_row": pd.Series(pos, dtype=np.int64)}
+    out.update((col, _take(frame[col], pos)) for col in columns)
+    return pd.DataFrame(out)
 
 
 def _require_sides(frame: pd.DataFrame, name: str, allowed: Sequence[str]) -> None:
@@ -203,12 +246,15 @@ WHERE d_row IS NULL
        OR d_price IS DISTINCT FROM e_price))
 """
 
-_D_ROW_COLUMNS = ("_row", "_recent", "profile_id", "exchange_account", "trade_id", "intent",
+# The columns stage 1 reads.
+_D_MATCH_COLUMNS = ("exchange_account", "client_order_id", "exchange_order_id", "side", "status",
+                    "qty", "filled_qty", "price")
+_E_MATCH_COLUMNS = ("account", "client_order_id", "side", "qty", "filled_qty", "price")
+_D_ROW_COLUMNS = ("profile_id", "exchange_account", "trade_id", "intent",
                   "symbol", "side", "client_order_id", "exchange_order_id", "status", "qty",
                   "filled_qty", "price")
-_E_ROW_COLUMNS = ("_row", "_recent", "account", "symbol", "exchange_order_id", "client_order_id",
-                  "side", "order_type", "status", "qty", "filled_qty", "price", "notional_usd",
-                  "created_at")
+_E_ROW_COLUMNS = ("account", "symbol", "exchange_order_id", "client_order_id",
+                  "side", "order_type", "status", "qty", "filled_qty", "price", "notional_usd")
 
 # Stage 2, over the few candidate rows plus positions and slices: every finding, its columns,
 # notional and details JSON, suppression flag, in the final order.
@@ -429,26 +475,35 @@ def _attributions(e_rows: pd.DataFrame, profiles: pd.DataFrame) -> pd.DataFrame:
                                             profiles["profile_id"].tolist()):
         if isinstance(sub_tag, str) and sub_tag:
             tags.setdefault((account, sub_tag), set()).add(profile_id)
-    cols: dict[str, list] = {k: [] for k in ("a_row", "a_profile_id", "a_trade_id",
-                                             "a_attribution", "a_sub_tag", "a_intent")}
-    for row, account, coid in zip(e_rows["_row"].tolist(), e_rows["account"].tolist(),
-                                  e_rows["client_order_id"].tolist()):
+    a_profile_id, a_trade_id, a_attribution, a_sub_tag, a_intent = [], [], [], [], []
+    for account, coid in zip(e_rows["account"].tolist(), e_rows["client_order_id"].tolist()):
         parsed = parse_client_order_id(coid)
-        profile_id = trade_id = sub_tag = intent = None
         if parsed is None:
-            why = "foreign_id"
+            a_profile_id.append(None)
+            a_trade_id.append(None)
+            a_attribution.append("foreign_id")
+            a_sub_tag.append(None)
+            a_intent.append(None)
+            continue
+        owners = tags.get((account, parsed.sub_tag))
+        if owners is not None and len(owners) == 1:
+            a_profile_id.append(next(iter(owners)))
+            a_trade_id.append(parsed.trade_id)
+            a_attribution.append("sub_tag")
         else:
-            sub_tag, intent = parsed.sub_tag, parsed.intent
-            owners = tags.get((account, parsed.sub_tag), set())
-            if len(owners) == 1:
-                why, profile_id, trade_id = "sub_tag", next(iter(owners)), parsed.trade_id
-            else:
-                why = "ambiguous_sub_tag" if owners else "unknown_sub_tag"
-        for key, value in (("a_row", row), ("a_profile_id", profile_id), ("a_trade_id", trade_id),
-                           ("a_attribution", why), ("a_sub_tag", sub_tag), ("a_intent", intent)):
-            cols[key].append(value)
-    return pd.DataFrame({k: pd.Series(v, dtype="int64" if k == "a_row" else object)
-                         for k, v in cols.items()})
+            a_profile_id.append(None)
+            a_trade_id.append(None)
+            a_attribution.append("ambiguous_sub_tag" if owners else "unknown_sub_tag")
+        a_sub_tag.append(parsed.sub_tag)
+        a_intent.append(parsed.intent)
+    return pd.DataFrame({
+        "a_row": pd.Series(e_rows["_row"].to_numpy(), dtype="int64"),
+        "a_profile_id": pd.Series(a_profile_id, dtype=object),
+        "a_trade_id": pd.Series(a_trade_id, dtype=object),
+        "a_attribution": pd.Series(a_attribution, dtype=object),
+        "a_sub_tag": pd.Series(a_sub_tag, dtype=object),
+        "a_intent": pd.Series(a_intent, dtype=object),
+    })
 
 
 _DATABASE: tuple[int, duckdb.DuckDBPyConnection] | None = None
@@ -468,20 +523,24 @@ def _cursor() -> duckdb.DuckDBPyConnection:
         return _DATABASE[1].cursor()
 
 
-def _to_result(table, cycle_id: str) -> pd.DataFrame:
-    """Arrow result -> the output frame: text as object with None, numbers float64."""
+def _to_result(columns: dict[str, np.ndarray], keep: np.ndarray, cycle_id: str) -> pd.DataFrame:
+    """Fetched columns (masked where null) -> the output frame of the rows `keep` selects:
+    text as object with None, numbers float64."""
     out = {}
+    n = int(keep.sum())
     for col in MISMATCH_COLUMNS:
         if col == "cycle_id":
-            out[col] = pd.Series(np.full(table.num_rows, cycle_id, dtype=object), dtype=object)
+            out[col] = pd.Series(np.full(n, cycle_id, dtype=object), dtype=object)
             continue
-        values = table.column(col).to_numpy(zero_copy_only=False)
+        values = columns[col]
         if col in _NUMBER_COLUMNS:
-            out[col] = pd.Series(np.asarray(values, dtype="float64"))
+            out[col] = pd.Series(np.ma.filled(values.astype("float64"), np.nan)[keep])
         elif col == "attributable":
-            out[col] = pd.Series(np.asarray(values, dtype=bool))
+            out[col] = pd.Series(np.ma.filled(values, False).astype(bool)[keep])
         else:
-            out[col] = pd.Series(np.asarray(values, dtype=object), dtype=object)
+            text = np.ma.getdata(values).astype(object)
+            text[np.ma.getmaskarray(values)] = None
+            out[col] = pd.Series(text[keep], dtype=object)
     return pd.DataFrame(out, columns=list(MISMATCH_COLUMNS))
 
 
@@ -541,12 +600,10 @@ def reconciliation_diff(*, profiles: pd.DataFrame, db_orders: pd.DataFrame,
     _require_sides(open_slices, "db_trade_slices", ("long", "short"))
     _require_present(open_slices, "db_trade_slices", "virtual_open_qty")
 
-    db_orders = db_orders.assign(_recent=_recent(db_orders, "db_orders", "updated_at", cutoff),
-                                 _row=np.arange(len(db_orders), dtype=np.int64))
-    ex_orders = ex_orders.assign(
-        _recent=_recent(ex_orders, "exchange_open_orders", "created_at", cutoff),
-        _row=np.arange(len(ex_orders), dtype=np.int64))
-    ex_orders["created_at"] = pd.to_datetime(ex_orders["created_at"], utc=True)
+    # Timestamps are checked over every row here; the recency of orders is only needed for
+    # the few rows stage 1 keeps, so it is computed for those.
+    d_times = _times(db_orders, "db_orders", "updated_at")
+    e_times = _times(ex_orders, "exchange_open_orders", "created_at")
     db_positions = db_positions.assign(
         _recent=_recent(db_positions, "db_positions", "updated_at", cutoff))
     slices = slices.assign(_recent=_recent(slices, "db_trade_slices", "updated_at", cutoff))
@@ -554,31 +611,41 @@ def reconciliation_diff(*, profiles: pd.DataFrame, db_orders: pd.DataFrame,
     con = _cursor()
     try:
         con.execute("SET TimeZone = 'UTC'")
-        con.register("db_orders", db_orders)
-        con.register("exchange_open_orders", ex_orders)
-        matches = con.sql(_MATCH_SQL).to_arrow_table()
-        d_pos = np.unique(matches.column("d_row").drop_null().to_numpy())
-        e_pos = np.unique(matches.column("e_row").drop_null().to_numpy())
-        # Only the columns stage 2 reads (taking rows of arrow-backed text costs per column).
-        e_rows = ex_orders[list(_E_ROW_COLUMNS)].iloc[e_pos]
-        d_only = pc.is_null(matches.column("d_row"))
-        candidates = np.unique(matches.column("e_row").filter(d_only).to_numpy())
+        con.register("db_orders", _with_row(db_orders, _D_MATCH_COLUMNS))
+        con.register("exchange_open_orders", _with_row(ex_orders, _E_MATCH_COLUMNS))
+        # `execute` plans the statement once (`sql(...)` binds it, then plans it again to run).
+        found = con.execute(_MATCH_SQL).fetchnumpy()
+        d_row, e_row = found["d_row"], found["e_row"]
+        d_null, e_null = np.ma.getmaskarray(d_row), np.ma.getmaskarray(e_row)
+        d_row, e_row = np.ma.getdata(d_row).astype(np.int64), np.ma.getdata(e_row).astype(np.int64)
+        d_pos = np.unique(d_row[~d_null])
+        e_pos = np.unique(e_row[~e_null])
+        candidates = np.unique(e_row[d_null & ~e_null])
+        matches = pa.table({"d_row": pa.array(d_row, mask=d_null, type=pa.int64()),
+                            "e_row": pa.array(e_row, mask=e_null, type=pa.int64())})
+        # Only the rows and columns stage 2 reads.
+        d_rows = _rows(db_orders, _D_ROW_COLUMNS, d_pos)
+        d_rows["_recent"] = _after(_take(d_times, d_pos), cutoff)
+        e_rows = _rows(ex_orders, _E_ROW_COLUMNS, e_pos)
+        e_created = _take(e_times, e_pos)
+        e_rows["_recent"] = _after(e_created, cutoff)
+        e_rows["created_at"] = pd.to_datetime(e_created, utc=True)
         con.register("matches", matches)
-        con.register("d_rows", db_orders[list(_D_ROW_COLUMNS)].iloc[d_pos])
+        con.register("d_rows", d_rows)
         con.register("e_rows", e_rows)
         con.register("attributions", _attributions(
-            ex_orders[["_row", "account", "client_order_id"]].iloc[candidates], profiles))
+            _rows(ex_orders, ("account", "client_order_id"), candidates), profiles))
         con.register("db_positions", db_positions)
         con.register("exchange_positions", ex_positions)
         con.register("db_trade_slices", slices)
         con.register("profiles", profiles)
-        table = con.sql(_FINDINGS_SQL).to_arrow_table()
+        table = con.execute(_FINDINGS_SQL).fetchnumpy()
     finally:
         con.close()
 
-    suppressed = table.column("suppressed").to_numpy(zero_copy_only=False).astype(bool)
-    kinds = table.column("kind").to_numpy(zero_copy_only=False)
-    result = _to_result(table.filter(pa.array(~suppressed)), cycle_id)
+    suppressed = np.ma.filled(table["suppressed"], False).astype(bool)
+    kinds = np.ma.getdata(table["kind"])
+    result = _to_result(table, ~suppressed, cycle_id)
     held = pd.Series(kinds[suppressed], dtype=object).value_counts()
     result.attrs["suppressed_recent"] = int(suppressed.sum())
     result.attrs["suppressed_recent_by_kind"] = {k: int(held[k]) for k in MISMATCH_KINDS
