@@ -68,6 +68,7 @@ import math
 import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import duckdb
 import numpy as np
@@ -256,9 +257,9 @@ _D_ROW_COLUMNS = ("profile_id", "exchange_account", "trade_id", "intent",
 _E_ROW_COLUMNS = ("account", "symbol", "exchange_order_id", "client_order_id",
                   "side", "order_type", "status", "qty", "filled_qty", "price", "notional_usd")
 
-# Stage 2, over the few candidate rows plus positions and slices: every finding, its columns,
-# notional and details JSON, suppression flag, in the final order.
-_FINDINGS_SQL = f"""
+# Stage 2, over the few candidate rows: every order finding, its columns, notional and details
+# JSON, suppression flag, in the final order.
+_ORDER_FINDINGS_SQL = f"""
 WITH d AS (
     SELECT _row AS d_row, _recent AS d_recent,
            CAST(profile_id AS VARCHAR) AS d_profile_id,
@@ -357,9 +358,23 @@ orders AS (
         UNION ALL SELECT 'qty_drift', * FROM pairs WHERE d_open AND {_QTY_DRIFT}
         UNION ALL SELECT 'price_drift', * FROM pairs WHERE d_open AND {_PRICE_DRIFT}
     )
-),
+)
+SELECT kind, profile_id, account AS exchange_account, symbol, client_order_id,
+       exchange_order_id, trade_id, attributable, db_qty, exchange_qty, db_status,
+       exchange_status, db_price, exchange_price, abs(coalesce(notional_usd, 0.0)) AS notional_usd,
+       details, suppressed
+FROM orders
+ORDER BY CASE kind {' '.join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(MISMATCH_KINDS))} END,
+         exchange_account NULLS FIRST, symbol NULLS FIRST, profile_id NULLS FIRST,
+         client_order_id NULLS FIRST, exchange_order_id NULLS FIRST, trade_id NULLS FIRST,
+         slice_no NULLS FIRST
+"""
+
+# Stage 2 also, over positions and slices (run beside the orders' part: kinds sort first, and
+# the order kinds come first, so the two results one after the other are in the final order).
+_ACCOUNT_FINDINGS_SQL = f"""
 -- Positions: the exchange per account and symbol (one-way or hedge rows summed).
-ex AS (
+WITH ex AS (
     SELECT CAST(account AS VARCHAR) AS account, CAST(symbol AS VARCHAR) AS symbol,
            sum(qty * CASE side WHEN 'long' THEN 1.0 WHEN 'short' THEN -1.0 ELSE 0.0 END)
              AS ex_net,
@@ -448,9 +463,8 @@ ghosts AS (
        OR (CASE WHEN x.step IS NOT NULL THEN x.ex_gross < x.step
                 ELSE x.ex_gross <= {ABS_TOL!r} END)
 ),
-found AS (
-    SELECT * FROM orders
-    UNION ALL SELECT * FROM positions
+found(kind, profile_id, account, symbol, client_order_id, exchange_order_id, trade_id, attributable, db_qty, exchange_qty, db_status, exchange_status, db_price, exchange_price, notional_usd, suppressed, slice_no, details) AS (
+    SELECT * FROM positions
     UNION ALL SELECT * FROM ghosts
 )
 SELECT kind, profile_id, account AS exchange_account, symbol, client_order_id,
@@ -608,41 +622,52 @@ def reconciliation_diff(*, profiles: pd.DataFrame, db_orders: pd.DataFrame,
         _recent=_recent(db_positions, "db_positions", "updated_at", cutoff))
     slices = slices.assign(_recent=_recent(slices, "db_trade_slices", "updated_at", cutoff))
 
-    con = _cursor()
+    con, account_con = _cursor(), _cursor()
     try:
-        con.execute("SET TimeZone = 'UTC'")
+        for cursor in (con, account_con):
+            cursor.execute("SET TimeZone = 'UTC'")
+        account_con.register("db_positions", db_positions)
+        account_con.register("exchange_positions", ex_positions)
+        account_con.register("db_trade_slices", slices)
+        account_con.register("profiles", profiles)
         con.register("db_orders", _with_row(db_orders, _D_MATCH_COLUMNS))
         con.register("exchange_open_orders", _with_row(ex_orders, _E_MATCH_COLUMNS))
         # `execute` plans the statement once (`sql(...)` binds it, then plans it again to run).
         found = con.execute(_MATCH_SQL).fetchnumpy()
-        d_row, e_row = found["d_row"], found["e_row"]
-        d_null, e_null = np.ma.getmaskarray(d_row), np.ma.getmaskarray(e_row)
-        d_row, e_row = np.ma.getdata(d_row).astype(np.int64), np.ma.getdata(e_row).astype(np.int64)
-        d_pos = np.unique(d_row[~d_null])
-        e_pos = np.unique(e_row[~e_null])
-        candidates = np.unique(e_row[d_null & ~e_null])
-        matches = pa.table({"d_row": pa.array(d_row, mask=d_null, type=pa.int64()),
-                            "e_row": pa.array(e_row, mask=e_null, type=pa.int64())})
-        # Only the rows and columns stage 2 reads.
-        d_rows = _rows(db_orders, _D_ROW_COLUMNS, d_pos)
-        d_rows["_recent"] = _after(_take(d_times, d_pos), cutoff)
-        e_rows = _rows(ex_orders, _E_ROW_COLUMNS, e_pos)
-        e_created = _take(e_times, e_pos)
-        e_rows["_recent"] = _after(e_created, cutoff)
-        e_rows["created_at"] = pd.to_datetime(e_created, utc=True)
-        con.register("matches", matches)
-        con.register("d_rows", d_rows)
-        con.register("e_rows", e_rows)
-        con.register("attributions", _attributions(
-            _rows(ex_orders, ("account", "client_order_id"), candidates), profiles))
-        con.register("db_positions", db_positions)
-        con.register("exchange_positions", ex_positions)
-        con.register("db_trade_slices", slices)
-        con.register("profiles", profiles)
-        table = con.execute(_FINDINGS_SQL).fetchnumpy()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            # Positions and slices run in DuckDB (no GIL) while this thread takes the rows
+            # of the orders stage 2 needs.
+            account_findings = pool.submit(
+                lambda: account_con.execute(_ACCOUNT_FINDINGS_SQL).fetchnumpy())
+            d_row, e_row = found["d_row"], found["e_row"]
+            d_null, e_null = np.ma.getmaskarray(d_row), np.ma.getmaskarray(e_row)
+            d_row = np.ma.getdata(d_row).astype(np.int64)
+            e_row = np.ma.getdata(e_row).astype(np.int64)
+            d_pos = np.unique(d_row[~d_null])
+            e_pos = np.unique(e_row[~e_null])
+            candidates = np.unique(e_row[d_null & ~e_null])
+            matches = pa.table({"d_row": pa.array(d_row, mask=d_null, type=pa.int64()),
+                                "e_row": pa.array(e_row, mask=e_null, type=pa.int64())})
+            # Only the rows and columns stage 2 reads.
+            d_rows = _rows(db_orders, _D_ROW_COLUMNS, d_pos)
+            d_rows["_recent"] = _after(_take(d_times, d_pos), cutoff)
+            e_rows = _rows(ex_orders, _E_ROW_COLUMNS, e_pos)
+            e_created = _take(e_times, e_pos)
+            e_rows["_recent"] = _after(e_created, cutoff)
+            e_rows["created_at"] = pd.to_datetime(e_created, utc=True)
+            con.register("matches", matches)
+            con.register("d_rows", d_rows)
+            con.register("e_rows", e_rows)
+            con.register("attributions", _attributions(
+                _rows(ex_orders, ("account", "client_order_id"), candidates), profiles))
+            order_findings = con.execute(_ORDER_FINDINGS_SQL).fetchnumpy()
+            account_findings = account_findings.result()
     finally:
         con.close()
+        account_con.close()
 
+    table = {col: np.ma.concatenate([order_findings[col], account_findings[col]])
+             for col in order_findings}
     suppressed = np.ma.filled(table["suppressed"], False).astype(bool)
     kinds = np.ma.getdata(table["kind"])
     result = _to_result(table, ~suppressed, cycle_id)
