@@ -41,6 +41,7 @@ from recon_assets.db.migrate import migrate
 from recon_assets.local_postgres import LocalPostgres, free_port
 from recon_assets.metrics.health import load_state
 from recon_assets.metrics.server import make_server
+from recon_assets.processes import reset_signals, stop_on_signals
 from recon_assets.simulator import SimulatorServer
 
 DEMO_DB = "recon_demo"
@@ -62,11 +63,6 @@ run_coordinator:
 telemetry:
   enabled: false
 """
-
-
-def _reset_signals() -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_DFL)
 
 
 @dataclass
@@ -203,13 +199,13 @@ def _prepare_dagster_home(base: Path, accounts: list[str]) -> Path:
     return home
 
 
-def run_ui(stack: DemoStack, ui_port: int, drift_every_s: float) -> int:
+def run_ui(stack: DemoStack, ui_port: int, drift_every_s: float, stop: threading.Event) -> int:
     home = _prepare_dagster_home(stack.base, stack.sim.scenario.accounts())
     dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or "dagster"
     env = {**os.environ, **stack.env(), "DAGSTER_HOME": str(home)}
     stack.dagster = subprocess.Popen(
         [dagster, "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(ui_port)],
-        cwd=home, env=env, preexec_fn=_reset_signals, start_new_session=True)
+        cwd=home, env=env, preexec_fn=reset_signals, start_new_session=True)
     stack.drift = TradingAppStandIn(stack.sim, stack.dsn, drift_every_s)
     stack.drift.start()
     health = stack.health.server_address
@@ -221,9 +217,6 @@ recon demo is up:
   database          {stack.pg.dsn(DEMO_DB)}
 Press Ctrl-C to stop everything.
 """, flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(1.0):
         if stack.dagster.poll() is not None:
             print(f"dagster dev exited with {stack.dagster.returncode}", file=sys.stderr)
@@ -334,11 +327,17 @@ def main(argv: list[str]) -> int:
                 health_port = free_port()  # taken: pick another, the banner prints it
         except OSError:
             pass
-    stack = start_stack(Path(args.dir), health_port=health_port)
-    try:
-        if args.once:
+    if args.once:
+        stack = start_stack(Path(args.dir), health_port=health_port)
+        try:
             print_summary(run_once(stack))
             return 0
-        return run_ui(stack, args.ui_port, args.drift_every_s)
-    finally:
-        stack.stop()
+        finally:
+            stack.stop()
+    # Ctrl-C / SIGTERM, from start-up on, end in the same orderly stop of every process.
+    with stop_on_signals() as stop:
+        stack = start_stack(Path(args.dir), health_port=health_port)
+        try:
+            return run_ui(stack, args.ui_port, args.drift_every_s, stop)
+        finally:
+            stack.stop()

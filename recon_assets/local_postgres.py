@@ -21,6 +21,8 @@ from pathlib import Path
 
 import psycopg
 
+from recon_assets.processes import reset_signals
+
 
 class LocalPostgresError(RuntimeError):
     """The local PostgreSQL server could not be set up or started."""
@@ -47,11 +49,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _reset_signals() -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_DFL)
 
 
 class LocalPostgres:
@@ -103,7 +100,7 @@ class LocalPostgres:
                "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
         self.process = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            user=self._run_as, preexec_fn=_reset_signals, start_new_session=True)
+            user=self._run_as, preexec_fn=reset_signals, start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -25,7 +25,6 @@ start background processes with those signals ignored).
 import argparse
 import json
 import os
-import signal
 import sys
 import threading
 from collections.abc import Iterator
@@ -44,6 +43,7 @@ from recon_assets.metrics.health import (
     load_state,
     unavailable_health,
 )
+from recon_assets.processes import stop_on_signals
 from recon_assets.resources.database import redact_dsn
 
 DEFAULT_PORT = 9187
@@ -222,28 +222,19 @@ def main(argv: list[str]) -> int:
         return 1
     host, port = server.server_address[:2]
 
-    stop = threading.Event()
-
-    def _stop(signum, _frame):
-        stop.set()
-
-    previous = {}
-    if threading.current_thread() is threading.main_thread():  # signal.signal's own rule
-        previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                               name="recon-health", daemon=True)
-    thread.start()
-    print(f"recon health: serving http://{host}:{port}/internal/health and /metrics from "
-          f"{redact_dsn(dsn)} (stale after {args.stale_after_s:g}s)", flush=True)
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with stop_on_signals() as stop:
+        thread.start()
+        print(f"recon health: serving http://{host}:{port}/internal/health and /metrics from "
+              f"{redact_dsn(dsn)} (stale after {args.stale_after_s:g}s)", flush=True)
+        try:
+            while not stop.wait(0.5):  # a short wait, so the signal handler gets to run
+                pass
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join()
     print("recon health: stopped", flush=True)
     return 0
 

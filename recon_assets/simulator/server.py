@@ -26,7 +26,6 @@ import hashlib
 import hmac
 import json
 import re
-import signal
 import sys
 import threading
 import time
@@ -35,6 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from recon_assets.processes import stop_on_signals
 from recon_assets.simulator.state import Account, Fault, SimError, SimExchange, now_ms
 
 _API_KEY_RE = re.compile(r"^[A-Za-z0-9]{1,128}$")
@@ -440,23 +440,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), help="scenario to load at start")
     args = parser.parse_args(argv)
     server = SimulatorServer(port=args.port, host=args.host, scenario=args.scenario)
-    stop = threading.Event()
-
-    def _stop(signum, _frame):
-        stop.set()
-
-    # Background shells may start us with SIGINT/SIGTERM ignored: take them back.
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    url = server.start()
-    accounts = ", ".join(sorted(server.exchange.accounts)) or "none"
-    print(f"recon simulator listening on {url} (scenario: {args.scenario or 'none'}; "
-          f"accounts: {accounts}; test keys at GET {url}/_control/credentials)", flush=True)
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        server.stop()
+    with stop_on_signals() as stop:
+        url = server.start()
+        accounts = ", ".join(sorted(server.exchange.accounts)) or "none"
+        print(f"recon simulator listening on {url} (scenario: {args.scenario or 'none'}; "
+              f"accounts: {accounts}; test keys at GET {url}/_control/credentials)", flush=True)
+        try:
+            while not stop.wait(0.5):  # a short wait, so the signal handler gets to run
+                pass
+        finally:
+            server.stop()
     print("recon simulator stopped", flush=True)
     return 0
 
