@@ -137,3 +137,28 @@ def test_a_failed_cycle_is_escalated_once(pg_dsn):
         assert len(hook.posts) == 1
         assert hook.posts[0]["recon_alert"]["reason"] == "failed_cycle"
         assert "c7 on acct1 failed: ExchangeFetchError: acct1: 5 attempts" in hook.posts[0]["text"]
+
+
+def test_sensor_escalates_fills_no_order_explains(pg_dsn):
+    import io
+
+    store = PostgresStore(dsn=pg_dsn)
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("INSERT INTO profiles (id, exchange_account, sub_tag, allocated_capital_usd) "
+                     "VALUES ('alpha', 'acct1', 'ALP', 1000)")
+        conn.execute("INSERT INTO orders (profile_id, trade_id, intent, symbol, side, client_order_id, "
+                     "exchange_order_id, status, qty) VALUES ('alpha', 't1', 'ENTRY', 'BTC/USDT:USDT', "
+                     "'buy', 'rc.ALP.t1.E1', '111', 'filled', 1)")
+        fills = pd.DataFrame({"exchange_fill_id": ["1", "2", "3"], "exchange_order_id": ["110", "111", "999"],
+                              "client_order_id": ["rc.ALP.t1.E1", None, None], "symbol": "BTC/USDT:USDT",
+                              "notional_usd": [10.0, 20.0, 30.0]})
+        payload = io.BytesIO()
+        fills.to_parquet(payload, index=False)
+        conn.execute("INSERT INTO recon.asset_values (asset_key, partition_key, run_id, payload) "
+                     "VALUES ('exchange_fills', 'acct1', 'r1', %s)", (payload.getvalue(),))
+    with WebhookReceiver() as hook, dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(exchange_account_partitions.name, ["acct1"])
+        _evaluate(instance, store, hook.url)
+        (post,) = hook.posts
+    assert post["recon_alert"]["reason"] == "unknown_fill"
+    assert post["recon_alert"]["details"]["exchange_fill_ids"] == ["3"]

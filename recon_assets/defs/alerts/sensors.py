@@ -38,16 +38,25 @@ def find_alerts(database: PostgresStore, accounts: list[str]) -> list[Alert]:
         failed = _frame(conn, """
             SELECT cycle_id, exchange_account, error FROM recon.cycles
             WHERE status = 'failed' AND finished_at > now() - interval '1 day' ORDER BY finished_at""")
-        known_ids = {str(v) for r in conn.execute(
-            "SELECT client_order_id, exchange_order_id FROM orders").fetchall()
-            for v in r.values() if v is not None}
     alerts = (persistent_mismatches(mismatches, cycles, PERSISTENCE_RUNS)
               + lock_contention(contention) + failed_cycles(failed))
     for account in accounts:
         fills = load_stored_frame(database, "exchange_fills", account)
-        if fills is not None:
-            alerts += unknown_fills(fills, known_ids, account)
+        if fills is not None and len(fills):
+            alerts += unknown_fills(fills, _known_order_ids(database, fills), account)
     return alerts
+
+
+def _known_order_ids(database: PostgresStore, fills: pd.DataFrame) -> set[str]:
+    """Which of the fills' order ids (client or exchange) the database has: looked up by those
+    ids only, not by reading the whole, ever-growing orders table every tick."""
+    ids = sorted({str(v) for v in pd.concat([fills["client_order_id"], fills["exchange_order_id"]])
+                  .dropna()})
+    with database.connect() as conn:
+        rows = conn.execute(
+            "SELECT client_order_id, exchange_order_id FROM orders "
+            "WHERE client_order_id = ANY(%s) OR exchange_order_id = ANY(%s)", (ids, ids)).fetchall()
+    return {str(v) for r in rows for v in r.values() if v is not None}
 
 
 def raise_alert(database: PostgresStore, webhook: AlertWebhook, alert: Alert) -> tuple[bool, str | None]:
