@@ -11,7 +11,7 @@ from recon_assets.resources.database import redact_dsn
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from recon_assets.db.migrate import MigrationError, migrate
+    from recon_assets.db.migrate import REPEATABLE_PREFIX, MigrationError, migrate
 
     dsn = args.dsn or os.environ.get("RECON_DATABASE_URL")
     if not dsn:
@@ -23,9 +23,13 @@ def _migrate(args: argparse.Namespace) -> int:
         print(f"recon migrate: {exc}", file=sys.stderr)
         return 1
     target = redact_dsn(dsn)
-    if applied:
-        print(f"applied migrations {', '.join(applied)} to {target}")
-    else:
+    versions = [v for v in applied if not v.startswith(REPEATABLE_PREFIX)]
+    repeatables = len(applied) - len(versions)
+    if versions:
+        print(f"applied migrations {', '.join(versions)} to {target}")
+    if repeatables:
+        print(f"applied {repeatables} repeatable SQL file(s) of db/functions to {target}")
+    if not applied:
         print(f"{target} is up to date; nothing to apply")
     return 0
 
@@ -42,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recon", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    migrate_cmd = sub.add_parser("migrate", help="apply pending database migrations")
+    migrate_cmd = sub.add_parser("migrate", help="apply pending database migrations and changed SQL functions")
     migrate_cmd.add_argument("--dsn", help="Postgres URL (default: $RECON_DATABASE_URL)")
     migrate_cmd.set_defaults(func=_migrate)
     for name, (_module, help_text) in DELEGATED.items():

@@ -21,11 +21,13 @@ def defs() -> dg.Definitions:
     return load_defs()
 
 
+@pytest.mark.unit
 def test_code_location_loads_and_validates(defs):
     dg.Definitions.validate_loadable(defs)
     assert defs.resolve_all_asset_specs(), "the code location defines no assets"
 
 
+@pytest.mark.unit
 def test_every_asset_has_a_business_description_and_group(defs):
     for spec in defs.resolve_all_asset_specs():
         assert spec.description and spec.description.strip(), f"{spec.key} has no description"
@@ -33,6 +35,7 @@ def test_every_asset_has_a_business_description_and_group(defs):
         assert spec.group_name != "default", f"{spec.key} is not in a domain group"
 
 
+@pytest.mark.unit
 def test_every_sensor_and_schedule_has_a_description(defs):
     for sensor in defs.sensors or []:
         assert sensor.description, f"sensor {sensor.name} has no description"
@@ -40,18 +43,21 @@ def test_every_sensor_and_schedule_has_a_description(defs):
         assert schedule.description, f"schedule {schedule.name} has no description"
 
 
+@pytest.mark.unit
 def test_every_asset_check_has_a_description(defs):
     for check_key in defs.resolve_asset_graph().asset_check_keys:
         spec = defs.resolve_asset_graph().get_check_spec(check_key)
         assert spec.description, f"check {check_key.to_user_string()} has no description"
 
 
+@pytest.mark.unit
 def test_bad_flag_stops_the_code_location_loading(monkeypatch):
     monkeypatch.setenv("RECON_POSITION_PARITY_CONFIRMATIONS", "abc")
     with pytest.raises(SettingsError, match="RECON_POSITION_PARITY_CONFIRMATIONS"):
         load_defs()
 
 
+@pytest.mark.integration
 def test_dagster_cli_validates_the_workspace(tmp_path):
     env = {"PATH": str(pathlib.Path(sys.executable).parent), "DAGSTER_HOME": str(tmp_path),
            "RECON_DATABASE_URL": "postgresql://u@127.0.0.1:1/db", "HOME": str(tmp_path)}
@@ -63,6 +69,7 @@ def test_dagster_cli_validates_the_workspace(tmp_path):
     assert "All code locations passed validation" in result.stdout + result.stderr
 
 
+@pytest.mark.unit
 def test_core_logic_never_imports_dagster():
     for path in (PACKAGE / "core").rglob("*.py"):
         tree = ast.parse(path.read_text())
@@ -76,6 +83,7 @@ def test_core_logic_never_imports_dagster():
                 assert not name.startswith("dagster"), f"{path.name} imports {name}"
 
 
+@pytest.mark.integration
 def test_module_import_reads_no_environment(monkeypatch):
     """Importing the code location must not read flags: only the loader does."""
     monkeypatch.setenv("RECON_POSITION_PARITY_CONFIRMATIONS", "abc")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration
+
 RECON = str(Path(sys.executable).parent / "recon")
 
 

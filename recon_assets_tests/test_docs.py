@@ -10,6 +10,8 @@ import pytest
 
 from recon_assets.settings import FLAGS
 
+pytestmark = pytest.mark.db
+
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 SQL_DOCS = ("analyst-guide.md", "operator-guide.md", "metrics.md", "../README.md")
 

@@ -4,6 +4,8 @@ import pytest
 
 from recon_assets.settings import FLAGS, ReconSettings, SettingsError
 
+pytestmark = pytest.mark.unit
+
 RUNBOOK_DEFAULTS = {
     "ENABLE_RECON_POSITION_PARITY_HEARTBEAT": True,
     "RECON_POSITION_PARITY_CONFIRMATIONS": 3,

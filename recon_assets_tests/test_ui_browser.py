@@ -31,6 +31,8 @@ import pytest
 from recon_assets.demo import start_stack, run_once
 from recon_assets.local_postgres import free_port
 
+pytestmark = pytest.mark.browser
+
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -1,15 +1,9 @@
 -- Reconciliation's own schema. History tables (cycles, mismatches, corrections, backfill
 -- decisions) are append-only so analysts can trust them: one row per finding per cycle, stamped
--- with the Dagster run id that produced it (the cycle id).
+-- with the Dagster run id that produced it (the cycle id). The append-only triggers are in
+-- db/functions/recon.forbid_change.sql.
 
 CREATE SCHEMA IF NOT EXISTS recon;
-
-CREATE OR REPLACE FUNCTION recon.forbid_change() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION 'recon.% is append-only: % is not allowed', TG_TABLE_NAME, TG_OP;
-END;
-$$;
 
 CREATE TABLE IF NOT EXISTS recon.cycles (
     cycle_id          text NOT NULL,
@@ -49,9 +43,6 @@ CREATE TABLE IF NOT EXISTS recon.mismatches (
 );
 CREATE INDEX IF NOT EXISTS mismatches_cycle_idx ON recon.mismatches (cycle_id);
 CREATE INDEX IF NOT EXISTS mismatches_profile_time_idx ON recon.mismatches (profile_id, observed_at);
-DROP TRIGGER IF EXISTS mismatches_append_only ON recon.mismatches;
-CREATE TRIGGER mismatches_append_only BEFORE UPDATE OR DELETE ON recon.mismatches
-    FOR EACH ROW EXECUTE FUNCTION recon.forbid_change();
 
 -- Consecutive parity-heartbeat sightings of a ghost slice; reset when the slice is seen healthy.
 CREATE TABLE IF NOT EXISTS recon.parity_confirmations (
@@ -92,9 +83,6 @@ CREATE TABLE IF NOT EXISTS recon.backfill_decisions (
     reason           text NOT NULL,
     created_at       timestamptz NOT NULL DEFAULT now()
 );
-DROP TRIGGER IF EXISTS backfill_decisions_append_only ON recon.backfill_decisions;
-CREATE TRIGGER backfill_decisions_append_only BEFORE UPDATE OR DELETE ON recon.backfill_decisions
-    FOR EACH ROW EXECUTE FUNCTION recon.forbid_change();
 
 -- Every correction, applied or (in dry run) only decided. The idempotency key is deterministic
 -- (profile, trade, fill or order id, handler), so a re-run can never apply a correction twice.
@@ -113,9 +101,6 @@ CREATE TABLE IF NOT EXISTS recon.corrections (
     applied_at       timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS corrections_profile_idx ON recon.corrections (profile_id, applied_at);
-DROP TRIGGER IF EXISTS corrections_append_only ON recon.corrections;
-CREATE TRIGGER corrections_append_only BEFORE UPDATE OR DELETE ON recon.corrections
-    FOR EACH ROW EXECUTE FUNCTION recon.forbid_change();
 
 -- Integrity watchdog state per profile: why it paused, and the clean-cycle streak since.
 CREATE TABLE IF NOT EXISTS recon.watchdog_state (

@@ -1,0 +1,34 @@
+-- Who may call what. Applied after every other file here, each time they are applied, because
+-- CREATE OR REPLACE keeps a function's privileges but a DROP + CREATE (a changed signature)
+-- starts again from PostgreSQL's default (EXECUTE for PUBLIC).
+--
+-- The handlers change money state, so PUBLIC may not call them (on Supabase neither may anon /
+-- authenticated, to whom the default privileges of schema public would otherwise give EXECUTE
+-- through the Data API). The owner (the role that migrates) keeps EXECUTE. Where Supabase's
+-- service_role exists (the role supabase-py's rpc() runs as with the service key), it gets
+-- EXECUTE; the functions are SECURITY INVOKER, so they run with the caller's privileges (the
+-- table grants they need are in migration 0005).
+DO $grants$
+DECLARE
+    fn text;
+    r text;
+BEGIN
+    FOR fn IN
+        SELECT p.oid::regprocedure::text FROM pg_catalog.pg_proc p
+         WHERE p.pronamespace = 'public'::regnamespace
+           AND p.proname IN ('recon_reconcile_entry_fill', 'recon_reconcile_exit_fill',
+                             'recon_reconcile_cancel', 'recon_recalculate_capital',
+                             'recon_begin_reconciling', 'recon_end_reconciling')
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
+        FOREACH r IN ARRAY ARRAY['anon', 'authenticated'] LOOP
+            IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+                EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM %I', fn, r);
+            END IF;
+        END LOOP;
+        IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO service_role', fn);
+        END IF;
+    END LOOP;
+END
+$grants$;

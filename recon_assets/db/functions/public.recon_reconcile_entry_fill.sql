@@ -1,0 +1,25 @@
+-- reconcileEntryFill. The frame: recon._run_correction.sql; the fill arguments: recon._book_order_fill.sql.
+CREATE OR REPLACE FUNCTION public.recon_reconcile_entry_fill(
+    p_profile_id text,
+    p_cycle_id text,
+    p_idempotency_key text,
+    p_client_order_id text,
+    p_filled_qty numeric,
+    p_avg_fill_price numeric,
+    p_exchange_order_id text DEFAULT NULL,
+    p_fills jsonb DEFAULT '[]'::jsonb,
+    p_final_status text DEFAULT NULL,
+    p_dry_run boolean DEFAULT false,
+    p_evidence jsonb DEFAULT '{}'::jsonb)
+RETURNS jsonb
+LANGUAGE sql
+SET search_path = ''
+AS $$
+    SELECT recon._run_correction(
+        'reconcile_entry_fill', p_profile_id, p_cycle_id, p_idempotency_key, p_client_order_id,
+        p_dry_run, p_evidence,
+        pg_catalog.jsonb_build_object(
+            'exchange_order_id', p_exchange_order_id, 'filled_qty', p_filled_qty,
+            'avg_fill_price', p_avg_fill_price, 'fills', COALESCE(p_fills, '[]'::jsonb),
+            'final_status', p_final_status));
+$$;

@@ -1,0 +1,78 @@
+-- reconcileExitFill: the order's fills, the oldest open slice of the trade (exit qty, weighted
+-- exit price, realised PnL; closed when its virtual open qty reaches zero), the position.
+CREATE OR REPLACE FUNCTION recon._apply_exit_fill(p_profile_id text, p_client_order_id text, r jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = ''
+AS $$
+DECLARE
+    h constant text := 'recon_reconcile_exit_fill';
+    o public.orders%ROWTYPE;
+    s public.trade_history%ROWTYPE;
+    v_fill jsonb;
+    v_delta numeric;
+    v_price numeric;
+    v_pnl numeric;
+    v_closes boolean;
+    v_slice_before jsonb;
+    v_position jsonb;
+BEGIN
+    o := recon._lock_order(h, p_profile_id, p_client_order_id, 'EXIT', r->>'exchange_order_id');
+    v_fill := recon._book_order_fill(h, o, r);
+    IF v_fill->>'status' = 'unchanged' THEN
+        RETURN v_fill || pg_catalog.jsonb_build_object('trade_id', o.trade_id);
+    END IF;
+    v_delta := (v_fill->>'delta')::numeric;
+    v_price := (v_fill->>'delta_price')::numeric;
+    IF v_delta > 0 THEN
+        SELECT * INTO s FROM public.trade_history
+         WHERE trade_id = o.trade_id AND profile_id = o.profile_id AND status = 'open'
+           AND virtual_open_qty > 0
+         ORDER BY slice_no LIMIT 1 FOR UPDATE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION '%: exit order % has no open slice of trade % (profile %) to exit',
+                h, o.client_order_id, o.trade_id, o.profile_id;
+        END IF;
+        IF s.symbol <> o.symbol
+           OR (s.side = 'long' AND o.side <> 'sell') OR (s.side = 'short' AND o.side <> 'buy') THEN
+            RAISE EXCEPTION '%: exit order % (% %) cannot exit slice % of trade % (% %)',
+                h, o.client_order_id, o.side, o.symbol, s.slice_no, o.trade_id, s.side, s.symbol;
+        END IF;
+        IF v_delta > s.virtual_open_qty THEN
+            RAISE EXCEPTION '%: exit fill of % on order % exceeds the open qty % of trade % slice % (entry %, exit %)',
+                h, v_delta, o.client_order_id, s.virtual_open_qty, o.trade_id, s.slice_no,
+                s.entry_qty, s.exit_qty;
+        END IF;
+        IF s.entry_price IS NULL THEN
+            RAISE EXCEPTION '%: exit order %: slice % of trade % has no entry price, so no PnL can be booked',
+                h, o.client_order_id, s.slice_no, o.trade_id;
+        END IF;
+        v_pnl := CASE s.side WHEN 'long' THEN v_price - s.entry_price
+                             ELSE s.entry_price - v_price END * v_delta;
+        v_closes := s.exit_qty + v_delta = s.entry_qty;
+        v_slice_before := pg_catalog.to_jsonb(s);
+        UPDATE public.trade_history
+           SET exit_price = (s.exit_qty * COALESCE(s.exit_price, 0) + v_delta * v_price)
+                            / (s.exit_qty + v_delta),
+               exit_qty = s.exit_qty + v_delta,
+               realised_pnl_usd = s.realised_pnl_usd + v_pnl,
+               status = CASE WHEN v_closes THEN 'closed' ELSE 'open' END,
+               closed_at = CASE WHEN v_closes THEN pg_catalog.now() END,
+               close_reason = CASE WHEN v_closes
+                                   THEN COALESCE(r->>'close_reason', 'reconciled_exit_fill')
+                                   ELSE s.close_reason END,
+               updated_at = pg_catalog.now()
+         WHERE id = s.id
+        RETURNING * INTO s;
+        v_position := recon._apply_position_delta(
+            o.profile_id, o.symbol, CASE s.side WHEN 'long' THEN -v_delta ELSE v_delta END, v_price);
+    END IF;
+    RETURN v_fill || pg_catalog.jsonb_build_object(
+        'trade_id', o.trade_id,
+        'slice', CASE WHEN v_delta > 0 THEN pg_catalog.jsonb_build_object(
+                     'before', v_slice_before, 'after', pg_catalog.to_jsonb(s)) END,
+        'position', v_position,
+        'realised_pnl_usd', v_pnl,
+        'fills', recon._book_fills(h, o, r));
+END;
+$$;

@@ -1,0 +1,21 @@
+-- Append-only history: analysts can trust these tables because nothing rewrites them. The
+-- trigger function refuses UPDATE and DELETE; the triggers below name every append-only table
+-- (a new history table gets its trigger here, not in its migration).
+CREATE OR REPLACE FUNCTION recon.forbid_change() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'recon.% is append-only: % is not allowed', TG_TABLE_NAME, TG_OP;
+END;
+$$;
+
+DROP TRIGGER IF EXISTS mismatches_append_only ON recon.mismatches;
+CREATE TRIGGER mismatches_append_only BEFORE UPDATE OR DELETE ON recon.mismatches
+    FOR EACH ROW EXECUTE FUNCTION recon.forbid_change();
+
+DROP TRIGGER IF EXISTS backfill_decisions_append_only ON recon.backfill_decisions;
+CREATE TRIGGER backfill_decisions_append_only BEFORE UPDATE OR DELETE ON recon.backfill_decisions
+    FOR EACH ROW EXECUTE FUNCTION recon.forbid_change();
+
+DROP TRIGGER IF EXISTS corrections_append_only ON recon.corrections;
+CREATE TRIGGER corrections_append_only BEFORE UPDATE OR DELETE ON recon.corrections
+    FOR EACH ROW EXECUTE FUNCTION recon.forbid_change();

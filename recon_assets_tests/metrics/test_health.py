@@ -1,0 +1,340 @@
+"""`recon health`: /internal/health and /metrics over real HTTP, from state in the real Postgres."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from datetime import timezone
+from pathlib import Path
+
+import psycopg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from recon_assets.local_postgres import free_port
+from recon_assets.metrics.health import RUNBOOK_FIELDS
+from recon_assets.metrics.server import main as health_main
+from recon_assets.metrics.server import make_server
+
+pytestmark = pytest.mark.integration
+
+# Cycles, relative to the database clock. acct1: an older succeeded cycle c1, then the latest
+# succeeded c2 (10 s ago), then a cycle still running. acct2: succeeded c3 (20 s ago).
+SEED = """
+INSERT INTO recon.cycles (cycle_id, exchange_account, started_at, finished_at, status, mismatch_count) VALUES
+  ('c1', 'acct1', now() - interval '70 s', now() - interval '60 s', 'succeeded', 4),
+  ('c2', 'acct1', now() - interval '15 s', now() - interval '10 s', 'succeeded', 7),
+  ('c4', 'acct1', now() - interval '1 s', NULL, 'running', NULL),
+  ('c3', 'acct2', now() - interval '25 s', now() - interval '20 s', 'succeeded', 2);
+INSERT INTO recon.mismatches (cycle_id, kind, profile_id, exchange_account, trade_id, notional_usd) VALUES
+  ('c1', 'missing_from_exchange', 'alpha', 'acct1', NULL, 10),
+  ('c1', 'missing_from_exchange', 'alpha', 'acct1', NULL, 20),
+  ('c1', 'missing_in_db', NULL, 'acct1', NULL, 5),
+  ('c1', 'ghost_slice', 'alpha', 'acct1', 't7', 999),
+  ('c2', 'missing_from_exchange', 'alpha', 'acct1', NULL, 10),
+  ('c2', 'missing_from_exchange', 'beta', 'acct1', NULL, 30),
+  ('c2', 'missing_in_db', 'beta', 'acct1', NULL, 7),
+  ('c2', 'qty_drift', 'alpha', 'acct1', 't1', 3),
+  ('c2', 'ghost_slice', 'alpha', 'acct1', 't1', 100),
+  ('c2', 'ghost_slice', 'alpha', 'acct1', 't1', 250.5),
+  ('c2', 'ghost_slice', 'beta', 'acct1', 't2', 50),
+  ('c3', 'missing_in_db', NULL, 'acct2', NULL, 12),
+  ('c3', 'ghost_slice', 'gamma', 'acct2', 't9', 400),
+  -- the same cycle id on another account is not acct1's finding
+  ('c2', 'missing_in_db', NULL, 'acct9', NULL, 1);
+INSERT INTO recon.quarantine (profile_id, trade_id, slice_no, reason, cycle_id, released_at) VALUES
+  ('alpha', 't1', 1, 'no sub-tag attribution', 'c2', NULL),
+  ('beta', 't2', 1, 'no sub-tag attribution', 'c2', NULL),
+  ('alpha', 't0', 1, 'no sub-tag attribution', 'c1', now());
+INSERT INTO recon.corrections (idempotency_key, cycle_id, profile_id, handler, trade_id, dry_run) VALUES
+  ('k1', 'c1', 'alpha', 'synthetic_exit', 't7', false),
+  ('k2', 'c2', 'alpha', 'synthetic_exit', 't1', true),
+  ('k3', 'c2', 'beta', 'reconcile_cancel', 't2', false);
+INSERT INTO recon.watchdog_state (profile_id, triggered, pause_source) VALUES
+  ('alpha', false, NULL), ('beta', true, 'parity watchdog');
+"""
+
+EXPECTED_HEALTH = {
+    "reconciliationLoopHealthy": True,
+    "reconciliationMismatchCount": 7 + 2,
+    "reconciliationMissingFromExchange": 2,
+    "reconciliationMissingInDb": 1 + 1,
+    "reconciliationParityMismatchTrades": 2 + 1,
+    "reconciliationParityQuarantinedTrades": 2,
+    "reconciliationParityAutoClosedTrades": 1,
+    "reconciliationParityMaxMismatchNotionalUsd": 400.0,
+    "reconciliationParityTotalMismatchNotionalUsd": 100 + 250.5 + 50 + 400,
+    "reconciliationIntegrityWatchdogTriggered": True,
+}
+
+EXPECTED_METRICS = {
+    # counters: every finding ever recorded (c1 + c2 + c3 + the acct9 row)
+    "reconciliation_mismatch_total": 4 + 7 + 2 + 1,
+    "reconciliation_missing_from_exchange_total": 2 + 2,
+    "reconciliation_missing_in_db_total": 1 + 1 + 1 + 1,
+    # gauges: the runtime fields
+    "reconciliation_state_up": 1,
+    "reconciliation_loop_healthy": 1,
+    "reconciliation_mismatch_count": 9,
+    "reconciliation_missing_from_exchange_count": 2,
+    "reconciliation_missing_in_db_count": 2,
+    "reconciliation_parity_mismatch_trades": 3,
+    "reconciliation_parity_quarantined_trades": 2,
+    "reconciliation_parity_auto_closed_trades": 1,
+    "reconciliation_parity_max_mismatch_notional_usd": 400.0,
+    "reconciliation_parity_total_mismatch_notional_usd": 800.5,
+    "reconciliation_integrity_watchdog_triggered": 1,
+}
+
+
+def _execute(dsn: str, statements: str, params=None) -> None:
+    with psycopg.connect(dsn) as conn:
+        conn.execute(statements, params)
+
+
+@pytest.fixture
+def seeded_dsn(pg_dsn):
+    _execute(pg_dsn, SEED)
+    return pg_dsn
+
+
+@contextmanager
+def serving(dsn: str, stale_after_s: float = 300):
+    """The server in this process, on a free port of 127.0.0.1; always shut down."""
+    server = make_server(dsn, port=0, stale_after_s=stale_after_s)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def get(url: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status, response.headers["Content-Type"], response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers["Content-Type"], err.read().decode()
+
+
+def health(base: str) -> tuple[int, dict]:
+    status, content_type, body = get(base + "/internal/health")
+    assert content_type == "application/json"
+    return status, json.loads(body)
+
+
+def metrics(base: str) -> dict[str, float]:
+    """Sample name -> value of the unlabelled samples, after checking each family's type."""
+    status, content_type, body = get(base + "/metrics")
+    assert status == 200 and content_type.startswith("text/plain; version=0.0.4")
+    samples = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if family.type == "counter":
+                assert sample.name == family.name + "_total"
+            if not sample.labels:
+                samples[sample.name] = sample.value
+        samples.setdefault("_types", {})[family.name] = family.type
+    return samples
+
+
+def test_health_and_metrics_report_the_persisted_state_with_the_runbook_names(seeded_dsn):
+    with serving(seeded_dsn) as base:
+        status, body = health(base)
+        scraped = metrics(base)
+    assert status == 200
+    assert set(RUNBOOK_FIELDS) <= set(body)
+    assert {k: body[k] for k in EXPECTED_HEALTH} == EXPECTED_HEALTH
+    with psycopg.connect(seeded_dsn) as conn:
+        c2_finished = conn.execute("SELECT finished_at FROM recon.cycles WHERE cycle_id = 'c2'"
+                                   ).fetchone()[0]
+    assert body["reconciliationLastRun"] == c2_finished.astimezone(timezone.utc).isoformat()
+    assert [(a["account"], a["healthy"], a["lastSucceededCycleId"]) for a in body["accounts"]] == [
+        ("acct1", True, "c2"), ("acct2", True, "c3")]
+
+    types = scraped.pop("_types")
+    assert {k: scraped[k] for k in EXPECTED_METRICS} == EXPECTED_METRICS
+    assert scraped["reconciliation_last_run_timestamp_seconds"] == c2_finished.timestamp()
+    assert types["reconciliation_mismatch"] == "counter"
+    assert types["reconciliation_missing_from_exchange"] == "counter"
+    assert types["reconciliation_missing_in_db"] == "counter"
+    assert types["reconciliation_parity_mismatch_trades"] == "gauge"
+    assert types["reconciliation_integrity_watchdog_triggered"] == "gauge"
+
+
+def test_a_restarted_server_reports_the_same_numbers_and_counters_only_grow(seeded_dsn):
+    with serving(seeded_dsn) as base:
+        first_health, first_metrics = health(base)[1], metrics(base)
+    with serving(seeded_dsn) as base:
+        again_health, again_metrics = health(base)[1], metrics(base)
+        for body in (first_health, again_health):
+            body.pop("checkedAt")
+        assert again_health == first_health
+        assert again_metrics == first_metrics
+
+        # A new cycle on acct2 with one finding: current counts follow the latest cycle, the
+        # counters add it to the history.
+        _execute(seeded_dsn, """
+            INSERT INTO recon.cycles (cycle_id, exchange_account, started_at, finished_at, status)
+            VALUES ('c5', 'acct2', now() - interval '2 s', now() - interval '1 s', 'succeeded');
+            INSERT INTO recon.mismatches (cycle_id, kind, exchange_account, notional_usd)
+            VALUES ('c5', 'missing_from_exchange', 'acct2', 8)""")
+        later_health, later_metrics = health(base)[1], metrics(base)
+    assert later_health["reconciliationMismatchCount"] == 7 + 1
+    assert later_health["reconciliationMissingFromExchange"] == 2 + 1
+    assert later_health["reconciliationMissingInDb"] == 1
+    assert later_health["reconciliationParityMaxMismatchNotionalUsd"] == 250.5
+    assert later_metrics["reconciliation_mismatch_total"] == first_metrics["reconciliation_mismatch_total"] + 1
+    assert later_metrics["reconciliation_missing_from_exchange_total"] == 4 + 1
+    assert later_metrics["reconciliation_missing_in_db_total"] == 4
+
+
+def test_a_stale_last_success_makes_the_loop_unhealthy(pg_dsn):
+    _execute(pg_dsn, """
+        INSERT INTO recon.cycles (cycle_id, exchange_account, started_at, finished_at, status)
+        VALUES ('old', 'acct1', now() - interval '410 s', now() - interval '400 s', 'succeeded');
+        INSERT INTO recon.mismatches (cycle_id, kind, exchange_account) VALUES
+            ('old', 'missing_in_db', 'acct1')""")
+    with serving(pg_dsn, stale_after_s=300) as base:
+        status, body = health(base)
+        scraped = metrics(base)
+    assert status == 200
+    assert body["reconciliationLoopHealthy"] is False
+    assert body["accounts"][0]["reason"].startswith("last succeeded cycle finished 4")
+    assert body["reconciliationMissingInDb"] == 1  # still the latest succeeded cycle's findings
+    assert scraped["reconciliation_loop_healthy"] == 0
+    assert scraped["reconciliation_missing_in_db_count"] == 1
+    with serving(pg_dsn, stale_after_s=600) as base:
+        assert health(base)[1]["reconciliationLoopHealthy"] is True
+
+
+def test_a_failed_last_cycle_makes_the_loop_unhealthy(seeded_dsn):
+    _execute(seeded_dsn, """
+        INSERT INTO recon.cycles (cycle_id, exchange_account, started_at, finished_at, status, error)
+        VALUES ('c6', 'acct2', now() - interval '3 s', now() - interval '2 s', 'failed',
+                'exchange answered 503')""")
+    with serving(seeded_dsn) as base:
+        status, body = health(base)
+        scraped = metrics(base)
+    assert status == 200
+    assert body["reconciliationLoopHealthy"] is False
+    acct2 = body["accounts"][1]
+    assert (acct2["account"], acct2["healthy"], acct2["reason"]) == (
+        "acct2", False, "last cycle c6 failed")
+    assert body["accounts"][0]["healthy"] is True
+    # The counts still come from each account's latest succeeded cycle.
+    assert {k: body[k] for k in EXPECTED_HEALTH if k != "reconciliationLoopHealthy"} == {
+        k: v for k, v in EXPECTED_HEALTH.items() if k != "reconciliationLoopHealthy"}
+    with psycopg.connect(seeded_dsn) as conn:
+        c6_finished = conn.execute("SELECT finished_at FROM recon.cycles WHERE cycle_id = 'c6'"
+                                   ).fetchone()[0]
+    assert scraped["reconciliation_last_run_timestamp_seconds"] == c6_finished.timestamp()
+    assert scraped["reconciliation_loop_healthy"] == 0
+
+
+def test_no_cycle_at_all_is_unhealthy_with_zero_counts(pg_dsn):
+    with serving(pg_dsn) as base:
+        status, body = health(base)
+        scraped = metrics(base)
+    assert status == 200
+    assert body["reconciliationLoopHealthy"] is False
+    assert body["reconciliationLastRun"] is None
+    assert body["reconciliationMismatchCount"] == 0
+    assert body["reconciliationIntegrityWatchdogTriggered"] is False
+    assert scraped["reconciliation_mismatch_total"] == 0
+    assert scraped["reconciliation_loop_healthy"] == 0
+    assert "reconciliation_last_run_timestamp_seconds" not in scraped
+
+
+def test_an_account_with_profiles_but_no_cycle_makes_the_loop_unhealthy(seeded_dsn):
+    _execute(seeded_dsn, """
+        INSERT INTO profiles (id, exchange_account, sub_tag, allocated_capital_usd) VALUES
+            ('alpha', 'acct1', 'ALP', 1000), ('gamma', 'acct2', 'GAM', 1000)""")
+    with serving(seeded_dsn) as base:
+        assert health(base)[1]["reconciliationLoopHealthy"] is True
+        _execute(seeded_dsn, "INSERT INTO profiles (id, exchange_account, sub_tag,"
+                             " allocated_capital_usd) VALUES ('delta', 'acct3', 'DEL', 1000)")
+        body = health(base)[1]
+        assert body["reconciliationLoopHealthy"] is False
+        assert [(a["account"], a["reason"]) for a in body["accounts"]] == [
+            ("acct1", None), ("acct2", None), ("acct3", "no finished reconciliation cycle")]
+        status, _type, text = get(base + "/metrics")
+    per_account = {s.labels["account"]: s.value for f in text_string_to_metric_families(text)
+                   if f.name == "reconciliation_account_loop_healthy" for s in f.samples}
+    assert per_account == {"acct1": 1, "acct2": 1, "acct3": 0}
+
+
+def test_a_database_that_is_down_gives_503_without_the_password():
+    dsn = f"postgresql://recon_user:hunter2-s3cret@127.0.0.1:{free_port()}/postgres"
+    with serving(dsn) as base:
+        status, body = health(base)
+        metrics_status, _type, text = get(base + "/metrics")
+    assert status == 503
+    assert body["reconciliationLoopHealthy"] is False
+    assert body["error"].startswith("cannot read the reconciliation state from 127.0.0.1:")
+    assert set(RUNBOOK_FIELDS) <= set(body) and body["reconciliationMismatchCount"] is None
+    assert "hunter2-s3cret" not in json.dumps(body) and "recon_user" not in json.dumps(body)
+    assert metrics_status == 200 and "hunter2" not in text
+    scraped = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert scraped == {"reconciliation_state_up": 0, "reconciliation_loop_healthy": 0}
+
+
+def test_recon_health_without_a_database_url_says_so(monkeypatch, capsys):
+    monkeypatch.delenv("RECON_DATABASE_URL", raising=False)
+    assert health_main([]) == 2
+    assert "give --dsn or set RECON_DATABASE_URL" in capsys.readouterr().err
+
+
+def _reset_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def test_recon_health_command_serves_and_stops_on_sigterm(seeded_dsn):
+    recon = Path(sys.executable).parent / "recon"
+    env = {**os.environ, "RECON_DATABASE_URL": seeded_dsn}
+    proc = subprocess.Popen([str(recon), "health", "--port", "0", "--stale-after-s", "300"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_reset_signals, start_new_session=True)
+    try:
+        banner = proc.stdout.readline()
+        assert banner.startswith("recon health: serving http://127.0.0.1:"), (
+            banner + proc.stderr.read() if proc.poll() is not None else banner)
+        base = banner.split()[3].removesuffix("/internal/health")
+        status, body = health(base)
+        assert status == 200
+        assert {k: body[k] for k in EXPECTED_HEALTH} == EXPECTED_HEALTH
+        assert metrics(base)["reconciliation_mismatch_total"] == 14
+        assert "postgres@" not in banner
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert proc.stdout.read().strip() == "recon health: stopped"
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def test_metrics_speak_openmetrics_when_the_scraper_asks(seeded_dsn):
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
+
+    with serving(seeded_dsn) as base:
+        request = urllib.request.Request(
+            base + "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            content_type, text = response.headers["Content-Type"], response.read().decode()
+    assert content_type.startswith("application/openmetrics-text; version=1.0.0")
+    samples = {s.name: s.value for f in parse_om(text) for s in f.samples if not s.labels}
+    assert samples["reconciliation_mismatch_total"] == 14
+    assert samples["reconciliation_parity_total_mismatch_notional_usd"] == 800.5

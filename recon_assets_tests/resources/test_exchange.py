@@ -1,0 +1,193 @@
+"""The exchange resource: payload checks that name the field, the retry policy, incremental fill
+reads, and the plain decision functions of the snapshot (real ccxt and the simulator where HTTP
+is involved)."""
+
+import json
+import time
+from email.utils import formatdate
+
+import pandas as pd
+import pytest
+
+from recon_assets.defs.exchange.logic import (Cursor, activity_key, db_symbols, evaluate_snapshot,
+                                              plan_fill_reads)
+from recon_assets.resources.exchange import (ExchangeCredentialsError, ExchangeFetchError,
+                                             ExchangePayloadError, ExchangeResource, check_payload,
+                                             point_urls_at, response_age_s)
+from recon_assets.simulator.state import SimExchange
+from recon_assets_tests.harness.exchange import running_simulator
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def sim():
+    with running_simulator("demo") as server:
+        yield server
+
+
+def _resource(sim, **config):
+    return ExchangeResource(credentials=json.dumps(sim.credentials()), api_base_url=sim.url,
+                            enable_rate_limit=False, backoff_initial_s=0.01, backoff_max_s=0.05, **config)
+
+
+def _order(**overrides):
+    ex = SimExchange()
+    ex.add_account("a")
+    order = ex.place_order("a", "BTCUSDT", "BUY", "LIMIT", "0.001", "50000.0", client_order_id="c1")
+    return {**ex.order_payload(order), **overrides}
+
+
+@pytest.mark.parametrize("overrides,field", [
+    ({"origQty": "abc"}, "'origQty'"), ({"origQty": "0"}, "'origQty'"), ({"executedQty": "0.002"}, "'executedQty'"),
+    ({"orderId": "abc"}, "'orderId'"), ({"side": "buy"}, "'side'"), ({"status": "OPEN"}, "'status'"),
+    ({"price": None}, "'price'"), ({"positionSide": "SHORT"}, "hedge-mode"), ({"time": -1}, "'time'"),
+    ({"clientOrderId": 7}, "'clientOrderId'"), ({"origQty": "NaN"}, "'origQty'"),
+])
+def test_bad_order_fields_are_named(overrides, field):
+    with pytest.raises(ExchangePayloadError, match=field) as err:
+        check_payload("GET", "/fapi/v1/openOrders", [_order(), _order(**overrides)], {"BTCUSDT"})
+    assert "item 1" in str(err.value) and "GET /fapi/v1/openOrders" in str(err.value)
+
+
+def test_missing_fields_and_wrong_shapes_are_named():
+    order = _order()
+    del order["executedQty"]
+    with pytest.raises(ExchangePayloadError, match="'executedQty' is missing"):
+        check_payload("GET", "/fapi/v1/openOrders", [order])
+    with pytest.raises(ExchangePayloadError, match="expected a JSON list, got dict"):
+        check_payload("GET", "/fapi/v3/positionRisk", {"positions": []})
+    with pytest.raises(ExchangePayloadError, match="item 0 is str"):
+        check_payload("GET", "/fapi/v1/userTrades", ["x"])
+    with pytest.raises(ExchangePayloadError, match="'entryPrice'"):
+        check_payload("GET", "/fapi/v3/positionRisk", [{
+            "symbol": "BTCUSDT", "positionSide": "BOTH", "positionAmt": "1", "entryPrice": "0",
+            "markPrice": "1", "notional": "1", "updateTime": 1}])
+    with pytest.raises(ExchangePayloadError, match="LOT_SIZE"):
+        check_payload("GET", "/fapi/v1/exchangeInfo", {"symbols": [{
+            "symbol": "X", "baseAsset": "X", "quoteAsset": "USDT", "status": "TRADING", "filters": []}]})
+    check_payload("GET", "/fapi/v1/openOrders", [])  # an empty list is a valid answer
+    check_payload("GET", "/fapi/v1/openOrders", [_order()], {"BTCUSDT"})
+
+
+def test_response_age_reads_age_and_date_headers():
+    now = time.time()
+    assert response_age_s({}, now) == 0
+    assert response_age_s({"Age": "120"}, now) == 120
+    assert 295 <= response_age_s({"Date": formatdate(now - 300, usegmt=True)}, now) <= 300
+    assert response_age_s({"Date": formatdate(now, usegmt=True), "Age": "junk"}, now) == 0
+
+
+def test_every_api_url_points_at_the_base():
+    urls = point_urls_at({"fapiPublic": "https://fapi.binance.com/fapi/v1",
+                          "nested": {"x": "https://api.binance.com/api/v3"}, "n": None}, "http://h:1/")
+    assert urls == {"fapiPublic": "http://h:1/fapi/v1", "nested": {"x": "http://h:1/api/v3"}, "n": None}
+
+
+def test_credentials_errors_never_echo_the_value():
+    bad = ExchangeResource(credentials='{"acct1": {"apiKey": "k", "secret": "s3cr3t"')
+    with pytest.raises(ExchangeCredentialsError) as err:
+        bad.session("acct1")
+    assert "not valid JSON" in str(err.value) and "s3cr3t" not in str(err.value)
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+    partial = ExchangeResource(credentials=json.dumps({"acct1": {"apiKey": "k"}}))
+    with pytest.raises(ExchangeCredentialsError, match="'acct1'"):
+        partial.session("acct1")
+    resource = ExchangeResource(credentials=json.dumps({"acct1": {"apiKey": "k3y", "secret": "s3cr3t"}}))
+    assert resource.accounts() == ["acct1"]
+    assert "s3cr3t" not in repr(resource) and "s3cr3t" not in str(resource)
+
+
+def test_ccxt_debug_logs_never_carry_the_key(sim, caplog):
+    import logging
+
+    session = _resource(sim).session("acct1")
+    with caplog.at_level(logging.DEBUG):
+        session.load_markets()
+        session.fetch_open_orders()
+    key = sim.credentials()["acct1"]["apiKey"]
+    assert all(key not in record.getMessage() for record in caplog.records)
+
+
+def test_fills_are_read_page_by_page_from_the_cursor(sim):
+    for _ in range(5):
+        sim.exchange.place_order("acct1", "XRPUSDT", "BUY", "MARKET", "10.0")
+    session = _resource(sim, trades_page_limit=2, max_trade_pages=10).session("acct1")
+    session.load_markets()
+    fills, complete = session.fetch_fills("XRP/USDT:USDT", None, int(time.time() * 1000) - 3_600_000)
+    assert complete and len(fills) == 5
+    ids = [int(f["id"]) for f in fills]
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    assert session.stats.by_endpoint["GET /fapi/v1/userTrades"] == 3  # 2 + 2 + 1
+    more, complete = session.fetch_fills("XRP/USDT:USDT", ids[2], None)
+    assert [int(f["id"]) for f in more] == ids[3:] and complete
+    capped = _resource(sim, trades_page_limit=1, max_trade_pages=2).session("acct1")
+    capped.load_markets()
+    part, complete = capped.fetch_fills("XRP/USDT:USDT", None, int(time.time() * 1000) - 3_600_000)
+    assert len(part) == 2 and complete is False
+
+
+def test_retry_after_is_honoured_and_counted(sim):
+    waits = []
+    session = _resource(sim).session("acct1", sleep=lambda s: (waits.append(s), time.sleep(s)))
+    session.load_markets()
+    sim.exchange.inject_fault("rate_limit", path="/fapi/v1/openOrders", retry_after_s=1)
+    orders = session.fetch_open_orders()
+    assert orders and waits and waits[0] >= 1.0
+    assert session.stats.retries == 1 and session.stats.by_endpoint["GET /fapi/v1/openOrders"] == 2
+
+
+def test_not_found_is_not_retried(sim):
+    session = _resource(sim).session("acct1")
+    session.load_markets()
+    with pytest.raises(ExchangeFetchError, match="OrderNotFound") as err:
+        session.fetch_order("1", "BTC/USDT:USDT")
+    assert "signature=<redacted>" in str(err.value) or "signature" not in str(err.value)
+    assert session.stats.requests == 1
+
+
+# ---- plain decision functions -----------------------------------------------------------------
+def _pos(symbol, amt, t):
+    return {"symbol": symbol, "contracts": abs(amt), "info": {"positionAmt": str(amt), "updateTime": t}}
+
+
+def test_activity_key_changes_with_every_fill_and_needs_a_position():
+    orders = [{"symbol": "B", "id": "1", "info": {"executedQty": "0", "updateTime": 5}}]
+    key = activity_key("B", orders, [_pos("B", 1, 10)])
+    assert key == activity_key("B", orders, [_pos("B", 1, 10)])
+    assert key != activity_key("B", orders, [_pos("B", 1, 11)])  # same amount, a later change
+    assert key != activity_key("B", [], [_pos("B", 1, 10)])
+    assert activity_key("B", orders, [_pos("B", 0, 10)]) is None
+
+
+def test_plan_reads_only_what_may_have_new_fills():
+    now = 10_000_000
+    cursors = {"A": Cursor(5, "k-a", now - 1000), "B": Cursor(7, "k-b", now - 1000),
+               "C": Cursor(9, "k-c", now - 10_000_000), "E": Cursor(None, None, now)}
+    keys = {"A": "k-a", "B": "changed", "C": "k-c", "D": "k-d", "E": None, "F": None}
+    assert plan_fill_reads(keys, keys, cursors, now, 900_000) == ["B", "C", "D", "E", "F"]
+
+
+def test_db_symbols_are_open_slices_open_orders_and_positions():
+    snapshot = {"trade_slices": [{"symbol": "A", "status": "open"}],
+                "orders": [{"symbol": "B", "status": "open"}, {"symbol": "X", "status": "filled"}],
+                "positions": [{"symbol": "C", "qty": "0.5"}, {"symbol": "Y", "qty": "0"}]}
+    assert db_symbols(snapshot) == {"A", "B", "C"}
+
+
+def test_freshness_and_completeness_verdict():
+    ok = evaluate_snapshot(read_started=100, read_finished=101, checked_at=102, max_age_s=60, max_spread_s=10)
+    assert ok.passed and ok.problems == ()
+    bad = evaluate_snapshot(read_started=100, read_finished=150, checked_at=300, max_age_s=60,
+                            max_spread_s=10, missing_symbols=["Z"], incomplete_symbols=["Q"])
+    assert not bad.passed and len(bad.problems) == 4
+
+
+def test_frames_keep_the_exact_columns_when_empty():
+    from recon_assets.core.frames import EXCHANGE_FILLS, EXCHANGE_OPEN_ORDERS, EXCHANGE_POSITIONS
+    from recon_assets.defs.exchange.logic import fills_frame, open_orders_frame, positions_frame
+
+    now = pd.Timestamp.now(tz="UTC")
+    assert tuple(open_orders_frame("a", [], {}, now).columns) == EXCHANGE_OPEN_ORDERS
+    assert tuple(positions_frame("a", [], [], {}, now).columns) == EXCHANGE_POSITIONS
+    assert tuple(fills_frame("a", [], now).columns) == EXCHANGE_FILLS
