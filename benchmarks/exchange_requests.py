@@ -49,7 +49,7 @@ import psycopg  # noqa: E402
 
 from recon_assets.core.attribution import make_client_order_id  # noqa: E402
 from recon_assets.db.migrate import migrate  # noqa: E402
-from recon_assets.defs.exchange.snapshot import read_exchange_snapshot  # noqa: E402
+from recon_assets.resources.exchange_snapshot import read_exchange_snapshot  # noqa: E402
 from recon_assets.local_postgres import LocalPostgres  # noqa: E402
 from recon_assets.resources import exchange as exchange_module  # noqa: E402
 from recon_assets.resources.database import PostgresStore  # noqa: E402

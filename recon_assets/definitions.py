@@ -2,11 +2,13 @@
 
 Loaded lazily through `@definitions`, so the runbook flags are read and checked when the code
 location loads, not when this module is imported. A domain is a folder under `defs/` whose
-`definitions.py` has a `defs()` function; add its name to DOMAINS.
+`definitions.py` has a `defs()` function; every such folder is loaded (`domains()` finds them),
+so a new domain needs no list to be edited and none can be left out.
 """
 
 import importlib
 import os
+import pkgutil
 
 import dagster as dg
 
@@ -16,13 +18,13 @@ from recon_assets.resources.exchange import ExchangeResource
 from recon_assets.resources.io_manager import PostgresFrameIOManager
 from recon_assets.settings import ReconSettings
 
-DOMAINS = [
-    "database",
-    "alerts",
-    "exchange",
-    "reconciliation",
-    "corrections",
-]
+
+
+def domains() -> list[str]:
+    """The folders under `defs/` (packages), in name order; each must have `definitions.defs()`."""
+    import recon_assets.defs
+
+    return sorted(m.name for m in pkgutil.iter_modules(recon_assets.defs.__path__) if m.ispkg)
 
 
 def shared_resources() -> dict:
@@ -45,7 +47,7 @@ def shared_resources() -> dict:
 def build_defs(resources: dict) -> dg.Definitions:
     """Every domain's definitions bound to `resources` (tests and the demo pass their own)."""
     domain_defs = [importlib.import_module(f"recon_assets.defs.{name}.definitions").defs()
-                   for name in DOMAINS]
+                   for name in domains()]
     return dg.Definitions.merge(*domain_defs, dg.Definitions(resources=resources))
 
 

@@ -1,7 +1,9 @@
 """The whole code location loads, validates, and every definition in it is described."""
 
 import ast
+import importlib
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -10,6 +12,7 @@ import pytest
 
 import recon_assets
 from recon_assets.definitions import defs as load_defs
+from recon_assets.definitions import domains
 from recon_assets.settings import SettingsError
 
 PACKAGE = pathlib.Path(recon_assets.__file__).parent
@@ -91,3 +94,43 @@ def test_module_import_reads_no_environment(monkeypatch):
                             capture_output=True, text=True,
                             env={"RECON_POSITION_PARITY_CONFIRMATIONS": "abc", "PATH": ""})
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.unit
+def test_every_domain_folder_is_loaded_and_contributes(defs):
+    folders = sorted(p.name for p in (PACKAGE / "defs").iterdir()
+                     if p.is_dir() and (p / "__init__.py").exists())
+    assert domains() == folders
+    graph = defs.resolve_asset_graph()
+    loaded_assets = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    loaded_jobs = {j.name for j in defs.resolve_all_job_defs()}
+    loaded_sensors = {s.name for s in defs.sensors or []}
+    loaded_schedules = {s.name for s in defs.schedules or []}
+    for name in folders:
+        own = importlib.import_module(f"recon_assets.defs.{name}.definitions").defs()
+        assets = {k.to_user_string() for s in own.assets or [] for k in s.keys}
+        jobs = {j.name for j in own.jobs or []}
+        sensors = {s.name for s in own.sensors or []}
+        schedules = {s.name for s in own.schedules or []}
+        assert assets | jobs | sensors | schedules, f"domain {name} defines nothing"
+        assert assets <= loaded_assets and jobs <= loaded_jobs
+        assert sensors <= loaded_sensors and schedules <= loaded_schedules
+
+
+_SQL = re.compile(r"\b(SELECT\s.+\sFROM|INSERT\s+INTO|UPDATE\s+\w[\w.]*\s+SET|DELETE\s+FROM)\b",
+                  re.I | re.S)
+
+
+@pytest.mark.unit
+def test_defs_hold_only_dagster_definitions_and_no_sql():
+    for path in sorted((PACKAGE / "defs").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        imports = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        if path.name != "__init__.py":
+            assert "dagster" in imports, f"{path.relative_to(PACKAGE)} is not a Dagster module: " \
+                                         "plain logic belongs in core/, I/O in resources/"
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                assert not _SQL.search(node.value), (
+                    f"{path.relative_to(PACKAGE)}:{node.lineno} has inline SQL; put it in a "
+                    "store under resources/")

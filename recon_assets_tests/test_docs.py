@@ -73,3 +73,25 @@ def test_every_documented_query_runs_on_a_migrated_database(pg_dsn, doc):
                 pytest.fail(f"{doc}: query failed: {exc}\n{sql}")
             finally:
                 conn.rollback()
+
+
+def test_the_rule_map_names_files_and_names_that_exist():
+    """docs/where-is-the-rule.md: every `file` exists and holds the names before any aside."""
+    repo = DOCS.parent
+    rows = [line for line in _text("where-is-the-rule.md").split("## Where each runbook flag acts")[0]
+            .splitlines() if line.startswith("| ") and not line.startswith(("| rule", "|---"))]
+    assert len(rows) >= 30
+    for row in rows:
+        _rule, file_cell, name_cell = [c.strip() for c in row.strip("|").split("|")]
+        (path,) = re.findall(r"`([^`]+)`", file_cell)
+        base = repo if path.startswith("recon_assets_tests/") else repo / "recon_assets"
+        source = base / path
+        assert source.is_file(), f"{path} does not exist"
+        text = source.read_text()
+        head = re.split(r"\(|, from ", name_cell)[0]
+        for name in re.findall(r"`([^`]+)`", head):
+            if name != source.name:
+                assert name in text, f"{name} is not in {path}"
+    flags = _text("where-is-the-rule.md").split("## Where each runbook flag acts")[1]
+    for flag in FLAGS:
+        assert f"`{flag.env}`" in flags, f"{flag.env} is not in the rule map's flag table"

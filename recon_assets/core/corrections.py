@@ -3,8 +3,8 @@
 The runbook routes mismatches through three lifecycle-safe handlers, ``reconcileEntryFill``,
 ``reconcileExitFill`` and ``reconcileCancel``. Here they are called ``reconcile_entry_fill``,
 ``reconcile_exit_fill`` and ``reconcile_cancel``, and they are applied by the SQL functions
-``recon_reconcile_entry_fill`` / ``recon_reconcile_exit_fill`` / ``recon_reconcile_cancel`` of
-migration 0005 (through psycopg or supabase-py's ``rpc()``, which call the same functions). This
+``recon_reconcile_entry_fill`` / ``recon_reconcile_exit_fill`` / ``recon_reconcile_cancel`` in
+``db/functions/`` (through psycopg or supabase-py's ``rpc()``, which call the same functions). This
 module decides *which* handler, with which arguments and which idempotency key.
 
 Rules
@@ -62,7 +62,7 @@ order id, sorted distinct fill ids, qualifier). The qualifier is the exchange's 
 (more fills) yields a new key, and keys of different handlers or orders never collide (the
 readable prefix is informational; uniqueness comes from the digest). The cycle id is NOT part
 of the key: a re-run in another cycle must find the correction already applied. Dry runs are
-recorded by the SQL side under ``<key>:dry-run`` (see migration 0005), so a dry run never blocks
+recorded by the SQL side under ``<key>:dry-run`` (see db/functions/recon._run_correction.sql), so a dry run never blocks
 the real correction and ``:dry-run`` never ends a key made here.
 
 The reconciliation lock
@@ -85,12 +85,10 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from recon_assets.core.attribution import parse_client_order_id
+from recon_assets.core.rules import INTENTS, LIFECYCLE_HANDLERS, ORDER_SIDES, USD_FEE_CURRENCIES
 
-ENTRY_FILL = "reconcile_entry_fill"
-EXIT_FILL = "reconcile_exit_fill"
-CANCEL = "reconcile_cancel"
+ENTRY_FILL, EXIT_FILL, CANCEL = HANDLERS = LIFECYCLE_HANDLERS
 NONE = "none"
-HANDLERS = (ENTRY_FILL, EXIT_FILL, CANCEL)
 SQL_FUNCTIONS = {
     ENTRY_FILL: "recon_reconcile_entry_fill",
     EXIT_FILL: "recon_reconcile_exit_fill",
@@ -107,8 +105,8 @@ KEY_VERSION = "recon-correction/v1"
 # Parameters of the SQL functions whose type is jsonb.
 JSONB_PARAMS = frozenset({"p_fills", "p_evidence"})
 
+# ccxt's terminal order statuses (ccxt says "closed" where the database says "filled").
 _TERMINAL = ("closed", "canceled", "expired", "rejected")
-_USD_LIKE = frozenset({"USD", "USDT", "USDC", "BUSD", "FDUSD"})
 _QTY_TOLERANCE = Decimal("1e-9")
 
 
@@ -394,11 +392,11 @@ class _OrderView:
         if missing:
             raise ValueError(f"order {order.get('client_order_id')!r} lacks {', '.join(missing)}")
         intent = str(order["intent"])
-        if intent not in ("ENTRY", "EXIT"):
+        if intent not in INTENTS:
             raise ValueError(f"order {order['client_order_id']}: intent must be ENTRY or EXIT, "
                              f"not {intent!r}")
         side = str(order["side"])
-        if side not in ("buy", "sell"):
+        if side not in ORDER_SIDES:
             raise ValueError(f"order {order['client_order_id']}: side must be buy or sell, "
                              f"not {side!r}")
         qty = _dec(order["qty"])
@@ -477,7 +475,7 @@ def _fee_usd(fill: Mapping[str, Any]) -> Decimal | None:
     if not _is_missing(fill.get("fee_usd")):
         return _dec(fill["fee_usd"])
     fee = fill.get("fee")
-    if isinstance(fee, Mapping) and str(fee.get("currency", "")).upper() in _USD_LIKE:
+    if isinstance(fee, Mapping) and str(fee.get("currency", "")).upper() in USD_FEE_CURRENCIES:
         return _dec(fee.get("cost"))
     return None
 

@@ -12,7 +12,7 @@ place (no copy), in two stages:
 2. over those few rows (taken from the frames by row number) plus positions and slices: the
    exchange-id fallback, the tolerance tests, attribution, notional, details JSON, order.
 
-Kinds (exactly the CHECK of `recon.mismatches`):
+Kinds (`core.rules.MISMATCH_KINDS`, exactly the CHECK of `recon.mismatches`):
 
 - ``missing_from_exchange``: a DB order that is open (`new`, `open`, `partially_filled`) and
   matches no exchange open order. Notional = remaining qty x DB price.
@@ -86,18 +86,14 @@ from recon_assets.core.frames import (
     SnapshotShapeError,
     require_columns,
 )
+from recon_assets.core.rules import (FLAT, MISMATCH_KINDS, OPEN_ORDER_STATUSES, OPEN_SLICE_STATUS,
+                                     POSITION_SIDES, sql_list)
 
 MISMATCH_COLUMNS = (
     "cycle_id", "kind", "profile_id", "exchange_account", "symbol", "client_order_id",
     "exchange_order_id", "trade_id", "attributable", "db_qty", "exchange_qty", "db_status",
     "exchange_status", "db_price", "exchange_price", "notional_usd", "details",
 )
-MISMATCH_KINDS = (
-    "missing_from_exchange", "missing_in_db", "status_drift", "qty_drift", "price_drift",
-    "position_drift", "ghost_slice",
-)
-OPEN_ORDER_STATUSES = ("new", "open", "partially_filled")
-OPEN_SLICE_STATUS = "open"
 REL_TOL = 1e-9
 ABS_TOL = 1e-12
 
@@ -201,7 +197,7 @@ def _iso(col: str) -> str:
     return f"strftime({col}, '%Y-%m-%dT%H:%M:%S.%fZ')"
 
 
-_OPEN_SQL = ", ".join(f"'{s}'" for s in OPEN_ORDER_STATUSES)
+_OPEN_SQL = sql_list(OPEN_ORDER_STATUSES)
 _SIDE_DIFFERS = "d_side IS DISTINCT FROM e_side"
 _QTY_DRIFT = (f"({_SIDE_DIFFERS} OR {_differs('d_qty', 'e_qty')} "
               f"OR {_differs('d_filled', 'e_filled')})")
@@ -601,17 +597,17 @@ def reconciliation_diff(*, profiles: pd.DataFrame, db_orders: pd.DataFrame,
                                             "exchange_positions"), "exchange_positions",
                             ("qty", "entry_price", "mark_price", "notional_usd", "min_qty_step"))
     # The exchange reports a symbol that matters but holds nothing as side "flat", qty 0.
-    for frame, name, sides in ((db_positions, "db_positions", ("long", "short")),
-                               (ex_positions, "exchange_positions", ("long", "short", "flat"))):
+    for frame, name, sides in ((db_positions, "db_positions", POSITION_SIDES),
+                               (ex_positions, "exchange_positions", POSITION_SIDES + (FLAT,))):
         _require_sides(frame, name, sides)
         _require_present(frame, name, "qty")
-    flat_with_qty = ex_positions.loc[(ex_positions["side"] == "flat") & (ex_positions["qty"] != 0)]
+    flat_with_qty = ex_positions.loc[(ex_positions["side"] == FLAT) & (ex_positions["qty"] != 0)]
     if len(flat_with_qty):
         raise SnapshotShapeError(
             "exchange_positions: side 'flat' with a non-zero qty for "
             + ", ".join(flat_with_qty["symbol"].astype(str).head(5)))
     open_slices = slices.loc[(slices["status"] == OPEN_SLICE_STATUS).fillna(False)]
-    _require_sides(open_slices, "db_trade_slices", ("long", "short"))
+    _require_sides(open_slices, "db_trade_slices", POSITION_SIDES)
     _require_present(open_slices, "db_trade_slices", "virtual_open_qty")
 
     # Timestamps are checked over every row here; the recency of orders is only needed for

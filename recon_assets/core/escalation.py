@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from recon_assets.core.rules import ESCALATION_PERSISTENCE_RUNS
+
 # What makes two findings in different cycles "the same mismatch".
 MISMATCH_IDENTITY = ["kind", "profile_id", "exchange_account", "symbol", "client_order_id",
                      "exchange_order_id", "trade_id"]
@@ -26,7 +28,8 @@ class Alert:
     details: dict = field(default_factory=dict)
 
 
-def persistent_mismatches(mismatches: pd.DataFrame, cycles: pd.DataFrame, runs: int = 2) -> list[Alert]:
+def persistent_mismatches(mismatches: pd.DataFrame, cycles: pd.DataFrame,
+                          runs: int = ESCALATION_PERSISTENCE_RUNS) -> list[Alert]:
     """Mismatches found in each of an account's last `runs` succeeded cycles.
 
     `cycles`: cycle_id, exchange_account, finished_at (succeeded cycles only).

@@ -49,6 +49,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from recon_assets.core.rules import (CYCLE_FAILED, CYCLE_SUCCEEDED, GHOST_SLICE,
+                                     MISSING_FROM_EXCHANGE, MISSING_IN_DB, SYNTHETIC_EXIT)
 from recon_assets.resources.database import redact_dsn
 
 # The runbook's /internal/health fields, in the runbook's order.
@@ -81,7 +83,7 @@ class ReconState:
     cumulative: dict[str, int] = field(default_factory=dict)
 
 
-_ACCOUNTS_SQL = """
+_ACCOUNTS_SQL = f"""
 WITH prof AS (SELECT DISTINCT exchange_account FROM public.profiles),
 watched AS (
     SELECT exchange_account FROM prof
@@ -92,13 +94,13 @@ last_finished AS (
     SELECT DISTINCT ON (c.exchange_account) c.exchange_account, c.cycle_id, c.status,
            c.finished_at, c.error
     FROM recon.cycles c JOIN watched USING (exchange_account)
-    WHERE c.status IN ('succeeded', 'failed')
+    WHERE c.status IN ('{CYCLE_SUCCEEDED}', '{CYCLE_FAILED}')
     ORDER BY c.exchange_account, c.finished_at DESC NULLS LAST, c.started_at DESC
 ),
 last_success AS (
     SELECT DISTINCT ON (c.exchange_account) c.exchange_account, c.cycle_id, c.finished_at
     FROM recon.cycles c JOIN watched USING (exchange_account)
-    WHERE c.status = 'succeeded'
+    WHERE c.status = '{CYCLE_SUCCEEDED}'
     ORDER BY c.exchange_account, c.finished_at DESC NULLS LAST, c.started_at DESC
 )
 SELECT w.exchange_account AS account,
@@ -116,31 +118,31 @@ LEFT JOIN last_finished lf USING (exchange_account)
 LEFT JOIN last_success ls USING (exchange_account)
 LEFT JOIN LATERAL (
     SELECT count(*) AS mismatches,
-           count(*) FILTER (WHERE kind = 'missing_from_exchange') AS missing_from_exchange,
-           count(*) FILTER (WHERE kind = 'missing_in_db') AS missing_in_db,
+           count(*) FILTER (WHERE kind = '{MISSING_FROM_EXCHANGE}') AS missing_from_exchange,
+           count(*) FILTER (WHERE kind = '{MISSING_IN_DB}') AS missing_in_db,
            count(DISTINCT CASE WHEN trade_id IS NULL THEN 'row:' || id
                                ELSE COALESCE(profile_id, '') || '|' || trade_id END)
-               FILTER (WHERE kind = 'ghost_slice') AS ghost_trades,
-           max(notional_usd) FILTER (WHERE kind = 'ghost_slice') AS ghost_max_usd,
-           sum(notional_usd) FILTER (WHERE kind = 'ghost_slice') AS ghost_total_usd
+               FILTER (WHERE kind = '{GHOST_SLICE}') AS ghost_trades,
+           max(notional_usd) FILTER (WHERE kind = '{GHOST_SLICE}') AS ghost_max_usd,
+           sum(notional_usd) FILTER (WHERE kind = '{GHOST_SLICE}') AS ghost_total_usd
     FROM recon.mismatches mm
     WHERE mm.cycle_id = ls.cycle_id AND mm.exchange_account = ls.exchange_account
 ) m ON true
 ORDER BY w.exchange_account
 """
 
-_GLOBAL_SQL = """
+_GLOBAL_SQL = f"""
 SELECT now() AS checked_at,
        (SELECT count(*) FROM recon.quarantine WHERE released_at IS NULL) AS quarantined,
        (SELECT count(*) FROM recon.corrections
-         WHERE handler = 'synthetic_exit' AND NOT dry_run) AS auto_closed,
+         WHERE handler = '{SYNTHETIC_EXIT}' AND NOT dry_run) AS auto_closed,
        (SELECT COALESCE(bool_or(triggered), false) FROM recon.watchdog_state) AS watchdog
 """
 
-_CUMULATIVE_SQL = """
+_CUMULATIVE_SQL = f"""
 SELECT count(*) AS mismatch,
-       count(*) FILTER (WHERE kind = 'missing_from_exchange') AS missing_from_exchange,
-       count(*) FILTER (WHERE kind = 'missing_in_db') AS missing_in_db
+       count(*) FILTER (WHERE kind = '{MISSING_FROM_EXCHANGE}') AS missing_from_exchange,
+       count(*) FILTER (WHERE kind = '{MISSING_IN_DB}') AS missing_in_db
 FROM recon.mismatches
 """
 

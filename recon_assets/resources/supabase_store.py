@@ -3,7 +3,7 @@ that hold only a project URL and a service key.
 
 It offers what callers use of `PostgresStore` (the `TradingStore` protocol in database.py):
 - `snapshot_account(account)` calls `rpc('recon_snapshot_account', {'p_account': account})`, the
-  same SQL function (migration 0003) `PostgresStore` runs with SELECT, so both backends see the
+  same SQL function (db/functions/public.recon_snapshot_account.sql) `PostgresStore` runs with SELECT, so both backends see the
   same snapshot, read in one statement;
 - `call(function, params)` calls any SQL function by named arguments through `rpc()` (how
   corrections are applied on this backend: the same SQL functions as the psycopg path);

@@ -14,13 +14,13 @@ import dagster as dg
 import pandas as pd
 import psycopg
 
-from recon_assets.core.corrections import (ProbeFailure, decide_missing_from_exchange)
+from recon_assets.core.corrections import ProbeFailure, decide_missing_from_exchange
+from recon_assets.core.rules import ACTIONABLE_KINDS
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.exchange import ExchangeFetchError, ExchangeResource
+from recon_assets.resources.recon_store import ReconStore
+from recon_assets.resources.trading_tables import TradingTables
 from recon_assets.settings import ReconSettings
-
-# Kinds the handlers act on. Others (missing_in_db, drift, ghosts) are reported, not corrected here.
-ACTIONABLE_KINDS = ("missing_from_exchange",)
 
 
 class LifecycleCorrectionConfig(dg.Config):
@@ -33,18 +33,10 @@ class StaleCycleError(RuntimeError):
 
 
 def _resolve_cycle(database: PostgresStore, profile_id: str, cycle_id: str, max_age_s: float) -> dict:
-    with database.connect() as conn:
-        profile = conn.execute("SELECT id, exchange_account FROM profiles WHERE id = %s",
-                               (profile_id,)).fetchone()
-        if profile is None:
-            raise ValueError(f"unknown profile {profile_id!r}")
-        cycle = conn.execute(
-            """SELECT cycle_id, exchange_account, finished_at,
-                      extract(epoch FROM now() - finished_at) AS age_s
-               FROM recon.cycles WHERE exchange_account = %s AND status = 'succeeded'
-                 AND (%s = '' OR cycle_id = %s)
-               ORDER BY finished_at DESC LIMIT 1""",
-            (profile["exchange_account"], cycle_id, cycle_id)).fetchone()
+    profile = TradingTables(database).profile(profile_id)
+    if profile is None:
+        raise ValueError(f"unknown profile {profile_id!r}")
+    cycle = ReconStore(database).latest_succeeded_cycle(profile["exchange_account"], cycle_id)
     if cycle is None:
         raise ValueError(f"no succeeded reconciliation cycle {cycle_id or ''} for the account "
                          f"{profile['exchange_account']} of profile {profile_id}")
@@ -53,21 +45,6 @@ def _resolve_cycle(database: PostgresStore, profile_id: str, cycle_id: str, max_
             f"cycle {cycle['cycle_id']} finished {float(cycle['age_s']):.0f} s ago (bound "
             f"{max_age_s:.0f} s): its snapshots are stale, no correction is made from them")
     return cycle
-
-
-def _actionable(database: PostgresStore, cycle_id: str, profile_id: str) -> list[dict]:
-    """The cycle's actionable mismatches of the profile, joined with the order as the DB holds it now."""
-    with database.connect() as conn:
-        return conn.execute(
-            """SELECT m.id AS mismatch_id, m.kind, o.profile_id, o.trade_id, o.intent, o.symbol,
-                      o.side, o.client_order_id, o.exchange_order_id, o.status,
-                      o.qty::text AS qty, o.filled_qty::text AS filled_qty,
-                      o.avg_fill_price::text AS avg_fill_price, o.price::text AS price
-               FROM recon.mismatches m
-               JOIN orders o ON o.client_order_id = m.client_order_id AND o.profile_id = m.profile_id
-               WHERE m.cycle_id = %s AND m.profile_id = %s AND m.kind = ANY(%s)
-               ORDER BY m.client_order_id""",
-            (cycle_id, profile_id, list(ACTIONABLE_KINDS))).fetchall()
 
 
 def _probe_failure(exc: Exception) -> ProbeFailure:
@@ -110,9 +87,7 @@ def call_under_lock(database: PostgresStore, function: str, params: dict, profil
         return database.call(function, params)
     except psycopg.errors.LockNotAvailable:
         waited_ms = int((time.monotonic() - started) * 1000)
-        with database.connect() as conn:
-            conn.execute("INSERT INTO recon.lock_contention (profile_id, cycle_id, waited_ms) "
-                         "VALUES (%s, %s, %s)", (profile_id, cycle_id, waited_ms))
+        ReconStore(database).record_lock_contention(profile_id, cycle_id, waited_ms)
         raise LockContention(f"reconciliation lock of profile {profile_id} was busy for "
                              f"{waited_ms} ms; recorded as contention, retried next cycle") from None
 
@@ -127,7 +102,7 @@ def correct_profile(context: dg.OpExecutionContext, config: LifecycleCorrectionC
     cycle = _resolve_cycle(database, config.profile_id, config.cycle_id,
                            settings.correction_max_cycle_age_seconds)
     cycle_id, account = cycle["cycle_id"], cycle["exchange_account"]
-    rows = _actionable(database, cycle_id, config.profile_id)
+    rows = ReconStore(database).actionable_mismatches(cycle_id, config.profile_id, ACTIONABLE_KINDS)
     context.log.info(f"profile {config.profile_id} on {account}: {len(rows)} actionable "
                      f"mismatch(es) from cycle {cycle_id}; dry run {settings.position_parity_dry_run}")
     outcomes = []

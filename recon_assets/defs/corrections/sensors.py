@@ -2,8 +2,10 @@
 
 import dagster as dg
 
-from recon_assets.defs.corrections.ops import ACTIONABLE_KINDS, lifecycle_correction
+from recon_assets.core.rules import ACTIONABLE_KINDS
+from recon_assets.defs.corrections.ops import lifecycle_correction
 from recon_assets.resources.database import PostgresStore
+from recon_assets.resources.recon_store import ReconStore
 
 DIFF_KEY = dg.AssetKey("reconciliation_diff")
 
@@ -11,12 +13,7 @@ DIFF_KEY = dg.AssetKey("reconciliation_diff")
 def correction_run_requests(database: PostgresStore, cycle_id: str, account: str) -> list[dg.RunRequest]:
     """One run per profile with actionable mismatches in the cycle; the run key makes a cycle's
     profile launch once, however often the sensor sees the event."""
-    with database.connect() as conn:
-        profiles = [r["profile_id"] for r in conn.execute(
-            """SELECT DISTINCT profile_id FROM recon.mismatches
-               WHERE cycle_id = %s AND exchange_account = %s AND profile_id IS NOT NULL
-                 AND kind = ANY(%s) ORDER BY profile_id""",
-            (cycle_id, account, list(ACTIONABLE_KINDS))).fetchall()]
+    profiles = ReconStore(database).profiles_with_mismatches(cycle_id, account, ACTIONABLE_KINDS)
     return [dg.RunRequest(
         run_key=f"{cycle_id}:{profile}",
         run_config={"ops": {"correct_profile": {"config": {"profile_id": profile, "cycle_id": cycle_id}}}},

@@ -4,8 +4,10 @@ import dagster as dg
 import pandas as pd
 
 from recon_assets.core.frames import db_snapshot_frames
+from recon_assets.core.rules import OPEN_ORDER_STATUSES
 from recon_assets.defs.partitions import exchange_account_partitions
 from recon_assets.resources.database import PostgresStore
+from recon_assets.resources.trading_tables import TradingTables
 
 # Asset name -> part of the account snapshot, with the one-line description shown in the UI.
 DB_SNAPSHOT_ASSETS = {
@@ -31,7 +33,7 @@ def _snapshot_metadata(name: str, frame: pd.DataFrame) -> dict:
         metadata["allocated_capital_usd"] = float(frame["allocated_capital_usd"].sum())
         metadata["paused_profiles"] = int((frame["trading_state"] == "paused").sum())
     elif name == "db_orders":
-        open_orders = frame[frame["status"].isin(["new", "open", "partially_filled"])]
+        open_orders = frame[frame["status"].isin(OPEN_ORDER_STATUSES)]
         metadata["open_orders"] = len(open_orders)
         metadata["open_notional_usd"] = float(
             ((open_orders["qty"] - open_orders["filled_qty"]) * open_orders["price"].fillna(0)).sum())
@@ -62,9 +64,7 @@ def db_snapshot(context: dg.AssetExecutionContext, database: PostgresStore):
            description="Keeps the exchange_account partitions equal to the accounts named in "
                        "the profiles table.")
 def exchange_account_partitions_sensor(context: dg.SensorEvaluationContext, database: PostgresStore):
-    with database.connect() as conn:
-        wanted = {r["exchange_account"] for r in conn.execute(
-            "SELECT DISTINCT exchange_account FROM profiles").fetchall()}
+    wanted = TradingTables(database).exchange_accounts()
     existing = set(context.instance.get_dynamic_partitions(exchange_account_partitions.name))
     requests = []
     if wanted - existing:

@@ -5,11 +5,11 @@ import time
 
 import dagster as dg
 
-from recon_assets.defs.exchange.logic import preview
-from recon_assets.defs.exchange.snapshot import read_exchange_snapshot
+from recon_assets.core.exchange_snapshot import preview
 from recon_assets.defs.partitions import exchange_account_partitions
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.exchange import ExchangeResource
+from recon_assets.resources.exchange_snapshot import read_exchange_snapshot
 
 SNAPSHOT_ASSETS = ("exchange_open_orders", "exchange_positions", "exchange_fills")
 CHECK_NAME = "fresh_and_complete"

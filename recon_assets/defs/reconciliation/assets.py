@@ -6,18 +6,18 @@ import dagster as dg
 import pandas as pd
 
 from recon_assets.core.diff import reconciliation_diff as compute_diff
+from recon_assets.core.rules import MISMATCH_KINDS, MISSING_FROM_EXCHANGE, MISSING_IN_DB
 from recon_assets.defs.partitions import exchange_account_partitions
 from recon_assets.resources.database import PostgresStore
+from recon_assets.resources.recon_store import ReconStore
 from recon_assets.settings import ReconSettings
 
 # The runbook's names, recorded as materialization metadata so the UI plots them over time.
 RUNBOOK_COUNTS = {
     "reconciliationMismatchCount": None,
-    "reconciliationMissingFromExchange": "missing_from_exchange",
-    "reconciliationMissingInDb": "missing_in_db",
+    "reconciliationMissingFromExchange": MISSING_FROM_EXCHANGE,
+    "reconciliationMissingInDb": MISSING_IN_DB,
 }
-KINDS = ("missing_from_exchange", "missing_in_db", "qty_drift", "status_drift", "price_drift",
-         "position_drift", "ghost_slice")
 PREVIEW_COLUMNS = ["kind", "profile_id", "symbol", "client_order_id", "trade_id", "db_qty",
                    "exchange_qty", "db_status", "exchange_status", "notional_usd"]
 
@@ -42,7 +42,7 @@ def diff_metadata(diff: pd.DataFrame, cycle_id: str) -> dict:
     metadata: dict = {"cycle_id": cycle_id, "dagster/row_count": len(diff)}
     for name, kind in RUNBOOK_COUNTS.items():
         metadata[name] = len(diff) if kind is None else int(counts.get(kind, 0))
-    for kind in KINDS:
+    for kind in MISMATCH_KINDS:
         metadata[f"kind/{kind}"] = int(counts.get(kind, 0))
     metadata["notional_at_risk_usd"] = float(diff["notional_usd"].sum()) if len(diff) else 0.0
     metadata["profiles_with_mismatches"] = int(diff["profile_id"].dropna().nunique())
@@ -75,9 +75,8 @@ def reconciliation_diff(
         exchange_positions=exchange_positions, cycle_id=cycle_id,
         db_read_at=pd.Timestamp(db_profiles.attrs["read_at"]),
         recency_guard_s=settings.recency_guard_seconds)
-    recorded = database.call("recon_record_cycle", {
-        "p_cycle_id": cycle_id, "p_account": context.partition_key,
-        "p_started_at": _run_start(context), "p_mismatches": mismatch_records(diff)})
+    recorded = ReconStore(database).record_cycle(cycle_id, context.partition_key,
+                                                 _run_start(context), mismatch_records(diff))
     context.log.info(f"cycle {cycle_id} on {context.partition_key}: {len(diff)} mismatches "
                      f"({recorded} newly recorded in recon.mismatches)")
     return dg.Output(diff, metadata=diff_metadata(diff, cycle_id))

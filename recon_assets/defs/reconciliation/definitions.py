@@ -5,6 +5,7 @@ import dagster as dg
 from recon_assets.defs.partitions import exchange_account_partitions
 from recon_assets.defs.reconciliation.assets import reconciliation_diff
 from recon_assets.resources.database import PostgresStore
+from recon_assets.resources.recon_store import ReconStore
 
 # One cycle = snapshots of both sides and the diff, for one account; its run id is the cycle id.
 reconciliation_cycle_job = dg.define_asset_job(
@@ -40,8 +41,7 @@ def failed_cycle_sensor(context: dg.RunFailureSensorContext, database: PostgresS
     if not account:
         return
     message = context.failure_event.message or "reconciliation cycle failed"
-    database.call("recon_record_failed_cycle", {
-        "p_cycle_id": run.run_id, "p_account": account, "p_error": message})
+    ReconStore(database).record_failed_cycle(run.run_id, account, message)
 
 
 def defs(cron: str = "* * * * *") -> dg.Definitions:

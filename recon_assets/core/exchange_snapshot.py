@@ -1,6 +1,7 @@
-"""The exchange snapshot's decisions, as plain functions (no Dagster): which symbols matter, which
-of them need their fills read, and how ccxt's structures become the frames of
-`recon_assets.core.frames`.
+"""The exchange snapshot's decisions, as plain functions (no I/O, no Dagster): which symbols
+matter, which of them need their fills read, whether a snapshot is fresh and complete, and how
+ccxt's structures become the frames of `recon_assets.core.frames`. The reading itself (ccxt calls,
+the fill store) is `recon_assets.resources.exchange_snapshot.read_exchange_snapshot`.
 
 Frames: symbols are ccxt unified symbols, quantities unsigned with a side (`buy`/`sell` for
 orders and fills; `long`/`short`/`flat` for positions), prices and money floats in USD, times
@@ -14,13 +15,15 @@ import hashlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import pandas as pd
 
 from recon_assets.core.frames import (EXCHANGE_FILLS, EXCHANGE_OPEN_ORDERS, EXCHANGE_POSITIONS,
                                       empty_frame)
+from recon_assets.core.rules import FLAT, OPEN_ORDER_STATUSES, OPEN_SLICE_STATUS, USD_FEE_CURRENCIES
 
-OPEN_DB_ORDER_STATUSES = {"new", "open", "partially_filled"}
+# Binance's raw order status -> the trading database's word for it (core.rules.ORDER_STATUSES).
 BINANCE_TO_DB_STATUS = {
     "NEW": "open", "PARTIALLY_FILLED": "partially_filled", "FILLED": "filled",
     "CANCELED": "canceled", "EXPIRED": "expired", "EXPIRED_IN_MATCH": "expired",
@@ -39,10 +42,10 @@ def db_symbols(snapshot: dict) -> set[str]:
     """Symbols the database cares about: open slices, open orders, non-zero positions."""
     symbols = set()
     for s in snapshot.get("trade_slices") or []:
-        if s.get("status", "open") == "open":
+        if s.get("status", OPEN_SLICE_STATUS) == OPEN_SLICE_STATUS:
             symbols.add(s["symbol"])
     for o in snapshot.get("orders") or []:
-        if o.get("status") in OPEN_DB_ORDER_STATUSES:
+        if o.get("status") in OPEN_ORDER_STATUSES:
             symbols.add(o["symbol"])
     for p in snapshot.get("positions") or []:
         if _positive(p.get("qty")):
@@ -94,6 +97,10 @@ def plan_fill_reads(symbols: Iterable[str], keys: dict[str, str | None], cursors
     return out
 
 
+def utc_from_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
 def _ts(ms) -> pd.Timestamp:
     return pd.Timestamp(int(ms), unit="ms", tz="UTC")
 
@@ -136,7 +143,7 @@ def positions_frame(account: str, symbols: Iterable[str], positions: list[dict],
     for symbol in sorted(set(symbols) | set(by_symbol)):
         p = by_symbol.get(symbol)
         if p is None:
-            rows.append({"account": account, "symbol": symbol, "side": "flat", "qty": 0.0,
+            rows.append({"account": account, "symbol": symbol, "side": FLAT, "qty": 0.0,
                          "entry_price": math.nan, "mark_price": math.nan, "notional_usd": 0.0,
                          "min_qty_step": steps.get(symbol, math.nan), "fetched_at": fetched_at})
             continue
@@ -158,7 +165,8 @@ def fill_rows(account: str, trades: list[dict], client_ids: dict[str, str]) -> l
     rows = []
     for t in trades:
         fee = t.get("fee") or {}
-        fee_usd = _num(fee.get("cost")) if fee.get("currency") in ("USDT", "USDC", "USD", None) else math.nan
+        currency = str(fee.get("currency") or "").upper()
+        fee_usd = _num(fee.get("cost")) if currency in USD_FEE_CURRENCIES else math.nan
         order_id = str(t["order"])
         rows.append({
             "exchange_account": account, "symbol": t["symbol"], "exchange_fill_id": str(t["id"]),

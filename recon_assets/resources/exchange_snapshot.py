@@ -1,5 +1,6 @@
-"""One account's exchange snapshot, read in one pass (no Dagster here: the assets, the demo and
-the benchmark call `read_exchange_snapshot`).
+"""One account's exchange snapshot, read in one pass: the I/O around the decisions of
+`core.exchange_snapshot` (no Dagster here: the assets, the demo and the benchmark call
+`read_exchange_snapshot`).
 
 The order of reads: markets (cached per process), every open order (one request), every
 position (one request), then fills only for the symbols that matter and may have new fills,
@@ -15,14 +16,14 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from recon_assets.defs.exchange import store
-from recon_assets.defs.exchange.logic import (OPEN_DB_ORDER_STATUSES, activity_key, db_symbols,
-                                              evaluate_snapshot, exchange_symbols, fill_rows,
-                                              fills_frame, open_orders_frame, plan_fill_reads,
-                                              positions_frame)
+from recon_assets.core.exchange_snapshot import (activity_key, db_symbols, evaluate_snapshot,
+                                                 exchange_symbols, fill_rows, fills_frame,
+                                                 open_orders_frame, plan_fill_reads,
+                                                 positions_frame, utc_from_ms)
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.exchange import (ExchangeFetchError, ExchangeResource,
                                              ExchangeSession, RequestStats)
+from recon_assets.resources.fill_store import FillStore
 
 
 @dataclass
@@ -75,7 +76,8 @@ def read_exchange_snapshot(resource: ExchangeResource, database: PostgresStore, 
 
     now_ms = int(time.time() * 1000)
     window_ms = resource.fills_window_hours * 3_600_000
-    cursors = store.load_cursors(database, account)
+    store = FillStore(database)
+    cursors = store.cursors(account)
     keys = {s: activity_key(s, orders, positions) for s in symbols}
     to_read = plan_fill_reads(symbols, keys, cursors, now_ms, resource.fills_max_skip_s * 1000)
     trades: list[dict] = []
@@ -91,10 +93,10 @@ def read_exchange_snapshot(resource: ExchangeResource, database: PostgresStore, 
         if not complete:
             incomplete.append(symbol)
         new_cursors[symbol] = {
-            "last_fill_id": last, "last_fill_at": store.utc_from_ms(last_at) if last_at else None,
+            "last_fill_id": last, "last_fill_at": utc_from_ms(last_at) if last_at else None,
             # Cut short: no fingerprint, so the next cycle reads on from the cursor.
             "activity_key": keys.get(symbol) if complete else None,
-            "read_at": store.utc_from_ms(now_ms)}
+            "read_at": utc_from_ms(now_ms)}
 
     # client_order_id of each fill: from the open orders, the database, earlier cycles, and,
     # for what is still unknown, one lookup of the order.
@@ -103,10 +105,10 @@ def read_exchange_snapshot(resource: ExchangeResource, database: PostgresStore, 
         if o.get("exchange_order_id") and o.get("client_order_id"):
             client_ids.setdefault(str(o["exchange_order_id"]), o["client_order_id"])
     order_ids = sorted({str(t["order"]) for t in trades} - set(client_ids))
-    client_ids.update(store.known_client_ids(database, account, order_ids))
-    window_start = store.utc_from_ms(now_ms - window_ms)
+    client_ids.update(store.known_client_ids(account, order_ids))
+    window_start = utc_from_ms(now_ms - window_ms)
     wanted = [(str(t["order"]), t["symbol"]) for t in trades if str(t["order"]) not in client_ids]
-    wanted += store.unresolved_orders(database, account, window_start)
+    wanted += store.unresolved_orders(account, window_start)
     learnt: dict[str, str] = {}
     probe_errors: list[str] = []
     probes = 0
@@ -126,8 +128,8 @@ def read_exchange_snapshot(resource: ExchangeResource, database: PostgresStore, 
     client_ids.update(learnt)
 
     rows = fill_rows(account, trades, client_ids)
-    new_fills, window = store.save_and_read_window(database, account, run_id, rows, new_cursors,
-                                                   learnt, window_start)
+    new_fills, window = store.save_and_read_window(account, run_id, rows, new_cursors, learnt,
+                                                   window_start)
     finished_at = pd.Timestamp.now(tz="UTC")
     mark_prices = {p["symbol"]: float(p["markPrice"]) for p in positions if p.get("markPrice")}
     steps = {s: float(markets[s]["precision"]["amount"]) for s in symbols
@@ -142,5 +144,3 @@ def read_exchange_snapshot(resource: ExchangeResource, database: PostgresStore, 
         new_fills=new_fills, probes=probes, probe_errors=probe_errors,
         read_started=read_started, read_finished=read_finished)
 
-
-__all__ = ["ExchangeSnapshot", "read_exchange_snapshot", "OPEN_DB_ORDER_STATUSES"]

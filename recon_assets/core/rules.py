@@ -1,0 +1,72 @@
+"""The vocabulary of reconciliation, defined once: statuses, kinds, handlers, thresholds.
+
+Everything else imports these names; nothing writes the lists again. The SQL side has the same
+lists as CHECK constraints (migrations) and as `recon.open_order_statuses()`
+(db/functions/recon.open_order_statuses.sql); `recon_assets_tests/db/test_rules_sql.py` reads them
+from a live database and asserts they equal these, so editing one side alone fails the suite.
+"""
+
+from __future__ import annotations
+
+# --- orders (public.orders) --------------------------------------------------------------------
+# Every status the trading database uses, in the words of its CHECK constraint.
+ORDER_STATUSES = ("new", "open", "partially_filled", "filled", "canceled", "rejected", "expired")
+# An open order can still fill: a DB order in one of these that the exchange does not list as
+# open is `missing_from_exchange`.
+OPEN_ORDER_STATUSES = ("new", "open", "partially_filled")
+TERMINAL_ORDER_STATUSES = tuple(s for s in ORDER_STATUSES if s not in OPEN_ORDER_STATUSES)
+INTENTS = ("ENTRY", "EXIT")
+ORDER_SIDES = ("buy", "sell")
+
+# --- positions and lifecycle slices (public.positions, public.trade_history) -----------------
+POSITION_SIDES = ("long", "short")
+# The exchange side of a symbol that matters but holds nothing (exchange snapshots only).
+FLAT = "flat"
+SLICE_STATUSES = ("open", "closed")
+OPEN_SLICE_STATUS = "open"
+
+# --- profiles: the trading gate (public.profiles.trading_state) -------------------------------
+TRADING_STATES = ("active", "paused", "reconciling")
+
+# --- the reconciliation cycle (recon.cycles, recon.mismatches) ---------------------------------
+CYCLE_STATUSES = ("running", "succeeded", "failed")
+CYCLE_SUCCEEDED = "succeeded"
+CYCLE_FAILED = "failed"
+# Every kind of finding of the diff, in the order the diff sorts them (core/diff.py says what each
+# one means).
+MISSING_FROM_EXCHANGE = "missing_from_exchange"
+MISSING_IN_DB = "missing_in_db"
+GHOST_SLICE = "ghost_slice"
+MISMATCH_KINDS = (
+    MISSING_FROM_EXCHANGE, MISSING_IN_DB, "status_drift", "qty_drift", "price_drift",
+    "position_drift", GHOST_SLICE,
+)
+# The kinds the lifecycle correction job acts on; the others are reported (and, for ghosts, left to
+# the parity heartbeat).
+ACTIONABLE_KINDS = (MISSING_FROM_EXCHANGE,)
+
+# --- corrections (recon.corrections.handler) ---------------------------------------------------
+# The runbook's lifecycle-safe handlers reconcileEntryFill, reconcileExitFill, reconcileCancel.
+LIFECYCLE_HANDLERS = ("reconcile_entry_fill", "reconcile_exit_fill", "reconcile_cancel")
+EXIT_BACKFILL = "exit_backfill"
+SYNTHETIC_EXIT = "synthetic_exit"  # the parity heartbeat's last resort for a confirmed ghost
+ADOPT_ORDER = "adopt_order"  # reserved for an operator-approved adoption of an order
+CORRECTION_HANDLERS = LIFECYCLE_HANDLERS + (EXIT_BACKFILL, SYNTHETIC_EXIT, ADOPT_ORDER)
+
+# --- EXIT backfill (recon.backfill_decisions.decision) -----------------------------------------
+BACKFILL_DECISIONS = ("GO", "NO_GO")
+
+# --- escalation (recon.alerts.reason) ------------------------------------------------------------
+ALERT_REASONS = ("persistent_mismatch", "lock_contention", "unknown_fill", "failed_cycle")
+# The runbook: "Mismatch metrics stay elevated after two reconciliation runs".
+ESCALATION_PERSISTENCE_RUNS = 2
+
+# --- money ---------------------------------------------------------------------------------------
+# Assets whose amounts are booked as USD one for one (fees paid in them need no conversion).
+USD_FEE_CURRENCIES = frozenset({"USD", "USDT", "USDC", "BUSD", "FDUSD"})
+
+
+def sql_list(values) -> str:
+    """`values` as a SQL list of string literals, for the few queries that spell a rule inline
+    (the values are this module's constants, never user input)."""
+    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)

@@ -1,0 +1,137 @@
+"""The store of the reconciler's own history in schema `recon`: cycles, mismatches, lock contention
+and alerts. Every query the Dagster definitions make of these tables is a method here, so "what
+reads or writes recon.X" is one search, and another backend implements one class.
+
+Money is not written here: corrections go through the SQL functions of db/functions (called with
+`PostgresStore.call`, under the profile's lock).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+
+from recon_assets.core.escalation import MISMATCH_IDENTITY
+from recon_assets.core.rules import CYCLE_FAILED, CYCLE_SUCCEEDED
+from recon_assets.resources.database import PostgresStore
+
+
+def _frame(conn, query: str, params: tuple = ()) -> pd.DataFrame:
+    cursor = conn.execute(query, params)
+    return pd.DataFrame(cursor.fetchall(), columns=[c.name for c in cursor.description])
+
+
+class ReconStore:
+    """Reads and writes recon.cycles, recon.mismatches, recon.lock_contention and recon.alerts."""
+
+    def __init__(self, database: PostgresStore):
+        self.database = database
+
+    # --- cycles and their findings -----------------------------------------------------------
+
+    def record_cycle(self, cycle_id: str, account: str, started_at: str,
+                     mismatches: list[dict]) -> int:
+        """A succeeded cycle and its findings (`recon_record_cycle`, one transaction); returns
+        how many findings were newly recorded (0 when the cycle was already recorded)."""
+        return self.database.call("recon_record_cycle", {
+            "p_cycle_id": cycle_id, "p_account": account, "p_started_at": started_at,
+            "p_mismatches": mismatches})
+
+    def record_failed_cycle(self, cycle_id: str, account: str, error: str) -> None:
+        """A cycle that failed before its findings could be trusted (never overrides a success)."""
+        self.database.call("recon_record_failed_cycle", {
+            "p_cycle_id": cycle_id, "p_account": account, "p_error": error})
+
+    def latest_succeeded_cycle(self, account: str, cycle_id: str = "") -> dict | None:
+        """The account's latest succeeded cycle (or the cycle `cycle_id` if it succeeded), with
+        its age in seconds by the database clock."""
+        with self.database.connect() as conn:
+            return conn.execute(
+                """SELECT cycle_id, exchange_account, finished_at,
+                          extract(epoch FROM now() - finished_at) AS age_s
+                   FROM recon.cycles WHERE exchange_account = %s AND status = %s
+                     AND (%s = '' OR cycle_id = %s)
+                   ORDER BY finished_at DESC LIMIT 1""",
+                (account, CYCLE_SUCCEEDED, cycle_id, cycle_id)).fetchone()
+
+    def actionable_mismatches(self, cycle_id: str, profile_id: str,
+                              kinds: tuple[str, ...]) -> list[dict]:
+        """The cycle's mismatches of `kinds` for the profile, joined with the order as the
+        database holds it now (numbers as exact text)."""
+        with self.database.connect() as conn:
+            return conn.execute(
+                """SELECT m.id AS mismatch_id, m.kind, o.profile_id, o.trade_id, o.intent, o.symbol,
+                          o.side, o.client_order_id, o.exchange_order_id, o.status,
+                          o.qty::text AS qty, o.filled_qty::text AS filled_qty,
+                          o.avg_fill_price::text AS avg_fill_price, o.price::text AS price
+                   FROM recon.mismatches m
+                   JOIN orders o ON o.client_order_id = m.client_order_id
+                                AND o.profile_id = m.profile_id
+                   WHERE m.cycle_id = %s AND m.profile_id = %s AND m.kind = ANY(%s)
+                   ORDER BY m.client_order_id""",
+                (cycle_id, profile_id, list(kinds))).fetchall()
+
+    def profiles_with_mismatches(self, cycle_id: str, account: str,
+                                 kinds: tuple[str, ...]) -> list[str]:
+        """The profiles with at least one mismatch of `kinds` in the cycle of `account`."""
+        with self.database.connect() as conn:
+            return [r["profile_id"] for r in conn.execute(
+                """SELECT DISTINCT profile_id FROM recon.mismatches
+                   WHERE cycle_id = %s AND exchange_account = %s AND profile_id IS NOT NULL
+                     AND kind = ANY(%s) ORDER BY profile_id""",
+                (cycle_id, account, list(kinds))).fetchall()]
+
+    # --- lock contention -----------------------------------------------------------------------
+
+    def record_lock_contention(self, profile_id: str, cycle_id: str, waited_ms: int) -> None:
+        with self.database.connect() as conn:
+            conn.execute("INSERT INTO recon.lock_contention (profile_id, cycle_id, waited_ms) "
+                         "VALUES (%s, %s, %s)", (profile_id, cycle_id, waited_ms))
+
+    # --- escalation ------------------------------------------------------------------------------
+
+    def escalation_history(self, runs: int) -> dict[str, pd.DataFrame]:
+        """What the escalation rules read, in one connection: the last `runs` succeeded cycles of
+        each account (`cycles`), their findings (`mismatches`), the last day's lock contention
+        (`contention`) and failed cycles (`failed`)."""
+        with self.database.connect() as conn:
+            cycles = _frame(conn, """
+                SELECT cycle_id, exchange_account, finished_at FROM (
+                    SELECT c.*, row_number() OVER (PARTITION BY exchange_account
+                                                   ORDER BY finished_at DESC) AS n
+                    FROM recon.cycles c WHERE status = %s) x
+                WHERE n <= %s""", (CYCLE_SUCCEEDED, runs))
+            mismatches = _frame(conn, f"""
+                SELECT cycle_id, {', '.join(MISMATCH_IDENTITY)}, notional_usd::float AS notional_usd
+                FROM recon.mismatches WHERE cycle_id = ANY(%s)""", (list(cycles["cycle_id"]),))
+            contention = _frame(conn, """
+                SELECT id, profile_id, cycle_id, waited_ms FROM recon.lock_contention
+                WHERE observed_at > now() - interval '1 day' ORDER BY id""")
+            failed = _frame(conn, """
+                SELECT cycle_id, exchange_account, error FROM recon.cycles
+                WHERE status = %s AND finished_at > now() - interval '1 day'
+                ORDER BY finished_at""", (CYCLE_FAILED,))
+        return {"cycles": cycles, "mismatches": mismatches, "contention": contention,
+                "failed": failed}
+
+    def record_alert(self, dedup_key: str, reason: str, exchange_account: str | None,
+                     profile_id: str | None, summary: str, details: dict[str, Any]) -> int | None:
+        """Record an alert once (its dedup key); the new row's id, or None if already recorded."""
+        with self.database.connect() as conn:
+            row = conn.execute(
+                """INSERT INTO recon.alerts (dedup_key, reason, exchange_account, profile_id,
+                                             summary, details)
+                   VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (dedup_key) DO NOTHING
+                   RETURNING id""",
+                (dedup_key, reason, exchange_account, profile_id, summary,
+                 json.dumps(details))).fetchone()
+        return None if row is None else row["id"]
+
+    def record_alert_delivery(self, alert_id: int, error: str | None) -> None:
+        """The webhook's answer: delivered now (no error), or the delivery error."""
+        with self.database.connect() as conn:
+            conn.execute("UPDATE recon.alerts SET delivered_at = CASE WHEN %s::text IS NULL "
+                         "THEN now() END, delivery_error = %s WHERE id = %s",
+                         (error, error, alert_id))
