@@ -42,10 +42,9 @@ def persistent_mismatches(mismatches: pd.DataFrame, cycles: pd.DataFrame,
         last = account_cycles.sort_values("finished_at").tail(runs)
         if len(last) < runs:
             continue
-        ids = set(last["cycle_id"])
-        rows = mismatches[mismatches["cycle_id"].isin(ids)]
-        identity = rows[MISMATCH_IDENTITY].astype(object).fillna("").astype(str)
-        keyed = rows.assign(identity=identity.agg("|".join, axis=1))
+        rows = mismatches[mismatches["cycle_id"].isin(set(last["cycle_id"]))
+                          & (mismatches["exchange_account"] == account)]
+        keyed = rows.assign(identity=_identities(rows))
         seen_in = keyed.groupby("identity")["cycle_id"].nunique()
         persistent = keyed[keyed["identity"].isin(seen_in[seen_in == runs].index)]
         persistent = persistent.drop_duplicates("identity").sort_values("identity")
@@ -67,6 +66,12 @@ def persistent_mismatches(mismatches: pd.DataFrame, cycles: pd.DataFrame,
                      if "notional_usd" in persistent else 0.0},
         ))
     return alerts
+
+
+def _identities(rows: pd.DataFrame) -> list[str]:
+    """Each row's MISMATCH_IDENTITY as one string (null as empty); a list, so zero rows work."""
+    columns = [rows[c].tolist() for c in MISMATCH_IDENTITY]
+    return ["|".join("" if pd.isna(v) else str(v) for v in values) for values in zip(*columns)]
 
 
 def lock_contention(events: pd.DataFrame) -> list[Alert]:

@@ -14,16 +14,34 @@ from recon_assets.resources.recon_store import ReconStore
 from recon_assets.resources.trading_tables import TradingTables
 
 
-def find_alerts(database: PostgresStore, accounts: list[str]) -> list[Alert]:
+def find_alerts(database: PostgresStore, accounts: list[str]) -> tuple[list[Alert], list[str]]:
+    """Every escalation due now, and what could not be checked: each rule and each account's
+    unknown-fill check runs on its own, so one failure never hides the other alerts."""
+    alerts: list[Alert] = []
+    problems: list[str] = []
+
+    def attempt(what: str, rule) -> None:
+        try:
+            alerts.extend(rule())
+        except Exception as exc:  # noqa: BLE001 - reported, and the other checks go on
+            problems.append(f"{what}: {type(exc).__name__}: {exc}")
+
     history = ReconStore(database).escalation_history(ESCALATION_PERSISTENCE_RUNS)
-    alerts = (persistent_mismatches(history["mismatches"], history["cycles"],
-                                    ESCALATION_PERSISTENCE_RUNS)
-              + lock_contention(history["contention"]) + failed_cycles(history["failed"]))
+    attempt("persistent mismatches", lambda: persistent_mismatches(
+        history["mismatches"], history["cycles"], ESCALATION_PERSISTENCE_RUNS))
+    attempt("lock contention", lambda: lock_contention(history["contention"]))
+    attempt("failed cycles", lambda: failed_cycles(history["failed"]))
     for account in accounts:
-        fills = load_stored_frame(database, "exchange_fills", account)
-        if fills is not None and len(fills):
-            alerts += unknown_fills(fills, _known_order_ids(database, fills), account)
-    return alerts
+        attempt(f"unknown fills of {account}", lambda account=account: _unknown_fills(
+            database, account))
+    return alerts, problems
+
+
+def _unknown_fills(database: PostgresStore, account: str) -> list[Alert]:
+    fills = load_stored_frame(database, "exchange_fills", account)
+    if fills is None or not len(fills):
+        return []
+    return unknown_fills(fills, _known_order_ids(database, fills), account)
 
 
 def _known_order_ids(database: PostgresStore, fills: pd.DataFrame) -> set[str]:
@@ -58,7 +76,10 @@ def escalation_sensor(context: dg.SensorEvaluationContext, database: PostgresSto
                       alert_webhook: AlertWebhook):
     accounts = context.instance.get_dynamic_partitions(exchange_account_partitions.name)
     events = []
-    for alert in find_alerts(database, sorted(accounts)):
+    alerts, problems = find_alerts(database, sorted(accounts))
+    for problem in problems:
+        context.log.error(f"escalation check failed, the others went on: {problem}")
+    for alert in alerts:
         is_new, error = raise_alert(database, alert_webhook, alert)
         if not is_new:
             continue

@@ -5,8 +5,6 @@ import pandas as pd
 import psycopg
 import pytest
 
-from recon_assets.core.escalation import (lock_contention, persistent_mismatches, slack_payload,
-                                          unknown_fills)
 from recon_assets.defs.alerts.sensors import escalation_sensor
 from recon_assets.defs.partitions import exchange_account_partitions
 from recon_assets.resources.alerts import AlertWebhook
@@ -18,57 +16,6 @@ pytestmark = pytest.mark.integration
 GHOST = {"kind": "ghost_slice", "profile_id": "alpha", "exchange_account": "acct1",
          "symbol": "BTC/USDT:USDT", "client_order_id": None, "exchange_order_id": None,
          "trade_id": "t1", "notional_usd": 120.0}
-
-
-def _cycles(*ids):
-    return pd.DataFrame({"cycle_id": list(ids), "exchange_account": "acct1",
-                         "finished_at": pd.date_range("2026-01-01", periods=len(ids), freq="min", tz="UTC")})
-
-
-def test_mismatch_in_both_of_the_last_two_runs_escalates():
-    mismatches = pd.DataFrame([{**GHOST, "cycle_id": "c1"}, {**GHOST, "cycle_id": "c2"}])
-    (alert,) = persistent_mismatches(mismatches, _cycles("c1", "c2"))
-    assert alert.reason == "persistent_mismatch" and alert.exchange_account == "acct1"
-    assert alert.dedup_key.startswith("persistent_mismatch:acct1:")
-    # The same persisting set in a later cycle is the same episode: no second alert.
-    later = pd.DataFrame([{**GHOST, "cycle_id": "c2"}, {**GHOST, "cycle_id": "c3"}])
-    assert persistent_mismatches(later, _cycles("c2", "c3"))[0].dedup_key == alert.dedup_key
-    # A different set (new drift joined) is a new escalation.
-    grown = pd.concat([later, pd.DataFrame([{**GHOST, "trade_id": "t9", "cycle_id": c} for c in ("c2", "c3")])])
-    assert persistent_mismatches(grown, _cycles("c2", "c3"))[0].dedup_key != alert.dedup_key
-    assert alert.details["by_kind"] == {"ghost_slice": 1} and alert.details["profiles"] == ["alpha"]
-
-
-def test_mismatch_resolved_by_the_second_run_does_not_escalate():
-    mismatches = pd.DataFrame([{**GHOST, "cycle_id": "c1"}, {**GHOST, "trade_id": "t2", "cycle_id": "c2"}])
-    assert persistent_mismatches(mismatches, _cycles("c1", "c2")) == []
-
-
-def test_a_single_run_is_not_enough_to_escalate():
-    assert persistent_mismatches(pd.DataFrame([{**GHOST, "cycle_id": "c1"}]), _cycles("c1")) == []
-
-
-def test_unknown_fills_are_those_no_order_explains():
-    fills = pd.DataFrame({"exchange_fill_id": ["1", "2", "3"], "exchange_order_id": ["o1", "o2", "o3"],
-                          "client_order_id": ["rc.ALP.t1.E1", None, None], "symbol": "BTC/USDT:USDT",
-                          "notional_usd": [10.0, 20.0, 30.0]})
-    (alert,) = unknown_fills(fills, {"rc.ALP.t1.E1", "o2"}, "acct1")
-    assert alert.details["exchange_fill_ids"] == ["3"] and alert.details["notional_usd"] == 30.0
-    assert unknown_fills(fills, {"o1", "o2", "o3"}, "acct1") == []
-
-
-def test_lock_contention_alert_names_the_profile():
-    events = pd.DataFrame({"id": [7], "profile_id": ["alpha"], "cycle_id": ["c9"], "waited_ms": [5000]})
-    (alert,) = lock_contention(events)
-    assert alert.profile_id == "alpha" and "5000 ms" in alert.summary
-
-
-def test_slack_payload_has_text_and_blocks():
-    (alert,) = lock_contention(pd.DataFrame({"id": [1], "profile_id": ["a"], "cycle_id": ["c"], "waited_ms": [1]}))
-    payload = slack_payload(alert)
-    assert payload["text"].startswith(":rotating_light: Reconciliation lock contention")
-    assert payload["blocks"][0]["type"] == "header"
-    assert payload["recon_alert"]["dedup_key"] == "lock_contention:1"
 
 
 def _record_cycle(store, cycle_id, mismatches):
@@ -165,3 +112,41 @@ def test_sensor_escalates_fills_no_order_explains(pg_dsn):
         (post,) = hook.posts
     assert post["recon_alert"]["reason"] == "unknown_fill"
     assert post["recon_alert"]["details"]["exchange_fill_ids"] == ["3"]
+
+
+def test_a_clean_account_next_to_a_drifting_one_does_not_stop_the_tick(pg_dsn):
+    """Issue 10, sequence 8: acct1 drifts in both of its last cycles, acct2's are clean."""
+    store = PostgresStore(dsn=pg_dsn)
+    row = {k: v for k, v in GHOST.items() if k != "exchange_account"}
+    for cycle_id, account, found in (("c1", "acct1", [row]), ("d1", "acct2", []),
+                                     ("c2", "acct1", [row]), ("d2", "acct2", [])):
+        store.call("recon_record_cycle", {"p_cycle_id": cycle_id, "p_account": account,
+                                          "p_started_at": "2026-01-01T00:00:00+00:00",
+                                          "p_mismatches": found})
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("INSERT INTO recon.lock_contention (profile_id, cycle_id, waited_ms) "
+                     "VALUES ('beta', 'd2', 3000)")
+    with WebhookReceiver() as hook, dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(exchange_account_partitions.name, ["acct1", "acct2"])
+        _evaluate(instance, store, hook.url)
+        reasons = sorted((p["recon_alert"]["reason"], p["recon_alert"]["exchange_account"])
+                         for p in hook.posts)
+    assert reasons == [("lock_contention", None), ("persistent_mismatch", "acct1")]
+
+
+def test_one_accounts_broken_input_does_not_stop_the_others(pg_dsn):
+    """A stored snapshot that cannot be read for one account: the other accounts still escalate."""
+    store = PostgresStore(dsn=pg_dsn)
+    row = {k: v for k, v in GHOST.items() if k != "exchange_account"}
+    for cycle_id in ("c1", "c2"):
+        store.call("recon_record_cycle", {"p_cycle_id": cycle_id, "p_account": "acct1",
+                                          "p_started_at": "2026-01-01T00:00:00+00:00",
+                                          "p_mismatches": [row]})
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("INSERT INTO recon.asset_values (asset_key, partition_key, run_id, payload) "
+                     "VALUES ('exchange_fills', 'acct2', 'r1', 'not parquet')")
+    with WebhookReceiver() as hook, dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(exchange_account_partitions.name, ["acct1", "acct2"])
+        result = _evaluate(instance, store, hook.url)
+        assert [p["recon_alert"]["reason"] for p in hook.posts] == ["persistent_mismatch"]
+    assert result.asset_events  # the tick completed and reported acct1's alert
