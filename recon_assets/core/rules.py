@@ -52,12 +52,20 @@ EXIT_BACKFILL = "exit_backfill"
 SYNTHETIC_EXIT = "synthetic_exit"  # the parity heartbeat's last resort for a confirmed ghost
 ADOPT_ORDER = "adopt_order"  # reserved for an operator-approved adoption of an order
 CORRECTION_HANDLERS = LIFECYCLE_HANDLERS + (EXIT_BACKFILL, SYNTHETIC_EXIT, ADOPT_ORDER)
+# What happened to a correction (recon.corrections.outcome): applied (with dry_run: would have
+# been), refused by a check (an operator looks), or failed with an unexpected error.
+APPLIED, REFUSED, FAILED = CORRECTION_OUTCOMES = ("applied", "refused", "failed")
+# SQLSTATE of a refusal raised by a handler; its DETAIL is the reason code.
+SQL_REFUSAL = "RCREF"
+# Which lock a correction waited for (recon.lock_contention.lock_kind).
+RECONCILIATION_LOCK, ROW_LOCK = LOCK_KINDS = ("reconciliation_lock", "row_lock")
 
 # --- EXIT backfill (recon.backfill_decisions.decision) -----------------------------------------
 BACKFILL_DECISIONS = ("GO", "NO_GO")
 
 # --- escalation (recon.alerts.reason) ------------------------------------------------------------
-ALERT_REASONS = ("persistent_mismatch", "lock_contention", "unknown_fill", "failed_cycle")
+ALERT_REASONS = ("persistent_mismatch", "lock_contention", "unknown_fill", "failed_cycle",
+                 "correction_refused", "failed_correction_run", "stale_reconciling")
 # The runbook: "Mismatch metrics stay elevated after two reconciliation runs".
 ESCALATION_PERSISTENCE_RUNS = 2
 

@@ -24,6 +24,8 @@ CHECKED = {
     ("recon.cycles", "status"): rules.CYCLE_STATUSES,
     ("recon.mismatches", "kind"): rules.MISMATCH_KINDS,
     ("recon.corrections", "handler"): rules.CORRECTION_HANDLERS,
+    ("recon.corrections", "outcome"): rules.CORRECTION_OUTCOMES,
+    ("recon.lock_contention", "lock_kind"): rules.LOCK_KINDS,
     ("recon.backfill_decisions", "decision"): rules.BACKFILL_DECISIONS,
     ("recon.alerts", "reason"): rules.ALERT_REASONS,
 }

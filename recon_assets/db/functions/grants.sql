@@ -18,7 +18,8 @@ BEGIN
          WHERE p.pronamespace = 'public'::regnamespace
            AND p.proname IN ('recon_reconcile_entry_fill', 'recon_reconcile_exit_fill',
                              'recon_reconcile_cancel', 'recon_recalculate_capital',
-                             'recon_begin_reconciling', 'recon_end_reconciling')
+                             'recon_begin_reconciling', 'recon_end_reconciling',
+                             'recon_record_refused_correction')
     LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
         FOREACH r IN ARRAY ARRAY['anon', 'authenticated'] LOOP

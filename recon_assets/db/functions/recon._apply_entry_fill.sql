@@ -1,5 +1,6 @@
--- reconcileEntryFill: the order's fills, the trade slice's entry qty and weighted entry price
--- (a new slice when the trade has none open), the position (long for buy, short for sell).
+-- reconcileEntryFill: the order's new fills (recon._book_order_fill), the trade slice's entry
+-- qty and weighted entry price (a new slice when the trade has none open), the fees of those
+-- fills off the slice's realised PnL, the position (long for buy, short for sell).
 CREATE OR REPLACE FUNCTION recon._apply_entry_fill(p_profile_id text, p_client_order_id text, r jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql
@@ -13,6 +14,7 @@ DECLARE
     v_side text;
     v_delta numeric;
     v_price numeric;
+    v_fee numeric;
     v_slice_before jsonb;
     v_position jsonb;
     v_other text;
@@ -24,6 +26,7 @@ BEGIN
     END IF;
     v_delta := (v_fill->>'delta')::numeric;
     v_price := (v_fill->>'delta_price')::numeric;
+    v_fee := (v_fill->>'fee_usd')::numeric;
     v_side := CASE o.side WHEN 'buy' THEN 'long' ELSE 'short' END;
     IF v_delta > 0 THEN
         SELECT profile_id INTO v_other FROM public.trade_history
@@ -45,14 +48,15 @@ BEGIN
                SET entry_price = (s.entry_qty * COALESCE(s.entry_price, 0) + v_delta * v_price)
                                  / (s.entry_qty + v_delta),
                    entry_qty = s.entry_qty + v_delta,
+                   realised_pnl_usd = s.realised_pnl_usd - v_fee,
                    updated_at = pg_catalog.now()
              WHERE id = s.id
             RETURNING * INTO s;
         ELSE
             INSERT INTO public.trade_history (trade_id, slice_no, profile_id, symbol, side,
-                                              entry_qty, entry_price, opened_at)
+                                              entry_qty, entry_price, realised_pnl_usd, opened_at)
             SELECT o.trade_id, COALESCE(pg_catalog.max(t.slice_no), 0) + 1, o.profile_id,
-                   o.symbol, v_side, v_delta, v_price,
+                   o.symbol, v_side, v_delta, v_price, -v_fee,
                    LEAST(pg_catalog.now(),
                          COALESCE((SELECT pg_catalog.min((e->>'filled_at')::timestamptz)
                                    FROM pg_catalog.jsonb_array_elements(
@@ -69,6 +73,6 @@ BEGIN
         'slice', CASE WHEN v_delta > 0 THEN pg_catalog.jsonb_build_object(
                      'before', v_slice_before, 'after', pg_catalog.to_jsonb(s)) END,
         'position', v_position,
-        'fills', recon._book_fills(h, o, r));
+        'fee_usd', v_fee);
 END;
 $$;

@@ -1,5 +1,6 @@
--- reconcileExitFill: the order's fills, the oldest open slice of the trade (exit qty, weighted
--- exit price, realised PnL; closed when its virtual open qty reaches zero), the position.
+-- reconcileExitFill: the order's new fills (recon._book_order_fill), the oldest open slice of
+-- the trade (exit qty, weighted exit price, realised PnL net of the fills' fees; closed when
+-- its virtual open qty reaches zero), the position.
 CREATE OR REPLACE FUNCTION recon._apply_exit_fill(p_profile_id text, p_client_order_id text, r jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql
@@ -13,6 +14,7 @@ DECLARE
     v_delta numeric;
     v_price numeric;
     v_pnl numeric;
+    v_fee numeric;
     v_closes boolean;
     v_slice_before jsonb;
     v_position jsonb;
@@ -24,6 +26,7 @@ BEGIN
     END IF;
     v_delta := (v_fill->>'delta')::numeric;
     v_price := (v_fill->>'delta_price')::numeric;
+    v_fee := (v_fill->>'fee_usd')::numeric;
     IF v_delta > 0 THEN
         SELECT * INTO s FROM public.trade_history
          WHERE trade_id = o.trade_id AND profile_id = o.profile_id AND status = 'open'
@@ -48,7 +51,7 @@ BEGIN
                 h, o.client_order_id, s.slice_no, o.trade_id;
         END IF;
         v_pnl := CASE s.side WHEN 'long' THEN v_price - s.entry_price
-                             ELSE s.entry_price - v_price END * v_delta;
+                             ELSE s.entry_price - v_price END * v_delta - v_fee;
         v_closes := s.exit_qty + v_delta = s.entry_qty;
         v_slice_before := pg_catalog.to_jsonb(s);
         UPDATE public.trade_history
@@ -73,6 +76,6 @@ BEGIN
                      'before', v_slice_before, 'after', pg_catalog.to_jsonb(s)) END,
         'position', v_position,
         'realised_pnl_usd', v_pnl,
-        'fills', recon._book_fills(h, o, r));
+        'fee_usd', v_fee);
 END;
 $$;

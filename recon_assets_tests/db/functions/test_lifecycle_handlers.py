@@ -264,6 +264,75 @@ def test_entry_fill_of_a_partly_cancelled_order_marks_it_cancelled(db):
     assert one(db, "SELECT entry_qty FROM trade_history")[0] == Decimal("0.5")
 
 
+# --- a fill already booked is never booked again (issue 10, sequence 1) -----------------------
+
+def add_applied_fill(conn, fill_id, qty, price, coid="rc.ALP.t1.E1", side="buy", trade="t1",
+                     exchange_order_id="9001"):
+    conn.execute(
+        "INSERT INTO applied_fills (exchange_account, symbol, exchange_fill_id, exchange_order_id, "
+        "client_order_id, profile_id, trade_id, side, qty, price, filled_at) "
+        "VALUES ('acct1', %s, %s, %s, %s, 'alpha', %s, %s, %s, %s, now())",
+        (SYMBOL, fill_id, exchange_order_id, coid, trade, side, Decimal(qty), Decimal(price)))
+
+
+def test_a_fill_the_trading_app_booked_before_crashing_is_not_booked_again(db):
+    """The trading app wrote applied_fills f1, the slice and the position, then crashed before
+    updating orders.filled_qty; the exchange reports the order closed with f1."""
+    add_order(db, "rc.ALP.t1.E1", qty="1", exchange_id="9001")
+    add_applied_fill(db, "f1", "1", "100")
+    add_slice(db, "t1", entry="1", price="100")
+    add_position(db, "long", "1", "100")
+    call(db, "recon_recalculate_capital", p_profile_id="alpha")
+    before = full_state(db)
+    with pytest.raises(psycopg.Error, match="contradicts itself") as err:
+        call(db, "recon_reconcile_entry_fill",
+             **entry_params(filled="1", avg="100", fill_list=fills(("f1", "1", "100"))))
+    assert err.value.sqlstate == "RCREF"
+    assert err.value.diag.message_detail == "fills_contradict_order"
+    assert full_state(db) == before
+    assert one(db, "SELECT entry_qty FROM trade_history")[0] == 1
+    assert one(db, "SELECT qty FROM positions")[0] == 1
+    assert one(db, "SELECT sum(qty) FROM applied_fills")[0] == 1
+
+
+def test_a_booked_fill_the_exchange_does_not_report_stops_the_correction(db):
+    add_order(db, "rc.ALP.t1.E1", status="partially_filled", filled="1", avg="100",
+              exchange_id="9001")
+    add_applied_fill(db, "f0", "1", "100")
+    before = full_state(db)
+    with pytest.raises(psycopg.Error) as err:
+        call(db, "recon_reconcile_entry_fill",
+             **entry_params(filled="2", avg="100",
+                            fill_list=fills(("f1", "1", "100"), ("f2", "1", "100"))))
+    assert err.value.sqlstate == "RCREF"
+    assert err.value.diag.message_detail == "booked_fill_not_reported"
+    assert full_state(db) == before
+
+
+def test_the_amount_booked_is_the_fills_not_yet_booked(db):
+    """orders.filled_qty and applied_fills agree on f1; the exchange adds f2: only f2 is booked,
+    at its own price, whatever the exchange's rounded average says."""
+    add_order(db, "rc.ALP.t1.E1", status="partially_filled", filled="1", avg="100",
+              exchange_id="9001")
+    add_applied_fill(db, "f1", "1", "100")
+    add_slice(db, "t1", entry="1", price="100")
+    add_position(db, "long", "1", "100")
+    result = call(db, "recon_reconcile_entry_fill",
+                  **entry_params(filled="2", avg="105.01",
+                                 fill_list=fills(("f1", "1", "100"), ("f2", "1", "110"))))
+    assert result["fills"] == {"booked": ["f2"], "already_booked": ["f1"]}
+    assert one(db, "SELECT entry_qty, entry_price FROM trade_history") == (2, 105)
+    assert one(db, "SELECT qty, avg_price FROM positions") == (2, 105)
+    assert one(db, "SELECT count(*), sum(qty) FROM applied_fills") == (2, 2)
+
+
+def test_a_fill_of_the_order_without_its_fills_is_refused(db):
+    add_order(db, "rc.ALP.t1.E1", exchange_id="9001")
+    with pytest.raises(psycopg.Error) as err:
+        call(db, "recon_reconcile_entry_fill", **entry_params(fill_list=[]))
+    assert err.value.sqlstate == "RCREF" and err.value.diag.message_detail == "fills_missing"
+
+
 # --- exit fill -------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -428,7 +497,8 @@ ILLEGAL = {
         r"cannot mark order rc\.ALP\.t1\.E1 \(trade t1\) canceled because it is filled"),
     "exit more than open": (
         "recon_reconcile_exit_fill",
-        lambda: exit_params(coid="rc.ALP.t1.X2", filled="3", avg="110"),
+        lambda: exit_params(coid="rc.ALP.t1.X2", filled="3", avg="110",
+                            fill_list=fills(("x0", "0.5", "110"), ("x1", "2.5", "110"))),
         r"exit fill of 2\.5 on order rc\.ALP\.t1\.X2 exceeds the open qty 2"),
     "unknown order": (
         "recon_reconcile_cancel", lambda: cancel_params(coid="rc.ALP.nope.E1"),
@@ -472,6 +542,7 @@ def test_illegal_transitions_raise_naming_the_order_and_leave_nothing(open_long,
                (SYMBOL,))
     add_order(db, "rc.ALP.t1.X2", intent="EXIT", side="sell", qty="3",
               status="partially_filled", filled="0.5", avg="110")
+    add_applied_fill(db, "x0", "0.5", "110", coid="rc.ALP.t1.X2", side="sell")
     add_order(db, "rc.ALP.t3.E1", trade="t3", qty="1")
     add_order(db, "rc.BET.b1.E1", trade="b1", profile="beta")
     fn, params, message = ILLEGAL[case]
@@ -547,8 +618,9 @@ def test_a_paused_profile_stays_paused(db):
 
 def test_a_crash_between_begin_and_end_is_repaired_by_the_next_run(db):
     call(db, "recon_begin_reconciling", p_profile_id="alpha", p_cycle_id="run-crashed")
-    # run-crashed dies here. The next run for the profile takes the session over...
-    took = call(db, "recon_begin_reconciling", p_profile_id="alpha", p_cycle_id="run-next")
+    # run-crashed dies here. The next run, having seen it is dead, takes the session over...
+    took = call(db, "recon_begin_reconciling", p_profile_id="alpha", p_cycle_id="run-next",
+                p_take_over_from="run-crashed")
     assert took["took_over"] is True
     # ...a late end from the crashed run does not cut the new run's session short...
     late = call(db, "recon_end_reconciling", p_profile_id="alpha", p_cycle_id="run-crashed")
@@ -556,6 +628,26 @@ def test_a_crash_between_begin_and_end_is_repaired_by_the_next_run(db):
     assert trading_state(db) == ("reconciling", None)
     # ...and the new run's end restores trading.
     assert call(db, "recon_end_reconciling", p_profile_id="alpha", p_cycle_id="run-next")[
+        "restored"] is True
+    assert trading_state(db) == ("active", None)
+
+
+def test_a_second_run_cannot_take_the_gate_from_a_live_owner(db):
+    """Issue 10, sequence 4: overlapping runs. The second run is refused while the first owns the
+    reconciling state, so it can neither correct nor end the first run's session."""
+    assert call(db, "recon_begin_reconciling", p_profile_id="alpha",
+                p_cycle_id="run-a")["status"] == "began"
+    second = call(db, "recon_begin_reconciling", p_profile_id="alpha", p_cycle_id="run-b")
+    assert second["status"] == "busy" and second["owner"] == "run-a"
+    assert rows(db, "SELECT cycle_id FROM recon.reconciling") == [("run-a",)]
+    assert call(db, "recon_end_reconciling", p_profile_id="alpha", p_cycle_id="run-b")[
+        "restored"] is False
+    assert trading_state(db) == ("reconciling", None)
+    # A take-over names the owner it replaces: a stale name changes nothing.
+    stale = call(db, "recon_begin_reconciling", p_profile_id="alpha", p_cycle_id="run-b",
+                 p_take_over_from="run-z")
+    assert stale["status"] == "busy"
+    assert call(db, "recon_end_reconciling", p_profile_id="alpha", p_cycle_id="run-a")[
         "restored"] is True
     assert trading_state(db) == ("active", None)
 
