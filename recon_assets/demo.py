@@ -60,6 +60,10 @@ run_coordinator:
         value:
           applyLimitPerUniqueValue: true
         limit: 1
+      - key: recon/account
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
 telemetry:
   enabled: false
 """

@@ -138,7 +138,11 @@ class ReconSettings(dg.ConfigurableResource):
     exit_backfill_fill_after_trade_grace_minutes: int = 5
     # Not runbook flags: operational bounds of the loop itself.
     recency_guard_seconds: float = 5.0  # rows changed this recently are re-checked next cycle
-    correction_max_cycle_age_seconds: float = 300.0  # older snapshots never drive a correction
+    correction_max_cycle_age_seconds: float = 300.0  # older evidence never drives a correction
+    evidence_max_age_seconds: float = 300.0  # the diff refuses snapshots read longer ago
+    evidence_max_apart_seconds: float = 30.0  # ... and a database and exchange read further apart
+    # A reconciling gate older than this is stale even while its run still looks alive.
+    reconciling_max_age_seconds: float = 1800.0
 
     @model_validator(mode="before")
     @classmethod

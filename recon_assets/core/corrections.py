@@ -78,6 +78,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -85,7 +86,9 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from recon_assets.core.attribution import parse_client_order_id
-from recon_assets.core.rules import INTENTS, LIFECYCLE_HANDLERS, ORDER_SIDES, USD_FEE_CURRENCIES
+from recon_assets.core.fees import Fee, fee_of
+from recon_assets.core.rules import (FAILED, INTENTS, LIFECYCLE_HANDLERS, ORDER_SIDES,
+                                     RECONCILIATION_LOCK, REFUSED, ROW_LOCK, SQL_REFUSAL)
 
 ENTRY_FILL, EXIT_FILL, CANCEL = HANDLERS = LIFECYCLE_HANDLERS
 NONE = "none"
@@ -232,6 +235,7 @@ def decide_missing_from_exchange(
     cycle_id: str,
     dry_run: bool = False,
     evidence: Mapping[str, Any] | None = None,
+    fee_prices: Mapping[str, Any] | None = None,
 ) -> CorrectionDecision:
     """Decide the correction of a database order missing from the exchange's open orders.
 
@@ -240,7 +244,9 @@ def decide_missing_from_exchange(
     exchange_order_id, symbol, status. `probe`: the ccxt ``fetch_order`` result for it, or a
     `ProbeFailure`. `fills`: the order's fills (ccxt trades, or exchange_fills rows); defaults
     to ``probe["trades"]``. `evidence`: extra context recorded with the correction (snapshot
-    ids, ...). The cycle id only goes into the arguments, never into the key.
+    ids, ...). `fee_prices`: by fill id, the USD price of a non-USD fee asset at the fill's time
+    (`core.fees`; a fee without one is booked as unknown). The cycle id only goes into the
+    arguments, never into the key.
     """
     o = _OrderView.of(order)
 
@@ -303,7 +309,7 @@ def decide_missing_from_exchange(
                     f"status closed with {_num(filled)} of {_num(o.qty)} filled")
 
     raw_fills = fills if fills is not None else (probe.get("trades") or [])
-    normalised, problem = _normalise_fills(raw_fills, o, exchange_order_id)
+    normalised, problem = _normalise_fills(raw_fills, o, exchange_order_id, fee_prices or {})
     if problem:
         return none(*problem)
     if filled > o.filled and not normalised:
@@ -368,6 +374,51 @@ def decide_missing_in_db(exchange_order: Mapping[str, Any],
     return CorrectionDecision(
         NONE, "foreign_order_reported", None, None, coid,
         detail=f"exchange order {coid!r} is not attributable to a profile of this account")
+
+
+# --- when a correction is not applied --------------------------------------------------------
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a correction was not applied: `refused` by a check (the decision's or the SQL
+    handler's; an operator looks) or `failed` with an unexpected error. `reason` is a stable code
+    (the SQL handler's RCREF detail where it gave one), `message` says it in words."""
+
+    outcome: str  # refused | failed
+    reason: str
+    message: str
+
+
+def refusal_of(exc: BaseException) -> Refusal:
+    """Classify an exception from deciding or applying one order's correction (psycopg's errors
+    by their SQLSTATE, so this module needs no psycopg import)."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    diag = getattr(exc, "diag", None)
+    message = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:1000]
+    if sqlstate == SQL_REFUSAL:
+        detail = getattr(diag, "message_detail", None)
+        return Refusal(REFUSED, detail or "refused_by_handler", message)
+    if sqlstate == "P0001":  # RAISE EXCEPTION in a handler: an illegal transition, a bad request
+        return Refusal(REFUSED, "refused_by_handler", message)
+    if sqlstate and sqlstate.startswith("23"):  # a constraint that protects money
+        return Refusal(REFUSED, "constraint_violated", message)
+    if sqlstate is None and isinstance(exc, (ValueError, TypeError)):
+        return Refusal(REFUSED, "bad_order_row", message)
+    return Refusal(FAILED, "unexpected_error", f"{type(exc).__name__}: {message}")
+
+
+_RELATION = re.compile(r'in relation "([^"]+)"')
+
+
+def lock_wait_of(context: str | None) -> tuple[str, str | None]:
+    """Which lock a lock timeout waited for, from the error's CONTEXT: the profile's
+    reconciliation lock (another reconciler) or a row lock (PostgreSQL names the relation:
+    the trading app, or any writer, holding an order, profile or position row)."""
+    text = context or ""
+    if "pg_advisory" in text or "_lock_profile" in text:
+        return RECONCILIATION_LOCK, "profile"
+    match = _RELATION.search(text)
+    return ROW_LOCK, match.group(1) if match else None
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -436,8 +487,10 @@ def _cancel(o: _OrderView, status: str, filled: Decimal, reason: str,
 
 
 def _normalise_fills(fills: Sequence[Mapping[str, Any]], o: _OrderView,
-                     exchange_order_id: str | None) -> tuple[list[dict], tuple[str, str] | None]:
-    """Fills as the SQL functions take them, sorted by id; or a (reason, detail) problem."""
+                     exchange_order_id: str | None, fee_prices: Mapping[str, Any]
+                     ) -> tuple[list[dict], tuple[str, str] | None]:
+    """Fills as the SQL functions take them, sorted by id; or a (reason, detail) problem.
+    `fee_prices`: by fill id, the USD price of the fee's asset at the fill's time."""
     out: dict[str, dict] = {}
     for fill in fills:
         fill_id = fill.get("id", fill.get("exchange_fill_id"))
@@ -461,9 +514,13 @@ def _normalise_fills(fills: Sequence[Mapping[str, Any]], o: _OrderView,
         if not _is_missing(side) and str(side) != o.side:
             return [], ("fill_side_mismatch", f"fill {fill_id} is a {side}, the order a {o.side}")
         normalised: dict[str, Any] = {"id": fill_id, "qty": _num(qty), "price": _num(price)}
-        fee = _fee_usd(fill)
-        if fee is not None:
-            normalised["fee_usd"] = _num(fee)
+        fee = _fee(fill, fee_prices.get(fill_id))
+        if fee.asset is not None:
+            normalised["fee_asset"] = fee.asset
+        if fee.amount is not None:
+            normalised["fee_amount"] = _num(fee.amount)
+        if fee.usd is not None:
+            normalised["fee_usd"] = _num(fee.usd)
         filled_at = _timestamp(fill)
         if filled_at is not None:
             normalised["filled_at"] = filled_at
@@ -471,13 +528,16 @@ def _normalise_fills(fills: Sequence[Mapping[str, Any]], o: _OrderView,
     return [out[k] for k in sorted(out)], None
 
 
-def _fee_usd(fill: Mapping[str, Any]) -> Decimal | None:
-    if not _is_missing(fill.get("fee_usd")):
-        return _dec(fill["fee_usd"])
+def _fee(fill: Mapping[str, Any], asset_price_usd: Any) -> Fee:
+    """The fill's fee: from a ccxt trade (`fee` {cost, currency}) priced at `asset_price_usd`, or
+    from a stored exchange_fills row (fee_asset, fee_amount, fee_usd)."""
     fee = fill.get("fee")
-    if isinstance(fee, Mapping) and str(fee.get("currency", "")).upper() in USD_FEE_CURRENCIES:
-        return _dec(fee.get("cost"))
-    return None
+    if isinstance(fee, Mapping):
+        return fee_of(fee.get("cost"), fee.get("currency"), asset_price_usd)
+    asset = None if _is_missing(fill.get("fee_asset")) else str(fill["fee_asset"])
+    usd = None if _is_missing(fill.get("fee_usd")) else _dec(fill["fee_usd"])
+    amount = None if _is_missing(fill.get("fee_amount")) else _dec(fill["fee_amount"])
+    return Fee(asset, amount, usd)
 
 
 def _timestamp(fill: Mapping[str, Any]) -> str | None:

@@ -1,6 +1,7 @@
 """When to escalate, as the runbook says: mismatches still present after two reconciliation
 runs, lock contention that keeps the loop from running, and unknown fills the exchange reports;
-plus failed cycles (the loop itself not running).
+plus failed cycles (the loop itself not running), corrections refused or failed, failed
+correction runs, and reconciling states a dead run left behind.
 
 Each function turns rows read from the `recon` schema into alerts with a deterministic dedup key,
 so an alert is raised once per situation however often the sensor evaluates.
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from recon_assets.core.rules import ESCALATION_PERSISTENCE_RUNS
+from recon_assets.core.rules import ESCALATION_PERSISTENCE_RUNS, RECONCILIATION_LOCK
 
 # What makes two findings in different cycles "the same mismatch".
 MISMATCH_IDENTITY = ["kind", "profile_id", "exchange_account", "symbol", "client_order_id",
@@ -75,13 +76,58 @@ def _identities(rows: pd.DataFrame) -> list[str]:
 
 
 def lock_contention(events: pd.DataFrame) -> list[Alert]:
-    """One alert per recorded contention event (profile_id, cycle_id, waited_ms, id)."""
-    return [Alert(dedup_key=f"lock_contention:{row.id}", reason="lock_contention",
+    """One alert per recorded contention event (id, profile_id, cycle_id, waited_ms, and
+    lock_kind / lock_object when known), saying which lock was busy: the profile's
+    reconciliation lock (another reconciler) or a row lock (the trading app or another writer)."""
+    alerts = []
+    for row in events.itertuples():
+        kind = getattr(row, "lock_kind", None) or RECONCILIATION_LOCK
+        what = getattr(row, "lock_object", None)
+        lock = (f"reconciliation lock for profile {row.profile_id}" if kind == RECONCILIATION_LOCK
+                else f"a row lock on {what or 'a trading table'} (held by the trading app or "
+                     f"another writer) for profile {row.profile_id}")
+        alerts.append(Alert(
+            dedup_key=f"lock_contention:{row.id}", reason="lock_contention",
+            profile_id=row.profile_id,
+            summary=(f"{lock[0].upper()}{lock[1:]} was busy for {row.waited_ms} ms; cycle "
+                     f"{row.cycle_id} could not correct it"),
+            details={"cycle_id": row.cycle_id, "waited_ms": int(row.waited_ms),
+                     "lock_kind": kind, "lock_object": what}))
+    return alerts
+
+
+def refused_corrections(rows: pd.DataFrame) -> list[Alert]:
+    """One alert per correction a check refused or an error stopped (recon.corrections rows with
+    outcome refused/failed: id, cycle_id, profile_id, handler, client_order_id, outcome, reason,
+    error)."""
+    return [Alert(dedup_key=f"correction_refused:{row.id}", reason="correction_refused",
                   profile_id=row.profile_id,
-                  summary=(f"reconciliation lock for profile {row.profile_id} was busy for "
-                           f"{row.waited_ms} ms; cycle {row.cycle_id} could not correct it"),
-                  details={"cycle_id": row.cycle_id, "waited_ms": int(row.waited_ms)})
-            for row in events.itertuples()]
+                  summary=(f"{row.handler} for order {row.client_order_id} of profile "
+                           f"{row.profile_id} was {row.outcome} ({row.reason}): "
+                           f"{str(row.error or '')[:300]}"),
+                  details={"cycle_id": row.cycle_id, "correction_id": int(row.id),
+                           "handler": row.handler, "client_order_id": row.client_order_id,
+                           "outcome": row.outcome, "reason": row.reason})
+            for row in rows.itertuples()]
+
+
+def failed_correction_run(run_id: str, profile_id: str | None, message: str) -> Alert:
+    """A lifecycle correction run that failed as a whole (its orders were not all tried)."""
+    return Alert(dedup_key=f"failed_correction_run:{run_id}", reason="failed_correction_run",
+                 profile_id=profile_id,
+                 summary=(f"correction run {run_id} for profile {profile_id or '?'} failed: "
+                          f"{(message or 'no error recorded').splitlines()[0][:300]}"),
+                 details={"run_id": run_id})
+
+
+def stale_reconciling(account: str, profile_id: str, owner: str | None, why: str,
+                      cycle_id: str) -> Alert:
+    """A profile left `reconciling` by a run that is gone, restored to trading by a cycle."""
+    return Alert(dedup_key=f"stale_reconciling:{profile_id}:{owner}", reason="stale_reconciling",
+                 exchange_account=account, profile_id=profile_id,
+                 summary=(f"profile {profile_id} was left reconciling by run {owner or '?'} "
+                          f"({why}); cycle {cycle_id} restored trading"),
+                 details={"owner": owner, "why": why, "cycle_id": cycle_id})
 
 
 def unknown_fills(fills: pd.DataFrame, known_order_ids: set[str], account: str) -> list[Alert]:
@@ -118,7 +164,10 @@ def slack_payload(alert: Alert) -> dict:
     title = {"persistent_mismatch": "Reconciliation mismatch persists",
              "lock_contention": "Reconciliation lock contention",
              "unknown_fill": "Unknown exchange fills",
-             "failed_cycle": "Reconciliation cycle failed"}[alert.reason]
+             "failed_cycle": "Reconciliation cycle failed",
+             "correction_refused": "Correction refused",
+             "failed_correction_run": "Correction run failed",
+             "stale_reconciling": "Stale reconciling state restored"}[alert.reason]
     where = " · ".join(x for x in (alert.exchange_account and f"account {alert.exchange_account}",
                                     alert.profile_id and f"profile {alert.profile_id}") if x)
     text = f":rotating_light: {title}: {alert.summary}"

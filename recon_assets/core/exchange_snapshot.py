@@ -16,12 +16,14 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 import pandas as pd
 
 from recon_assets.core.frames import (EXCHANGE_FILLS, EXCHANGE_OPEN_ORDERS, EXCHANGE_POSITIONS,
                                       empty_frame)
-from recon_assets.core.rules import FLAT, OPEN_ORDER_STATUSES, OPEN_SLICE_STATUS, USD_FEE_CURRENCIES
+from recon_assets.core.fees import fee_of
+from recon_assets.core.rules import FLAT, OPEN_ORDER_STATUSES, OPEN_SLICE_STATUS
 
 # Binance's raw order status -> the trading database's word for it (core.rules.ORDER_STATUSES).
 BINANCE_TO_DB_STATUS = {
@@ -159,20 +161,24 @@ def positions_frame(account: str, symbols: Iterable[str], positions: list[dict],
     return typed(pd.DataFrame(rows, columns=list(EXCHANGE_POSITIONS)), EXCHANGE_POSITIONS)
 
 
-def fill_rows(account: str, trades: list[dict], client_ids: dict[str, str]) -> list[dict]:
+def fill_rows(account: str, trades: list[dict], client_ids: dict[str, str],
+              fee_prices: dict[str, Any] | None = None) -> list[dict]:
     """Rows for recon.exchange_fills from ccxt trades; the client_order_id comes from the order
-    (Binance's userTrades does not carry it), None when unknown."""
+    (Binance's userTrades does not carry it), None when unknown. The fee keeps its asset and
+    amount; its USD value (`core.fees`, with `fee_prices` by fill id for non-USD assets) is None
+    when unknown, never zero."""
     rows = []
     for t in trades:
-        fee = t.get("fee") or {}
-        currency = str(fee.get("currency") or "").upper()
-        fee_usd = _num(fee.get("cost")) if currency in USD_FEE_CURRENCIES else math.nan
+        fee_data = t.get("fee") or {}
+        fee = fee_of(fee_data.get("cost"), fee_data.get("currency"),
+                     (fee_prices or {}).get(str(t["id"])))
         order_id = str(t["order"])
         rows.append({
             "exchange_account": account, "symbol": t["symbol"], "exchange_fill_id": str(t["id"]),
             "exchange_order_id": order_id, "client_order_id": client_ids.get(order_id),
             "side": t["side"], "qty": _num(t["amount"]), "price": _num(t["price"]),
-            "fee_usd": 0.0 if math.isnan(fee_usd) else fee_usd, "filled_at": _ts(t["timestamp"])})
+            "fee_usd": fee.usd, "fee_asset": fee.asset, "fee_amount": fee.amount,
+            "filled_at": _ts(t["timestamp"])})
     return rows
 
 
@@ -190,7 +196,7 @@ def fills_frame(account: str, rows: list[dict], fetched_at: pd.Timestamp) -> pd.
 
 
 _FLOATS = {"qty", "filled_qty", "price", "notional_usd", "entry_price", "mark_price",
-           "min_qty_step", "fee_usd"}
+           "min_qty_step", "fee_usd", "fee_amount"}
 _TIMES = {"created_at", "fetched_at", "filled_at"}
 
 

@@ -22,7 +22,8 @@ EXCHANGE_POSITIONS = (
 )
 EXCHANGE_FILLS = (
     "account", "symbol", "exchange_fill_id", "exchange_order_id", "client_order_id", "side",
-    "qty", "price", "fee_usd", "notional_usd", "filled_at", "fetched_at",
+    "qty", "price", "fee_usd", "fee_asset", "fee_amount", "notional_usd", "filled_at",
+    "fetched_at",
 )
 DB_PROFILES = (
     "profile_id", "exchange_account", "sub_tag", "allocated_capital_usd", "trading_state",

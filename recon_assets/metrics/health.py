@@ -49,7 +49,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from recon_assets.core.rules import (CYCLE_FAILED, CYCLE_SUCCEEDED, GHOST_SLICE,
+from recon_assets.core.rules import (APPLIED, CYCLE_FAILED, CYCLE_SUCCEEDED, GHOST_SLICE,
                                      MISSING_FROM_EXCHANGE, MISSING_IN_DB, SYNTHETIC_EXIT)
 from recon_assets.resources.database import redact_dsn
 
@@ -135,7 +135,8 @@ _GLOBAL_SQL = f"""
 SELECT now() AS checked_at,
        (SELECT count(*) FROM recon.quarantine WHERE released_at IS NULL) AS quarantined,
        (SELECT count(*) FROM recon.corrections
-         WHERE handler = '{SYNTHETIC_EXIT}' AND NOT dry_run) AS auto_closed,
+         WHERE handler = '{SYNTHETIC_EXIT}' AND outcome = '{APPLIED}' AND NOT dry_run)
+           AS auto_closed,
        (SELECT COALESCE(bool_or(triggered), false) FROM recon.watchdog_state) AS watchdog
 """
 

@@ -37,6 +37,8 @@ import ccxt
 import dagster as dg
 from pydantic import Field
 
+from recon_assets.core.fees import needs_price
+
 
 class ExchangeFetchError(RuntimeError):
     """A snapshot could not be read completely from the exchange; nothing may be written."""
@@ -237,6 +239,19 @@ def check_payload(method: str, path: str, payload: Any, known_symbols: set[str] 
             _check_order(payload, known_symbols, with_time=(method == "GET"))
         except _Bad as exc:
             raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: {exc}") from None
+    elif path.endswith("/klines"):
+        if not isinstance(payload, list):
+            raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: expected a JSON list")
+        for i, candle in enumerate(payload):
+            if not (isinstance(candle, list) and len(candle) >= 5 and _is_int(candle[0])):
+                raise ExchangePayloadError(
+                    f"malformed exchange payload from {endpoint}: candle {i} is not [openTime, "
+                    "open, high, low, close, ...]")
+            try:
+                _decimal({"close": candle[4]}, "close", positive=True)
+            except _Bad as exc:
+                raise ExchangePayloadError(
+                    f"malformed exchange payload from {endpoint}: candle {i}: {exc}") from None
     elif path.endswith("/account"):
         if not isinstance(payload, dict) or not isinstance(payload.get("assets"), list):
             raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: field 'assets' "
@@ -381,6 +396,7 @@ class ExchangeSession:
         self.client = client
         self.stats = stats
         self._sleep = sleep
+        self._prices: dict[tuple[str, int], Decimal | None] = {}
 
     # The retry policy.
     def call(self, label: str, fn, *args, **kwargs):
@@ -472,6 +488,42 @@ class ExchangeSession:
     def fetch_order(self, order_id: str, symbol: str) -> dict:
         """One order by exchange id (the targeted probe)."""
         return self.call(f"fetch order {order_id}", self.client.fetch_order, order_id, symbol)
+
+    def asset_price_usd(self, asset: str, at_ms: int) -> Decimal | None:
+        """What one unit of `asset` was worth in USD at `at_ms`: the close of the 1-minute candle
+        of its USDT market that contains that moment (GET klines, once per asset and minute in a
+        session). None when the exchange lists no such market, or the lookup failed: a fee in
+        that asset is then recorded as unknown, never as zero."""
+        minute = int(at_ms) // 60_000 * 60_000
+        key = (asset.upper(), minute)
+        if key not in self._prices:
+            self._prices[key] = self._candle_close(f"{asset.upper()}/USDT:USDT", minute)
+        return self._prices[key]
+
+    def _candle_close(self, symbol: str, minute: int) -> Decimal | None:
+        if symbol not in self.load_markets():
+            return None
+        try:
+            candles = self.call(f"price of {symbol} at {minute}", self.client.fetch_ohlcv,
+                                symbol, "1m", minute, 1)
+        except ExchangeFetchError:
+            return None
+        if not candles or int(candles[0][0]) != minute:
+            return None
+        try:
+            return Decimal(str(candles[0][4]))
+        except (InvalidOperation, ValueError):
+            return None
+
+    def fee_prices(self, fills: list[dict]) -> dict[str, Decimal | None]:
+        """For each ccxt fill (by fill id) whose fee is not in a USD-like asset, the USD price
+        of that asset at the fill's time (None when unknown)."""
+        prices: dict[str, Decimal | None] = {}
+        for fill in fills:
+            fee = fill.get("fee") or {}
+            if needs_price(fee.get("currency")) and fill.get("timestamp") is not None:
+                prices[str(fill["id"])] = self.asset_price_usd(fee["currency"], fill["timestamp"])
+        return prices
 
 
 class ExchangeResource(dg.ConfigurableResource):

@@ -127,7 +127,7 @@ def read_exchange_snapshot(resource: ExchangeResource, database: PostgresStore, 
             learnt[order_id] = order["clientOrderId"]
     client_ids.update(learnt)
 
-    rows = fill_rows(account, trades, client_ids)
+    rows = fill_rows(account, trades, client_ids, session.fee_prices(trades))
     new_fills, window = store.save_and_read_window(account, run_id, rows, new_cursors, learnt,
                                                    window_start)
     finished_at = pd.Timestamp.now(tz="UTC")

@@ -60,14 +60,18 @@ class FillStore:
                     cur = conn.execute(
                         """INSERT INTO recon.exchange_fills
                                (exchange_account, symbol, exchange_fill_id, exchange_order_id,
-                                client_order_id, side, qty, price, fee_usd, filled_at, first_seen_run_id)
-                           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                                client_order_id, side, qty, price, fee_usd, fee_asset,
+                                fee_amount, filled_at, first_seen_run_id)
+                           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                            ON CONFLICT (exchange_account, symbol, exchange_fill_id) DO UPDATE
                            SET client_order_id = COALESCE(recon.exchange_fills.client_order_id,
-                                                          EXCLUDED.client_order_id)
+                                                          EXCLUDED.client_order_id),
+                               -- a fee whose price was unknown when first read, priced later
+                               fee_usd = COALESCE(recon.exchange_fills.fee_usd, EXCLUDED.fee_usd)
                            RETURNING (xmax = 0) AS inserted""",
                         (account, f["symbol"], f["exchange_fill_id"], f["exchange_order_id"],
                          f["client_order_id"], f["side"], f["qty"], f["price"], f["fee_usd"],
+                         f["fee_asset"], f["fee_amount"],
                          f["filled_at"].to_pydatetime(), run_id))
                     inserted += bool(cur.fetchone()["inserted"])
                 for symbol, c in cursors.items():
@@ -92,7 +96,8 @@ class FillStore:
                 rows = conn.execute(
                     """SELECT exchange_account, symbol, exchange_fill_id, exchange_order_id,
                               client_order_id, side, qty::float8 AS qty, price::float8 AS price,
-                              fee_usd::float8 AS fee_usd, filled_at
+                              fee_usd::float8 AS fee_usd, fee_asset,
+                              fee_amount::float8 AS fee_amount, filled_at
                        FROM recon.exchange_fills
                        WHERE exchange_account = %s AND filled_at >= %s
                        ORDER BY filled_at, symbol, exchange_fill_id""",

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from recon_assets.core.escalation import MISMATCH_IDENTITY
-from recon_assets.core.rules import CYCLE_FAILED, CYCLE_SUCCEEDED
+from recon_assets.core.rules import APPLIED, CYCLE_FAILED, CYCLE_SUCCEEDED
 from recon_assets.resources.database import PostgresStore
 
 
@@ -32,12 +32,13 @@ class ReconStore:
     # --- cycles and their findings -----------------------------------------------------------
 
     def record_cycle(self, cycle_id: str, account: str, started_at: str,
-                     mismatches: list[dict]) -> int:
-        """A succeeded cycle and its findings (`recon_record_cycle`, one transaction); returns
-        how many findings were newly recorded (0 when the cycle was already recorded)."""
+                     mismatches: list[dict], evidence: dict[str, str | None]) -> int:
+        """A succeeded cycle, the evidence its diff was made from (db_read_at, exchange_read_at,
+        db_run_id, exchange_run_id) and its findings (`recon_record_cycle`, one transaction);
+        returns how many findings were newly recorded (0 when the cycle was already recorded)."""
         return self.database.call("recon_record_cycle", {
             "p_cycle_id": cycle_id, "p_account": account, "p_started_at": started_at,
-            "p_mismatches": mismatches})
+            "p_mismatches": mismatches, **{f"p_{k}": v for k, v in evidence.items()}})
 
     def record_failed_cycle(self, cycle_id: str, account: str, error: str) -> None:
         """A cycle that failed before its findings could be trusted (never overrides a success)."""
@@ -46,11 +47,14 @@ class ReconStore:
 
     def latest_succeeded_cycle(self, account: str, cycle_id: str = "") -> dict | None:
         """The account's latest succeeded cycle (or the cycle `cycle_id` if it succeeded), with
-        its age in seconds by the database clock."""
+        the age of its evidence in seconds by the database clock: from the earlier of its two
+        snapshot reads (from when it finished, for a cycle recorded without them)."""
         with self.database.connect() as conn:
             return conn.execute(
-                """SELECT cycle_id, exchange_account, finished_at,
-                          extract(epoch FROM now() - finished_at) AS age_s
+                """SELECT cycle_id, exchange_account, finished_at, db_read_at, exchange_read_at,
+                          extract(epoch FROM now() - LEAST(COALESCE(db_read_at, finished_at),
+                                                           COALESCE(exchange_read_at, finished_at)))
+                              AS age_s
                    FROM recon.cycles WHERE exchange_account = %s AND status = %s
                      AND (%s = '' OR cycle_id = %s)
                    ORDER BY finished_at DESC LIMIT 1""",
@@ -85,17 +89,51 @@ class ReconStore:
 
     # --- lock contention -----------------------------------------------------------------------
 
-    def record_lock_contention(self, profile_id: str, cycle_id: str, waited_ms: int) -> None:
+    def record_lock_contention(self, profile_id: str, cycle_id: str, waited_ms: int,
+                               lock_kind: str, lock_object: str | None) -> None:
         with self.database.connect() as conn:
-            conn.execute("INSERT INTO recon.lock_contention (profile_id, cycle_id, waited_ms) "
-                         "VALUES (%s, %s, %s)", (profile_id, cycle_id, waited_ms))
+            conn.execute("INSERT INTO recon.lock_contention (profile_id, cycle_id, waited_ms, "
+                         "lock_kind, lock_object) VALUES (%s, %s, %s, %s, %s)",
+                         (profile_id, cycle_id, waited_ms, lock_kind, lock_object))
+
+    # --- corrections that were not applied -----------------------------------------------------
+
+    def record_refused_correction(self, cycle_id: str, profile_id: str, handler: str,
+                                  outcome: str, reason: str, trade_id: str | None,
+                                  client_order_id: str | None, dry_run: bool,
+                                  evidence: dict[str, Any]) -> int:
+        """One correction a check refused or an error stopped (`recon_record_refused_correction`)."""
+        return self.database.call("recon_record_refused_correction", {
+            "p_cycle_id": cycle_id, "p_profile_id": profile_id, "p_handler": handler,
+            "p_outcome": outcome, "p_reason": reason, "p_trade_id": trade_id,
+            "p_client_order_id": client_order_id, "p_dry_run": dry_run, "p_evidence": evidence})
+
+    # --- the reconciling gate --------------------------------------------------------------------
+
+    def reconciling_sessions(self, account: str) -> list[dict]:
+        """The reconciling sessions of the account's profiles: owner run, since when, how old."""
+        with self.database.connect() as conn:
+            return conn.execute(
+                """SELECT r.profile_id, r.cycle_id AS owner, r.started_at, p.trading_state,
+                          extract(epoch FROM now() - r.started_at)::float8 AS age_s
+                   FROM recon.reconciling r JOIN profiles p ON p.id = r.profile_id
+                   WHERE p.exchange_account = %s ORDER BY r.profile_id""", (account,)).fetchall()
+
+    def reconciling_owner(self, profile_id: str) -> dict | None:
+        """The reconciling session of one profile (owner run, age), or None."""
+        with self.database.connect() as conn:
+            return conn.execute(
+                """SELECT profile_id, cycle_id AS owner, started_at,
+                          extract(epoch FROM now() - started_at)::float8 AS age_s
+                   FROM recon.reconciling WHERE profile_id = %s""", (profile_id,)).fetchone()
 
     # --- escalation ------------------------------------------------------------------------------
 
     def escalation_history(self, runs: int) -> dict[str, pd.DataFrame]:
         """What the escalation rules read, in one connection: the last `runs` succeeded cycles of
         each account (`cycles`), their findings (`mismatches`), the last day's lock contention
-        (`contention`) and failed cycles (`failed`)."""
+        (`contention`), failed cycles (`failed`) and corrections refused or failed
+        (`refused`)."""
         with self.database.connect() as conn:
             cycles = _frame(conn, """
                 SELECT cycle_id, exchange_account, finished_at FROM (
@@ -107,14 +145,21 @@ class ReconStore:
                 SELECT cycle_id, {', '.join(MISMATCH_IDENTITY)}, notional_usd::float AS notional_usd
                 FROM recon.mismatches WHERE cycle_id = ANY(%s)""", (list(cycles["cycle_id"]),))
             contention = _frame(conn, """
-                SELECT id, profile_id, cycle_id, waited_ms FROM recon.lock_contention
+                SELECT id, profile_id, cycle_id, waited_ms, lock_kind, lock_object
+                FROM recon.lock_contention
                 WHERE observed_at > now() - interval '1 day' ORDER BY id""")
+            refused = _frame(conn, """
+                SELECT id, cycle_id, profile_id, handler, client_order_id, outcome, reason,
+                       evidence->>'error' AS error
+                FROM recon.corrections
+                WHERE outcome <> %s AND applied_at > now() - interval '1 day' ORDER BY id""",
+                             (APPLIED,))
             failed = _frame(conn, """
                 SELECT cycle_id, exchange_account, error FROM recon.cycles
                 WHERE status = %s AND finished_at > now() - interval '1 day'
                 ORDER BY finished_at""", (CYCLE_FAILED,))
         return {"cycles": cycles, "mismatches": mismatches, "contention": contention,
-                "failed": failed}
+                "failed": failed, "refused": refused}
 
     def record_alert(self, dedup_key: str, reason: str, exchange_account: str | None,
                      profile_id: str | None, summary: str, details: dict[str, Any]) -> int | None:

@@ -19,6 +19,11 @@ class TradingTables:
             return {r["exchange_account"] for r in conn.execute(
                 "SELECT DISTINCT exchange_account FROM profiles").fetchall()}
 
+    def profile_ids(self) -> set[str]:
+        """Every profile (the partitions of the correction job)."""
+        with self.database.connect() as conn:
+            return {r["id"] for r in conn.execute("SELECT id FROM profiles").fetchall()}
+
     def profile(self, profile_id: str) -> dict | None:
         with self.database.connect() as conn:
             return conn.execute("SELECT id, exchange_account FROM profiles WHERE id = %s",

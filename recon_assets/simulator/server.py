@@ -4,7 +4,10 @@ the `/_control/...` surface.
 Endpoints (exactly what ccxt 4.5 `binanceusdm` calls for what this project does):
 `GET /fapi/v1/exchangeInfo`, `GET /fapi/v1/openOrders`, `GET /fapi/v1/leverageBracket`,
 `GET /fapi/v3/positionRisk`, `GET /fapi/v1/userTrades`, `GET /fapi/v3/account`,
-`GET/POST/DELETE /fapi/v1/order`, plus `GET /fapi/v1/ping` and `GET /fapi/v1/time`.
+`GET/POST/DELETE /fapi/v1/order`, `GET /fapi/v1/klines` (1-minute candles of the mark price,
+for the USD value of a fee paid in BNB at a fill's time), plus `GET /fapi/v1/ping` and
+`GET /fapi/v1/time`. Commissions are charged in USDT, or in the account's fee asset
+(`set_fee_asset`, e.g. BNB) at that asset's price at the fill's time.
 
 Signed endpoints check, like Binance: the `X-MBX-APIKEY` header (401, -2014 when absent or
 malformed; 401, -2015 when unknown), the `timestamp`/`recvWindow` window (400, -1021) and the
@@ -12,7 +15,8 @@ HMAC-SHA256 `signature` of the query string plus body (400, -1022).
 
 Control (loopback only; for tests and the demo): `GET /_control/state`, `GET /_control/requests`,
 `GET /_control/credentials`, and `POST /_control/<op>` with a JSON body, where op is one of
-`reset`, `scenario` {name}, `add_account`, `add_market`, `set_mark_price`, `place_order`,
+`reset`, `scenario` {name}, `add_account`, `add_market`, `set_mark_price`, `set_fee_asset`,
+`place_order`,
 `fill_order`, `cancel_order`, `expire_order`, `close_position`, `liquidate`, `fault`,
 `clear_faults`, `reset_requests` (arguments: the `SimExchange` method's keyword arguments).
 
@@ -39,14 +43,15 @@ from recon_assets.simulator.state import Account, Fault, SimError, SimExchange, 
 
 _API_KEY_RE = re.compile(r"^[A-Za-z0-9]{1,128}$")
 _DEFAULT_RECV_WINDOW = 5000
-_PUBLIC = {("GET", "/fapi/v1/ping"), ("GET", "/fapi/v1/time"), ("GET", "/fapi/v1/exchangeInfo")}
+_PUBLIC = {("GET", "/fapi/v1/ping"), ("GET", "/fapi/v1/time"), ("GET", "/fapi/v1/exchangeInfo"),
+           ("GET", "/fapi/v1/klines")}
 _SIGNED = {
     ("GET", "/fapi/v1/openOrders"), ("GET", "/fapi/v1/leverageBracket"),
     ("GET", "/fapi/v3/positionRisk"), ("GET", "/fapi/v1/userTrades"), ("GET", "/fapi/v3/account"),
     ("GET", "/fapi/v1/order"), ("POST", "/fapi/v1/order"), ("DELETE", "/fapi/v1/order"),
 }
 _CONTROL_OPS = {
-    "reset", "scenario", "add_account", "add_market", "set_mark_price", "place_order",
+    "reset", "scenario", "add_account", "add_market", "set_mark_price", "set_fee_asset", "place_order",
     "fill_order", "cancel_order", "expire_order", "close_position", "liquidate", "fault",
     "clear_faults", "reset_requests",
 }
@@ -236,6 +241,10 @@ class _Handler(BaseHTTPRequestHandler):
             return {"serverTime": now_ms()}
         if key == ("GET", "/fapi/v1/exchangeInfo"):
             return exchange.exchange_info()
+        if key == ("GET", "/fapi/v1/klines"):
+            return exchange.klines(params.get("symbol"), params.get("interval"),
+                                   params.get("startTime"), params.get("endTime"),
+                                   params.get("limit"))
         account = self._authenticate(method, query_raw, body_raw, params)
         source = frozen[account.name] if frozen is not None and account.name in frozen else account
         symbol = params.get("symbol") or None
@@ -322,6 +331,9 @@ def control(exchange: SimExchange, op: str, args: dict) -> Any:
         return {"ok": True, "symbol": market.symbol}
     if op == "set_mark_price":
         exchange.set_mark_price(**args)
+        return {"ok": True}
+    if op == "set_fee_asset":
+        exchange.set_fee_asset(**args)
         return {"ok": True}
     if op == "place_order":
         return exchange.order_payload(exchange.place_order(**args))

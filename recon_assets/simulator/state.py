@@ -68,6 +68,18 @@ class Market:
     quote: str = "USDT"
     min_qty: Decimal | None = None
     maint_margin_ratio: Decimal = D("0.004")
+    # (time ms, mark price) each time the price was set, oldest first: klines and the price
+    # of a fee asset at a fill's time are read from it.
+    price_history: list[tuple[int, Decimal]] = field(default_factory=list)
+
+    def price_at(self, t: int) -> Decimal:
+        """The mark price in force at `t` (the first one before any change)."""
+        price = self.price_history[0][1] if self.price_history else self.mark_price
+        for at, value in self.price_history:
+            if at > t:
+                break
+            price = value
+        return price
 
     @property
     def quantity_precision(self) -> int:
@@ -137,6 +149,7 @@ class Trade:
     realized_pnl: Decimal
     maker: bool
     time: int
+    commission_asset: str = "USDT"
 
 
 @dataclass
@@ -156,8 +169,11 @@ class Account:
     trades: dict[str, list[Trade]] = field(default_factory=dict)
     positions: dict[str, Position] = field(default_factory=dict)
     realized_pnl: Decimal = ZERO
-    commissions: Decimal = ZERO
+    commissions: Decimal = ZERO  # in USDT, whatever asset they were paid in
     update_time: int = 0
+    # The asset commissions are paid in: USDT, or e.g. BNB ("pay fees with BNB"), charged at
+    # the asset's price at the fill's time (1 USDT per unit when the exchange lists no price).
+    fee_asset: str = "USDT"
 
     @property
     def wallet_balance(self) -> Decimal:
@@ -228,6 +244,7 @@ class SimExchange:
                             min_qty=D(str(min_qty)) if min_qty is not None else None)
             if market.min_qty is None:
                 market.min_qty = market.step_size
+            market.price_history.append((0, market.mark_price))
             self.markets[symbol] = market
             self._trade_ids.setdefault(symbol, itertools.count(500_000_001))
             return market
@@ -260,9 +277,24 @@ class SimExchange:
         except KeyError:
             raise SimError(-1121, "Invalid symbol.") from None
 
-    def set_mark_price(self, symbol: str, price) -> None:
+    def set_mark_price(self, symbol: str, price, at_ms: int | None = None) -> None:
         with self.lock:
-            self.market(symbol).mark_price = D(str(price))
+            market = self.market(symbol)
+            market.mark_price = D(str(price))
+            market.price_history.append((at_ms if at_ms is not None else now_ms(),
+                                         market.mark_price))
+
+    def set_fee_asset(self, account: str, asset: str) -> None:
+        """Charge `account`'s commissions in `asset` from now on (e.g. BNB)."""
+        with self.lock:
+            self.account(account).fee_asset = asset.upper()
+
+    def asset_price(self, asset: str, t: int) -> Decimal | None:
+        """The USDT price of `asset` at `t` from its <ASSET>USDT market, None when unlisted."""
+        if asset.upper() in ("USDT", "USD"):
+            return D(1)
+        market = self.markets.get(f"{asset.upper()}USDT")
+        return market.price_at(t) if market is not None else None
 
     # ---- faults ------------------------------------------------------------------------------
     def inject_fault(self, kind: str, path: str | None = None, method: str | None = None,
@@ -469,12 +501,14 @@ class SimExchange:
                 position.entry_price = ZERO
         position.amt = new
         position.update_time = t
-        commission = (qty * price * (MAKER_FEE if maker else TAKER_FEE)).quantize(D("0.00000001"))
+        commission_usdt = qty * price * (MAKER_FEE if maker else TAKER_FEE)
+        rate = self.asset_price(acct.fee_asset, t) or D(1)
+        commission = (commission_usdt / rate).quantize(D("0.00000001"))
         trade = Trade(next(self._trade_ids[order.symbol]), order.order_id, order.symbol, order.side,
-                      price, qty, commission, realized, maker, t)
+                      price, qty, commission, realized, maker, t, acct.fee_asset)
         acct.trades.setdefault(order.symbol, []).append(trade)
         acct.realized_pnl += realized
-        acct.commissions += commission
+        acct.commissions += commission * rate
         acct.update_time = t
         order.executed_qty += qty
         order.cum_quote += qty * price
@@ -676,6 +710,33 @@ class SimExchange:
                 } for p in positions],
             }
 
+    def klines(self, symbol: str | None, interval: str | None, start_time=None, end_time=None,
+               limit=None) -> list[list]:
+        """GET /fapi/v1/klines: 1-minute candles of the mark price history (open = high = low =
+        close = the price in force at the end of the minute; no volume is simulated)."""
+        with self.lock:
+            market = self.market(symbol)
+            if interval != "1m":
+                raise SimError(-1120, "Invalid interval.")
+            limit = 500 if limit is None else int(limit)
+            if not 1 <= limit <= 1500:
+                raise SimError(-1130, "Invalid data sent for a parameter: limit.")
+            now = now_ms()
+            minute = 60_000
+            end = min(int(end_time) if end_time is not None else now, now)
+            if start_time is not None:  # like Binance: candles that open at or after it
+                first = -(-int(start_time) // minute) * minute
+            else:
+                first = end // minute * minute - (limit - 1) * minute
+            candles = []
+            t = first
+            while t <= end and len(candles) < limit:
+                price = fmt(market.price_at(min(t + minute - 1, now)))
+                candles.append([t, price, price, price, price, "0", t + minute - 1, "0", 0, "0",
+                                "0", "0"])
+                t += minute
+            return candles
+
     def user_trades(self, acct: Account, symbol: str | None, order_id=None, start_time=None,
                     end_time=None, from_id=None, limit=None) -> list[dict]:
         """GET /fapi/v1/userTrades with Binance's parameter rules."""
@@ -710,7 +771,7 @@ class SimExchange:
 
     def trade_payload(self, t: Trade) -> dict:
         return {
-            "buyer": t.side == "BUY", "commission": fmt(t.commission), "commissionAsset": "USDT",
+            "buyer": t.side == "BUY", "commission": fmt(t.commission), "commissionAsset": t.commission_asset,
             "id": t.trade_id, "maker": t.maker, "orderId": t.order_id, "price": fmt(t.price),
             "qty": fmt(t.qty), "quoteQty": fmt(t.qty * t.price), "realizedPnl": fmt(t.realized_pnl, 8),
             "side": t.side, "positionSide": "BOTH", "symbol": t.symbol, "time": t.time,

@@ -75,10 +75,10 @@ def test_filled_entry_order_is_an_entry_fill_with_everything_the_sql_needs():
     assert (p["p_filled_qty"], p["p_avg_fill_price"], p["p_final_status"]) == ("2", "100", None)
     assert p["p_dry_run"] is False
     assert p["p_fills"] == [
-        {"id": "f1", "qty": "1.5", "price": "100", "fee_usd": "0.01",
-         "filled_at": "2026-01-01T00:00:00+00:00"},
-        {"id": "f2", "qty": "0.5", "price": "100", "fee_usd": "0.01",
-         "filled_at": "2026-01-01T00:00:00+00:00"}]
+        {"id": "f1", "qty": "1.5", "price": "100", "fee_asset": "USDT", "fee_amount": "0.01",
+         "fee_usd": "0.01", "filled_at": "2026-01-01T00:00:00+00:00"},
+        {"id": "f2", "qty": "0.5", "price": "100", "fee_asset": "USDT", "fee_amount": "0.01",
+         "fee_usd": "0.01", "filled_at": "2026-01-01T00:00:00+00:00"}]
     ev = p["p_evidence"]
     assert ev["snapshot_run"] == "run-0" and ev["rule"] == d.reason
     assert ev["db_order"]["client_order_id"] == "rc.ALP.t1.E1"
@@ -391,3 +391,48 @@ def test_fills_can_be_exchange_fills_snapshot_rows():
          "filled_at": "2026-01-01T00:00:00+00:00"}]
     other = decide(fills=[{**rows[0], "client_order_id": "rc.ALP.t2.E1"}, rows[1]])
     assert (other.handler, other.reason) == (NONE, "fill_of_another_order")
+
+
+# --- when a correction is not applied ----------------------------------------------------------
+
+class _Diag:
+    def __init__(self, detail=None):
+        self.message_detail = detail
+
+
+class _SqlError(Exception):
+    """Stands in for a psycopg error: core classifies by SQLSTATE only (it imports no psycopg)."""
+
+    def __init__(self, message, sqlstate, detail=None):
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.diag = _Diag(detail)
+
+
+@pytest.mark.parametrize("exc,outcome,reason", [
+    (_SqlError("x contradicts itself", "RCREF", "fills_contradict_order"), "refused",
+     "fills_contradict_order"),
+    (_SqlError("illegal transition", "P0001"), "refused", "refused_by_handler"),
+    (_SqlError("violates check", "23514"), "refused", "constraint_violated"),
+    (ValueError("order lacks qty"), "refused", "bad_order_row"),
+    (_SqlError("connection lost", "08006"), "failed", "unexpected_error"),
+    (RuntimeError("boom"), "failed", "unexpected_error"),
+])
+def test_why_a_correction_was_not_applied(exc, outcome, reason):
+    from recon_assets.core.corrections import refusal_of
+
+    refusal = refusal_of(exc)
+    assert (refusal.outcome, refusal.reason) == (outcome, reason)
+    assert str(exc).splitlines()[0] in refusal.message
+
+
+def test_which_lock_a_timeout_waited_for():
+    from recon_assets.core.corrections import lock_wait_of
+
+    advisory = ('SQL statement "SELECT pg_catalog.pg_advisory_xact_lock(public.recon_profile_lock_'
+                'key(p_profile_id))"\nPL/pgSQL function recon._lock_profile(text) line 6 at PERFORM')
+    row = ('while locking tuple (0,3) in relation "orders"\nSQL statement "SELECT * FROM '
+           'public.orders WHERE client_order_id = p_client_order_id FOR UPDATE"')
+    assert lock_wait_of(advisory) == ("reconciliation_lock", "profile")
+    assert lock_wait_of(row) == ("row_lock", "orders")
+    assert lock_wait_of(None) == ("row_lock", None)

@@ -4,10 +4,11 @@ import dagster as dg
 import pandas as pd
 
 from recon_assets.core.escalation import (Alert, failed_cycles, lock_contention,
-                                          persistent_mismatches, slack_payload, unknown_fills)
+                                          persistent_mismatches, refused_corrections,
+                                          unknown_fills)
 from recon_assets.core.rules import ESCALATION_PERSISTENCE_RUNS
 from recon_assets.defs.partitions import exchange_account_partitions
-from recon_assets.resources.alerts import AlertDeliveryError, AlertWebhook
+from recon_assets.resources.alerts import AlertWebhook, raise_alert
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.io_manager import load_stored_frame
 from recon_assets.resources.recon_store import ReconStore
@@ -31,6 +32,7 @@ def find_alerts(database: PostgresStore, accounts: list[str]) -> tuple[list[Aler
         history["mismatches"], history["cycles"], ESCALATION_PERSISTENCE_RUNS))
     attempt("lock contention", lambda: lock_contention(history["contention"]))
     attempt("failed cycles", lambda: failed_cycles(history["failed"]))
+    attempt("refused corrections", lambda: refused_corrections(history["refused"]))
     for account in accounts:
         attempt(f"unknown fills of {account}", lambda account=account: _unknown_fills(
             database, account))
@@ -51,27 +53,11 @@ def _known_order_ids(database: PostgresStore, fills: pd.DataFrame) -> set[str]:
     return TradingTables(database).known_order_ids(ids)
 
 
-def raise_alert(database: PostgresStore, webhook: AlertWebhook, alert: Alert) -> tuple[bool, str | None]:
-    """Record the alert once (dedup key) and deliver it; (is_new, delivery error or None)."""
-    store = ReconStore(database)
-    alert_id = store.record_alert(alert.dedup_key, alert.reason, alert.exchange_account,
-                                  alert.profile_id, alert.summary, alert.details)
-    if alert_id is None:
-        return False, None
-    error = None
-    try:
-        webhook.post(slack_payload(alert))
-    except AlertDeliveryError as exc:
-        error = str(exc)
-    if webhook.enabled:  # without a webhook an alert is only recorded: delivered_at stays null
-        store.record_alert_delivery(alert_id, error)
-    return True, error
-
-
 @dg.sensor(minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Escalates as the runbook says (mismatches persisting after two runs, lock "
-                       "contention, unknown fills) and on failed cycles: records each alert once "
-                       "in recon.alerts and posts it to the alert webhook.")
+                       "contention, unknown fills), on failed cycles and on refused or failed "
+                       "corrections: records each alert once in recon.alerts and posts it to "
+                       "the alert webhook.")
 def escalation_sensor(context: dg.SensorEvaluationContext, database: PostgresStore,
                       alert_webhook: AlertWebhook):
     accounts = context.instance.get_dynamic_partitions(exchange_account_partitions.name)

@@ -1,11 +1,20 @@
 """The lifecycle correction job: route one profile's mismatches through the runbook's handlers.
 
 For every order the cycle found `missing_from_exchange`, one targeted probe (the order by id and
-its fills) feeds the pure decision (`core.corrections`), and an actionable decision is applied by
-its SQL handler under the profile's reconciliation lock, exactly once (idempotency key). While
-the job runs the profile's trading state is `reconciling`, so the trading app starts no new
-ENTRY/EXIT flow; it is restored at the end, also when the job fails (and a crashed run's state is
-restored by the next run's `recon_end_reconciling`).
+its fills, and the USD price of a non-USD fee asset at each fill's time) feeds the pure decision
+(`core.corrections`), and an actionable decision is applied by its SQL handler under the
+profile's reconciliation lock, exactly once (idempotency key).
+
+Each order is its own unit: an order whose decision or handler fails is recorded in
+`recon.corrections` (outcome refused or failed, with the reason; the escalation sensor alerts on
+it) and the others go on. While the job runs the profile's trading state is `reconciling`, owned
+by this run: a second run finds the gate busy and corrects nothing; a gate whose owner is dead
+(or older than `settings.reconciling_max_age_seconds`) is taken over. It is restored at the end,
+also when the job fails; a run killed outright leaves it to the next cycle's
+`reconciliation_gate`.
+
+The job is partitioned by profile: a launch from the Launchpad picks the profile as its
+partition, and the run carries the `recon/profile` tag the run queue limits to one.
 """
 
 import time
@@ -14,8 +23,13 @@ import dagster as dg
 import pandas as pd
 import psycopg
 
-from recon_assets.core.corrections import ProbeFailure, decide_missing_from_exchange
+from recon_assets.core.corrections import (ENTRY_FILL, EXIT_FILL, ProbeFailure,
+                                           decide_missing_from_exchange, lock_wait_of,
+                                           refusal_of)
+from recon_assets.core.cycle import reconciling_gate_verdict
 from recon_assets.core.rules import ACTIONABLE_KINDS
+from recon_assets.defs.partitions import profile_partitions
+from recon_assets.defs.runs import run_status
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.exchange import ExchangeFetchError, ExchangeResource
 from recon_assets.resources.recon_store import ReconStore
@@ -42,8 +56,9 @@ def _resolve_cycle(database: PostgresStore, profile_id: str, cycle_id: str, max_
                          f"{profile['exchange_account']} of profile {profile_id}")
     if float(cycle["age_s"]) > max_age_s:
         raise StaleCycleError(
-            f"cycle {cycle['cycle_id']} finished {float(cycle['age_s']):.0f} s ago (bound "
-            f"{max_age_s:.0f} s): its snapshots are stale, no correction is made from them")
+            f"the evidence of cycle {cycle['cycle_id']} was read {float(cycle['age_s']):.0f} s "
+            f"ago (bound {max_age_s:.0f} s): its snapshots are stale, no correction is made "
+            "from them")
     return cycle
 
 
@@ -75,30 +90,100 @@ def probe_order(session, order: dict) -> tuple[dict | ProbeFailure, list[dict]]:
 
 
 class LockContention(RuntimeError):
-    """Another reconciler held the profile's lock longer than the store's lock_timeout."""
+    """A lock a correction needs was held longer than the store's lock_timeout."""
 
 
 def call_under_lock(database: PostgresStore, function: str, params: dict, profile_id: str,
                     cycle_id: str) -> dict:
     """Call a SQL function that takes the profile's reconciliation lock; a lock wait that times
-    out is recorded in recon.lock_contention (the escalation sensor reports it) and raised."""
+    out is recorded in recon.lock_contention with the lock it waited for (the reconciliation
+    lock, or a row lock of the trading app) and raised as LockContention."""
     started = time.monotonic()
     try:
         return database.call(function, params)
-    except psycopg.errors.LockNotAvailable:
+    except psycopg.errors.LockNotAvailable as exc:
         waited_ms = int((time.monotonic() - started) * 1000)
-        ReconStore(database).record_lock_contention(profile_id, cycle_id, waited_ms)
-        raise LockContention(f"reconciliation lock of profile {profile_id} was busy for "
-                             f"{waited_ms} ms; recorded as contention, retried next cycle") from None
+        kind, what = lock_wait_of(exc.diag.context)
+        ReconStore(database).record_lock_contention(profile_id, cycle_id, waited_ms, kind, what)
+        lock = ("the reconciliation lock" if what == "profile"
+                else f"a row lock on {what or 'a trading table'}")
+        raise LockContention(f"{lock} of profile {profile_id} was busy for {waited_ms} ms; "
+                             "recorded as contention, retried next cycle") from None
+
+
+def _begin_gate(context: dg.OpExecutionContext, database: PostgresStore, profile: str,
+                run_id: str, max_age_s: float) -> dict:
+    """Own the profile's reconciling gate, taking it over only from an owner that is gone."""
+    params = {"p_profile_id": profile, "p_cycle_id": run_id}
+    began = call_under_lock(database, "recon_begin_reconciling", params, profile, run_id)
+    if began["status"] != "busy":
+        return began
+    owner = began["owner"]
+    session = ReconStore(database).reconciling_owner(profile)
+    verdict = reconciling_gate_verdict(run_status(context.instance, owner),
+                                       float(session["age_s"]) if session else 0.0, max_age_s)
+    if not verdict.stale:
+        raise dg.Failure(f"profile {profile} is reconciling under run {owner} ({verdict.why}); "
+                         "this run corrects nothing and leaves the gate to its owner")
+    took = call_under_lock(database, "recon_begin_reconciling",
+                           {**params, "p_take_over_from": owner}, profile, run_id)
+    if took["status"] == "busy":
+        raise dg.Failure(f"profile {profile}: the reconciling gate changed hands to run "
+                         f"{took['owner']} while this run took it over; this run corrects nothing")
+    context.log.warning(f"profile {profile}: took the reconciling gate over from run {owner} "
+                        f"({verdict.why})")
+    return took
+
+
+def _correct_order(context, database, session, row, cycle_id, run_id, dry_run) -> dict:
+    """Probe, decide and apply one order; every failure is recorded, none escapes (but lock
+    contention, which ends the profile's turn)."""
+    outcome = {"client_order_id": row["client_order_id"], "handler": "none", "reason": "",
+               "status": "not_applied", "detail": ""}
+    decision = None
+    try:
+        probe, fills = probe_order(session, row)
+        prices = {} if isinstance(probe, ProbeFailure) else session.fee_prices(fills)
+        decision = decide_missing_from_exchange(
+            row, probe, fills, cycle_id=run_id, dry_run=dry_run, fee_prices=prices,
+            evidence={"mismatch_id": row["mismatch_id"], "diff_cycle_id": cycle_id})
+        outcome.update(handler=decision.runbook_name or "none", reason=decision.reason,
+                       detail=decision.detail)
+        if decision.actionable:
+            result = call_under_lock(database, decision.sql_function, dict(decision.params),
+                                     row["profile_id"], run_id)
+            outcome["status"] = (result or {}).get("status", "applied")
+    except LockContention:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one order's failure never stops the others
+        refusal = refusal_of(exc)
+        handler = (decision.handler if decision is not None and decision.actionable
+                   else ENTRY_FILL if row.get("intent") == "ENTRY" else EXIT_FILL)
+        ReconStore(database).record_refused_correction(
+            run_id, row["profile_id"], handler, refusal.outcome, refusal.reason,
+            row.get("trade_id"), row["client_order_id"], dry_run,
+            {"error": refusal.message, "mismatch_id": row["mismatch_id"],
+             "diff_cycle_id": cycle_id,
+             "decision": decision.reason if decision is not None else None,
+             "would_be_idempotency_key": decision.idempotency_key if decision else None})
+        outcome.update(status=refusal.outcome, reason=refusal.reason, detail=refusal.message)
+        context.log.error(f"{row['client_order_id']}: {refusal.outcome} ({refusal.reason}): "
+                          f"{refusal.message}; recorded, the other orders go on")
+    context.log.info(f"{row['client_order_id']}: {outcome['reason']} -> {outcome['status']}")
+    return outcome
 
 
 @dg.op(description="Probes each order of the profile that the cycle found missing from the "
                    "exchange, decides entry fill / exit fill / cancel, and applies it exactly once "
-                   "under the profile's reconciliation lock.",
+                   "under the profile's reconciliation lock; an order that is refused or fails is "
+                   "recorded and escalated, and the others go on.",
        tags={"kind": "postgres"})
 def correct_profile(context: dg.OpExecutionContext, config: LifecycleCorrectionConfig,
                     settings: ReconSettings, database: PostgresStore,
                     exchange: ExchangeResource) -> dict:
+    if context.has_partition_key and context.partition_key != config.profile_id:
+        raise dg.Failure(f"this run's partition is profile {context.partition_key} but its config "
+                         f"names profile {config.profile_id}: one of them is wrong")
     cycle = _resolve_cycle(database, config.profile_id, config.cycle_id,
                            settings.correction_max_cycle_age_seconds)
     cycle_id, account = cycle["cycle_id"], cycle["exchange_account"]
@@ -112,38 +197,29 @@ def correct_profile(context: dg.OpExecutionContext, config: LifecycleCorrectionC
         dry_run = settings.position_parity_dry_run
         if not dry_run:
             try:
-                call_under_lock(database, "recon_begin_reconciling",
-                                {"p_profile_id": profile, "p_cycle_id": run_id}, profile, run_id)
+                _begin_gate(context, database, profile, run_id,
+                            settings.reconciling_max_age_seconds)
             except LockContention as exc:
                 raise dg.Failure(str(exc)) from None
         try:
             session = exchange.session(account)
             for row in rows:
-                probe, fills = probe_order(session, row)
-                decision = decide_missing_from_exchange(
-                    row, probe, fills, cycle_id=run_id, dry_run=dry_run,
-                    evidence={"mismatch_id": row["mismatch_id"], "diff_cycle_id": cycle_id})
-                outcome = {"client_order_id": row["client_order_id"],
-                           "handler": decision.runbook_name or "none", "reason": decision.reason,
-                           "status": "not_applied", "detail": decision.detail}
-                outcomes.append(outcome)
-                if decision.actionable:
-                    try:
-                        result = call_under_lock(database, decision.sql_function,
-                                                 dict(decision.params), profile, run_id)
-                        outcome["status"] = (result or {}).get("status", "applied")
-                    except LockContention as exc:
-                        outcome["status"] = "lock_contention"
-                        context.log.warning(str(exc))
-                        break  # another reconciler owns the profile: leave the rest to it
-                context.log.info(f"{row['client_order_id']}: {decision.reason} -> {outcome['status']}")
+                try:
+                    outcomes.append(_correct_order(context, database, session, row, cycle_id,
+                                                   run_id, dry_run))
+                except LockContention as exc:
+                    outcomes.append({"client_order_id": row["client_order_id"], "handler": "",
+                                     "reason": "lock_contention", "status": "lock_contention",
+                                     "detail": str(exc)})
+                    context.log.warning(str(exc))
+                    break  # another holder has the profile: leave the rest to the next cycle
         finally:
             try:
                 if not dry_run:
                     call_under_lock(database, "recon_end_reconciling",
                                     {"p_profile_id": profile, "p_cycle_id": run_id}, profile, run_id)
             except LockContention as exc:
-                context.log.warning(f"{exc}; the next run restores the trading state")
+                context.log.warning(f"{exc}; the next cycle restores the trading state")
     table = pd.DataFrame(outcomes, columns=["client_order_id", "handler", "reason", "status", "detail"])
     counts = table["status"].value_counts().to_dict() if len(table) else {}
     context.add_output_metadata({
@@ -153,14 +229,24 @@ def correct_profile(context: dg.OpExecutionContext, config: LifecycleCorrectionC
         **{f"status/{k}": int(v) for k, v in counts.items()},
     })
     if counts.get("lock_contention"):
-        raise dg.Failure(f"reconciliation lock of {config.profile_id} was busy; "
-                         f"{counts['lock_contention']} correction(s) wait for the next cycle")
+        raise dg.Failure(f"a lock of {config.profile_id} was busy; the correction(s) left wait "
+                         "for the next cycle")
     return {"cycle_id": cycle_id, "outcomes": outcomes}
+
+
+# A launch for one profile (from the Launchpad, a sensor or a backfill) is one partition: the
+# run gets its config and the `recon/profile` tag the run queue allows once at a time.
+correction_config = dg.PartitionedConfig(
+    partitions_def=profile_partitions,
+    run_config_for_partition_key_fn=lambda profile: {
+        "ops": {"correct_profile": {"config": {"profile_id": profile}}}},
+    tags_for_partition_key_fn=lambda profile: {"recon/profile": profile})
 
 
 @dg.job(description="Lifecycle-safe corrections (reconcileEntryFill, reconcileExitFill, "
                     "reconcileCancel) for one profile, from a reconciliation cycle's mismatches. "
-                    "Launch by hand with the profile id to correct from its latest cycle.",
-        tags={"recon/job": "lifecycle_correction"})
+                    "Launch by hand by choosing the profile as the partition: it corrects from "
+                    "the profile's latest cycle.",
+        config=correction_config, tags={"recon/job": "lifecycle_correction"})
 def lifecycle_correction():
     correct_profile()

@@ -1,9 +1,13 @@
-"""Launches the lifecycle correction job for each profile a new diff found actionable."""
+"""Launches the lifecycle correction job for each profile a new diff found actionable, and
+escalates a correction run that failed."""
 
 import dagster as dg
 
+from recon_assets.core.escalation import failed_correction_run
 from recon_assets.core.rules import ACTIONABLE_KINDS
 from recon_assets.defs.corrections.ops import lifecycle_correction
+from recon_assets.defs.partitions import profile_partitions
+from recon_assets.resources.alerts import AlertWebhook, raise_alert
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.recon_store import ReconStore
 
@@ -11,13 +15,14 @@ DIFF_KEY = dg.AssetKey("reconciliation_diff")
 
 
 def correction_run_requests(database: PostgresStore, cycle_id: str, account: str) -> list[dg.RunRequest]:
-    """One run per profile with actionable mismatches in the cycle; the run key makes a cycle's
-    profile launch once, however often the sensor sees the event."""
+    """One run per profile with actionable mismatches in the cycle, as that profile's partition;
+    the run key makes a cycle's profile launch once, however often the sensor sees the event."""
     profiles = ReconStore(database).profiles_with_mismatches(cycle_id, account, ACTIONABLE_KINDS)
     return [dg.RunRequest(
-        run_key=f"{cycle_id}:{profile}",
+        run_key=f"{cycle_id}:{profile}", partition_key=profile,
         run_config={"ops": {"correct_profile": {"config": {"profile_id": profile, "cycle_id": cycle_id}}}},
-        tags={"recon/profile": profile, "recon/account": account, "recon/cycle": cycle_id})
+        # No recon/account tag: that one limits cycles, one per account.
+        tags={"recon/profile": profile, "recon/cycle": cycle_id})
         for profile in profiles]
 
 
@@ -39,4 +44,28 @@ def lifecycle_correction_sensor(context: dg.SensorEvaluationContext, database: P
         last = record.storage_id
     if last is None:
         return dg.SkipReason("no reconciliation_diff materialization yet")
-    return dg.SensorResult(run_requests=requests, cursor=str(last))
+    # A profile added since the partitions sensor last ran gets its partition in the same tick.
+    known = set(context.instance.get_dynamic_partitions(profile_partitions.name))
+    new = sorted({r.partition_key for r in requests} - known)
+    return dg.SensorResult(
+        run_requests=requests, cursor=str(last),
+        dynamic_partitions_requests=[profile_partitions.build_add_request(new)] if new else [])
+
+
+@dg.run_failure_sensor(monitored_jobs=[lifecycle_correction],
+                       default_status=dg.DefaultSensorStatus.RUNNING,
+                       description="Escalates a lifecycle correction run that failed as a whole "
+                                   "(stale evidence, a busy gate or lock, an unexpected error).")
+def failed_correction_run_sensor(context: dg.RunFailureSensorContext, database: PostgresStore,
+                                 alert_webhook: AlertWebhook):
+    run = context.dagster_run
+    profile = run.tags.get("recon/profile") or run.tags.get("dagster/partition")
+    message = context.failure_event.message or "lifecycle correction run failed"
+    for event in context.get_step_failure_events():
+        error = event.event_specific_data.error if event.event_specific_data else None
+        while error is not None and error.cause is not None:  # the op's own error, not the wrapper
+            error = error.cause
+        if error is not None:
+            message = error.message.strip()
+            break
+    raise_alert(database, alert_webhook, failed_correction_run(run.run_id, profile, message))

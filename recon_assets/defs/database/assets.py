@@ -5,7 +5,7 @@ import pandas as pd
 
 from recon_assets.core.frames import db_snapshot_frames
 from recon_assets.core.rules import OPEN_ORDER_STATUSES
-from recon_assets.defs.partitions import exchange_account_partitions
+from recon_assets.defs.partitions import exchange_account_partitions, profile_partitions
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.trading_tables import TradingTables
 
@@ -48,6 +48,8 @@ def _snapshot_metadata(name: str, frame: pd.DataFrame) -> dict:
           for name, (_part, description) in DB_SNAPSHOT_ASSETS.items()},
     partitions_def=exchange_account_partitions,
     can_subset=False,
+    # Read after the cycle's start (reconciliation_gate), which restores stale gates first.
+    deps=["reconciliation_gate"],
 )
 def db_snapshot(context: dg.AssetExecutionContext, database: PostgresStore):
     """Reads the account's database state in one statement, so the four snapshots agree."""
@@ -56,19 +58,23 @@ def db_snapshot(context: dg.AssetExecutionContext, database: PostgresStore):
     context.log.info(f"read database snapshot of {account} from {database.describe()} at {read_at}")
     for name, (part, _description) in DB_SNAPSHOT_ASSETS.items():
         frame = frames[part]
+        # The stamp the diff checks its evidence by: when, and by which run (cycle).
         frame.attrs["read_at"] = read_at.isoformat()
+        frame.attrs["run_id"] = context.run_id
         yield dg.Output(frame, output_name=name, metadata=_snapshot_metadata(name, frame))
 
 
 @dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Keeps the exchange_account partitions equal to the accounts named in "
-                       "the profiles table.")
-def exchange_account_partitions_sensor(context: dg.SensorEvaluationContext, database: PostgresStore):
-    wanted = TradingTables(database).exchange_accounts()
-    existing = set(context.instance.get_dynamic_partitions(exchange_account_partitions.name))
+                       "the profiles table, and the profile partitions equal to its profiles.")
+def partitions_sensor(context: dg.SensorEvaluationContext, database: PostgresStore):
+    tables = TradingTables(database)
     requests = []
-    if wanted - existing:
-        requests.append(exchange_account_partitions.build_add_request(sorted(wanted - existing)))
-    if existing - wanted:
-        requests.append(exchange_account_partitions.build_delete_request(sorted(existing - wanted)))
+    for partitions, wanted in ((exchange_account_partitions, tables.exchange_accounts()),
+                               (profile_partitions, tables.profile_ids())):
+        existing = set(context.instance.get_dynamic_partitions(partitions.name))
+        if wanted - existing:
+            requests.append(partitions.build_add_request(sorted(wanted - existing)))
+        if existing - wanted:
+            requests.append(partitions.build_delete_request(sorted(existing - wanted)))
     return dg.SensorResult(dynamic_partitions_requests=requests)

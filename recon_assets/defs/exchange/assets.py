@@ -4,6 +4,7 @@ they describe the same moment, and a failed read writes none of them."""
 import time
 
 import dagster as dg
+import pandas as pd
 
 from recon_assets.core.exchange_snapshot import preview
 from recon_assets.defs.partitions import exchange_account_partitions
@@ -32,6 +33,7 @@ _CHECK_DESCRIPTION = ("Blocks downstream use unless the snapshot is fresh (read 
                                    description=_CHECK_DESCRIPTION) for key in SNAPSHOT_ASSETS],
     partitions_def=exchange_account_partitions,
     can_subset=False,
+    deps=["reconciliation_gate"],  # read after the cycle's start, like the database snapshot
 )
 def exchange_snapshot(context: dg.AssetExecutionContext, exchange: ExchangeResource,
                       database: PostgresStore):
@@ -72,8 +74,12 @@ def exchange_snapshot(context: dg.AssetExecutionContext, exchange: ExchangeResou
         context.log.warning(f"{context.partition_key}: {problems}")
         raise dg.Failure(f"exchange snapshot of {context.partition_key} is not fresh and complete "
                          f"({problems}); nothing was stored")
+    read_at = pd.Timestamp(snap.read_started, unit="s", tz="UTC").isoformat()
     for key in SNAPSHOT_ASSETS:
         frame = frames[key]
+        # The stamp the diff checks its evidence by: when the picture was taken, by which run.
+        frame.attrs["read_at"] = read_at
+        frame.attrs["run_id"] = context.run_id
         yield dg.Output(frame, output_name=key, metadata={
             "rows": len(frame),
             "notional_usd": round(float(frame["notional_usd"].sum()), 2),

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from recon_assets.defs.partitions import exchange_account_partitions
-from recon_assets.defs.reconciliation.assets import reconciliation_diff
+from recon_assets.defs.reconciliation.assets import reconciliation_diff, reconciliation_gate
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.recon_store import ReconStore
 
@@ -12,8 +12,9 @@ reconciliation_cycle_job = dg.define_asset_job(
     "reconciliation_cycle",
     selection=dg.AssetSelection.groups("database", "exchange", "reconciliation"),
     partitions_def=exchange_account_partitions,
-    description="One reconciliation cycle for one exchange account: snapshot the database and "
-                "the exchange, then diff them.",
+    description="One reconciliation cycle for one exchange account: start it (no overlap, stale "
+                "reconciling gates restored), snapshot the database and the exchange, then diff "
+                "them.",
 )
 
 
@@ -46,7 +47,7 @@ def failed_cycle_sensor(context: dg.RunFailureSensorContext, database: PostgresS
 
 def defs(cron: str = "* * * * *") -> dg.Definitions:
     return dg.Definitions(
-        assets=[reconciliation_diff],
+        assets=[reconciliation_gate, reconciliation_diff],
         jobs=[reconciliation_cycle_job],
         schedules=[cycle_schedule(cron)],
         sensors=[failed_cycle_sensor],

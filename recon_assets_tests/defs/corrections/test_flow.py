@@ -2,13 +2,14 @@
 correction job, against the simulator (real ccxt over HTTP) and the real PostgreSQL."""
 
 import datetime as dt
+import uuid
 
 import dagster as dg
 import psycopg
 import pytest
 
 from recon_assets.definitions import build_defs
-from recon_assets.defs.partitions import exchange_account_partitions
+from recon_assets.defs.partitions import exchange_account_partitions, profile_partitions
 from recon_assets.resources.alerts import AlertWebhook
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.io_manager import PostgresFrameIOManager
@@ -24,11 +25,18 @@ def make_defs(sim, dsn, settings=None):
                                       **FAST_RETRIES))
 
 
+def add_partitions(instance, plan):
+    """The dynamic partitions the partitions sensor keeps: accounts and profiles."""
+    instance.add_dynamic_partitions(exchange_account_partitions.name, plan.accounts())
+    instance.add_dynamic_partitions(profile_partitions.name,
+                                    sorted(p["id"] for p in plan.db["profiles"]))
+
+
 def after_first_cycle(sim, dsn, instance, scenario="lifecycle", settings=None):
     """Load a scenario on both sides and run the scheduled cycle once; returns the definitions."""
     plan = sim.load_scenario(scenario)
     plan.seed_database(dsn)
-    instance.add_dynamic_partitions(exchange_account_partitions.name, plan.accounts())
+    add_partitions(instance, plan)
     defs = make_defs(sim, dsn, settings)
     run_scheduled_cycles(defs, instance)
     return defs
@@ -52,7 +60,10 @@ def run_scheduled_cycles(defs, instance):
 
 def evaluate_correction_sensor(defs, instance, cursor=None):
     sensor = defs.get_sensor_def("lifecycle_correction_sensor")
-    with dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs,
+    # The instance ref lets the sensor's partitioned run requests be checked against the
+    # instance's dynamic partitions, as the daemon does.
+    with dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(), cursor=cursor,
+                                 definitions=defs,
                                  resources={"database": defs.resources["database"]}) as context:
         return sensor.evaluate_tick(context)
 
@@ -60,7 +71,8 @@ def evaluate_correction_sensor(defs, instance, cursor=None):
 def run_corrections(defs, instance, requests):
     job = defs.resolve_job_def("lifecycle_correction")
     return [job.execute_in_process(run_config=r.run_config, instance=instance, tags=r.tags,
-                                   raise_on_error=False) for r in requests]
+                                   partition_key=r.partition_key, raise_on_error=False)
+            for r in requests]
 
 
 def diff_rows(results):
@@ -81,7 +93,7 @@ def instance():
 def test_schedule_sensor_and_job_correct_entry_exit_and_cancel(sim, pg_dsn, instance):
     plan = sim.load_scenario("lifecycle")
     plan.seed_database(pg_dsn)
-    instance.add_dynamic_partitions(exchange_account_partitions.name, plan.accounts())
+    add_partitions(instance, plan)
     defs = make_defs(sim, pg_dsn)
 
     first = run_scheduled_cycles(defs, instance)
@@ -166,7 +178,8 @@ def test_lock_contention_is_recorded_and_escalated(sim, pg_dsn, instance):
         holder.execute("SELECT pg_advisory_lock(recon_profile_lock_key(%s))", (profile,))
         results = run_corrections(impatient, instance, requests)
     assert not any(r.success for r in results)
-    assert _query(pg_dsn, "SELECT profile_id FROM recon.lock_contention") == [(profile,)]
+    assert _query(pg_dsn, "SELECT profile_id, lock_kind FROM recon.lock_contention") == [
+        (profile, "reconciliation_lock")]
     assert _query(pg_dsn, "SELECT count(*) FROM recon.corrections") == [(0,)]
     with dg.build_sensor_context(instance=instance, resources={
             "database": defs.resources["database"], "alert_webhook": AlertWebhook()}) as context:
@@ -183,8 +196,10 @@ def test_eight_concurrent_correction_runs_apply_each_correction_once(sim, pg_dsn
         # Each run in its own instance, as separate run workers would be; they share only the
         # database (and its reconciliation lock) and the exchange.
         with dg.DagsterInstance.ephemeral() as own:
+            own.add_dynamic_partitions(profile_partitions.name, [request.partition_key])
             return job.execute_in_process(run_config=request.run_config, instance=own,
-                                          tags=request.tags, raise_on_error=False)
+                                          tags=request.tags, partition_key=request.partition_key,
+                                          raise_on_error=False)
 
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(8) as pool:
@@ -200,3 +215,217 @@ def test_eight_concurrent_correction_runs_apply_each_correction_once(sim, pg_dsn
                              ORDER BY 1""") == [
         ("rc.ALP.t-a3.E1", "filled"), ("rc.ALP.t-a4.E1", "canceled"), ("rc.ALP.t-a5.X1", "filled")]
     assert {s for (s,) in _query(pg_dsn, "SELECT trading_state FROM profiles")} == {"active"}
+
+
+def running_run(instance, job_name, tags):
+    """A run the instance reports as running (as a run worker that is alive would be)."""
+    run = dg.DagsterRun(job_name=job_name, run_id=str(uuid.uuid4()),
+                        status=dg.DagsterRunStatus.STARTED, tags=tags)
+    instance.add_run(run)
+    return run
+
+
+def _escalate(defs, instance):
+    with dg.build_sensor_context(instance=instance, resources={
+            "database": defs.resources["database"], "alert_webhook": AlertWebhook()}) as context:
+        defs.get_sensor_def("escalation_sensor")(context)
+
+
+def test_one_failing_order_does_not_stop_the_others(sim, pg_dsn, instance):
+    """Issue 10, sequence 2: alpha's entry fill of t-a3 is refused (the trade already has a slice
+    of another profile); its cancel and its exit fill are corrected all the same, the refusal is
+    recorded with its reason, and escalated."""
+    defs = after_first_cycle(sim, pg_dsn, instance)
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("INSERT INTO trade_history (trade_id, profile_id, symbol, side, entry_qty, "
+                     "entry_price) VALUES ('t-a3', 'beta', 'SOL/USDT:USDT', 'long', 1, 140)")
+    results = run_corrections(defs, instance, evaluate_correction_sensor(defs, instance).run_requests)
+    assert all(r.success for r in results)
+    rows = _query(pg_dsn, "SELECT client_order_id, handler, outcome, reason, idempotency_key IS NULL "
+                          "FROM recon.corrections WHERE NOT dry_run ORDER BY client_order_id")
+    assert rows[0][:3] == ("rc.ALP.t-a3.E1", "reconcile_entry_fill", "refused")
+    assert rows[0][3] == "refused_by_handler" and rows[0][4] is True
+    assert rows[1:] == [("rc.ALP.t-a4.E1", "reconcile_cancel", "applied", None, False),
+                        ("rc.ALP.t-a5.X1", "reconcile_exit_fill", "applied", None, False)]
+    (evidence,) = _query(pg_dsn, "SELECT evidence->>'error' FROM recon.corrections "
+                                 "WHERE outcome = 'refused'")
+    assert "has slices of profile beta" in evidence[0]
+    assert _query(pg_dsn, "SELECT status FROM orders WHERE client_order_id = 'rc.ALP.t-a3.E1'") == [
+        ("open",)]
+    _escalate(defs, instance)
+    assert ("correction_refused", "alpha") in _query(
+        pg_dsn, "SELECT reason, profile_id FROM recon.alerts")
+    assert {s for (s,) in _query(pg_dsn, "SELECT trading_state FROM profiles")} == {"active"}
+
+
+def test_a_failed_correction_run_is_escalated(sim, pg_dsn, instance):
+    defs = after_first_cycle(sim, pg_dsn, instance,
+                             settings=ReconSettings(correction_max_cycle_age_seconds=0))
+    results = run_corrections(defs, instance, evaluate_correction_sensor(defs, instance).run_requests)
+    assert results and not any(r.success for r in results)
+    sensor = defs.get_sensor_def("failed_correction_run_sensor")
+    for result in results:
+        with dg.build_run_status_sensor_context(
+                sensor_name=sensor.name, dagster_instance=instance,
+                dagster_run=result.dagster_run,
+                dagster_event=result.get_run_failure_event(),
+                resources={"database": defs.resources["database"],
+                           "alert_webhook": AlertWebhook()}).for_run_failure() as context:
+            sensor(context)
+    alerts = _query(pg_dsn, "SELECT reason, profile_id, summary FROM recon.alerts")
+    assert [(a[0], a[1]) for a in alerts] == [("failed_correction_run", "alpha")]
+    assert "stale" in alerts[0][2]
+
+
+def test_a_profile_left_reconciling_by_a_killed_run_is_restored_by_the_next_cycle(sim, pg_dsn,
+                                                                                 instance):
+    """Issue 10, sequence 3: a correction run was killed after recon_begin_reconciling, and the
+    next cycle finds nothing to correct: the cycle itself restores trading and reports it."""
+    plan = sim.load_scenario("clean")
+    plan.seed_database(pg_dsn)
+    add_partitions(instance, plan)
+    store = PostgresStore(dsn=pg_dsn)
+    store.call("recon_begin_reconciling", {"p_profile_id": "alpha", "p_cycle_id": "killed-run"})
+    # beta's owner is a correction run that is still running: it is left alone.
+    live = running_run(instance, "lifecycle_correction", {"recon/profile": "beta"})
+    store.call("recon_begin_reconciling", {"p_profile_id": "beta", "p_cycle_id": live.run_id})
+    defs = make_defs(sim, pg_dsn)
+    results = run_scheduled_cycles(defs, instance)
+    assert _query(pg_dsn, "SELECT id, trading_state FROM profiles ORDER BY id") == [
+        ("alpha", "active"), ("beta", "reconciling"), ("gamma", "active")]
+    assert _query(pg_dsn, "SELECT profile_id, cycle_id FROM recon.reconciling") == [
+        ("beta", live.run_id)]
+    assert _query(pg_dsn, "SELECT reason, profile_id FROM recon.alerts") == [
+        ("stale_reconciling", "alpha")]
+    gate = results["acct1"].asset_materializations_for_node("reconciliation_gate")[0]
+    assert gate.metadata["restored_profiles"].value == 1
+    assert "alpha" in gate.metadata["gate"].value and "killed-run" in gate.metadata["gate"].value
+
+
+def test_a_correction_launched_by_hand_carries_the_profile_tag(sim, pg_dsn, instance):
+    """Issue 10, sequence 4 (Dagster side): the job is partitioned by profile, so a launch from
+    the Launchpad (a partition, no hand-written tags) carries the per-profile concurrency tag,
+    and it corrects from the profile's latest cycle."""
+    defs = after_first_cycle(sim, pg_dsn, instance)
+    job = defs.resolve_job_def("lifecycle_correction")
+    result = job.execute_in_process(partition_key="alpha", instance=instance)
+    assert result.success
+    assert result.dagster_run.tags["recon/profile"] == "alpha"
+    assert len(result.output_for_node("correct_profile")["outcomes"]) == 3
+
+
+def test_a_second_run_does_not_correct_while_a_live_run_owns_the_profile(sim, pg_dsn, instance):
+    """Issue 10, sequence 4: overlapping runs. The first run owns the reconciling gate; the
+    second corrects nothing, cannot end the gate, and says whose it is."""
+    defs = after_first_cycle(sim, pg_dsn, instance)
+    owner = running_run(instance, "lifecycle_correction", {"recon/profile": "alpha"})
+    PostgresStore(dsn=pg_dsn).call("recon_begin_reconciling",
+                                   {"p_profile_id": "alpha", "p_cycle_id": owner.run_id})
+    (result,) = run_corrections(defs, instance,
+                                evaluate_correction_sensor(defs, instance).run_requests)
+    assert not result.success
+    error = result.get_step_failure_events()[0].event_specific_data.error.to_string()
+    assert owner.run_id in error and "reconciling" in error
+    assert _query(pg_dsn, "SELECT count(*) FROM recon.corrections") == [(0,)]
+    assert _query(pg_dsn, "SELECT trading_state FROM profiles WHERE id = 'alpha'") == [
+        ("reconciling",)]
+    assert _query(pg_dsn, "SELECT cycle_id FROM recon.reconciling") == [(owner.run_id,)]
+
+
+def test_a_row_lock_of_the_trading_app_is_not_reconciliation_lock_contention(sim, pg_dsn,
+                                                                            instance):
+    """Issue 10, sequence 7: the trading app holds the order's row lock; the lock timeout is
+    recorded as a row lock on orders, and the alert says so."""
+    defs = after_first_cycle(sim, pg_dsn, instance, "cancelled_behind_db")
+    requests = evaluate_correction_sensor(defs, instance).run_requests
+    impatient_store = PostgresStore(dsn=pg_dsn, lock_timeout_ms=300)
+    impatient = build_defs({**defs.resources, "database": impatient_store,
+                            "io_manager": PostgresFrameIOManager(database=impatient_store)})
+    with psycopg.connect(pg_dsn) as holder:
+        holder.execute("SELECT 1 FROM orders WHERE client_order_id = 'rc.ALP.t-a4.E1' FOR UPDATE")
+        results = run_corrections(impatient, instance, requests)
+        holder.rollback()
+    assert not any(r.success for r in results)
+    assert _query(pg_dsn, "SELECT profile_id, lock_kind, lock_object FROM recon.lock_contention") == [
+        ("alpha", "row_lock", "orders")]
+    _escalate(defs, instance)
+    ((reason, summary),) = _query(pg_dsn, "SELECT reason, summary FROM recon.alerts")
+    assert reason == "lock_contention"
+    assert "row lock on orders" in summary and "reconciliation lock" not in summary
+    assert {s for (s,) in _query(pg_dsn, "SELECT trading_state FROM profiles")} == {"active"}
+
+
+def _db_order(dsn, coid, trade, intent, side, qty, price, exchange_order_id):
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "INSERT INTO orders (profile_id, trade_id, intent, symbol, side, client_order_id, "
+            "exchange_order_id, status, qty, price, created_at, updated_at) VALUES ('alpha', %s, "
+            "%s, 'SOL/USDT:USDT', %s, %s, %s, 'open', %s, %s, now() - interval '1 minute', "
+            "now() - interval '1 minute')",
+            (trade, intent, side, coid, exchange_order_id, qty, price))
+
+
+def _filled_behind_the_db(sim, dsn, coid, trade, intent, side, qty, price, at_ms=None):
+    """The trading app placed and recorded the order; the exchange filled it unseen."""
+    order = sim.exchange.place_order("acct1", "SOLUSDT", side.upper(), "LIMIT", qty, price,
+                                     client_order_id=coid, at_ms=at_ms)
+    _db_order(dsn, coid, trade, intent, side, qty, price, str(order.order_id))
+    return sim.exchange.fill_order("acct1", order.order_id, at_ms=at_ms)
+
+
+def _cycle_and_correct(defs, instance):
+    run_scheduled_cycles(defs, instance)
+    results = run_corrections(defs, instance, evaluate_correction_sensor(defs, instance).run_requests)
+    assert results and all(r.success for r in results)
+
+
+def test_a_fee_paid_in_bnb_is_booked_at_its_price_at_fill_time(sim, pg_dsn, instance):
+    """Issue 10, sequence 6: the account pays its commissions in BNB. Each fee keeps its asset
+    and amount, its USD value is the BNB price of the fill's minute (the close of its 1-minute
+    candle), not the price now, and the slice's realised PnL is net of the entry and exit fees."""
+    plan = sim.load_scenario("clean")
+    plan.seed_database(pg_dsn)
+    add_partitions(instance, plan)
+    defs = make_defs(sim, pg_dsn)
+    sim.exchange.set_fee_asset("acct1", "BNB")
+    minute = 60_000
+    now = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000) // minute * minute
+    sim.exchange.set_mark_price("BNBUSDT", "600", at_ms=now - 5 * minute)
+    entry = _filled_behind_the_db(sim, pg_dsn, "rc.ALP.t-f1.E1", "t-f1", "ENTRY", "buy", "10",
+                                  "140.0000", at_ms=now - 4 * minute + 1_000)
+    sim.exchange.set_mark_price("BNBUSDT", "650", at_ms=now - 3 * minute)
+    exit_ = _filled_behind_the_db(sim, pg_dsn, "rc.ALP.t-f1.X1", "t-f1", "EXIT", "sell", "10",
+                                  "160.0000", at_ms=now - 2 * minute + 1_000)
+    sim.exchange.set_mark_price("BNBUSDT", "700")  # later moves of BNB change nothing booked
+    _cycle_and_correct(defs, instance)
+    fees = _query(pg_dsn, "SELECT client_order_id, fee_asset, fee_amount, fee_usd FROM applied_fills "
+                          "WHERE trade_id = 't-f1' ORDER BY client_order_id")
+    assert fees == [("rc.ALP.t-f1.E1", "BNB", entry.commission, entry.commission * 600),
+                    ("rc.ALP.t-f1.X1", "BNB", exit_.commission, exit_.commission * 650)]
+    ((pnl, status),) = _query(pg_dsn, "SELECT realised_pnl_usd, status FROM trade_history "
+                                      "WHERE trade_id = 't-f1'")
+    assert status == "closed"
+    assert pnl == 10 * (160 - 140) - entry.commission * 600 - exit_.commission * 650
+    # The exchange snapshot's fills keep the fee as charged, with the same conversion.
+    stored = _query(pg_dsn, "SELECT fee_asset, fee_amount, fee_usd FROM recon.exchange_fills "
+                            "WHERE exchange_order_id = %s", (str(exit_.order_id),))
+    assert stored == [("BNB", exit_.commission, exit_.commission * 650)]
+
+
+def test_a_fee_in_an_asset_without_a_price_is_unknown_not_zero(sim, pg_dsn, instance):
+    plan = sim.load_scenario("clean")
+    plan.seed_database(pg_dsn)
+    add_partitions(instance, plan)
+    defs = make_defs(sim, pg_dsn)
+    sim.exchange.set_fee_asset("acct1", "XYZ")  # no XYZUSDT market: no price to convert at
+    entry = _filled_behind_the_db(sim, pg_dsn, "rc.ALP.t-f2.E1", "t-f2", "ENTRY", "buy", "10",
+                                  "140.0000")
+    _cycle_and_correct(defs, instance)
+    assert _query(pg_dsn, "SELECT fee_asset, fee_amount, fee_usd FROM applied_fills "
+                          "WHERE client_order_id = 'rc.ALP.t-f2.E1'") == [
+        ("XYZ", entry.commission, None)]
+    assert _query(pg_dsn, "SELECT realised_pnl_usd FROM trade_history WHERE trade_id = 't-f2'") == [
+        (0,)]
+    (evidence,) = _query(pg_dsn, "SELECT evidence->'change'->>'unpriced_fees' FROM recon.corrections "
+                                 "WHERE client_order_id = 'rc.ALP.t-f2.E1'")
+    assert evidence == ("1",)

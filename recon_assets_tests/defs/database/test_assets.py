@@ -4,8 +4,8 @@ import dagster as dg
 import psycopg
 import pytest
 
-from recon_assets.defs.database.assets import db_snapshot, exchange_account_partitions_sensor
-from recon_assets.defs.partitions import exchange_account_partitions
+from recon_assets.defs.database.assets import db_snapshot, partitions_sensor
+from recon_assets.defs.partitions import exchange_account_partitions, profile_partitions
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.io_manager import PostgresFrameIOManager
 from recon_assets.settings import ReconSettings
@@ -90,8 +90,11 @@ def test_partitions_sensor_follows_the_profiles_table(pg_dsn):
         instance.add_dynamic_partitions(exchange_account_partitions.name, ["gone"])
         context = dg.build_sensor_context(instance=instance,
                                           resources={"database": PostgresStore(dsn=pg_dsn)})
-        result = exchange_account_partitions_sensor(context)
-        adds = [r for r in result.dynamic_partitions_requests if isinstance(r, dg.AddDynamicPartitionsRequest)]
+        result = partitions_sensor(context)
+        adds = {r.partitions_def_name: r.partition_keys for r in result.dynamic_partitions_requests
+                if isinstance(r, dg.AddDynamicPartitionsRequest)}
         deletes = [r for r in result.dynamic_partitions_requests if isinstance(r, dg.DeleteDynamicPartitionsRequest)]
-        assert adds[0].partition_keys == ["acct1", "acct2"]
+        assert adds[exchange_account_partitions.name] == ["acct1", "acct2"]
         assert deletes[0].partition_keys == ["gone"]
+        # The correction job's partitions: one per profile.
+        assert adds[profile_partitions.name] == ["alpha", "beta", "gamma"]

@@ -12,7 +12,7 @@ from recon_assets.demo import local_resources
 from recon_assets.defs.database.assets import db_snapshot
 from recon_assets.defs.exchange.assets import exchange_snapshot
 from recon_assets.defs.partitions import exchange_account_partitions
-from recon_assets.defs.reconciliation.assets import reconciliation_diff
+from recon_assets.defs.reconciliation.assets import reconciliation_diff, reconciliation_gate
 from recon_assets.settings import ReconSettings
 from recon_assets.simulator.scenarios import SCENARIOS
 from recon_assets_tests.harness.exchange import FAST_RETRIES
@@ -20,7 +20,7 @@ from recon_assets_tests.harness.exchange import FAST_RETRIES
 pytestmark = pytest.mark.integration
 
 
-CYCLE_ASSETS = [db_snapshot, exchange_snapshot, reconciliation_diff]
+CYCLE_ASSETS = [reconciliation_gate, db_snapshot, exchange_snapshot, reconciliation_diff]
 
 
 def run_cycle(instance, sim, dsn, account):
@@ -107,3 +107,90 @@ def test_health_and_metrics_report_the_cycle_with_the_runbook_names(sim, pg_dsn)
     assert samples["reconciliation_missing_from_exchange_total"] == kinds["missing_from_exchange"]
     assert samples["reconciliation_missing_in_db_total"] == kinds["missing_in_db"]
     assert samples["reconciliation_parity_mismatch_trades"] == len({r["trade_id"] for r in ghosts})
+
+
+# --- the evidence of a cycle (issue 10, sequence 5) --------------------------------------------
+
+def _materialize(instance, sim, dsn, account, selection=None, settings=None):
+    resources = local_resources(dsn, sim, settings or ReconSettings(), **FAST_RETRIES)
+    return dg.materialize(CYCLE_ASSETS, partition_key=account, instance=instance,
+                          resources=resources, selection=selection, raise_on_error=False)
+
+
+def _failure(result) -> str:
+    return "\n".join(e.event_specific_data.error.to_string()
+                     for e in result.get_step_failure_events())
+
+
+def test_the_cycle_records_when_and_by_which_run_both_sides_were_read(sim, pg_dsn):
+    plan = sim.load_scenario("clean")
+    plan.seed_database(pg_dsn)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(exchange_account_partitions.name, plan.accounts())
+        result = _materialize(instance, sim, pg_dsn, "acct1")
+    assert result.success
+    with psycopg.connect(pg_dsn) as conn:
+        row = conn.execute("SELECT db_run_id, exchange_run_id, db_read_at IS NOT NULL, "
+                           "exchange_read_at IS NOT NULL, abs(extract(epoch FROM "
+                           "db_read_at - exchange_read_at)) < 30 FROM recon.cycles").fetchone()
+    assert row == (result.run_id, result.run_id, True, True, True)
+
+
+def test_a_diff_of_snapshots_read_by_different_runs_is_refused(sim, pg_dsn):
+    plan = sim.load_scenario("clean")
+    plan.seed_database(pg_dsn)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(exchange_account_partitions.name, plan.accounts())
+        first = _materialize(instance, sim, pg_dsn, "acct1")
+        # The database is read again by another run; then the diff alone, from what is stored.
+        again = _materialize(instance, sim, pg_dsn, "acct1", selection=[db_snapshot])
+        diff = _materialize(instance, sim, pg_dsn, "acct1", selection=[reconciliation_diff])
+    assert first.success and again.success and not diff.success
+    message = _failure(diff)
+    assert "different runs" in message and first.run_id in message and again.run_id in message
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM recon.cycles WHERE cycle_id = %s",
+                            (diff.run_id,)).fetchone() == (0,)
+
+
+@pytest.mark.parametrize("bound,words", [
+    ({"evidence_max_age_seconds": 0.0}, "old"),
+    ({"evidence_max_apart_seconds": 0.0}, "apart"),
+])
+def test_a_diff_of_old_or_far_apart_snapshots_is_refused(sim, pg_dsn, bound, words):
+    plan = sim.load_scenario("clean")
+    plan.seed_database(pg_dsn)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(exchange_account_partitions.name, plan.accounts())
+        result = _materialize(instance, sim, pg_dsn, "acct1", settings=ReconSettings(**bound))
+    assert not result.success
+    assert words in _failure(result)
+
+
+def test_a_cycle_of_an_account_does_not_start_while_another_one_runs(sim, pg_dsn):
+    import uuid
+
+    plan = sim.load_scenario("clean")
+    plan.seed_database(pg_dsn)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(exchange_account_partitions.name, plan.accounts())
+        other = dg.DagsterRun(job_name="reconciliation_cycle", run_id=str(uuid.uuid4()),
+                              status=dg.DagsterRunStatus.STARTED,
+                              tags={"dagster/partition": "acct1"})
+        instance.add_run(other)
+        result = _materialize(instance, sim, pg_dsn, "acct1")
+        elsewhere = _materialize(instance, sim, pg_dsn, "acct2")
+    assert not result.success and elsewhere.success
+    assert other.run_id in _failure(result) and "already running" in _failure(result)
+
+
+def test_the_deployment_queues_one_cycle_per_account_and_one_correction_per_profile():
+    import pathlib
+
+    import yaml
+
+    config = yaml.safe_load((pathlib.Path(__file__).resolve().parents[3] / "dagster.yaml")
+                            .read_text())
+    limits = {l["key"]: l for l in config["run_coordinator"]["config"]["tag_concurrency_limits"]}
+    for key in ("recon/profile", "recon/account"):
+        assert limits[key]["limit"] == 1 and limits[key]["value"]["applyLimitPerUniqueValue"]

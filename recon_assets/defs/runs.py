@@ -1,0 +1,23 @@
+"""What the Dagster instance knows about runs, for the rules that depend on it: whether the run
+that owns a profile's reconciling gate is still alive, and whether another cycle of an account is
+running. The rules themselves are in `core.cycle`."""
+
+import dagster as dg
+
+
+def run_status(instance: dg.DagsterInstance, run_id: str | None) -> str | None:
+    """The status name of run `run_id` (e.g. STARTED, FAILURE), None when the instance has no
+    such run (an id from another instance, or a run that was deleted)."""
+    if not run_id:
+        return None
+    run = instance.get_run_by_id(run_id)
+    return None if run is None else run.status.value
+
+
+def other_running_runs(instance: dg.DagsterInstance, job_name: str, partition_key: str,
+                       own_run_id: str) -> list[str]:
+    """Ids of the job's other runs of `partition_key` that are starting or running."""
+    records = instance.get_run_records(dg.RunsFilter(
+        job_name=job_name, tags={"dagster/partition": partition_key},
+        statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]))
+    return sorted(r.dagster_run.run_id for r in records if r.dagster_run.run_id != own_run_id)
