@@ -188,23 +188,27 @@ class TradingAppStandIn:
         self._pending.append((account, cid))
 
 
-def _prepare_dagster_home(base: Path, accounts: list[str]) -> Path:
+def _prepare_dagster_home(base: Path, scenario) -> Path:
     home = base / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").write_text(DEMO_INSTANCE_YAML)
-    # Add the account partitions now, so the first scheduled cycle does not wait for the
-    # partitions sensor's first tick.
-    script = ("import dagster as dg, sys; inst = dg.DagsterInstance.get(); "
-              "from recon_assets.defs.partitions import exchange_account_partitions as p; "
-              "have = set(inst.get_dynamic_partitions(p.name)); "
-              "inst.add_dynamic_partitions(p.name, [a for a in sys.argv[1:] if a not in have])")
-    subprocess.run([sys.executable, "-c", script, *accounts], check=True,
+    # Add the account and profile partitions now, so the first scheduled cycle and the first
+    # corrections do not wait for the partitions sensor's first tick.
+    script = ("import dagster as dg, json, sys; inst = dg.DagsterInstance.get(); "
+              "from recon_assets.defs import partitions as p; "
+              "wanted = json.loads(sys.argv[1]); "
+              "[inst.add_dynamic_partitions(d.name, sorted(set(wanted[d.name]) - set("
+              "inst.get_dynamic_partitions(d.name)))) "
+              "for d in (p.exchange_account_partitions, p.profile_partitions)]")
+    wanted = {"exchange_account": scenario.accounts(),
+              "profile": sorted(p["id"] for p in scenario.db["profiles"])}
+    subprocess.run([sys.executable, "-c", script, json.dumps(wanted)], check=True,
                    env={**os.environ, "DAGSTER_HOME": str(home)})
     return home
 
 
 def run_ui(stack: DemoStack, ui_port: int, drift_every_s: float, stop: threading.Event) -> int:
-    home = _prepare_dagster_home(stack.base, stack.sim.scenario.accounts())
+    home = _prepare_dagster_home(stack.base, stack.sim.scenario)
     dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or "dagster"
     env = {**os.environ, **stack.env(), "DAGSTER_HOME": str(home)}
     stack.dagster = subprocess.Popen(
@@ -265,7 +269,7 @@ def run_once(stack: DemoStack) -> dict:
     warnings.filterwarnings("ignore", category=UserWarning, module="dagster")
     summary: dict = {"cycles": [], "corrections": []}
     # The demo's own instance, so these runs are in the UI's history next time.
-    home = _prepare_dagster_home(stack.base, stack.sim.scenario.accounts())
+    home = _prepare_dagster_home(stack.base, stack.sim.scenario)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         cycle_job = defs.resolve_job_def("reconciliation_cycle")
         schedule = defs.get_schedule_def("reconciliation_cycle_schedule")
@@ -284,13 +288,15 @@ def run_once(stack: DemoStack) -> dict:
 
         cycle("before corrections")
         sensor = defs.get_sensor_def("lifecycle_correction_sensor")
-        with dg.build_sensor_context(instance=instance, resources={"database": store}) as context:
+        with dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(),
+                                     definitions=defs, resources={"database": store}) as context:
             requests = sensor.evaluate_tick(context).run_requests
         correction_job = defs.resolve_job_def("lifecycle_correction")
         for request in requests:
             result = correction_job.execute_in_process(run_config={**request.run_config, **quiet},
-                                                       instance=instance,
-                                                       tags=request.tags, raise_on_error=False)
+                                                       instance=instance, tags=request.tags,
+                                                       partition_key=request.partition_key,
+                                                       raise_on_error=False)
             outcomes = result.output_for_node("correct_profile")["outcomes"] if result.success else []
             summary["corrections"] += [{"profile": request.tags["recon/profile"], **o} for o in outcomes]
         cycle("after corrections")

@@ -11,7 +11,7 @@ it) and the others go on. While the job runs the profile's trading state is `rec
 by this run: a second run finds the gate busy and corrects nothing; a gate whose owner is dead
 (or older than `settings.reconciling_max_age_seconds`) is taken over. It is restored at the end,
 also when the job fails; a run killed outright leaves it to the next cycle's
-`reconciliation_gate`.
+`cycle_start`.
 
 The job is partitioned by profile: a launch from the Launchpad picks the profile as its
 partition, and the run carries the `recon/profile` tag the run queue limits to one.

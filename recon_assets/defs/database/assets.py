@@ -1,12 +1,20 @@
-"""Snapshots of the trading database, one consistent read per exchange account."""
+"""The database side of a cycle: its start (`cycle_start`: no overlapping cycle, no profile
+left reconciling by a dead run) and the snapshots of the trading database, one consistent read
+per exchange account."""
 
 import dagster as dg
 import pandas as pd
 
+from recon_assets.core.cycle import reconciling_gate_verdict
+from recon_assets.core.escalation import stale_reconciling
 from recon_assets.core.frames import db_snapshot_frames
 from recon_assets.core.rules import OPEN_ORDER_STATUSES
 from recon_assets.defs.partitions import exchange_account_partitions, profile_partitions
+from recon_assets.defs.runs import other_running_runs, run_status
+from recon_assets.resources.alerts import AlertWebhook, raise_alert
 from recon_assets.resources.database import PostgresStore
+from recon_assets.resources.recon_store import ReconStore
+from recon_assets.settings import ReconSettings
 from recon_assets.resources.trading_tables import TradingTables
 
 # Asset name -> part of the account snapshot, with the one-line description shown in the UI.
@@ -20,6 +28,47 @@ DB_SNAPSHOT_ASSETS = {
     "db_trade_slices": ("trade_slices", "Open lifecycle slices (trade_history) on this account, "
                                         "with their virtual open qty."),
 }
+
+
+CYCLE_JOB = "reconciliation_cycle"
+GATE_COLUMNS = ["profile_id", "owner", "owner_status", "age_s", "stale", "why", "action"]
+
+
+@dg.asset(partitions_def=exchange_account_partitions, group_name="database",
+          kinds={"postgres"})
+def cycle_start(context: dg.AssetExecutionContext, settings: ReconSettings,
+                        database: PostgresStore, alert_webhook: AlertWebhook) -> dg.Output[pd.DataFrame]:
+    """The cycle's start: no other cycle of the account runs, and profiles a dead run left reconciling trade again."""
+    account, run_id = context.partition_key, context.run_id
+    others = other_running_runs(context.instance, CYCLE_JOB, account, run_id)
+    if others:
+        raise dg.Failure(f"cycle {', '.join(others)} of {account} is already running; this one "
+                         "does not start (one cycle per account at a time)")
+    store = ReconStore(database)
+    rows = []
+    for session in store.reconciling_sessions(account):
+        status = run_status(context.instance, session["owner"])
+        verdict = reconciling_gate_verdict(status, float(session["age_s"]),
+                                           settings.reconciling_max_age_seconds)
+        action = "left to its owner"
+        if verdict.stale:
+            ended = database.call("recon_end_reconciling", {
+                "p_profile_id": session["profile_id"], "p_cycle_id": session["owner"]})
+            action = "restored to trading" if ended.get("restored") else "session cleared"
+            raise_alert(database, alert_webhook, stale_reconciling(
+                account, session["profile_id"], session["owner"], verdict.why, run_id))
+            context.log.warning(f"profile {session['profile_id']} was left reconciling by run "
+                                f"{session['owner']} ({verdict.why}): {action}")
+        rows.append({"profile_id": session["profile_id"], "owner": session["owner"],
+                     "owner_status": status or "unknown", "age_s": round(float(session["age_s"]), 1),
+                     "stale": verdict.stale, "why": verdict.why, "action": action})
+    gate = pd.DataFrame(rows, columns=GATE_COLUMNS)
+    return dg.Output(gate, metadata={
+        "reconciling_profiles": len(gate),
+        "restored_profiles": int(gate["stale"].sum()) if len(gate) else 0,
+        "gate": dg.MetadataValue.md(gate.to_markdown(index=False) if len(gate)
+                                    else "_no profile is reconciling_"),
+    })
 
 
 def _markdown_preview(frame: pd.DataFrame, rows: int = 20) -> dg.MetadataValue:
@@ -48,8 +97,8 @@ def _snapshot_metadata(name: str, frame: pd.DataFrame) -> dict:
           for name, (_part, description) in DB_SNAPSHOT_ASSETS.items()},
     partitions_def=exchange_account_partitions,
     can_subset=False,
-    # Read after the cycle's start (reconciliation_gate), which restores stale gates first.
-    deps=["reconciliation_gate"],
+    # Read after the cycle's start, which restores stale reconciling gates first.
+    deps=["cycle_start"],
 )
 def db_snapshot(context: dg.AssetExecutionContext, database: PostgresStore):
     """Reads the account's database state in one statement, so the four snapshots agree."""

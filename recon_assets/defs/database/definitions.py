@@ -1,7 +1,7 @@
 import dagster as dg
 
-from recon_assets.defs.database.assets import db_snapshot, partitions_sensor
+from recon_assets.defs.database.assets import cycle_start, db_snapshot, partitions_sensor
 
 
 def defs() -> dg.Definitions:
-    return dg.Definitions(assets=[db_snapshot], sensors=[partitions_sensor])
+    return dg.Definitions(assets=[cycle_start, db_snapshot], sensors=[partitions_sensor])

@@ -33,7 +33,7 @@ _CHECK_DESCRIPTION = ("Blocks downstream use unless the snapshot is fresh (read 
                                    description=_CHECK_DESCRIPTION) for key in SNAPSHOT_ASSETS],
     partitions_def=exchange_account_partitions,
     can_subset=False,
-    deps=["reconciliation_gate"],  # read after the cycle's start, like the database snapshot
+    deps=["cycle_start"],  # read after the cycle's start, like the database snapshot
 )
 def exchange_snapshot(context: dg.AssetExecutionContext, exchange: ExchangeResource,
                       database: PostgresStore):
@@ -74,7 +74,7 @@ def exchange_snapshot(context: dg.AssetExecutionContext, exchange: ExchangeResou
         context.log.warning(f"{context.partition_key}: {problems}")
         raise dg.Failure(f"exchange snapshot of {context.partition_key} is not fresh and complete "
                          f"({problems}); nothing was stored")
-    read_at = pd.Timestamp(snap.read_started, unit="s", tz="UTC").isoformat()
+    read_at = pd.Timestamp(snap.read_started, unit="s", tz="UTC").floor("us").isoformat()
     for key in SNAPSHOT_ASSETS:
         frame = frames[key]
         # The stamp the diff checks its evidence by: when the picture was taken, by which run.

@@ -1,25 +1,18 @@
-"""The cycle of one account: its start (`reconciliation_gate`), and the diff, the mismatch dataset
-analysts query and the corrections act on."""
+"""The reconciliation diff: the mismatch dataset analysts query and the corrections act on."""
 
 import json
 
 import dagster as dg
 import pandas as pd
 
-from recon_assets.core.cycle import (SnapshotStamp, evidence_problems, evidence_time,
-                                     reconciling_gate_verdict)
+from recon_assets.core.cycle import SnapshotStamp, evidence_problems, evidence_time
 from recon_assets.core.diff import reconciliation_diff as compute_diff
-from recon_assets.core.escalation import stale_reconciling
 from recon_assets.core.rules import MISMATCH_KINDS, MISSING_FROM_EXCHANGE, MISSING_IN_DB
 from recon_assets.defs.partitions import exchange_account_partitions
-from recon_assets.defs.runs import other_running_runs, run_status
-from recon_assets.resources.alerts import AlertWebhook, raise_alert
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.recon_store import ReconStore
 from recon_assets.settings import ReconSettings
 
-CYCLE_JOB = "reconciliation_cycle"
-GATE_COLUMNS = ["profile_id", "owner", "owner_status", "age_s", "stale", "why", "action"]
 
 # The runbook's names, recorded as materialization metadata so the UI plots them over time.
 RUNBOOK_COUNTS = {
@@ -63,47 +56,10 @@ def diff_metadata(diff: pd.DataFrame, cycle_id: str) -> dict:
     return metadata
 
 
-@dg.asset(partitions_def=exchange_account_partitions, group_name="reconciliation",
-          kinds={"postgres"})
-def reconciliation_gate(context: dg.AssetExecutionContext, settings: ReconSettings,
-                        database: PostgresStore, alert_webhook: AlertWebhook) -> dg.Output[pd.DataFrame]:
-    """The cycle's start: no other cycle of the account runs, and profiles a dead run left reconciling trade again."""
-    account, run_id = context.partition_key, context.run_id
-    others = other_running_runs(context.instance, CYCLE_JOB, account, run_id)
-    if others:
-        raise dg.Failure(f"cycle {', '.join(others)} of {account} is already running; this one "
-                         "does not start (one cycle per account at a time)")
-    store = ReconStore(database)
-    rows = []
-    for session in store.reconciling_sessions(account):
-        status = run_status(context.instance, session["owner"])
-        verdict = reconciling_gate_verdict(status, float(session["age_s"]),
-                                           settings.reconciling_max_age_seconds)
-        action = "left to its owner"
-        if verdict.stale:
-            ended = database.call("recon_end_reconciling", {
-                "p_profile_id": session["profile_id"], "p_cycle_id": session["owner"]})
-            action = "restored to trading" if ended.get("restored") else "session cleared"
-            raise_alert(database, alert_webhook, stale_reconciling(
-                account, session["profile_id"], session["owner"], verdict.why, run_id))
-            context.log.warning(f"profile {session['profile_id']} was left reconciling by run "
-                                f"{session['owner']} ({verdict.why}): {action}")
-        rows.append({"profile_id": session["profile_id"], "owner": session["owner"],
-                     "owner_status": status or "unknown", "age_s": round(float(session["age_s"]), 1),
-                     "stale": verdict.stale, "why": verdict.why, "action": action})
-    gate = pd.DataFrame(rows, columns=GATE_COLUMNS)
-    return dg.Output(gate, metadata={
-        "reconciling_profiles": len(gate),
-        "restored_profiles": int(gate["stale"].sum()) if len(gate) else 0,
-        "gate": dg.MetadataValue.md(gate.to_markdown(index=False) if len(gate)
-                                    else "_no profile is reconciling_"),
-    })
-
-
 def _stamps(frames: dict[str, pd.DataFrame]) -> list[SnapshotStamp]:
     return [SnapshotStamp(name, "database" if name.startswith("db_") else "exchange",
                           frame.attrs.get("run_id"),
-                          pd.Timestamp(frame.attrs["read_at"]).to_pydatetime()
+                          pd.Timestamp(frame.attrs["read_at"]).floor("us").to_pydatetime()
                           if frame.attrs.get("read_at") else None)
             for name, frame in frames.items()]
 

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from recon_assets.defs.partitions import exchange_account_partitions
-from recon_assets.defs.reconciliation.assets import reconciliation_diff, reconciliation_gate
+from recon_assets.defs.reconciliation.assets import reconciliation_diff
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.recon_store import ReconStore
 
@@ -47,7 +47,7 @@ def failed_cycle_sensor(context: dg.RunFailureSensorContext, database: PostgresS
 
 def defs(cron: str = "* * * * *") -> dg.Definitions:
     return dg.Definitions(
-        assets=[reconciliation_gate, reconciliation_diff],
+        assets=[reconciliation_diff],
         jobs=[reconciliation_cycle_job],
         schedules=[cycle_schedule(cron)],
         sensors=[failed_cycle_sensor],

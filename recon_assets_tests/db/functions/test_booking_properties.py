@@ -6,7 +6,6 @@ the booked fills, the capital ledger equals its recalculation from scratch, and 
 is booked twice. At the end, once the evidence is reconciled, the database agrees with the
 exchange."""
 
-from decimal import Decimal
 
 import psycopg
 import pytest

@@ -297,7 +297,7 @@ def test_a_profile_left_reconciling_by_a_killed_run_is_restored_by_the_next_cycl
         ("beta", live.run_id)]
     assert _query(pg_dsn, "SELECT reason, profile_id FROM recon.alerts") == [
         ("stale_reconciling", "alpha")]
-    gate = results["acct1"].asset_materializations_for_node("reconciliation_gate")[0]
+    gate = results["acct1"].asset_materializations_for_node("cycle_start")[0]
     assert gate.metadata["restored_profiles"].value == 1
     assert "alpha" in gate.metadata["gate"].value and "killed-run" in gate.metadata["gate"].value
 

@@ -9,10 +9,10 @@ import psycopg
 import pytest
 
 from recon_assets.demo import local_resources
-from recon_assets.defs.database.assets import db_snapshot
+from recon_assets.defs.database.assets import cycle_start, db_snapshot
 from recon_assets.defs.exchange.assets import exchange_snapshot
 from recon_assets.defs.partitions import exchange_account_partitions
-from recon_assets.defs.reconciliation.assets import reconciliation_diff, reconciliation_gate
+from recon_assets.defs.reconciliation.assets import reconciliation_diff
 from recon_assets.settings import ReconSettings
 from recon_assets.simulator.scenarios import SCENARIOS
 from recon_assets_tests.harness.exchange import FAST_RETRIES
@@ -20,7 +20,7 @@ from recon_assets_tests.harness.exchange import FAST_RETRIES
 pytestmark = pytest.mark.integration
 
 
-CYCLE_ASSETS = [reconciliation_gate, db_snapshot, exchange_snapshot, reconciliation_diff]
+CYCLE_ASSETS = [cycle_start, db_snapshot, exchange_snapshot, reconciliation_diff]
 
 
 def run_cycle(instance, sim, dsn, account):
