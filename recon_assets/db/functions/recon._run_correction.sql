@@ -9,6 +9,8 @@
 --      queue on it; handlers of different profiles do not wait for each other. A caller that
 --      must not wait forever sets lock_timeout or statement_timeout (the wait is then an error,
 --      which the caller records as lock contention).
+--      While another run owns the profile's reconciling gate (recon.reconciling), a real (not
+--      dry-run) correction is refused: SQLSTATE RCREF, DETAIL gate_owned_by_another_run.
 --   2. looks the idempotency key up in recon.corrections: present -> returns
 --      {"status": "already_applied", ...} and changes nothing.
 --   3. validates and applies the correction (orders, trade_history, positions, applied_fills,
@@ -63,6 +65,7 @@ DECLARE
     v_change jsonb;
     v_id bigint;
     v_detail text;
+    v_owner text;
 BEGIN
     IF p_profile_id IS NULL OR p_profile_id = '' THEN
         RAISE EXCEPTION 'recon_%: p_profile_id is required', p_handler;
@@ -81,8 +84,17 @@ BEGIN
         RAISE EXCEPTION 'recon_%: p_dry_run must be true or false', p_handler;
     END IF;
 
-    -- 1. The reconciliation lock: one corrector per profile at a time.
+    -- 1. The reconciliation lock: one corrector per profile at a time. And the gate's owner: while
+    --    a run owns the profile's reconciling session, no other run corrects it (a run that lost
+    --    the gate to a take-over stops here, so the owner's end never overtakes its changes).
     PERFORM recon._lock_profile(p_profile_id);
+    SELECT cycle_id INTO v_owner FROM recon.reconciling WHERE profile_id = p_profile_id;
+    IF FOUND AND v_owner IS DISTINCT FROM p_cycle_id AND NOT p_dry_run THEN
+        RAISE EXCEPTION USING ERRCODE = 'RCREF', DETAIL = 'gate_owned_by_another_run',
+            MESSAGE = pg_catalog.format(
+                'recon_%s: profile %s is reconciling under run %s, not %s: only the owner of the gate corrects it',
+                p_handler, p_profile_id, COALESCE(v_owner, '(none)'), p_cycle_id);
+    END IF;
 
     -- 2. Idempotency (after the lock, so the previous holder's commit is visible).
     v_key := CASE WHEN p_dry_run THEN p_idempotency_key || ':dry-run' ELSE p_idempotency_key END;

@@ -652,6 +652,23 @@ def test_a_second_run_cannot_take_the_gate_from_a_live_owner(db):
     assert trading_state(db) == ("active", None)
 
 
+def test_only_the_gates_owner_corrects_the_profile(open_long):
+    """A run that does not own the profile's reconciling gate (it lost it to a take-over, or
+    never had it) corrects nothing while another run owns it; a dry run only records."""
+    db = open_long
+    call(db, "recon_begin_reconciling", p_profile_id="alpha", p_cycle_id="run-owner")
+    before = full_state(db)
+    with pytest.raises(psycopg.Error) as err:
+        call(db, "recon_reconcile_exit_fill", **{**exit_params(), "p_cycle_id": "run-other"})
+    assert err.value.sqlstate == "RCREF"
+    assert err.value.diag.message_detail == "gate_owned_by_another_run"
+    assert full_state(db) == before
+    assert call(db, "recon_reconcile_exit_fill", **{**exit_params(p_dry_run=True),
+                                                   "p_cycle_id": "run-other"})["status"] == "dry_run"
+    assert call(db, "recon_reconcile_exit_fill",
+                **{**exit_params(), "p_cycle_id": "run-owner"})["status"] == "applied"
+
+
 def test_unknown_profile_is_refused(db):
     with pytest.raises(psycopg.errors.RaiseException, match="unknown profile ghost"):
         call(db, "recon_begin_reconciling", p_profile_id="ghost")

@@ -2,6 +2,7 @@
 correction job, against the simulator (real ccxt over HTTP) and the real PostgreSQL."""
 
 import datetime as dt
+import os
 import uuid
 
 import dagster as dg
@@ -187,34 +188,60 @@ def test_lock_contention_is_recorded_and_escalated(sim, pg_dsn, instance):
     assert _query(pg_dsn, "SELECT reason, profile_id FROM recon.alerts") == [("lock_contention", profile)]
 
 
-def test_eight_concurrent_correction_runs_apply_each_correction_once(sim, pg_dsn, instance):
+def test_eight_concurrent_correction_runs_apply_each_correction_once(sim, pg_dsn, pg_server,
+                                                                     instance, tmp_path):
+    """Eight run workers (processes) correct one profile at once, as if the run queue's limit were
+    gone. They share the deployment's Dagster run storage (Postgres), the database and the
+    exchange. The first to take the reconciling gate corrects; a run that finds a live owner
+    corrects nothing and fails saying so, or, once the owner is done, finds everything already
+    applied. Each correction is applied once, and trading is active again at the end."""
+    import json
+    import subprocess
+    import sys
+
     defs = after_first_cycle(sim, pg_dsn, instance)
     (request,) = evaluate_correction_sensor(defs, instance).run_requests
-    job = defs.resolve_job_def("lifecycle_correction")
-
-    def one_run(_):
-        # Each run in its own instance, as separate run workers would be; they share only the
-        # database (and its reconciliation lock) and the exchange.
-        with dg.DagsterInstance.ephemeral() as own:
-            own.add_dynamic_partitions(profile_partitions.name, [request.partition_key])
-            return job.execute_in_process(run_config=request.run_config, instance=own,
-                                          tags=request.tags, partition_key=request.partition_key,
-                                          raise_on_error=False)
-
-    from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(one_run, range(8)))
-    assert all(r.success for r in results)
-    statuses = [o["status"] for r in results for o in r.output_for_node("correct_profile")["outcomes"]]
+    storage = pg_server.create_database(f"dagster_{uuid.uuid4().hex[:8]}")
+    url = storage.replace("postgresql://", "postgresql+psycopg2://")
+    (tmp_path / "dagster.yaml").write_text(
+        f"storage:\n  postgres:\n    postgres_url: \"{url}\"\ntelemetry:\n  enabled: false\n")
+    with dg.DagsterInstance.from_config(str(tmp_path)) as shared:  # creates the storage schema
+        shared.add_dynamic_partitions(profile_partitions.name, [request.partition_key])
+    payload = json.dumps({"run_config": request.run_config, "tags": request.tags,
+                          "partition_key": request.partition_key})
+    workers = [subprocess.Popen(
+        [sys.executable, "-m", "recon_assets_tests.harness.correction_worker", pg_dsn, sim.url,
+         json.dumps(sim.credentials()), payload],
+        env={**os.environ, "DAGSTER_HOME": str(tmp_path)}, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True) for _ in range(8)]
+    results = []
+    try:
+        for worker in workers:
+            out, _ = worker.communicate(timeout=300)
+            (line,) = [l for l in out.splitlines() if l.startswith("RESULT ")]
+            results.append(json.loads(line.removeprefix("RESULT ")))
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    assert any(r["success"] for r in results)
+    for r in results:
+        if not r["success"]:
+            assert "is reconciling under run" in r["error"], r["error"]
+    statuses = [o["status"] for r in results if r["success"] for o in r["outcomes"]]
     assert statuses.count("applied") == 3, statuses
-    assert _query(pg_dsn, """SELECT handler, count(*) FROM recon.corrections WHERE NOT dry_run
-                             GROUP BY 1 ORDER BY 1""") == [
-        ("reconcile_cancel", 1), ("reconcile_entry_fill", 1), ("reconcile_exit_fill", 1)]
+    assert set(statuses) <= {"applied", "already_applied"}, statuses
+    assert _query(pg_dsn, """SELECT handler, outcome, count(*) FROM recon.corrections
+                             WHERE NOT dry_run GROUP BY 1, 2 ORDER BY 1""") == [
+        ("reconcile_cancel", "applied", 1), ("reconcile_entry_fill", "applied", 1),
+        ("reconcile_exit_fill", "applied", 1)]
     assert _query(pg_dsn, """SELECT client_order_id, status FROM orders
                              WHERE client_order_id IN ('rc.ALP.t-a3.E1', 'rc.ALP.t-a4.E1', 'rc.ALP.t-a5.X1')
                              ORDER BY 1""") == [
         ("rc.ALP.t-a3.E1", "filled"), ("rc.ALP.t-a4.E1", "canceled"), ("rc.ALP.t-a5.X1", "filled")]
     assert {s for (s,) in _query(pg_dsn, "SELECT trading_state FROM profiles")} == {"active"}
+    assert _query(pg_dsn, "SELECT count(*) FROM recon.reconciling") == [(0,)]
 
 
 def running_run(instance, job_name, tags):
