@@ -122,12 +122,18 @@ def _failure(result) -> str:
                      for e in result.get_step_failure_events())
 
 
-def test_the_cycle_records_when_and_by_which_run_both_sides_were_read(sim, pg_dsn):
+@pytest.fixture
+def instance(sim, pg_dsn):
+    """The clean scenario on both sides, and an instance with its account partitions."""
     plan = sim.load_scenario("clean")
     plan.seed_database(pg_dsn)
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(exchange_account_partitions.name, plan.accounts())
-        result = _materialize(instance, sim, pg_dsn, "acct1")
+        yield instance
+
+
+def test_the_cycle_records_when_and_by_which_run_both_sides_were_read(sim, pg_dsn, instance):
+    result = _materialize(instance, sim, pg_dsn, "acct1")
     assert result.success
     with psycopg.connect(pg_dsn) as conn:
         row = conn.execute("SELECT db_run_id, exchange_run_id, db_read_at IS NOT NULL, "
@@ -136,15 +142,11 @@ def test_the_cycle_records_when_and_by_which_run_both_sides_were_read(sim, pg_ds
     assert row == (result.run_id, result.run_id, True, True, True)
 
 
-def test_a_diff_of_snapshots_read_by_different_runs_is_refused(sim, pg_dsn):
-    plan = sim.load_scenario("clean")
-    plan.seed_database(pg_dsn)
-    with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(exchange_account_partitions.name, plan.accounts())
-        first = _materialize(instance, sim, pg_dsn, "acct1")
-        # The database is read again by another run; then the diff alone, from what is stored.
-        again = _materialize(instance, sim, pg_dsn, "acct1", selection=[db_snapshot])
-        diff = _materialize(instance, sim, pg_dsn, "acct1", selection=[reconciliation_diff])
+def test_a_diff_of_snapshots_read_by_different_runs_is_refused(sim, pg_dsn, instance):
+    first = _materialize(instance, sim, pg_dsn, "acct1")
+    # The database is read again by another run; then the diff alone, from what is stored.
+    again = _materialize(instance, sim, pg_dsn, "acct1", selection=[db_snapshot])
+    diff = _materialize(instance, sim, pg_dsn, "acct1", selection=[reconciliation_diff])
     assert first.success and again.success and not diff.success
     message = _failure(diff)
     assert "different runs" in message and first.run_id in message and again.run_id in message
@@ -157,29 +159,21 @@ def test_a_diff_of_snapshots_read_by_different_runs_is_refused(sim, pg_dsn):
     ({"evidence_max_age_seconds": 0.0}, "old"),
     ({"evidence_max_apart_seconds": 0.0}, "apart"),
 ])
-def test_a_diff_of_old_or_far_apart_snapshots_is_refused(sim, pg_dsn, bound, words):
-    plan = sim.load_scenario("clean")
-    plan.seed_database(pg_dsn)
-    with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(exchange_account_partitions.name, plan.accounts())
-        result = _materialize(instance, sim, pg_dsn, "acct1", settings=ReconSettings(**bound))
+def test_a_diff_of_old_or_far_apart_snapshots_is_refused(sim, pg_dsn, instance, bound, words):
+    result = _materialize(instance, sim, pg_dsn, "acct1", settings=ReconSettings(**bound))
     assert not result.success
     assert words in _failure(result)
 
 
-def test_a_cycle_of_an_account_does_not_start_while_another_one_runs(sim, pg_dsn):
+def test_a_cycle_of_an_account_does_not_start_while_another_one_runs(sim, pg_dsn, instance):
     import uuid
 
-    plan = sim.load_scenario("clean")
-    plan.seed_database(pg_dsn)
-    with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(exchange_account_partitions.name, plan.accounts())
-        other = dg.DagsterRun(job_name="reconciliation_cycle", run_id=str(uuid.uuid4()),
-                              status=dg.DagsterRunStatus.STARTED,
-                              tags={"dagster/partition": "acct1"})
-        instance.add_run(other)
-        result = _materialize(instance, sim, pg_dsn, "acct1")
-        elsewhere = _materialize(instance, sim, pg_dsn, "acct2")
+    other = dg.DagsterRun(job_name="reconciliation_cycle", run_id=str(uuid.uuid4()),
+                          status=dg.DagsterRunStatus.STARTED,
+                          tags={"dagster/partition": "acct1"})
+    instance.add_run(other)
+    result = _materialize(instance, sim, pg_dsn, "acct1")
+    elsewhere = _materialize(instance, sim, pg_dsn, "acct2")
     assert not result.success and elsewhere.success
     assert other.run_id in _failure(result) and "already running" in _failure(result)
 
