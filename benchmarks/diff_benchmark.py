@@ -168,6 +168,9 @@ def generate(n_orders: int, drift: float = 0.01, seed: int = 7) -> dict[str, pd.
         "symbol": db_positions["symbol"], "side": pos_side, "entry_qty": pos_qty,
         "exit_qty": 0.0, "virtual_open_qty": pos_qty, "entry_price": 100.0, "opened_at": old,
         "status": "open", "updated_at": old,
+        # Each slice's entry order carries its profile's sub tag (T<i> for profile p<i>).
+        "order_client_ids": [[f"rc.T{p}.s{i:06d}.E1"] for i, p in enumerate(
+            db_positions["profile_id"].str.removeprefix("p"))],
     })
     # One flat account symbol: its slices are ghosts (and its position drifts).
     flat = int(np.setdiff1d(np.arange(len(ex_net)), pos_drift)[0])

@@ -42,6 +42,24 @@ def make_client_order_id(sub_tag: str, trade_id: str, intent: str, seq: int = 1)
     return candidate
 
 
+def slice_attribution(sub_tag: object, trade_id: object, client_order_ids: object) -> tuple[bool, str]:
+    """Whether a lifecycle slice is attributed to its profile, and why (safety rule 9: evidence,
+    not a column): every order of its trade must carry our format with the profile's sub tag and
+    the trade's id. A profile having a sub tag proves nothing about a slice."""
+    ids = [] if client_order_ids is None else list(client_order_ids)
+    if not isinstance(sub_tag, str) or not sub_tag:
+        return False, "the profile has no sub tag"
+    if not ids:
+        return False, "the trade has no order to attribute it by"
+    for coid in ids:
+        parsed = parse_client_order_id(coid)
+        if parsed is None:
+            return False, f"order {coid} does not carry sub-tag attribution"
+        if parsed.sub_tag != sub_tag or parsed.trade_id != str(trade_id):
+            return False, f"order {coid} carries sub tag {parsed.sub_tag} / trade {parsed.trade_id}"
+    return True, f"{len(ids)} order(s) carry sub tag {sub_tag}"
+
+
 def parse_client_order_id(client_order_id: object) -> Attribution | None:
     """The attribution carried by one of our ids, or None for ids that are not ours."""
     if not isinstance(client_order_id, str):

@@ -37,7 +37,9 @@ Kinds (`core.rules.MISMATCH_KINDS`, exactly the CHECK of `recon.mismatches`):
 - ``ghost_slice``: an open slice (`status` ``open``) with `virtual_open_qty > 0` while the
   account's exchange position on the symbol is effectively zero (gross |qty| below
   `min_qty_step`, or no row at all). One row per slice, with its profile and trade;
-  `attributable` = its profile is on that account with a sub_tag. Notional = virtual open qty x
+  `attributable` = every order of its trade carries its profile's sub tag and the trade id in
+  its client order id (`core.attribution.slice_attribution`; a profile having a sub tag proves
+  nothing about a slice). Notional = virtual open qty x
   (exchange mark price, else the slice's entry price).
 
 Matching: a DB order and an exchange open order match on (account, client_order_id); an exchange
@@ -75,7 +77,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from recon_assets.core.attribution import parse_client_order_id
+from recon_assets.core.attribution import parse_client_order_id, slice_attribution
 from recon_assets.core.frames import (
     DB_ORDERS,
     DB_POSITIONS,
@@ -424,14 +426,9 @@ positions AS (
                ELSE {_differs('db_net', 'ex_net')} END
 ),
 -- Ghost slices: open with virtual open qty while the exchange is flat on the symbol.
-known AS (
-    SELECT DISTINCT CAST(exchange_account AS VARCHAR) AS account,
-           CAST(profile_id AS VARCHAR) AS profile_id
-    FROM profiles WHERE sub_tag IS NOT NULL AND CAST(sub_tag AS VARCHAR) <> ''
-),
 ghosts AS (
     SELECT 'ghost_slice' AS kind, s.profile_id, s.account, s.symbol, NULL, NULL, s.trade_id,
-           k.profile_id IS NOT NULL, s.virtual_open_qty, coalesce(x.ex_gross, 0.0),
+           s.attributed, s.virtual_open_qty, coalesce(x.ex_gross, 0.0),
            s.status, NULL, s.entry_price, x.mark,
            s.virtual_open_qty * coalesce(x.mark, s.entry_price, 0.0),
            s.recent, s.slice_no,
@@ -449,12 +446,11 @@ ghosts AS (
                CAST(virtual_open_qty AS DOUBLE) AS virtual_open_qty,
                CAST(entry_qty AS DOUBLE) AS entry_qty, CAST(exit_qty AS DOUBLE) AS exit_qty,
                CASE WHEN entry_price > 0 THEN CAST(entry_price AS DOUBLE) END AS entry_price,
-               _recent AS recent
+               _recent AS recent, _attributed AS attributed
         FROM db_trade_slices
         WHERE status = '{OPEN_SLICE_STATUS}' AND virtual_open_qty > 0
     ) s
     LEFT JOIN ex x USING (account, symbol)
-    LEFT JOIN known k ON k.account = s.account AND k.profile_id = s.profile_id
     WHERE x.ex_gross IS NULL
        OR (CASE WHEN x.step IS NOT NULL THEN x.ex_gross < x.step
                 ELSE x.ex_gross <= {ABS_TOL!r} END)
@@ -476,6 +472,22 @@ ORDER BY CASE kind {' '.join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(MISMAT
 
 
 # --------------------------------------------------------------------------- helpers
+
+def _slices_attributed(slices: pd.DataFrame, profiles: pd.DataFrame) -> np.ndarray:
+    """Per slice: attributed to its profile by its own orders (`core.attribution`); computed for
+    the open slices with virtual open qty (the only ones a finding can be about)."""
+    tags = {(a, p): t for a, p, t in zip(profiles["exchange_account"].tolist(),
+                                         profiles["profile_id"].tolist(),
+                                         profiles["sub_tag"].tolist())}
+    out = np.zeros(len(slices), dtype=bool)
+    candidates = np.flatnonzero(((slices["status"] == OPEN_SLICE_STATUS)
+                                 & (slices["virtual_open_qty"] > 0)).fillna(False).to_numpy())
+    accounts, profile_ids = slices["exchange_account"].to_numpy(), slices["profile_id"].to_numpy()
+    trades, ids = slices["trade_id"].to_numpy(), slices["order_client_ids"].to_numpy()
+    for i in candidates:
+        out[i] = slice_attribution(tags.get((accounts[i], profile_ids[i])), trades[i], ids[i])[0]
+    return out
+
 
 def _attributions(e_rows: pd.DataFrame, profiles: pd.DataFrame) -> pd.DataFrame:
     """Sub-tag attribution (`core.attribution`) of the given exchange orders (a few rows)."""
@@ -616,7 +628,8 @@ def reconciliation_diff(*, profiles: pd.DataFrame, db_orders: pd.DataFrame,
     e_times = _times(ex_orders, "exchange_open_orders", "created_at")
     db_positions = db_positions.assign(
         _recent=_recent(db_positions, "db_positions", "updated_at", cutoff))
-    slices = slices.assign(_recent=_recent(slices, "db_trade_slices", "updated_at", cutoff))
+    slices = slices.assign(_recent=_recent(slices, "db_trade_slices", "updated_at", cutoff),
+                           _attributed=_slices_attributed(slices, profiles))
 
     con, account_con = _cursor(), _cursor()
     try:

@@ -136,17 +136,27 @@ def open_orders_frame(account: str, orders: list[dict], mark_prices: dict[str, f
     return typed(pd.DataFrame(rows, columns=list(EXCHANGE_OPEN_ORDERS)), EXCHANGE_OPEN_ORDERS)
 
 
+def flat_symbols(symbols: Iterable[str], positions: Iterable[dict]) -> list[str]:
+    """The symbols that matter where the exchange holds no position (their mark price is read
+    on its own: a synthetic exit of a ghost slice is priced at it)."""
+    held = {p["symbol"] for p in positions if _positive(p.get("contracts"))}
+    return sorted(set(symbols) - held)
+
+
 def positions_frame(account: str, symbols: Iterable[str], positions: list[dict],
-                    steps: dict[str, float], fetched_at: pd.Timestamp) -> pd.DataFrame:
+                    steps: dict[str, float], fetched_at: pd.Timestamp,
+                    flat_marks: dict[str, float] | None = None) -> pd.DataFrame:
     """EXCHANGE_POSITIONS: one row per symbol that matters, qty 0 and side `flat` when the
-    exchange holds no position, with the market's quantity step."""
+    exchange holds no position (with its mark price from `flat_marks`), with the market's
+    quantity step."""
     by_symbol = {p["symbol"]: p for p in positions if _positive(p.get("contracts"))}
     rows = []
     for symbol in sorted(set(symbols) | set(by_symbol)):
         p = by_symbol.get(symbol)
         if p is None:
             rows.append({"account": account, "symbol": symbol, "side": FLAT, "qty": 0.0,
-                         "entry_price": math.nan, "mark_price": math.nan, "notional_usd": 0.0,
+                         "entry_price": math.nan,
+                         "mark_price": (flat_marks or {}).get(symbol, math.nan), "notional_usd": 0.0,
                          "min_qty_step": steps.get(symbol, math.nan), "fetched_at": fetched_at})
             continue
         qty = _num(p.get("contracts")) * (_num(p.get("contractSize")) if p.get("contractSize") else 1.0)

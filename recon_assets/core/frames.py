@@ -39,6 +39,7 @@ DB_POSITIONS = (
 DB_TRADE_SLICES = (
     "profile_id", "exchange_account", "trade_id", "slice_no", "symbol", "side", "entry_qty",
     "exit_qty", "virtual_open_qty", "entry_price", "opened_at", "status", "updated_at",
+    "order_client_ids",  # the client order ids of the trade's orders (a list): its attribution
 )
 
 

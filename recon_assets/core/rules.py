@@ -60,6 +60,23 @@ SQL_REFUSAL = "RCREF"
 # Which lock a correction waited for (recon.lock_contention.lock_kind).
 RECONCILIATION_LOCK, ROW_LOCK = LOCK_KINDS = ("reconciliation_lock", "row_lock")
 
+# --- the parity heartbeat (recon.parity_checks.decision) -----------------------------------------
+# What the heartbeat decided about one open slice in one cycle (core/parity.py says when):
+CLEARED = "cleared"  # the exchange supports the slice: streak reset, quarantine released
+CONFIRMING = "confirming"  # a ghost, seen n of N consecutive cycles
+# SYNTHETIC_EXIT (above): the Nth consecutive sighting, attributed: close it at the mark price
+QUARANTINE = "quarantine"  # confirmed but not attributable (or quarantined already): hands off
+BLOCKED = "blocked"  # confirmed, but the watchdog tripped for the profile, dry run, or no price
+AMBIGUOUS = "ambiguous"  # a shortfall on a shared symbol no single slice explains: reported
+HELD = "held"  # could not be checked this cycle (changed a moment ago): checked next cycle
+BACKFILL = "backfill"  # the EXIT backfill has real fills for it: evidence first
+PARITY_DECISIONS = (CLEARED, CONFIRMING, SYNTHETIC_EXIT, QUARANTINE, BLOCKED, AMBIGUOUS, HELD,
+                    BACKFILL)
+# The close reason a synthetic exit writes on the slice (real exits say otherwise).
+PARITY_CLOSE_REASON = "parity_synthetic_exit"
+# How an operator ends a quarantine (the resolve_quarantine job).
+QUARANTINE_RESOLUTIONS = ("release", "approve_synthetic_exit")
+
 # --- EXIT backfill (recon.backfill_decisions.decision) -----------------------------------------
 BACKFILL_DECISIONS = ("GO", "NO_GO")
 

@@ -21,3 +21,16 @@ def other_running_runs(instance: dg.DagsterInstance, job_name: str, partition_ke
         job_name=job_name, tags={"dagster/partition": partition_key},
         statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]))
     return sorted(r.dagster_run.run_id for r in records if r.dagster_run.run_id != own_run_id)
+
+
+def previous_run_id(instance: dg.DagsterInstance, job_name: str, partition_key: str,
+                    run_id: str) -> str | None:
+    """The run of `job_name` for `partition_key` launched just before `run_id` (any status):
+    the previous cycle of an account, whether it succeeded or not."""
+    records = instance.get_run_records(
+        dg.RunsFilter(job_name=job_name, tags={"dagster/partition": partition_key}), limit=50)
+    ids = [r.dagster_run.run_id for r in records]  # newest first
+    if run_id in ids:
+        later = ids.index(run_id)
+        return ids[later + 1] if later + 1 < len(ids) else None
+    return ids[0] if ids else None

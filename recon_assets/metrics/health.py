@@ -23,10 +23,11 @@ whose profiles are gone stops counting. If `profiles` is empty, every account in
     database, absent on the exchange);
   - `reconciliationMissingInDb`: rows of kind `missing_in_db` (on the exchange, absent in the
     database, attributable or foreign);
-  - `reconciliationParityMismatchTrades`: distinct trades (account, profile, trade id) with a
-    `ghost_slice` row (virtual open qty in the database, no position on the exchange);
+  - `reconciliationParityMismatchTrades`: distinct trades (profile, trade id) with a ghost in the
+    parity heartbeat's checks of that cycle (`recon.parity_checks`, `ghost`: virtual open qty
+    in the database the exchange does not hold; 0 while the heartbeat is off);
   - `reconciliationParityMaxMismatchNotionalUsd` / `reconciliationParityTotalMismatchNotionalUsd`:
-    the largest / the sum of `notional_usd` over those `ghost_slice` rows (0 when none).
+    the largest / the sum of `mismatch_notional_usd` over those ghost checks (0 when none).
 - `reconciliationParityQuarantinedTrades`: open quarantines now (`recon.quarantine` rows with
   `released_at` null), all profiles.
 - `reconciliationParityAutoClosedTrades`: synthetic EXITs applied so far (`recon.corrections` with
@@ -49,7 +50,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from recon_assets.core.rules import (APPLIED, CYCLE_FAILED, CYCLE_SUCCEEDED, GHOST_SLICE,
+from recon_assets.core.rules import (APPLIED, CYCLE_FAILED, CYCLE_SUCCEEDED,
                                      MISSING_FROM_EXCHANGE, MISSING_IN_DB, SYNTHETIC_EXIT)
 from recon_assets.resources.database import redact_dsn
 
@@ -110,24 +111,27 @@ SELECT w.exchange_account AS account,
        COALESCE(m.mismatches, 0) AS mismatches,
        COALESCE(m.missing_from_exchange, 0) AS missing_from_exchange,
        COALESCE(m.missing_in_db, 0) AS missing_in_db,
-       COALESCE(m.ghost_trades, 0) AS ghost_trades,
-       COALESCE(m.ghost_max_usd, 0)::float8 AS ghost_max_usd,
-       COALESCE(m.ghost_total_usd, 0)::float8 AS ghost_total_usd
+       COALESCE(g.ghost_trades, 0) AS ghost_trades,
+       COALESCE(g.ghost_max_usd, 0)::float8 AS ghost_max_usd,
+       COALESCE(g.ghost_total_usd, 0)::float8 AS ghost_total_usd
 FROM watched w
 LEFT JOIN last_finished lf USING (exchange_account)
 LEFT JOIN last_success ls USING (exchange_account)
 LEFT JOIN LATERAL (
     SELECT count(*) AS mismatches,
            count(*) FILTER (WHERE kind = '{MISSING_FROM_EXCHANGE}') AS missing_from_exchange,
-           count(*) FILTER (WHERE kind = '{MISSING_IN_DB}') AS missing_in_db,
-           count(DISTINCT CASE WHEN trade_id IS NULL THEN 'row:' || id
-                               ELSE COALESCE(profile_id, '') || '|' || trade_id END)
-               FILTER (WHERE kind = '{GHOST_SLICE}') AS ghost_trades,
-           max(notional_usd) FILTER (WHERE kind = '{GHOST_SLICE}') AS ghost_max_usd,
-           sum(notional_usd) FILTER (WHERE kind = '{GHOST_SLICE}') AS ghost_total_usd
+           count(*) FILTER (WHERE kind = '{MISSING_IN_DB}') AS missing_in_db
     FROM recon.mismatches mm
     WHERE mm.cycle_id = ls.cycle_id AND mm.exchange_account = ls.exchange_account
 ) m ON true
+-- The parity heartbeat's ghosts of that same cycle (none while the heartbeat is off).
+LEFT JOIN LATERAL (
+    SELECT count(DISTINCT (profile_id, trade_id)) AS ghost_trades,
+           max(mismatch_notional_usd) AS ghost_max_usd,
+           sum(mismatch_notional_usd) AS ghost_total_usd
+    FROM recon.parity_checks pc
+    WHERE pc.cycle_id = ls.cycle_id AND pc.exchange_account = ls.exchange_account AND pc.ghost
+) g ON true
 ORDER BY w.exchange_account
 """
 

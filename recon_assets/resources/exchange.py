@@ -239,6 +239,18 @@ def check_payload(method: str, path: str, payload: Any, known_symbols: set[str] 
             _check_order(payload, known_symbols, with_time=(method == "GET"))
         except _Bad as exc:
             raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: {exc}") from None
+    elif path.endswith("/premiumIndex"):
+        items = payload if isinstance(payload, list) else [payload]
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: item {i} "
+                                           "is not an object")
+            try:
+                _symbol(item, known_symbols)
+                _decimal(item, "markPrice", positive=True)
+            except _Bad as exc:
+                raise ExchangePayloadError(
+                    f"malformed exchange payload from {endpoint}: item {i} ({_label(item)}): {exc}") from None
     elif path.endswith("/klines"):
         if not isinstance(payload, list):
             raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: expected a JSON list")
@@ -488,6 +500,19 @@ class ExchangeSession:
     def fetch_order(self, order_id: str, symbol: str) -> dict:
         """One order by exchange id (the targeted probe)."""
         return self.call(f"fetch order {order_id}", self.client.fetch_order, order_id, symbol)
+
+    def fetch_mark_prices(self, symbols: list[str]) -> dict[str, float]:
+        """The mark price of each symbol (premiumIndex, one request per symbol: weight 1 each,
+        where all symbols at once weigh 10). A read that fails fails the snapshot."""
+        prices = {}
+        for symbol in symbols:
+            ticker = self.call(f"fetch mark price of {symbol}", self.client.fetch_mark_price, symbol)
+            mark = ticker.get("markPrice") if isinstance(ticker, dict) else None
+            if mark is None and isinstance(ticker, dict):
+                mark = (ticker.get("info") or {}).get("markPrice")
+            if mark is not None:
+                prices[symbol] = float(mark)
+        return prices
 
     def asset_price_usd(self, asset: str, at_ms: int) -> Decimal | None:
         """What one unit of `asset` was worth in USD at `at_ms`: the close of the 1-minute candle

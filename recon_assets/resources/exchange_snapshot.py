@@ -18,8 +18,8 @@ import pandas as pd
 
 from recon_assets.core.exchange_snapshot import (activity_key, db_symbols, evaluate_snapshot,
                                                  exchange_symbols, fill_rows, fills_frame,
-                                                 open_orders_frame, plan_fill_reads,
-                                                 positions_frame, utc_from_ms)
+                                                 flat_symbols, open_orders_frame,
+                                                 plan_fill_reads, positions_frame, utc_from_ms)
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.exchange import (ExchangeFetchError, ExchangeResource,
                                              ExchangeSession, RequestStats)
@@ -73,6 +73,7 @@ def read_exchange_snapshot(resource: ExchangeResource, database: PostgresStore, 
         raise ExchangeFetchError(
             f"{account}: symbol(s) {', '.join(unknown)} are not markets of {resource.exchange_id}; "
             "the snapshot cannot say whether they are flat")
+    flat_marks = session.fetch_mark_prices(flat_symbols(symbols, positions))
 
     now_ms = int(time.time() * 1000)
     window_ms = resource.fills_window_hours * 3_600_000
@@ -138,7 +139,7 @@ def read_exchange_snapshot(resource: ExchangeResource, database: PostgresStore, 
     return ExchangeSnapshot(
         account=account,
         open_orders=open_orders_frame(account, orders, mark_prices, orders_at),
-        positions=positions_frame(account, symbols, positions, steps, positions_at),
+        positions=positions_frame(account, symbols, positions, steps, positions_at, flat_marks),
         fills=fills_frame(account, window, finished_at),
         stats=stats, symbols=sorted(symbols), fill_reads=to_read, incomplete=incomplete,
         new_fills=new_fills, probes=probes, probe_errors=probe_errors,

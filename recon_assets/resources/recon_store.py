@@ -87,6 +87,102 @@ class ReconStore:
                      AND kind = ANY(%s) ORDER BY profile_id""",
                 (cycle_id, account, list(kinds))).fetchall()]
 
+    def cycle_succeeded(self, cycle_id: str, account: str) -> bool:
+        """Whether `cycle_id` is recorded as a succeeded cycle of `account`."""
+        with self.database.connect() as conn:
+            return conn.execute("SELECT 1 FROM recon.cycles WHERE cycle_id = %s AND "
+                                "exchange_account = %s AND status = %s",
+                                (cycle_id, account, CYCLE_SUCCEEDED)).fetchone() is not None
+
+    # --- the parity heartbeat --------------------------------------------------------------------
+
+    def parity_state(self, account: str, cycle_id: str) -> dict:
+        """What the heartbeat decides from besides the snapshots: the streaks of the account's
+        slices, the slices with an open quarantine, the slices an operator approved for a
+        synthetic exit, and the slices the EXIT backfill has GO decisions for in this cycle."""
+        with self.database.connect() as conn:
+            streaks = conn.execute(
+                """SELECT f.profile_id, f.trade_id, f.slice_no, f.consecutive_count,
+                          f.first_seen_cycle, f.last_seen_cycle
+                   FROM recon.parity_confirmations f JOIN profiles p ON p.id = f.profile_id
+                   WHERE p.exchange_account = %s""", (account,)).fetchall()
+            quarantined = conn.execute(
+                """SELECT q.profile_id, q.trade_id, q.slice_no FROM recon.quarantine q
+                   JOIN profiles p ON p.id = q.profile_id
+                   WHERE p.exchange_account = %s AND q.released_at IS NULL""",
+                (account,)).fetchall()
+            approved = conn.execute(
+                """SELECT DISTINCT q.profile_id, q.trade_id, q.slice_no FROM recon.quarantine q
+                   JOIN profiles p ON p.id = q.profile_id
+                   WHERE p.exchange_account = %s AND q.resolution = %s""",
+                (account, "approve_synthetic_exit")).fetchall()
+            backfill = conn.execute(
+                """SELECT DISTINCT profile_id, trade_id, slice_no FROM recon.backfill_decisions
+                   WHERE cycle_id = %s AND decision = 'GO'""", (cycle_id,)).fetchall()
+
+        def keys(rows):
+            return frozenset((r["profile_id"], r["trade_id"], int(r["slice_no"])) for r in rows)
+
+        return {"streaks": {(r["profile_id"], r["trade_id"], int(r["slice_no"])):
+                            (int(r["consecutive_count"]), r["first_seen_cycle"],
+                             r["last_seen_cycle"]) for r in streaks},
+                "quarantined": keys(quarantined), "approved": keys(approved),
+                "backfill_go": keys(backfill)}
+
+    def record_parity_checks(self, cycle_id: str, account: str, checks: list[dict],
+                             dry_run: bool) -> dict:
+        """The heartbeat's checks of a cycle, its streaks and quarantines, in one transaction
+        (`recon_record_parity_checks`)."""
+        return self.database.call("recon_record_parity_checks", {
+            "p_cycle_id": cycle_id, "p_account": account, "p_checks": checks,
+            "p_dry_run": dry_run})
+
+    def parity_history(self, keys: list[tuple[str, str, int]], limit: int = 5) -> list[dict]:
+        """The last `limit` checks of each slice in `keys`, newest first."""
+        if not keys:
+            return []
+        with self.database.connect() as conn:
+            return conn.execute(
+                """SELECT * FROM (
+                       SELECT c.profile_id, c.trade_id, c.slice_no, c.cycle_id, c.checked_at,
+                              c.virtual_open_qty::float8 AS db_qty,
+                              c.exchange_qty::float8 AS exchange_qty,
+                              c.mark_price::float8 AS mark_price, c.streak, c.decision,
+                              row_number() OVER (PARTITION BY c.profile_id, c.trade_id, c.slice_no
+                                                 ORDER BY c.checked_at DESC) AS n
+                       FROM recon.parity_checks c
+                       WHERE (c.profile_id, c.trade_id, c.slice_no) IN (
+                           SELECT * FROM unnest(%s::text[], %s::text[], %s::int[]))) x
+                   WHERE n <= %s ORDER BY profile_id, trade_id, slice_no, checked_at DESC""",
+                ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+                 limit)).fetchall()
+
+    def parity_decisions(self, cycle_id: str, profile_id: str, decision: str) -> list[dict]:
+        """The checks of one profile in one cycle with `decision` (numbers as exact text)."""
+        with self.database.connect() as conn:
+            return conn.execute(
+                """SELECT id AS check_id, cycle_id, exchange_account, profile_id, trade_id,
+                          slice_no, symbol, side, virtual_open_qty::text AS qty,
+                          mark_price::text AS price, price_source, streak,
+                          streak_started_cycle, idempotency_key, reason, checked_at
+                   FROM recon.parity_checks
+                   WHERE cycle_id = %s AND profile_id = %s AND decision = %s
+                   ORDER BY trade_id, slice_no""", (cycle_id, profile_id, decision)).fetchall()
+
+    def profiles_with_parity_decision(self, cycle_id: str, account: str,
+                                      decision: str) -> list[str]:
+        with self.database.connect() as conn:
+            return [r["profile_id"] for r in conn.execute(
+                """SELECT DISTINCT profile_id FROM recon.parity_checks
+                   WHERE cycle_id = %s AND exchange_account = %s AND decision = %s
+                   ORDER BY profile_id""", (cycle_id, account, decision)).fetchall()]
+
+    def resolve_quarantine(self, profile_id: str, trade_id: str, slice_no: int,
+                           resolution: str, note: str, operator_run: str) -> dict:
+        return self.database.call("recon_resolve_quarantine", {
+            "p_profile_id": profile_id, "p_trade_id": trade_id, "p_slice_no": slice_no,
+            "p_resolution": resolution, "p_note": note, "p_operator_run": operator_run})
+
     # --- lock contention -----------------------------------------------------------------------
 
     def record_lock_contention(self, profile_id: str, cycle_id: str, waited_ms: int,

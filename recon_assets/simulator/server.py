@@ -4,7 +4,8 @@ the `/_control/...` surface.
 Endpoints (exactly what ccxt 4.5 `binanceusdm` calls for what this project does):
 `GET /fapi/v1/exchangeInfo`, `GET /fapi/v1/openOrders`, `GET /fapi/v1/leverageBracket`,
 `GET /fapi/v3/positionRisk`, `GET /fapi/v1/userTrades`, `GET /fapi/v3/account`,
-`GET/POST/DELETE /fapi/v1/order`, `GET /fapi/v1/klines` (1-minute candles of the mark price,
+`GET/POST/DELETE /fapi/v1/order`, `GET /fapi/v1/premiumIndex` (mark prices, for a symbol the
+account holds nothing of), `GET /fapi/v1/klines` (1-minute candles of the mark price,
 for the USD value of a fee paid in BNB at a fill's time), plus `GET /fapi/v1/ping` and
 `GET /fapi/v1/time`. Commissions are charged in USDT, or in the account's fee asset
 (`set_fee_asset`, e.g. BNB) at that asset's price at the fill's time.
@@ -44,7 +45,7 @@ from recon_assets.simulator.state import Account, Fault, SimError, SimExchange, 
 _API_KEY_RE = re.compile(r"^[A-Za-z0-9]{1,128}$")
 _DEFAULT_RECV_WINDOW = 5000
 _PUBLIC = {("GET", "/fapi/v1/ping"), ("GET", "/fapi/v1/time"), ("GET", "/fapi/v1/exchangeInfo"),
-           ("GET", "/fapi/v1/klines")}
+           ("GET", "/fapi/v1/klines"), ("GET", "/fapi/v1/premiumIndex")}
 _SIGNED = {
     ("GET", "/fapi/v1/openOrders"), ("GET", "/fapi/v1/leverageBracket"),
     ("GET", "/fapi/v3/positionRisk"), ("GET", "/fapi/v1/userTrades"), ("GET", "/fapi/v3/account"),
@@ -241,6 +242,8 @@ class _Handler(BaseHTTPRequestHandler):
             return {"serverTime": now_ms()}
         if key == ("GET", "/fapi/v1/exchangeInfo"):
             return exchange.exchange_info()
+        if key == ("GET", "/fapi/v1/premiumIndex"):
+            return exchange.premium_index(params.get("symbol") or None)
         if key == ("GET", "/fapi/v1/klines"):
             return exchange.klines(params.get("symbol"), params.get("interval"),
                                    params.get("startTime"), params.get("endTime"),

@@ -710,6 +710,18 @@ class SimExchange:
                 } for p in positions],
             }
 
+    def premium_index(self, symbol: str | None = None) -> dict | list[dict]:
+        """GET /fapi/v1/premiumIndex: the mark price of one symbol (an object) or of all (a list)."""
+        with self.lock:
+            markets = [self.market(symbol)] if symbol else list(self.markets.values())
+            now = now_ms()
+            items = [{"symbol": m.symbol, "markPrice": fmt(m.mark_price),
+                      "indexPrice": fmt(m.mark_price), "estimatedSettlePrice": fmt(m.mark_price),
+                      "lastFundingRate": "0.00010000", "interestRate": "0.00010000",
+                      "nextFundingTime": (now // 28_800_000 + 1) * 28_800_000, "time": now}
+                     for m in markets]
+            return items[0] if symbol else items
+
     def klines(self, symbol: str | None, interval: str | None, start_time=None, end_time=None,
                limit=None) -> list[list]:
         """GET /fapi/v1/klines: 1-minute candles of the mark price history (open = high = low =

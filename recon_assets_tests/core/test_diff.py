@@ -85,11 +85,15 @@ def ex_position(qty: float, *, side: str = "long", account: str = "A", symbol: s
 def trade_slice(profile_id: str, trade_id: str, qty: float, *, slice_no: int = 1,
                 side: str = "long", account: str = "A", symbol: str = BTC, exit_qty: float = 0.0,
                 status: str = "open", entry_price: float | None = 100.0,
-                updated_at: pd.Timestamp = OLD) -> dict:
+                updated_at: pd.Timestamp = OLD, order_client_ids: list | None = None) -> dict:
+    """A slice; its trade's orders carry the profile's default sub tag unless told otherwise."""
+    if order_client_ids is None:
+        order_client_ids = [f"rc.{profile_id.upper()}.{trade_id}.E1"]
     return {"profile_id": profile_id, "exchange_account": account, "trade_id": trade_id,
             "slice_no": slice_no, "symbol": symbol, "side": side, "entry_qty": qty,
             "exit_qty": exit_qty, "virtual_open_qty": qty - exit_qty, "entry_price": entry_price,
-            "opened_at": OLD, "status": status, "updated_at": updated_at}
+            "opened_at": OLD, "status": status, "updated_at": updated_at,
+            "order_client_ids": order_client_ids}
 
 
 def snapshot(*, profiles=(), db_orders=(), db_positions=(), db_trade_slices=(),
@@ -436,6 +440,17 @@ def test_no_ghost_when_the_exchange_holds_a_position_or_the_slice_is_not_open():
                     db_positions=[db_position("p1", 0.5)],
                     exchange_positions=[ex_position(0.5), ex_position(0.0, symbol=ETH)])
     assert diff(snap).empty
+
+
+def test_ghost_whose_orders_carry_no_sub_tag_is_unattributable():
+    """A profile with a sub tag proves nothing about a slice: its own orders must carry it."""
+    legacy = trade_slice("p1", "t7", 0.5, order_client_ids=["legacy123", "rc.P1.t7.X1"])
+    other = trade_slice("p1", "t8", 0.5, order_client_ids=["rc.OTHER.t8.E1"])
+    none = trade_slice("p1", "t9", 0.5, order_client_ids=[])
+    result = diff(snapshot(db_trade_slices=[legacy, other, none]))
+    ghosts = result[result["kind"] == "ghost_slice"]
+    assert list(ghosts["trade_id"]) == ["t7", "t8", "t9"]
+    assert not ghosts["attributable"].any()
 
 
 def test_ghost_of_a_profile_without_sub_tag_is_unattributable():

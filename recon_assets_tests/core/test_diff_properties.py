@@ -192,10 +192,11 @@ def drifted_states(draw) -> tuple[State, Counter]:
         expected[("position_drift", account, symbol, None, None, False)] += 1
     # Ghost slices: open slices on a symbol the exchange is flat on.
     for k in range(draw(st.integers(0, 2))):
-        account, pid, _ = draw(st.sampled_from(owners))
+        account, pid, tag = draw(st.sampled_from(owners))
         state.db_trade_slices.append(trade_slice(
             pid, f"g{k}", draw(st.integers(1, 999)) * STEP, account=account,
-            symbol=GHOST_SYMBOL, side=draw(st.sampled_from(("long", "short")))))
+            symbol=GHOST_SYMBOL, side=draw(st.sampled_from(("long", "short"))),
+            order_client_ids=[make_client_order_id(tag, f"g{k}", "ENTRY")]))
         expected[("ghost_slice", account, GHOST_SYMBOL, None, f"g{k}", True)] += 1
     return state, expected
 

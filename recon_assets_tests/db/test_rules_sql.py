@@ -28,6 +28,8 @@ CHECKED = {
     ("recon.lock_contention", "lock_kind"): rules.LOCK_KINDS,
     ("recon.backfill_decisions", "decision"): rules.BACKFILL_DECISIONS,
     ("recon.alerts", "reason"): rules.ALERT_REASONS,
+    ("recon.parity_checks", "decision"): rules.PARITY_DECISIONS,
+    ("recon.parity_checks", "side"): rules.POSITION_SIDES,
 }
 _ALLOWED = re.compile(r"^CHECK \(\(\(?(\w+)\)?(?:::text)? = ANY \(\(?ARRAY\[(.*)\]\)?(?:::text\[\])?\)\)\)$")
 

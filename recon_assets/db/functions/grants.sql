@@ -19,7 +19,8 @@ BEGIN
            AND p.proname IN ('recon_reconcile_entry_fill', 'recon_reconcile_exit_fill',
                              'recon_reconcile_cancel', 'recon_recalculate_capital',
                              'recon_begin_reconciling', 'recon_end_reconciling',
-                             'recon_record_refused_correction')
+                             'recon_record_refused_correction', 'recon_synthetic_exit',
+                             'recon_record_parity_checks', 'recon_resolve_quarantine')
     LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
         FOREACH r IN ARRAY ARRAY['anon', 'authenticated'] LOOP

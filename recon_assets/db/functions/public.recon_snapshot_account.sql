@@ -34,7 +34,12 @@ AS $$
             SELECT jsonb_agg(to_jsonb(t) ORDER BY t.trade_id, t.slice_no) FROM (
                 SELECT t.profile_id, p.exchange_account, t.trade_id, t.slice_no, t.symbol, t.side,
                        t.entry_qty, t.exit_qty, t.virtual_open_qty, t.entry_price, t.opened_at,
-                       t.status, t.updated_at
+                       t.status, t.updated_at,
+                       -- The client order ids of the trade's own orders: the evidence that
+                       -- attributes the slice to its profile (core.attribution).
+                       COALESCE((SELECT jsonb_agg(o.client_order_id ORDER BY o.client_order_id)
+                                 FROM orders o WHERE o.profile_id = t.profile_id
+                                   AND o.trade_id = t.trade_id), '[]'::jsonb) AS order_client_ids
                 FROM trade_history t JOIN profiles p ON p.id = t.profile_id
                 WHERE p.exchange_account = p_account AND t.status = 'open') t), '[]'::jsonb)
     );

@@ -13,10 +13,8 @@ DECLARE
     v_fill jsonb;
     v_delta numeric;
     v_price numeric;
-    v_pnl numeric;
     v_fee numeric;
-    v_closes boolean;
-    v_slice_before jsonb;
+    v_exit jsonb;
     v_position jsonb;
 BEGIN
     o := recon._lock_order(h, p_profile_id, p_client_order_id, 'EXIT', r->>'exchange_order_id');
@@ -46,36 +44,16 @@ BEGIN
                 h, v_delta, o.client_order_id, s.virtual_open_qty, o.trade_id, s.slice_no,
                 s.entry_qty, s.exit_qty;
         END IF;
-        IF s.entry_price IS NULL THEN
-            RAISE EXCEPTION '%: exit order %: slice % of trade % has no entry price, so no PnL can be booked',
-                h, o.client_order_id, s.slice_no, o.trade_id;
-        END IF;
-        v_pnl := CASE s.side WHEN 'long' THEN v_price - s.entry_price
-                             ELSE s.entry_price - v_price END * v_delta - v_fee;
-        v_closes := s.exit_qty + v_delta = s.entry_qty;
-        v_slice_before := pg_catalog.to_jsonb(s);
-        UPDATE public.trade_history
-           SET exit_price = (s.exit_qty * COALESCE(s.exit_price, 0) + v_delta * v_price)
-                            / (s.exit_qty + v_delta),
-               exit_qty = s.exit_qty + v_delta,
-               realised_pnl_usd = s.realised_pnl_usd + v_pnl,
-               status = CASE WHEN v_closes THEN 'closed' ELSE 'open' END,
-               closed_at = CASE WHEN v_closes THEN pg_catalog.now() END,
-               close_reason = CASE WHEN v_closes
-                                   THEN COALESCE(r->>'close_reason', 'reconciled_exit_fill')
-                                   ELSE s.close_reason END,
-               updated_at = pg_catalog.now()
-         WHERE id = s.id
-        RETURNING * INTO s;
+        v_exit := recon._exit_slice(h, s, v_delta, v_price, v_fee,
+                                    COALESCE(r->>'close_reason', 'reconciled_exit_fill'));
         v_position := recon._apply_position_delta(
             o.profile_id, o.symbol, CASE s.side WHEN 'long' THEN -v_delta ELSE v_delta END, v_price);
     END IF;
     RETURN v_fill || pg_catalog.jsonb_build_object(
         'trade_id', o.trade_id,
-        'slice', CASE WHEN v_delta > 0 THEN pg_catalog.jsonb_build_object(
-                     'before', v_slice_before, 'after', pg_catalog.to_jsonb(s)) END,
+        'slice', v_exit->'slice',
         'position', v_position,
-        'realised_pnl_usd', v_pnl,
+        'realised_pnl_usd', v_exit->'realised_pnl_usd',
         'fee_usd', v_fee);
 END;
 $$;

@@ -111,6 +111,7 @@ BEGIN
             WHEN 'reconcile_entry_fill' THEN recon._apply_entry_fill(p_profile_id, p_client_order_id, p_request)
             WHEN 'reconcile_exit_fill' THEN recon._apply_exit_fill(p_profile_id, p_client_order_id, p_request)
             WHEN 'reconcile_cancel' THEN recon._apply_cancel(p_profile_id, p_client_order_id, p_request)
+            WHEN 'synthetic_exit' THEN recon._apply_synthetic_exit(p_profile_id, p_idempotency_key, p_request)
         END;
         IF v_change IS NULL THEN
             RAISE EXCEPTION 'recon: unknown handler %', p_handler;

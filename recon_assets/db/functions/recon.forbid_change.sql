@@ -19,3 +19,7 @@ CREATE TRIGGER backfill_decisions_append_only BEFORE UPDATE OR DELETE ON recon.b
 DROP TRIGGER IF EXISTS corrections_append_only ON recon.corrections;
 CREATE TRIGGER corrections_append_only BEFORE UPDATE OR DELETE ON recon.corrections
     FOR EACH ROW EXECUTE FUNCTION recon.forbid_change();
+
+DROP TRIGGER IF EXISTS parity_checks_append_only ON recon.parity_checks;
+CREATE TRIGGER parity_checks_append_only BEFORE UPDATE OR DELETE ON recon.parity_checks
+    FOR EACH ROW EXECUTE FUNCTION recon.forbid_change();

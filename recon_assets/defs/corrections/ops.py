@@ -17,49 +17,24 @@ The job is partitioned by profile: a launch from the Launchpad picks the profile
 partition, and the run carries the `recon/profile` tag the run queue limits to one.
 """
 
-import time
-
 import dagster as dg
 import pandas as pd
-import psycopg
 
 from recon_assets.core.corrections import (ENTRY_FILL, EXIT_FILL, ProbeFailure,
-                                           decide_missing_from_exchange, lock_wait_of,
-                                           refusal_of)
-from recon_assets.core.cycle import reconciling_gate_verdict
+                                           decide_missing_from_exchange, refusal_of)
 from recon_assets.core.rules import ACTIONABLE_KINDS
-from recon_assets.defs.partitions import profile_partitions
-from recon_assets.defs.runs import run_status
+from recon_assets.defs.apply import (LockContention, begin_gate, call_under_lock,
+                                     check_partition, end_gate, profile_partitioned_config,
+                                     record_refusal, resolve_cycle)
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.exchange import ExchangeFetchError, ExchangeResource
 from recon_assets.resources.recon_store import ReconStore
-from recon_assets.resources.trading_tables import TradingTables
 from recon_assets.settings import ReconSettings
 
 
 class LifecycleCorrectionConfig(dg.Config):
     profile_id: str
     cycle_id: str = ""  # empty: the latest succeeded cycle of the profile's account
-
-
-class StaleCycleError(RuntimeError):
-    """The cycle's snapshots are too old to act on."""
-
-
-def _resolve_cycle(database: PostgresStore, profile_id: str, cycle_id: str, max_age_s: float) -> dict:
-    profile = TradingTables(database).profile(profile_id)
-    if profile is None:
-        raise ValueError(f"unknown profile {profile_id!r}")
-    cycle = ReconStore(database).latest_succeeded_cycle(profile["exchange_account"], cycle_id)
-    if cycle is None:
-        raise ValueError(f"no succeeded reconciliation cycle {cycle_id or ''} for the account "
-                         f"{profile['exchange_account']} of profile {profile_id}")
-    if float(cycle["age_s"]) > max_age_s:
-        raise StaleCycleError(
-            f"the evidence of cycle {cycle['cycle_id']} was read {float(cycle['age_s']):.0f} s "
-            f"ago (bound {max_age_s:.0f} s): its snapshots are stale, no correction is made "
-            "from them")
-    return cycle
 
 
 def _probe_failure(exc: Exception) -> ProbeFailure:
@@ -89,52 +64,6 @@ def probe_order(session, order: dict) -> tuple[dict | ProbeFailure, list[dict]]:
     return probe, fills
 
 
-class LockContention(RuntimeError):
-    """A lock a correction needs was held longer than the store's lock_timeout."""
-
-
-def call_under_lock(database: PostgresStore, function: str, params: dict, profile_id: str,
-                    cycle_id: str) -> dict:
-    """Call a SQL function that takes the profile's reconciliation lock; a lock wait that times
-    out is recorded in recon.lock_contention with the lock it waited for (the reconciliation
-    lock, or a row lock of the trading app) and raised as LockContention."""
-    started = time.monotonic()
-    try:
-        return database.call(function, params)
-    except psycopg.errors.LockNotAvailable as exc:
-        waited_ms = int((time.monotonic() - started) * 1000)
-        kind, what = lock_wait_of(exc.diag.context)
-        ReconStore(database).record_lock_contention(profile_id, cycle_id, waited_ms, kind, what)
-        lock = ("the reconciliation lock" if what == "profile"
-                else f"a row lock on {what or 'a trading table'}")
-        raise LockContention(f"{lock} of profile {profile_id} was busy for {waited_ms} ms; "
-                             "recorded as contention, retried next cycle") from None
-
-
-def _begin_gate(context: dg.OpExecutionContext, database: PostgresStore, profile: str,
-                run_id: str, max_age_s: float) -> dict:
-    """Own the profile's reconciling gate, taking it over only from an owner that is gone."""
-    params = {"p_profile_id": profile, "p_cycle_id": run_id}
-    began = call_under_lock(database, "recon_begin_reconciling", params, profile, run_id)
-    if began["status"] != "busy":
-        return began
-    owner = began["owner"]
-    session = ReconStore(database).reconciling_owner(profile)
-    verdict = reconciling_gate_verdict(run_status(context.instance, owner),
-                                       float(session["age_s"]) if session else 0.0, max_age_s)
-    if not verdict.stale:
-        raise dg.Failure(f"profile {profile} is reconciling under run {owner} ({verdict.why}); "
-                         "this run corrects nothing and leaves the gate to its owner")
-    took = call_under_lock(database, "recon_begin_reconciling",
-                           {**params, "p_take_over_from": owner}, profile, run_id)
-    if took["status"] == "busy":
-        raise dg.Failure(f"profile {profile}: the reconciling gate changed hands to run "
-                         f"{took['owner']} while this run took it over; this run corrects nothing")
-    context.log.warning(f"profile {profile}: took the reconciling gate over from run {owner} "
-                        f"({verdict.why})")
-    return took
-
-
 def _correct_order(context, database, session, row, cycle_id, run_id, dry_run) -> dict:
     """Probe, decide and apply one order; every failure is recorded, none escapes (but lock
     contention, which ends the profile's turn)."""
@@ -159,16 +88,12 @@ def _correct_order(context, database, session, row, cycle_id, run_id, dry_run) -
         refusal = refusal_of(exc)
         handler = (decision.handler if decision is not None and decision.actionable
                    else ENTRY_FILL if row.get("intent") == "ENTRY" else EXIT_FILL)
-        ReconStore(database).record_refused_correction(
-            run_id, row["profile_id"], handler, refusal.outcome, refusal.reason,
-            row.get("trade_id"), row["client_order_id"], dry_run,
-            {"error": refusal.message, "mismatch_id": row["mismatch_id"],
-             "diff_cycle_id": cycle_id,
-             "decision": decision.reason if decision is not None else None,
-             "would_be_idempotency_key": decision.idempotency_key if decision else None})
+        record_refusal(context, database, run_id, row["profile_id"], handler, refusal,
+                       row.get("trade_id"), row["client_order_id"], dry_run,
+                       {"mismatch_id": row["mismatch_id"], "diff_cycle_id": cycle_id,
+                        "decision": decision.reason if decision is not None else None,
+                        "would_be_idempotency_key": decision.idempotency_key if decision else None})
         outcome.update(status=refusal.outcome, reason=refusal.reason, detail=refusal.message)
-        context.log.error(f"{row['client_order_id']}: {refusal.outcome} ({refusal.reason}): "
-                          f"{refusal.message}; recorded, the other orders go on")
     context.log.info(f"{row['client_order_id']}: {outcome['reason']} -> {outcome['status']}")
     return outcome
 
@@ -181,11 +106,9 @@ def _correct_order(context, database, session, row, cycle_id, run_id, dry_run) -
 def correct_profile(context: dg.OpExecutionContext, config: LifecycleCorrectionConfig,
                     settings: ReconSettings, database: PostgresStore,
                     exchange: ExchangeResource) -> dict:
-    if context.has_partition_key and context.partition_key != config.profile_id:
-        raise dg.Failure(f"this run's partition is profile {context.partition_key} but its config "
-                         f"names profile {config.profile_id}: one of them is wrong")
-    cycle = _resolve_cycle(database, config.profile_id, config.cycle_id,
-                           settings.correction_max_cycle_age_seconds)
+    check_partition(context, config.profile_id)
+    cycle = resolve_cycle(database, config.profile_id, config.cycle_id,
+                          settings.correction_max_cycle_age_seconds)
     cycle_id, account = cycle["cycle_id"], cycle["exchange_account"]
     rows = ReconStore(database).actionable_mismatches(cycle_id, config.profile_id, ACTIONABLE_KINDS)
     context.log.info(f"profile {config.profile_id} on {account}: {len(rows)} actionable "
@@ -196,11 +119,7 @@ def correct_profile(context: dg.OpExecutionContext, config: LifecycleCorrectionC
         # Dry run is total: not even the trading state changes; decisions are only recorded.
         dry_run = settings.position_parity_dry_run
         if not dry_run:
-            try:
-                _begin_gate(context, database, profile, run_id,
-                            settings.reconciling_max_age_seconds)
-            except LockContention as exc:
-                raise dg.Failure(str(exc)) from None
+            begin_gate(context, database, profile, run_id, settings.reconciling_max_age_seconds)
         try:
             session = exchange.session(account)
             for row in rows:
@@ -214,12 +133,8 @@ def correct_profile(context: dg.OpExecutionContext, config: LifecycleCorrectionC
                     context.log.warning(str(exc))
                     break  # another holder has the profile: leave the rest to the next cycle
         finally:
-            try:
-                if not dry_run:
-                    call_under_lock(database, "recon_end_reconciling",
-                                    {"p_profile_id": profile, "p_cycle_id": run_id}, profile, run_id)
-            except LockContention as exc:
-                context.log.warning(f"{exc}; the next cycle restores the trading state")
+            if not dry_run:
+                end_gate(context, database, profile, run_id)
     table = pd.DataFrame(outcomes, columns=["client_order_id", "handler", "reason", "status", "detail"])
     counts = table["status"].value_counts().to_dict() if len(table) else {}
     context.add_output_metadata({
@@ -236,11 +151,7 @@ def correct_profile(context: dg.OpExecutionContext, config: LifecycleCorrectionC
 
 # A launch for one profile (from the Launchpad, a sensor or a backfill) is one partition: the
 # run gets its config and the `recon/profile` tag the run queue allows once at a time.
-correction_config = dg.PartitionedConfig(
-    partitions_def=profile_partitions,
-    run_config_for_partition_key_fn=lambda profile: {
-        "ops": {"correct_profile": {"config": {"profile_id": profile}}}},
-    tags_for_partition_key_fn=lambda profile: {"recon/profile": profile})
+correction_config = profile_partitioned_config("correct_profile")
 
 
 @dg.job(description="Lifecycle-safe corrections (reconcileEntryFill, reconcileExitFill, "

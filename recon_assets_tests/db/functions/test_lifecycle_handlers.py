@@ -773,6 +773,46 @@ def test_the_lock_is_per_profile(db, pg_dsn):
     assert result["status"] == "applied"
 
 
+# --- synthetic exit -------------------------------------------------------------------------
+
+def synthetic_params(**extra):
+    return dict(p_profile_id="alpha", p_cycle_id="run-1",
+                p_idempotency_key="synthetic_exit:alpha:t1:1:k", p_trade_id="t1", p_slice_no=1,
+                p_qty="2", p_price="90", **extra)
+
+
+def test_a_synthetic_exit_closes_the_slice_at_the_price_with_a_synthetic_fill(open_long):
+    db = open_long
+    result = call(db, "recon_synthetic_exit", **synthetic_params())
+    assert result["status"] == "applied" and result["handler"] == "synthetic_exit"
+    assert one(db, "SELECT status, exit_qty, exit_price, realised_pnl_usd, close_reason "
+                   "FROM trade_history") == ("closed", 2, 90, -20, "parity_synthetic_exit")
+    assert rows(db, "SELECT * FROM positions") == [] and rows(db, "SELECT * FROM capital_ledger") == []
+    assert rows(db, "SELECT exchange_fill_id, side, qty, price, fee_usd, client_order_id "
+                    "FROM applied_fills") == [
+        ("synthetic:synthetic_exit:alpha:t1:1:k", "sell", 2, 90, 0, None)]
+    assert call(db, "recon_synthetic_exit", **synthetic_params())["status"] == "already_applied"
+    # Under another key (a later streak), a closed slice is left as it is.
+    again = call(db, "recon_synthetic_exit",
+                 **{**synthetic_params(), "p_idempotency_key": "synthetic_exit:alpha:t1:1:other"})
+    assert again["status"] == "unchanged"
+
+
+@pytest.mark.parametrize("change,detail", [
+    ("UPDATE trade_history SET exit_qty = 0.5", "slice_changed"),
+    ("UPDATE positions SET qty = 1", "position_would_flip"),
+    ("DELETE FROM positions", "position_would_flip"),
+])
+def test_a_synthetic_exit_that_the_database_contradicts_is_refused(open_long, change, detail):
+    db = open_long
+    db.execute(change)
+    before = full_state(db)
+    with pytest.raises(psycopg.Error) as err:
+        call(db, "recon_synthetic_exit", **synthetic_params())
+    assert err.value.sqlstate == "RCREF" and err.value.diag.message_detail == detail
+    assert full_state(db) == before
+
+
 # --- SIGKILL ---------------------------------------------------------------------------------
 
 CHILD = r"""
@@ -800,21 +840,34 @@ def _waiting_on_a_lock(conn, pid):
     return row is not None and row[0] == "Lock"
 
 
+SIGKILLED = {
+    # A real exit fill of t1's EXIT order, and the heartbeat's synthetic exit of t1's slice.
+    "exit_fill": ("recon_reconcile_exit_fill", exit_params),
+    "synthetic_exit": ("recon_synthetic_exit", lambda: dict(
+        p_profile_id="alpha", p_cycle_id="run-1", p_idempotency_key="synthetic_exit:alpha:t1:1:k",
+        p_trade_id="t1", p_slice_no=1, p_qty="2", p_price="110",
+        p_evidence={"check_id": 1}, p_exited_at="2026-01-01T00:00:00+00:00")),
+}
+
+
+@pytest.mark.parametrize("handler", list(SIGKILLED))
 @pytest.mark.parametrize("mode", ["in_transaction", "mid_statement_in_transaction",
                                   "mid_statement_autocommit", "committed"])
-def test_sigkill_leaves_the_database_before_or_after_never_in_between(open_long, pg_dsn, mode):
+def test_sigkill_leaves_the_database_before_or_after_never_in_between(open_long, pg_dsn, mode,
+                                                                      handler):
     db = open_long
     # Another open trade on the symbol, with its reservation: the exit of t1 recalculates it.
     add_slice(db, "t0", entry="1", price="50")
     db.execute("UPDATE positions SET qty = 3, avg_price = 250.0 / 3")
     call(db, "recon_recalculate_capital", p_profile_id="alpha")
-    params = exit_params()
+    function, make_params = SIGKILLED[handler]
+    params = make_params()
     before = state(db)
-    after = _state_if_applied(db, "recon_reconcile_exit_fill", params)
+    after = _state_if_applied(db, function, params)
     assert state(db) == before and after != before
     assert [r["status"] for r in after["trade_history"]] == ["open", "closed"]
 
-    query, values = call_sql("recon_reconcile_exit_fill", params)
+    query, values = call_sql(function, params)
     blocker = psycopg.connect(pg_dsn)
     proc = None
     try:
@@ -851,7 +904,7 @@ def test_sigkill_leaves_the_database_before_or_after_never_in_between(open_long,
     else:
         assert outcome == before
     # Nothing is stuck: the lock is free and the correction applies (or is already applied).
-    final = call(db, "recon_reconcile_exit_fill", **params)
+    final = call(db, function, **params)
     assert final["status"] == ("applied" if outcome == before else "already_applied")
     assert state(db) == after
 

@@ -10,79 +10,17 @@ import psycopg
 import pytest
 
 from recon_assets.definitions import build_defs
-from recon_assets.defs.partitions import exchange_account_partitions, profile_partitions
+from recon_assets.defs.partitions import profile_partitions
 from recon_assets.resources.alerts import AlertWebhook
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.io_manager import PostgresFrameIOManager
 from recon_assets.settings import ReconSettings
-from recon_assets.demo import local_resources
-from recon_assets_tests.harness.exchange import FAST_RETRIES
+from recon_assets_tests.harness.dagster_flow import (add_partitions, after_first_cycle,
+                                                     diff_rows, evaluate_correction_sensor,
+                                                     make_defs, query, run_corrections,
+                                                     run_scheduled_cycles, running_run)
 
 pytestmark = pytest.mark.integration
-
-
-def make_defs(sim, dsn, settings=None):
-    return build_defs(local_resources(dsn, sim, settings or ReconSettings(), max_attempts=2,
-                                      **FAST_RETRIES))
-
-
-def add_partitions(instance, plan):
-    """The dynamic partitions the partitions sensor keeps: accounts and profiles."""
-    instance.add_dynamic_partitions(exchange_account_partitions.name, plan.accounts())
-    instance.add_dynamic_partitions(profile_partitions.name,
-                                    sorted(p["id"] for p in plan.db["profiles"]))
-
-
-def after_first_cycle(sim, dsn, instance, scenario="lifecycle", settings=None):
-    """Load a scenario on both sides and run the scheduled cycle once; returns the definitions."""
-    plan = sim.load_scenario(scenario)
-    plan.seed_database(dsn)
-    add_partitions(instance, plan)
-    defs = make_defs(sim, dsn, settings)
-    run_scheduled_cycles(defs, instance)
-    return defs
-
-
-def run_scheduled_cycles(defs, instance):
-    """Evaluate the schedule like the daemon does and execute every run it requests."""
-    schedule = defs.get_schedule_def("reconciliation_cycle_schedule")
-    tick = schedule.evaluate_tick(dg.build_schedule_context(
-        instance=instance, scheduled_execution_time=dt.datetime.now(dt.timezone.utc),
-        repository_def=defs.get_repository_def()))
-    job = defs.resolve_job_def("reconciliation_cycle")
-    results = {}
-    for request in tick.run_requests:
-        result = job.execute_in_process(instance=instance, partition_key=request.partition_key,
-                                        tags=request.tags)
-        assert result.success
-        results[request.partition_key] = result
-    return results
-
-
-def evaluate_correction_sensor(defs, instance, cursor=None):
-    sensor = defs.get_sensor_def("lifecycle_correction_sensor")
-    # The instance ref lets the sensor's partitioned run requests be checked against the
-    # instance's dynamic partitions, as the daemon does.
-    with dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(), cursor=cursor,
-                                 definitions=defs,
-                                 resources={"database": defs.resources["database"]}) as context:
-        return sensor.evaluate_tick(context)
-
-
-def run_corrections(defs, instance, requests):
-    job = defs.resolve_job_def("lifecycle_correction")
-    return [job.execute_in_process(run_config=r.run_config, instance=instance, tags=r.tags,
-                                   partition_key=r.partition_key, raise_on_error=False)
-            for r in requests]
-
-
-def diff_rows(results):
-    return [row for r in results.values() for row in r.output_for_node("reconciliation_diff").to_dict("records")]
-
-
-def _query(dsn, sql, params=()):
-    with psycopg.connect(dsn) as conn:
-        return conn.execute(sql, params).fetchall()
 
 
 @pytest.fixture
@@ -114,48 +52,48 @@ def test_schedule_sensor_and_job_correct_entry_exit_and_cancel(sim, pg_dsn, inst
 
     corrections = run_corrections(defs, instance, tick.run_requests)
     assert all(r.success for r in corrections)
-    handlers = sorted(h for (h,) in _query(pg_dsn, "SELECT handler FROM recon.corrections WHERE NOT dry_run"))
+    handlers = sorted(h for (h,) in query(pg_dsn, "SELECT handler FROM recon.corrections WHERE NOT dry_run"))
     assert handlers == ["reconcile_cancel", "reconcile_entry_fill", "reconcile_exit_fill"]
 
     second = run_scheduled_cycles(defs, instance)
     assert diff_rows(second) == [], "drift left after the corrections"
     # The capital ledger reserves exactly the open trades' virtual open qty at entry price.
-    ledger = _query(pg_dsn, """
+    ledger = query(pg_dsn, """
         SELECT t.trade_id, (t.virtual_open_qty * t.entry_price)::float, l.reserved_usd::float
         FROM trade_history t FULL JOIN capital_ledger l ON l.trade_id = t.trade_id AND l.profile_id = t.profile_id
         WHERE t.status = 'open' OR l.trade_id IS NOT NULL""")
     assert ledger and all(want == pytest.approx(have) for _t, want, have in ledger)
-    assert {s for (s,) in _query(pg_dsn, "SELECT trading_state FROM profiles")} == {"active"}
+    assert {s for (s,) in query(pg_dsn, "SELECT trading_state FROM profiles")} == {"active"}
 
     # Launching the corrections again (a re-run) changes nothing.
-    before = _query(pg_dsn, "SELECT count(*) FROM recon.corrections")
+    before = query(pg_dsn, "SELECT count(*) FROM recon.corrections")
     run_corrections(defs, instance, tick.run_requests)
-    assert _query(pg_dsn, "SELECT count(*) FROM recon.corrections") == before
+    assert query(pg_dsn, "SELECT count(*) FROM recon.corrections") == before
 
 
 def test_network_error_during_the_probe_corrects_nothing(sim, pg_dsn, instance):
     defs = after_first_cycle(sim, pg_dsn, instance)
-    before = _query(pg_dsn, "SELECT client_order_id, status, filled_qty FROM orders ORDER BY 1")
+    before = query(pg_dsn, "SELECT client_order_id, status, filled_qty FROM orders ORDER BY 1")
     sim.exchange.inject_fault("drop", path="/fapi/v1/order", count=None)
     results = run_corrections(defs, instance, evaluate_correction_sensor(defs, instance).run_requests)
     assert results and all(r.success for r in results)
     outcomes = [o for r in results for o in r.output_for_node("correct_profile")["outcomes"]]
     assert outcomes and {o["reason"] for o in outcomes} == {"probe_network_error"}
-    assert _query(pg_dsn, "SELECT count(*) FROM recon.corrections") == [(0,)]
-    assert _query(pg_dsn, "SELECT client_order_id, status, filled_qty FROM orders ORDER BY 1") == before
-    assert {s for (s,) in _query(pg_dsn, "SELECT trading_state FROM profiles")} == {"active"}
+    assert query(pg_dsn, "SELECT count(*) FROM recon.corrections") == [(0,)]
+    assert query(pg_dsn, "SELECT client_order_id, status, filled_qty FROM orders ORDER BY 1") == before
+    assert {s for (s,) in query(pg_dsn, "SELECT trading_state FROM profiles")} == {"active"}
 
 
 def test_dry_run_records_every_decision_and_applies_nothing(sim, pg_dsn, instance):
     defs = after_first_cycle(sim, pg_dsn, instance, settings=ReconSettings(position_parity_dry_run=True))
-    before = _query(pg_dsn, "SELECT client_order_id, status, filled_qty FROM orders ORDER BY 1")
-    profiles_before = _query(pg_dsn, "SELECT * FROM profiles ORDER BY id")
+    before = query(pg_dsn, "SELECT client_order_id, status, filled_qty FROM orders ORDER BY 1")
+    profiles_before = query(pg_dsn, "SELECT * FROM profiles ORDER BY id")
     results = run_corrections(defs, instance, evaluate_correction_sensor(defs, instance).run_requests)
     assert all(r.success for r in results)
-    assert _query(pg_dsn, "SELECT count(*), bool_and(dry_run) FROM recon.corrections") == [(3, True)]
-    assert _query(pg_dsn, "SELECT client_order_id, status, filled_qty FROM orders ORDER BY 1") == before
+    assert query(pg_dsn, "SELECT count(*), bool_and(dry_run) FROM recon.corrections") == [(3, True)]
+    assert query(pg_dsn, "SELECT client_order_id, status, filled_qty FROM orders ORDER BY 1") == before
     # Not even the trading state was touched (updated_at included).
-    assert _query(pg_dsn, "SELECT * FROM profiles ORDER BY id") == profiles_before
+    assert query(pg_dsn, "SELECT * FROM profiles ORDER BY id") == profiles_before
 
 
 def test_stale_cycle_blocks_corrections(sim, pg_dsn, instance):
@@ -164,7 +102,7 @@ def test_stale_cycle_blocks_corrections(sim, pg_dsn, instance):
     assert results and not any(r.success for r in results)
     error = results[0].get_step_failure_events()[0].event_specific_data.error.to_string()
     assert "stale" in error
-    assert _query(pg_dsn, "SELECT count(*) FROM recon.corrections") == [(0,)]
+    assert query(pg_dsn, "SELECT count(*) FROM recon.corrections") == [(0,)]
 
 
 def test_lock_contention_is_recorded_and_escalated(sim, pg_dsn, instance):
@@ -179,13 +117,13 @@ def test_lock_contention_is_recorded_and_escalated(sim, pg_dsn, instance):
         holder.execute("SELECT pg_advisory_lock(recon_profile_lock_key(%s))", (profile,))
         results = run_corrections(impatient, instance, requests)
     assert not any(r.success for r in results)
-    assert _query(pg_dsn, "SELECT profile_id, lock_kind FROM recon.lock_contention") == [
+    assert query(pg_dsn, "SELECT profile_id, lock_kind FROM recon.lock_contention") == [
         (profile, "reconciliation_lock")]
-    assert _query(pg_dsn, "SELECT count(*) FROM recon.corrections") == [(0,)]
+    assert query(pg_dsn, "SELECT count(*) FROM recon.corrections") == [(0,)]
     with dg.build_sensor_context(instance=instance, resources={
             "database": defs.resources["database"], "alert_webhook": AlertWebhook()}) as context:
         defs.get_sensor_def("escalation_sensor")(context)
-    assert _query(pg_dsn, "SELECT reason, profile_id FROM recon.alerts") == [("lock_contention", profile)]
+    assert query(pg_dsn, "SELECT reason, profile_id FROM recon.alerts") == [("lock_contention", profile)]
 
 
 def test_eight_concurrent_correction_runs_apply_each_correction_once(sim, pg_dsn, pg_server,
@@ -232,24 +170,16 @@ def test_eight_concurrent_correction_runs_apply_each_correction_once(sim, pg_dsn
     statuses = [o["status"] for r in results if r["success"] for o in r["outcomes"]]
     assert statuses.count("applied") == 3, statuses
     assert set(statuses) <= {"applied", "already_applied"}, statuses
-    assert _query(pg_dsn, """SELECT handler, outcome, count(*) FROM recon.corrections
+    assert query(pg_dsn, """SELECT handler, outcome, count(*) FROM recon.corrections
                              WHERE NOT dry_run GROUP BY 1, 2 ORDER BY 1""") == [
         ("reconcile_cancel", "applied", 1), ("reconcile_entry_fill", "applied", 1),
         ("reconcile_exit_fill", "applied", 1)]
-    assert _query(pg_dsn, """SELECT client_order_id, status FROM orders
+    assert query(pg_dsn, """SELECT client_order_id, status FROM orders
                              WHERE client_order_id IN ('rc.ALP.t-a3.E1', 'rc.ALP.t-a4.E1', 'rc.ALP.t-a5.X1')
                              ORDER BY 1""") == [
         ("rc.ALP.t-a3.E1", "filled"), ("rc.ALP.t-a4.E1", "canceled"), ("rc.ALP.t-a5.X1", "filled")]
-    assert {s for (s,) in _query(pg_dsn, "SELECT trading_state FROM profiles")} == {"active"}
-    assert _query(pg_dsn, "SELECT count(*) FROM recon.reconciling") == [(0,)]
-
-
-def running_run(instance, job_name, tags):
-    """A run the instance reports as running (as a run worker that is alive would be)."""
-    run = dg.DagsterRun(job_name=job_name, run_id=str(uuid.uuid4()),
-                        status=dg.DagsterRunStatus.STARTED, tags=tags)
-    instance.add_run(run)
-    return run
+    assert {s for (s,) in query(pg_dsn, "SELECT trading_state FROM profiles")} == {"active"}
+    assert query(pg_dsn, "SELECT count(*) FROM recon.reconciling") == [(0,)]
 
 
 def _escalate(defs, instance):
@@ -268,21 +198,21 @@ def test_one_failing_order_does_not_stop_the_others(sim, pg_dsn, instance):
                      "entry_price) VALUES ('t-a3', 'beta', 'SOL/USDT:USDT', 'long', 1, 140)")
     results = run_corrections(defs, instance, evaluate_correction_sensor(defs, instance).run_requests)
     assert all(r.success for r in results)
-    rows = _query(pg_dsn, "SELECT client_order_id, handler, outcome, reason, idempotency_key IS NULL "
+    rows = query(pg_dsn, "SELECT client_order_id, handler, outcome, reason, idempotency_key IS NULL "
                           "FROM recon.corrections WHERE NOT dry_run ORDER BY client_order_id")
     assert rows[0][:3] == ("rc.ALP.t-a3.E1", "reconcile_entry_fill", "refused")
     assert rows[0][3] == "refused_by_handler" and rows[0][4] is True
     assert rows[1:] == [("rc.ALP.t-a4.E1", "reconcile_cancel", "applied", None, False),
                         ("rc.ALP.t-a5.X1", "reconcile_exit_fill", "applied", None, False)]
-    (evidence,) = _query(pg_dsn, "SELECT evidence->>'error' FROM recon.corrections "
+    (evidence,) = query(pg_dsn, "SELECT evidence->>'error' FROM recon.corrections "
                                  "WHERE outcome = 'refused'")
     assert "has slices of profile beta" in evidence[0]
-    assert _query(pg_dsn, "SELECT status FROM orders WHERE client_order_id = 'rc.ALP.t-a3.E1'") == [
+    assert query(pg_dsn, "SELECT status FROM orders WHERE client_order_id = 'rc.ALP.t-a3.E1'") == [
         ("open",)]
     _escalate(defs, instance)
-    assert ("correction_refused", "alpha") in _query(
+    assert ("correction_refused", "alpha") in query(
         pg_dsn, "SELECT reason, profile_id FROM recon.alerts")
-    assert {s for (s,) in _query(pg_dsn, "SELECT trading_state FROM profiles")} == {"active"}
+    assert {s for (s,) in query(pg_dsn, "SELECT trading_state FROM profiles")} == {"active"}
 
 
 def test_a_failed_correction_run_is_escalated(sim, pg_dsn, instance):
@@ -299,7 +229,7 @@ def test_a_failed_correction_run_is_escalated(sim, pg_dsn, instance):
                 resources={"database": defs.resources["database"],
                            "alert_webhook": AlertWebhook()}).for_run_failure() as context:
             sensor(context)
-    alerts = _query(pg_dsn, "SELECT reason, profile_id, summary FROM recon.alerts")
+    alerts = query(pg_dsn, "SELECT reason, profile_id, summary FROM recon.alerts")
     assert [(a[0], a[1]) for a in alerts] == [("failed_correction_run", "alpha")]
     assert "stale" in alerts[0][2]
 
@@ -318,11 +248,11 @@ def test_a_profile_left_reconciling_by_a_killed_run_is_restored_by_the_next_cycl
     store.call("recon_begin_reconciling", {"p_profile_id": "beta", "p_cycle_id": live.run_id})
     defs = make_defs(sim, pg_dsn)
     results = run_scheduled_cycles(defs, instance)
-    assert _query(pg_dsn, "SELECT id, trading_state FROM profiles ORDER BY id") == [
+    assert query(pg_dsn, "SELECT id, trading_state FROM profiles ORDER BY id") == [
         ("alpha", "active"), ("beta", "reconciling"), ("gamma", "active")]
-    assert _query(pg_dsn, "SELECT profile_id, cycle_id FROM recon.reconciling") == [
+    assert query(pg_dsn, "SELECT profile_id, cycle_id FROM recon.reconciling") == [
         ("beta", live.run_id)]
-    assert _query(pg_dsn, "SELECT reason, profile_id FROM recon.alerts") == [
+    assert query(pg_dsn, "SELECT reason, profile_id FROM recon.alerts") == [
         ("stale_reconciling", "alpha")]
     gate = results["acct1"].asset_materializations_for_node("cycle_start")[0]
     assert gate.metadata["restored_profiles"].value == 1
@@ -353,10 +283,10 @@ def test_a_second_run_does_not_correct_while_a_live_run_owns_the_profile(sim, pg
     assert not result.success
     error = result.get_step_failure_events()[0].event_specific_data.error.to_string()
     assert owner.run_id in error and "reconciling" in error
-    assert _query(pg_dsn, "SELECT count(*) FROM recon.corrections") == [(0,)]
-    assert _query(pg_dsn, "SELECT trading_state FROM profiles WHERE id = 'alpha'") == [
+    assert query(pg_dsn, "SELECT count(*) FROM recon.corrections") == [(0,)]
+    assert query(pg_dsn, "SELECT trading_state FROM profiles WHERE id = 'alpha'") == [
         ("reconciling",)]
-    assert _query(pg_dsn, "SELECT cycle_id FROM recon.reconciling") == [(owner.run_id,)]
+    assert query(pg_dsn, "SELECT cycle_id FROM recon.reconciling") == [(owner.run_id,)]
 
 
 def test_a_row_lock_of_the_trading_app_is_not_reconciliation_lock_contention(sim, pg_dsn,
@@ -373,13 +303,13 @@ def test_a_row_lock_of_the_trading_app_is_not_reconciliation_lock_contention(sim
         results = run_corrections(impatient, instance, requests)
         holder.rollback()
     assert not any(r.success for r in results)
-    assert _query(pg_dsn, "SELECT profile_id, lock_kind, lock_object FROM recon.lock_contention") == [
+    assert query(pg_dsn, "SELECT profile_id, lock_kind, lock_object FROM recon.lock_contention") == [
         ("alpha", "row_lock", "orders")]
     _escalate(defs, instance)
-    ((reason, summary),) = _query(pg_dsn, "SELECT reason, summary FROM recon.alerts")
+    ((reason, summary),) = query(pg_dsn, "SELECT reason, summary FROM recon.alerts")
     assert reason == "lock_contention"
     assert "row lock on orders" in summary and "reconciliation lock" not in summary
-    assert {s for (s,) in _query(pg_dsn, "SELECT trading_state FROM profiles")} == {"active"}
+    assert {s for (s,) in query(pg_dsn, "SELECT trading_state FROM profiles")} == {"active"}
 
 
 def _db_order(dsn, coid, trade, intent, side, qty, price, exchange_order_id):
@@ -425,16 +355,16 @@ def test_a_fee_paid_in_bnb_is_booked_at_its_price_at_fill_time(sim, pg_dsn, inst
                                   "160.0000", at_ms=now - 2 * minute + 1_000)
     sim.exchange.set_mark_price("BNBUSDT", "700")  # later moves of BNB change nothing booked
     _cycle_and_correct(defs, instance)
-    fees = _query(pg_dsn, "SELECT client_order_id, fee_asset, fee_amount, fee_usd FROM applied_fills "
+    fees = query(pg_dsn, "SELECT client_order_id, fee_asset, fee_amount, fee_usd FROM applied_fills "
                           "WHERE trade_id = 't-f1' ORDER BY client_order_id")
     assert fees == [("rc.ALP.t-f1.E1", "BNB", entry.commission, entry.commission * 600),
                     ("rc.ALP.t-f1.X1", "BNB", exit_.commission, exit_.commission * 650)]
-    ((pnl, status),) = _query(pg_dsn, "SELECT realised_pnl_usd, status FROM trade_history "
+    ((pnl, status),) = query(pg_dsn, "SELECT realised_pnl_usd, status FROM trade_history "
                                       "WHERE trade_id = 't-f1'")
     assert status == "closed"
     assert pnl == 10 * (160 - 140) - entry.commission * 600 - exit_.commission * 650
     # The exchange snapshot's fills keep the fee as charged, with the same conversion.
-    stored = _query(pg_dsn, "SELECT fee_asset, fee_amount, fee_usd FROM recon.exchange_fills "
+    stored = query(pg_dsn, "SELECT fee_asset, fee_amount, fee_usd FROM recon.exchange_fills "
                             "WHERE exchange_order_id = %s", (str(exit_.order_id),))
     assert stored == [("BNB", exit_.commission, exit_.commission * 650)]
 
@@ -448,11 +378,11 @@ def test_a_fee_in_an_asset_without_a_price_is_unknown_not_zero(sim, pg_dsn, inst
     entry = _filled_behind_the_db(sim, pg_dsn, "rc.ALP.t-f2.E1", "t-f2", "ENTRY", "buy", "10",
                                   "140.0000")
     _cycle_and_correct(defs, instance)
-    assert _query(pg_dsn, "SELECT fee_asset, fee_amount, fee_usd FROM applied_fills "
+    assert query(pg_dsn, "SELECT fee_asset, fee_amount, fee_usd FROM applied_fills "
                           "WHERE client_order_id = 'rc.ALP.t-f2.E1'") == [
         ("XYZ", entry.commission, None)]
-    assert _query(pg_dsn, "SELECT realised_pnl_usd FROM trade_history WHERE trade_id = 't-f2'") == [
+    assert query(pg_dsn, "SELECT realised_pnl_usd FROM trade_history WHERE trade_id = 't-f2'") == [
         (0,)]
-    (evidence,) = _query(pg_dsn, "SELECT evidence->'change'->>'unpriced_fees' FROM recon.corrections "
+    (evidence,) = query(pg_dsn, "SELECT evidence->'change'->>'unpriced_fees' FROM recon.corrections "
                                  "WHERE client_order_id = 'rc.ALP.t-f2.E1'")
     assert evidence == ("1",)

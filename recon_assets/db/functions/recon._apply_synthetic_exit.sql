@@ -1,0 +1,104 @@
+-- The parity heartbeat's synthetic EXIT of a confirmed, attributed ghost slice (the runbook's
+-- last resort): the whole open qty of the slice exits at the mark price of the cycle's exchange
+-- snapshot (at the moment of that check, p_exited_at), with close reason 'parity_synthetic_exit';
+-- the position moves by the same qty; a
+-- synthetic fill (exchange_fill_id 'synthetic:<idempotency key>', no exchange order, no fee) is
+-- booked in applied_fills so the position stays the sum of its booked fills, and an analyst tells
+-- it from a real one by that id and the close reason. Refused (RCREF) when the slice is not
+-- found (slice_not_found), changed since the check (slice_changed), or the database's position
+-- cannot hold the exit (position_would_flip); a slice already closed is "unchanged".
+CREATE OR REPLACE FUNCTION recon._apply_synthetic_exit(p_profile_id text, p_key text, r jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = ''
+AS $$
+DECLARE
+    h constant text := 'recon_synthetic_exit';
+    s public.trade_history%ROWTYPE;
+    pos public.positions%ROWTYPE;
+    v_qty numeric := (r->>'qty')::numeric;
+    v_price numeric := (r->>'price')::numeric;
+    v_account text;
+    v_fill_id text := 'synthetic:' || p_key;
+    v_exit jsonb;
+    v_position jsonb;
+BEGIN
+    IF v_qty IS NULL OR v_qty <= 0 OR v_price IS NULL OR v_price <= 0 THEN
+        RAISE EXCEPTION '%: a qty > 0 and a price > 0 are required (got %, %)', h, v_qty, v_price;
+    END IF;
+    SELECT * INTO s FROM public.trade_history
+     WHERE profile_id = p_profile_id AND trade_id = r->>'trade_id'
+       AND slice_no = (r->>'slice_no')::integer
+     FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'RCREF', DETAIL = 'slice_not_found',
+            MESSAGE = pg_catalog.format('%s: no slice %s of trade %s of profile %s',
+                                        h, r->>'slice_no', r->>'trade_id', p_profile_id);
+    END IF;
+    IF s.status <> 'open' OR s.virtual_open_qty <= 0 THEN
+        RETURN pg_catalog.jsonb_build_object(
+            'status', 'unchanged', 'trade_id', s.trade_id,
+            'reason', 'the slice is no longer open', 'slice', pg_catalog.to_jsonb(s));
+    END IF;
+    IF pg_catalog.abs(s.virtual_open_qty - v_qty) > 1e-9 * GREATEST(v_qty, 1) THEN
+        RAISE EXCEPTION USING ERRCODE = 'RCREF', DETAIL = 'slice_changed',
+            MESSAGE = pg_catalog.format(
+                '%s: slice %s of trade %s has %s open, the heartbeat checked %s: it changed since; the next cycle checks again',
+                h, s.slice_no, s.trade_id, s.virtual_open_qty, v_qty);
+    END IF;
+    SELECT * INTO pos FROM public.positions
+     WHERE profile_id = p_profile_id AND symbol = s.symbol FOR UPDATE;
+    IF NOT FOUND OR pos.side <> s.side OR pos.qty < s.virtual_open_qty THEN
+        RAISE EXCEPTION USING ERRCODE = 'RCREF', DETAIL = 'position_would_flip',
+            MESSAGE = pg_catalog.format(
+                '%s: the database position of %s on %s (%s) cannot hold the exit of %s %s of trade %s; an operator must look at it',
+                h, p_profile_id, s.symbol,
+                COALESCE(pos.side || ' ' || pos.qty::text, 'none'), s.virtual_open_qty, s.side,
+                s.trade_id);
+    END IF;
+    v_qty := s.virtual_open_qty;  -- the database's exact qty
+    v_exit := recon._exit_slice(h, s, v_qty, v_price, 0, 'parity_synthetic_exit');
+    v_position := recon._apply_position_delta(
+        p_profile_id, s.symbol, CASE s.side WHEN 'long' THEN -v_qty ELSE v_qty END, v_price);
+    SELECT exchange_account INTO v_account FROM public.profiles WHERE id = p_profile_id;
+    INSERT INTO public.applied_fills (exchange_account, symbol, exchange_fill_id, profile_id,
+                                      trade_id, side, qty, price, fee_usd, fee_amount, filled_at)
+    VALUES (v_account, s.symbol, v_fill_id, p_profile_id, s.trade_id,
+            CASE s.side WHEN 'long' THEN 'sell' ELSE 'buy' END, v_qty, v_price, 0, 0,
+            COALESCE((r->>'exited_at')::timestamptz, pg_catalog.now()));
+    RETURN pg_catalog.jsonb_build_object(
+        'status', 'changed', 'trade_id', s.trade_id, 'slice_no', s.slice_no,
+        'qty', v_qty, 'price', v_price, 'price_source', r->>'price_source',
+        'slice', v_exit->'slice', 'realised_pnl_usd', v_exit->'realised_pnl_usd',
+        'position', v_position,
+        'fills', pg_catalog.jsonb_build_object('booked', pg_catalog.jsonb_build_array(v_fill_id),
+                                               'already_booked', '[]'::jsonb));
+END;
+$$;
+
+-- The public entry point (psycopg SELECT or supabase-py rpc()): the correction frame of
+-- recon._run_correction (lock, gate owner, idempotency, dry run, record) around it.
+CREATE OR REPLACE FUNCTION public.recon_synthetic_exit(
+    p_profile_id text,
+    p_cycle_id text,
+    p_idempotency_key text,
+    p_trade_id text,
+    p_slice_no integer,
+    p_qty numeric,
+    p_price numeric,
+    p_price_source text DEFAULT 'mark_price',
+    p_dry_run boolean DEFAULT false,
+    p_evidence jsonb DEFAULT '{}'::jsonb,
+    p_exited_at timestamptz DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE sql
+SET search_path = ''
+AS $$
+    SELECT recon._run_correction(
+        'synthetic_exit', p_profile_id, p_cycle_id, p_idempotency_key, NULL, p_dry_run,
+        p_evidence,
+        pg_catalog.jsonb_build_object('trade_id', p_trade_id, 'slice_no', p_slice_no,
+                                      'qty', p_qty, 'price', p_price,
+                                      'price_source', p_price_source,
+                                      'exited_at', p_exited_at));
+$$;

@@ -1,0 +1,129 @@
+"""How the jobs that change money apply their decisions (lifecycle corrections, the parity
+heartbeat's synthetic exits): from a fresh cycle, owning the profile's reconciling gate, through
+the SQL functions under the profile's lock, one decision at a time, recording what was refused.
+
+Both jobs are partitioned by profile, so every run (sensor, Launchpad, backfill) carries the
+`recon/profile` tag the run queue allows once at a time.
+"""
+
+import time
+
+import dagster as dg
+import psycopg
+
+from recon_assets.core.corrections import Refusal, lock_wait_of
+from recon_assets.core.cycle import reconciling_gate_verdict
+from recon_assets.defs.partitions import profile_partitions
+from recon_assets.defs.runs import run_status
+from recon_assets.resources.database import PostgresStore
+from recon_assets.resources.recon_store import ReconStore
+from recon_assets.resources.trading_tables import TradingTables
+
+
+class StaleCycleError(RuntimeError):
+    """The cycle's snapshots are too old to act on."""
+
+
+def resolve_cycle(database: PostgresStore, profile_id: str, cycle_id: str, max_age_s: float) -> dict:
+    """The cycle a job acts from (the profile's account's latest succeeded one, or `cycle_id`),
+    refused when its evidence is older than `max_age_s`."""
+    profile = TradingTables(database).profile(profile_id)
+    if profile is None:
+        raise ValueError(f"unknown profile {profile_id!r}")
+    cycle = ReconStore(database).latest_succeeded_cycle(profile["exchange_account"], cycle_id)
+    if cycle is None:
+        raise ValueError(f"no succeeded reconciliation cycle {cycle_id or ''} for the account "
+                         f"{profile['exchange_account']} of profile {profile_id}")
+    if float(cycle["age_s"]) > max_age_s:
+        raise StaleCycleError(
+            f"the evidence of cycle {cycle['cycle_id']} was read {float(cycle['age_s']):.0f} s "
+            f"ago (bound {max_age_s:.0f} s): its snapshots are stale, no correction is made "
+            "from them")
+    return cycle
+
+
+class LockContention(RuntimeError):
+    """A lock a correction needs was held longer than the store's lock_timeout."""
+
+
+def call_under_lock(database: PostgresStore, function: str, params: dict, profile_id: str,
+                    cycle_id: str) -> dict:
+    """Call a SQL function that takes the profile's reconciliation lock; a lock wait that times
+    out is recorded in recon.lock_contention with the lock it waited for (the reconciliation
+    lock, or a row lock of the trading app) and raised as LockContention."""
+    started = time.monotonic()
+    try:
+        return database.call(function, params)
+    except psycopg.errors.LockNotAvailable as exc:
+        waited_ms = int((time.monotonic() - started) * 1000)
+        kind, what = lock_wait_of(exc.diag.context)
+        ReconStore(database).record_lock_contention(profile_id, cycle_id, waited_ms, kind, what)
+        lock = ("the reconciliation lock" if what == "profile"
+                else f"a row lock on {what or 'a trading table'}")
+        raise LockContention(f"{lock} of profile {profile_id} was busy for {waited_ms} ms; "
+                             "recorded as contention, retried next cycle") from None
+
+
+def begin_gate(context: dg.OpExecutionContext, database: PostgresStore, profile: str,
+               run_id: str, max_age_s: float) -> dict:
+    """Own the profile's reconciling gate, taking it over only from an owner that is gone."""
+    params = {"p_profile_id": profile, "p_cycle_id": run_id}
+    try:
+        began = call_under_lock(database, "recon_begin_reconciling", params, profile, run_id)
+        if began["status"] != "busy":
+            return began
+        owner = began["owner"]
+        session = ReconStore(database).reconciling_owner(profile)
+        verdict = reconciling_gate_verdict(run_status(context.instance, owner),
+                                           float(session["age_s"]) if session else 0.0, max_age_s)
+        if not verdict.stale:
+            raise dg.Failure(f"profile {profile} is reconciling under run {owner} "
+                             f"({verdict.why}); this run corrects nothing and leaves the gate to "
+                             "its owner")
+        took = call_under_lock(database, "recon_begin_reconciling",
+                               {**params, "p_take_over_from": owner}, profile, run_id)
+    except LockContention as exc:
+        raise dg.Failure(str(exc)) from None
+    if took["status"] == "busy":
+        raise dg.Failure(f"profile {profile}: the reconciling gate changed hands to run "
+                         f"{took['owner']} while this run took it over; this run corrects nothing")
+    context.log.warning(f"profile {profile}: took the reconciling gate over from run {owner} "
+                        f"({verdict.why})")
+    return took
+
+
+def end_gate(context: dg.OpExecutionContext, database: PostgresStore, profile: str,
+             run_id: str) -> None:
+    """Give the gate back (only the owner's end restores trading)."""
+    try:
+        call_under_lock(database, "recon_end_reconciling",
+                        {"p_profile_id": profile, "p_cycle_id": run_id}, profile, run_id)
+    except LockContention as exc:
+        context.log.warning(f"{exc}; the next cycle restores the trading state")
+
+
+def record_refusal(context: dg.OpExecutionContext, database: PostgresStore, run_id: str,
+                   profile: str, handler: str, refusal: Refusal, trade_id: str | None,
+                   client_order_id: str | None, dry_run: bool, evidence: dict) -> None:
+    """A decision a check refused or an error stopped: recorded (and so escalated), logged."""
+    ReconStore(database).record_refused_correction(
+        run_id, profile, handler, refusal.outcome, refusal.reason, trade_id, client_order_id,
+        dry_run, {"error": refusal.message, **evidence})
+    context.log.error(f"{client_order_id or trade_id}: {refusal.outcome} ({refusal.reason}): "
+                      f"{refusal.message}; recorded, the others go on")
+
+
+def profile_partitioned_config(op_name: str, extra: dict | None = None) -> dg.PartitionedConfig:
+    """A job's config per profile partition: the op's `profile_id`, and the `recon/profile`
+    tag the run queue limits to one run at a time."""
+    return dg.PartitionedConfig(
+        partitions_def=profile_partitions,
+        run_config_for_partition_key_fn=lambda profile: {
+            "ops": {op_name: {"config": {"profile_id": profile, **(extra or {})}}}},
+        tags_for_partition_key_fn=lambda profile: {"recon/profile": profile})
+
+
+def check_partition(context: dg.OpExecutionContext, profile_id: str) -> None:
+    if context.has_partition_key and context.partition_key != profile_id:
+        raise dg.Failure(f"this run's partition is profile {context.partition_key} but its config "
+                         f"names profile {profile_id}: one of them is wrong")

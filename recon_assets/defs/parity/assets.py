@@ -1,0 +1,100 @@
+"""The parity heartbeat: ghost slices confirmed cycle after cycle (decided in `core.parity`)."""
+
+import dagster as dg
+import pandas as pd
+
+from recon_assets.core.cycle import SnapshotStamp, evidence_problems
+from recon_assets.core.parity import PARITY_CHECK_COLUMNS, ParityPolicy, Streak, parity_checks
+from recon_assets.core.rules import CLEARED, PARITY_DECISIONS
+from recon_assets.defs.partitions import exchange_account_partitions
+from recon_assets.defs.runs import previous_run_id
+from recon_assets.resources.database import PostgresStore
+from recon_assets.resources.recon_store import ReconStore
+from recon_assets.settings import ReconSettings
+
+SHOWN_COLUMNS = ["profile_id", "trade_id", "slice_no", "symbol", "virtual_open_qty",
+                 "exchange_qty", "mark_price", "attributable", "streak", "decision", "reason"]
+
+
+def _records(checks: pd.DataFrame) -> list[dict]:
+    """The checks as JSON-ready rows (NaN -> null)."""
+    return [{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+            for row in checks.to_dict("records")]
+
+
+def _md(frame: pd.DataFrame, empty: str) -> dg.MetadataValue:
+    if not len(frame):
+        return dg.MetadataValue.md(empty)
+    shown = frame.astype(object).where(frame.notna(), "")
+    return dg.MetadataValue.md(shown.to_markdown(index=False, floatfmt=".8g"))
+
+
+def _stamp(name: str, frame: pd.DataFrame) -> SnapshotStamp:
+    read_at = frame.attrs.get("read_at")
+    return SnapshotStamp(name, "database" if name.startswith("db_") else "exchange",
+                         frame.attrs.get("run_id"),
+                         pd.Timestamp(read_at).floor("us").to_pydatetime() if read_at else None)
+
+
+@dg.asset(partitions_def=exchange_account_partitions, group_name="parity",
+          kinds={"pandas", "postgres"}, deps=["reconciliation_diff"])
+def position_parity_heartbeat(context: dg.AssetExecutionContext, settings: ReconSettings,
+                              database: PostgresStore, db_profiles: pd.DataFrame,
+                              db_trade_slices: pd.DataFrame,
+                              exchange_positions: pd.DataFrame) -> dg.Output[pd.DataFrame]:
+    """One check per open slice per cycle: ghosts confirmed N consecutive cycles are closed at the mark price, or quarantined when unattributed."""
+    account, cycle_id = context.partition_key, context.run_id
+    if not settings.enable_position_parity_heartbeat:
+        context.log.warning("ENABLE_RECON_POSITION_PARITY_HEARTBEAT is false: nothing is checked "
+                            "or decided (a controlled rollback)")
+        return dg.Output(pd.DataFrame(columns=list(PARITY_CHECK_COLUMNS)),
+                         metadata={"enabled": False, "checks": 0})
+    store = ReconStore(database)
+    if not store.cycle_succeeded(cycle_id, account):
+        raise dg.Failure(f"the heartbeat checks a cycle: run {cycle_id} recorded no succeeded "
+                         f"cycle of {account}; materialize it with reconciliation_diff")
+    stamps = [_stamp("db_profiles", db_profiles), _stamp("db_trade_slices", db_trade_slices),
+              _stamp("exchange_positions", exchange_positions)]
+    problems = evidence_problems(stamps, pd.Timestamp.now(tz="UTC").to_pydatetime(),
+                                 settings.evidence_max_age_seconds,
+                                 settings.evidence_max_apart_seconds)
+    if problems:
+        raise dg.Failure(f"no heartbeat of {account} from this evidence: " + "; ".join(problems))
+    state = store.parity_state(account, cycle_id)
+    previous = previous_run_id(context.instance, context.run.job_name, account, cycle_id)
+    policy = ParityPolicy(settings.position_parity_confirmations,
+                          settings.position_parity_require_subtag_attribution,
+                          settings.position_parity_dry_run)
+    checks = parity_checks(
+        cycle_id=cycle_id, account=account, previous_cycle_id=previous, slices=db_trade_slices,
+        profiles=db_profiles, exchange_positions=exchange_positions,
+        streaks={k: Streak(*v) for k, v in state["streaks"].items()}, policy=policy,
+        quarantined=state["quarantined"], approved=state["approved"],
+        backfill_go=state["backfill_go"],
+        db_read_at=pd.Timestamp(db_trade_slices.attrs["read_at"]),
+        recency_guard_s=settings.recency_guard_seconds)
+    recorded = store.record_parity_checks(cycle_id, account, _records(checks), policy.dry_run)
+    counts = checks["decision"].value_counts()
+    ghosts = checks[checks["ghost"]]
+    flagged = checks[checks["decision"] != CLEARED]
+    history = pd.DataFrame(store.parity_history(
+        [(r.profile_id, r.trade_id, int(r.slice_no)) for r in flagged.itertuples()]))
+    context.log.info(f"heartbeat of {account}: {len(checks)} slice(s), {len(ghosts)} ghost(s); "
+                     f"{dict(counts)}; recorded {recorded}")
+    return dg.Output(checks, metadata={
+        "enabled": True, "cycle_id": cycle_id, "previous_cycle_id": previous or "",
+        "confirmations_required": policy.confirmations, "dry_run": policy.dry_run,
+        "checks": len(checks),
+        **{f"decision/{d}": int(counts.get(d, 0)) for d in PARITY_DECISIONS},
+        # The runbook's runtime fields, for this account and cycle.
+        "reconciliationParityMismatchTrades": int(ghosts[["profile_id", "trade_id"]]
+                                                  .drop_duplicates().shape[0]),
+        "reconciliationParityQuarantinedTrades": int((checks["decision"] == "quarantine").sum()),
+        "reconciliationParityMaxMismatchNotionalUsd": round(
+            float(ghosts["mismatch_notional_usd"].max()) if len(ghosts) else 0.0, 2),
+        "reconciliationParityTotalMismatchNotionalUsd": round(
+            float(ghosts["mismatch_notional_usd"].sum()), 2),
+        "slices": _md(flagged[SHOWN_COLUMNS], "_every open slice is supported by the exchange_"),
+        "checks_behind_them": _md(history.drop(columns=["n"], errors="ignore"),
+                                  "_no slice is confirming, quarantined or blocked_"),
+    })

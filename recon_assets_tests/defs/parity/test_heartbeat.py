@@ -1,0 +1,254 @@
+"""The parity heartbeat through the real automation path: the scheduled cycle (with the
+heartbeat), the position_parity sensor and job, against the simulator (real ccxt over HTTP) and
+the real PostgreSQL."""
+
+from decimal import Decimal
+
+import dagster as dg
+import psycopg
+import pytest
+
+from recon_assets.settings import ReconSettings
+from recon_assets_tests.harness.dagster_flow import (add_partitions, evaluate_sensor, make_defs,
+                                                     query, run_requests, run_scheduled_cycles)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def start(sim, dsn, instance, scenario, **settings):
+    plan = sim.load_scenario(scenario)
+    plan.seed_database(dsn)
+    add_partitions(instance, plan)
+    return make_defs(sim, dsn, ReconSettings(**settings))
+
+
+def heartbeat(results, account):
+    return results[account].output_for_node("position_parity_heartbeat")
+
+
+def check(results, account, trade):
+    frame = heartbeat(results, account)
+    (row,) = frame[frame["trade_id"] == trade].to_dict("records")
+    return row
+
+
+def parity_requests(defs, instance, cursor=None):
+    tick = evaluate_sensor(defs, instance, "position_parity_sensor", cursor)
+    return tick.run_requests, tick.cursor
+
+
+def slice_row(dsn, trade):
+    return query(dsn, "SELECT status, exit_qty, exit_price, close_reason, virtual_open_qty "
+                      "FROM trade_history WHERE trade_id = %s", (trade,))[0]
+
+
+def books_are_whole(dsn, profile):
+    """Position = signed sum of booked fills; ledger = its recalculation from scratch."""
+    ((position, fills),) = query(dsn, """
+        SELECT COALESCE((SELECT sum(CASE side WHEN 'long' THEN qty ELSE -qty END) FROM positions
+                         WHERE profile_id = %s AND symbol = 'ADA/USDT:USDT'), 0),
+               COALESCE((SELECT sum(CASE side WHEN 'buy' THEN qty ELSE -qty END) FROM applied_fills
+                         WHERE profile_id = %s AND symbol = 'ADA/USDT:USDT'), 0)""",
+                                   (profile, profile))
+    assert position == fills
+    ledger = dict(query(dsn, "SELECT trade_id, reserved_usd FROM capital_ledger WHERE profile_id = %s",
+                        (profile,)))
+    scratch = dict(query(dsn, "SELECT trade_id, sum(virtual_open_qty * entry_price) FROM trade_history "
+                              "WHERE profile_id = %s AND status = 'open' GROUP BY trade_id", (profile,)))
+    assert ledger == scratch
+
+
+@pytest.mark.parametrize("n", [3, 2])
+def test_a_ghost_is_closed_on_exactly_the_nth_consecutive_confirmation(sim, pg_dsn, instance, n):
+    """closed_manually: beta's ADA position was closed from the web UI; its slice t-b5 (an
+    attributed ghost) is confirmed for N cycles, then closed at the mark price, once."""
+    defs = start(sim, pg_dsn, instance, "closed_manually", position_parity_confirmations=n)
+    cursor = None
+    for i in range(1, n + 1):
+        results = run_scheduled_cycles(defs, instance)
+        row = check(results, "acct1", "t-b5")
+        assert (row["ghost"], row["streak"], row["attributable"]) == (True, i, True)
+        requests, cursor = parity_requests(defs, instance, cursor)
+        if i < n:
+            assert row["decision"] == "confirming" and requests == []
+            assert slice_row(pg_dsn, "t-b5")[0] == "open"
+    assert row["decision"] == "synthetic_exit"
+    (request,) = requests
+    assert request.partition_key == "beta"
+    (run,) = run_requests(defs, instance, "position_parity", requests)
+    assert run.success
+    assert [o["status"] for o in run.output_for_node("apply_parity")["outcomes"]] == ["applied"]
+    mark = Decimal(str(sim.exchange.markets["ADAUSDT"].mark_price))
+    assert slice_row(pg_dsn, "t-b5") == ("closed", Decimal("2000"), mark, "parity_synthetic_exit",
+                                         Decimal("0"))
+    ((evidence, source),) = query(pg_dsn, "SELECT evidence->'input', evidence->'request'->>"
+                                          "'price_source' FROM recon.corrections "
+                                          "WHERE handler = 'synthetic_exit'")
+    assert source == "mark_price" and evidence["streak"] == n
+    assert query(pg_dsn, "SELECT qty, side FROM positions WHERE profile_id = 'beta' "
+                         "AND symbol = 'ADA/USDT:USDT'") == []
+    books_are_whole(pg_dsn, "beta")
+    # A re-run of the same job, and the next cycle, close nothing again.
+    (again,) = run_requests(defs, instance, "position_parity", requests)
+    assert [o["status"] for o in again.output_for_node("apply_parity")["outcomes"]] == [
+        "already_applied"]
+    results = run_scheduled_cycles(defs, instance)
+    assert "t-b5" not in set(heartbeat(results, "acct1")["trade_id"])
+    assert query(pg_dsn, "SELECT count(*) FROM recon.corrections WHERE handler = 'synthetic_exit'") == [
+        (1,)]
+    assert {s for (s,) in query(pg_dsn, "SELECT trading_state FROM profiles")} == {"active"}
+
+
+def test_a_broken_streak_starts_again(sim, pg_dsn, instance):
+    """Two confirmations, then the position is back on the exchange (cleared), then gone again
+    (1), then a cycle fails (a failed snapshot), then the streak starts at 1 once more."""
+    defs = start(sim, pg_dsn, instance, "closed_manually")
+    for _ in range(2):
+        results = run_scheduled_cycles(defs, instance)
+    assert check(results, "acct1", "t-b5")["streak"] == 2
+    sim.exchange.place_order("acct1", "ADAUSDT", "BUY", "MARKET", "2000", client_order_id="web_back1")
+    assert check(run_scheduled_cycles(defs, instance), "acct1", "t-b5")["decision"] == "cleared"
+    sim.exchange.close_position("acct1", "ADAUSDT", client_order_id="web_gone2")
+    assert check(run_scheduled_cycles(defs, instance), "acct1", "t-b5")["streak"] == 1
+    assert check(run_scheduled_cycles(defs, instance), "acct1", "t-b5")["streak"] == 2
+    sim.exchange.inject_fault("server_error", path="/fapi/v3/positionRisk", count=None)
+    failed = run_scheduled_cycles(defs, instance, expect_success=False)
+    assert not failed["acct1"].success
+    sim.exchange.clear_faults()
+    row = check(run_scheduled_cycles(defs, instance), "acct1", "t-b5")
+    assert (row["streak"], row["decision"]) == (1, "confirming")
+    assert slice_row(pg_dsn, "t-b5")[0] == "open"
+
+
+def test_an_unattributed_ghost_is_quarantined_never_closed_and_released_when_it_clears(
+        sim, pg_dsn, instance):
+    defs = start(sim, pg_dsn, instance, "unattributed_ghost", position_parity_confirmations=2)
+    cursor = None
+    for _ in range(4):
+        results = run_scheduled_cycles(defs, instance)
+        requests, cursor = parity_requests(defs, instance, cursor)
+        assert requests == []
+    row = check(results, "acct2", "t-g2")
+    assert (row["decision"], row["attributable"]) == ("quarantine", False)
+    assert "does not carry sub-tag attribution" in row["attribution"]
+    assert query(pg_dsn, "SELECT profile_id, trade_id, released_at IS NULL FROM recon.quarantine") == [
+        ("gamma", "t-g2", True)]
+    assert slice_row(pg_dsn, "t-g2")[0] == "open"
+    mat = results["acct2"].asset_materializations_for_node("position_parity_heartbeat")[0]
+    assert mat.metadata["reconciliationParityQuarantinedTrades"].value == 1
+    assert "t-g2" in mat.metadata["checks_behind_them"].value
+    # The position is back on the exchange: the mismatch clears, the quarantine is released.
+    sim.exchange.place_order("acct2", "SOLUSDT", "SELL", "MARKET", "20", client_order_id="web_back3")
+    row = check(run_scheduled_cycles(defs, instance), "acct2", "t-g2")
+    assert row["decision"] == "cleared"
+    assert query(pg_dsn, "SELECT released_at IS NOT NULL, resolution FROM recon.quarantine") == [
+        (True, "cleared")]
+    assert query(pg_dsn, "SELECT count(*) FROM recon.corrections") == [(0,)]
+
+
+def test_an_operator_resolves_a_quarantine_and_approves_the_close(sim, pg_dsn, instance):
+    defs = start(sim, pg_dsn, instance, "unattributed_ghost", position_parity_confirmations=1)
+    run_scheduled_cycles(defs, instance)
+    job = defs.resolve_job_def("resolve_quarantine")
+    config = {"ops": {"resolve_quarantine_op": {"config": {
+        "profile_id": "gamma", "trade_id": "t-g2", "slice_no": 1,
+        "resolution": "approve_synthetic_exit", "note": "legacy order, closed on the web UI"}}}}
+    assert job.execute_in_process(run_config=config, instance=instance).success
+    (row,) = query(pg_dsn, "SELECT resolution, note, released_by LIKE 'operator:%%' "
+                           "FROM recon.quarantine")
+    assert row == ("approve_synthetic_exit", "legacy order, closed on the web UI", True)
+    # Resolving it again fails: it is not quarantined any more.
+    assert not job.execute_in_process(run_config=config, instance=instance,
+                                      raise_on_error=False).success
+    results = run_scheduled_cycles(defs, instance)
+    assert check(results, "acct2", "t-g2")["decision"] == "synthetic_exit"
+    requests, _ = parity_requests(defs, instance)
+    (run,) = run_requests(defs, instance, "position_parity", requests)
+    assert run.success and slice_row(pg_dsn, "t-g2")[0] == "closed"
+
+
+def _two_profiles_on_link(sim, dsn):
+    """alpha and beta both long LINK on acct1 in the database (10 and 4); the exchange holds 4:
+    only alpha's slice explains the shortfall."""
+    sim.exchange.place_order("acct1", "LINKUSDT", "BUY", "MARKET", "4", client_order_id="rc.BET.t-l2.E1")
+    with psycopg.connect(dsn) as conn:
+        for profile, tag, trade, qty in (("alpha", "ALP", "t-l1", 10), ("beta", "BET", "t-l2", 4)):
+            conn.execute(
+                "INSERT INTO orders (profile_id, trade_id, intent, symbol, side, client_order_id, "
+                "status, qty, filled_qty, avg_fill_price, created_at, updated_at) VALUES "
+                "(%s, %s, 'ENTRY', 'LINK/USDT:USDT', 'buy', %s, 'filled', %s, %s, 15, "
+                "now() - interval '1 hour', now() - interval '1 hour')",
+                (profile, trade, f"rc.{tag}.{trade}.E1", qty, qty))
+            conn.execute(
+                "INSERT INTO trade_history (trade_id, profile_id, symbol, side, entry_qty, "
+                "entry_price, opened_at, updated_at) VALUES (%s, %s, 'LINK/USDT:USDT', 'long', %s, "
+                "15, now() - interval '1 hour', now() - interval '1 hour')", (trade, profile, qty))
+            conn.execute(
+                "INSERT INTO positions (profile_id, symbol, side, qty, avg_price, updated_at) "
+                "VALUES (%s, 'LINK/USDT:USDT', 'long', %s, 15, now() - interval '1 hour')",
+                (profile, qty))
+
+
+def test_two_profiles_on_one_symbol_only_the_singled_out_slice_is_touched(sim, pg_dsn, instance):
+    defs = start(sim, pg_dsn, instance, "clean", position_parity_confirmations=1)
+    _two_profiles_on_link(sim, pg_dsn)
+    results = run_scheduled_cycles(defs, instance)
+    alpha, beta = check(results, "acct1", "t-l1"), check(results, "acct1", "t-l2")
+    assert (alpha["ghost"], alpha["decision"]) == (True, "synthetic_exit")
+    assert (beta["ghost"], beta["decision"]) == (False, "cleared")
+    assert "shortfall" in alpha["ghost_reason"]
+    requests, _ = parity_requests(defs, instance)
+    assert [r.partition_key for r in requests] == ["alpha"]
+    assert all(r.success for r in run_requests(defs, instance, "position_parity", requests))
+    assert slice_row(pg_dsn, "t-l1")[0] == "closed" and slice_row(pg_dsn, "t-l2")[0] == "open"
+    assert query(pg_dsn, "SELECT profile_id, qty FROM positions WHERE symbol = 'LINK/USDT:USDT'") == [
+        ("beta", 4)]
+
+
+def test_dry_run_changes_nothing_and_the_flag_off_decides_nothing(sim, pg_dsn, instance):
+    defs = start(sim, pg_dsn, instance, "closed_manually", position_parity_confirmations=1,
+                 position_parity_dry_run=True)
+    before = query(pg_dsn, "SELECT * FROM trade_history ORDER BY id")
+    profiles = query(pg_dsn, "SELECT * FROM profiles ORDER BY id")
+    results = run_scheduled_cycles(defs, instance)
+    row = check(results, "acct1", "t-b5")
+    assert (row["decision"], row["streak"]) == ("blocked", 1) and "dry run" in row["reason"]
+    assert parity_requests(defs, instance)[0] == []
+    assert query(pg_dsn, "SELECT * FROM trade_history ORDER BY id") == before
+    assert query(pg_dsn, "SELECT * FROM profiles ORDER BY id") == profiles
+    assert query(pg_dsn, "SELECT count(*) FROM recon.quarantine") == [(0,)]
+    assert query(pg_dsn, "SELECT count(*), bool_and(dry_run) FROM recon.parity_checks") == [
+        (len(heartbeat(results, "acct1")) + len(heartbeat(results, "acct2")), True)]
+
+    off = make_defs(sim, pg_dsn, ReconSettings(enable_position_parity_heartbeat=False,
+                                               position_parity_confirmations=1))
+    streaks = query(pg_dsn, "SELECT * FROM recon.parity_confirmations ORDER BY trade_id")
+    checks = query(pg_dsn, "SELECT count(*) FROM recon.parity_checks")
+    results = run_scheduled_cycles(off, instance)
+    assert heartbeat(results, "acct1").empty
+    mat = results["acct1"].asset_materializations_for_node("position_parity_heartbeat")[0]
+    assert mat.metadata["enabled"].value is False
+    assert query(pg_dsn, "SELECT count(*) FROM recon.parity_checks") == checks
+    assert query(pg_dsn, "SELECT * FROM recon.parity_confirmations ORDER BY trade_id") == streaks
+    assert parity_requests(off, instance)[0] == []
+    assert query(pg_dsn, "SELECT * FROM trade_history ORDER BY id") == before
+
+
+def test_an_exchange_briefly_reporting_no_position_closes_nothing_before_n(sim, pg_dsn, instance):
+    """systemic_glitch: positionRisk comes back empty for every account."""
+    defs = start(sim, pg_dsn, instance, "systemic_glitch")
+    before = query(pg_dsn, "SELECT trade_id, status, exit_qty FROM trade_history ORDER BY trade_id")
+    for i in (1, 2):
+        results = run_scheduled_cycles(defs, instance)
+        frame = heartbeat(results, "acct1")
+        assert frame["ghost"].all() and set(frame["decision"]) == {"confirming"}
+        assert set(frame["streak"]) == {i}
+        assert parity_requests(defs, instance)[0] == []
+    assert query(pg_dsn, "SELECT trade_id, status, exit_qty FROM trade_history ORDER BY trade_id") == before
+    assert query(pg_dsn, "SELECT count(*) FROM recon.corrections") == [(0,)]
