@@ -57,8 +57,10 @@ PARITY_CHECK_COLUMNS = (
     "ghost_reason", "streak", "confirmations_required", "streak_started_cycle", "decision",
     "reason", "idempotency_key",
 )
-# Tolerance when the market's step is unknown (same as the diff's absolute tolerance).
+# Tolerance when the market's step is unknown (same as the diff's absolute tolerance), and the
+# relative slack below a whole step (the diff's relative tolerance).
 _ABS_TOL = 1e-12
+_REL_TOL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -100,15 +102,21 @@ def _finite(value) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _below_step(qty: float, step: float) -> bool:
+    """Less than one quantity step (a whole step is a real difference, as in the diff; the
+    relative slack absorbs float noise such as 0.009 - 0.002 - 0.008)."""
+    return abs(qty) < step * (1 - _REL_TOL)
+
+
 def _ghosts_of_symbol(signed: dict[SliceKey, float], exchange: float, step: float
                       ) -> tuple[set[SliceKey], set[SliceKey], str]:
     """(ghosts, ambiguous, why) for the open slices of one account and symbol."""
     total = sum(signed.values())
-    if abs(exchange) < step:
+    if _below_step(exchange, step):
         return set(signed), set(), "the exchange is effectively flat on the symbol"
-    if abs(total - exchange) < step:
+    if _below_step(total - exchange, step):
         return set(), set(), ""
-    explains = [k for k, qty in signed.items() if abs(total - qty - exchange) < step]
+    explains = [k for k, qty in signed.items() if _below_step(total - qty - exchange, step)]
     if len(explains) == 1:
         return {explains[0]}, set(), ("its qty is the exchange's shortfall on the symbol, which no "
                                       "other slice explains")

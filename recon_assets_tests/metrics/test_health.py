@@ -47,6 +47,16 @@ INSERT INTO recon.mismatches (cycle_id, kind, profile_id, exchange_account, trad
   ('c3', 'ghost_slice', 'gamma', 'acct2', 't9', 400),
   -- the same cycle id on another account is not acct1's finding
   ('c2', 'missing_in_db', NULL, 'acct9', NULL, 1);
+-- The parity heartbeat's checks of the same cycles: its ghosts are the runtime parity fields.
+INSERT INTO recon.parity_checks (cycle_id, exchange_account, profile_id, trade_id, slice_no, symbol,
+                                 side, virtual_open_qty, mismatch_notional_usd, attributable, ghost,
+                                 confirmations_required, decision, reason) VALUES
+  ('c1', 'acct1', 'alpha', 't7', 1, 'BTC/USDT:USDT', 'long', 1, 999, true, true, 3, 'confirming', 'r'),
+  ('c2', 'acct1', 'alpha', 't1', 1, 'BTC/USDT:USDT', 'long', 1, 100, true, true, 3, 'confirming', 'r'),
+  ('c2', 'acct1', 'alpha', 't1', 2, 'BTC/USDT:USDT', 'long', 1, 250.5, true, true, 3, 'quarantine', 'r'),
+  ('c2', 'acct1', 'beta', 't2', 1, 'ETH/USDT:USDT', 'short', 1, 50, false, true, 3, 'quarantine', 'r'),
+  ('c2', 'acct1', 'beta', 't3', 1, 'ETH/USDT:USDT', 'short', 1, 0, true, false, 3, 'cleared', 'r'),
+  ('c3', 'acct2', 'gamma', 't9', 1, 'SOL/USDT:USDT', 'long', 1, 400, true, true, 3, 'confirming', 'r');
 INSERT INTO recon.quarantine (profile_id, trade_id, slice_no, reason, cycle_id, released_at) VALUES
   ('alpha', 't1', 1, 'no sub-tag attribution', 'c2', NULL),
   ('beta', 't2', 1, 'no sub-tag attribution', 'c2', NULL),

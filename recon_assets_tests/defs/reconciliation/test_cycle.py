@@ -11,6 +11,7 @@ import pytest
 from recon_assets.demo import local_resources
 from recon_assets.defs.database.assets import cycle_start, db_snapshot
 from recon_assets.defs.exchange.assets import exchange_snapshot
+from recon_assets.defs.parity.assets import position_parity_heartbeat
 from recon_assets.defs.partitions import exchange_account_partitions
 from recon_assets.defs.reconciliation.assets import reconciliation_diff
 from recon_assets.settings import ReconSettings
@@ -20,7 +21,8 @@ from recon_assets_tests.harness.exchange import FAST_RETRIES
 pytestmark = pytest.mark.integration
 
 
-CYCLE_ASSETS = [cycle_start, db_snapshot, exchange_snapshot, reconciliation_diff]
+CYCLE_ASSETS = [cycle_start, db_snapshot, exchange_snapshot, reconciliation_diff,
+                position_parity_heartbeat]
 
 
 def run_cycle(instance, sim, dsn, account):
@@ -53,6 +55,11 @@ def test_cycle_finds_exactly_the_scenarios_divergences(scenario, sim, pg_dsn):
     expected = Counter(_key(e) for e in plan.expected)
     got = Counter(_key(f) for f in found)
     assert got == expected
+    # A ghost is attributable exactly when the scenario says its orders attribute it.
+    ghosts = {f["trade_id"]: f["attributable"] for f in found if f["kind"] == "ghost_slice"}
+    for e in plan.expected:
+        if e["kind"] == "ghost_slice" and "attributable" in e:
+            assert ghosts[e["trade_id"]] == e["attributable"], e
     # Every finding is appended to the analysts' history with its cycle (run) id.
     with psycopg.connect(pg_dsn) as conn:
         (recorded,) = conn.execute("SELECT count(*) FROM recon.mismatches").fetchone()
