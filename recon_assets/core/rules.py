@@ -26,7 +26,14 @@ SLICE_STATUSES = ("open", "closed")
 OPEN_SLICE_STATUS = "open"
 
 # --- profiles: the trading gate (public.profiles.trading_state) -------------------------------
-TRADING_STATES = ("active", "paused", "reconciling")
+ACTIVE, PAUSED, RECONCILING = TRADING_STATES = ("active", "paused", "reconciling")
+# Who paused a profile (public.profiles.pause_source). The trading app may write sources of its
+# own (the column has no CHECK); only the parity watchdog's pause is ever auto-resumed.
+WATCHDOG_PAUSE_SOURCE = "parity_watchdog"
+OPERATOR_PAUSE_SOURCE = "operator"
+# What changed a profile's trading gate (recon.trading_gate_events.action).
+GATE_ACTIONS = ("watchdog_pause", "auto_resume", "operator_pause", "operator_resume")
+WATCHDOG_PAUSE, AUTO_RESUME, OPERATOR_PAUSE, OPERATOR_RESUME = GATE_ACTIONS
 
 # --- the reconciliation cycle (recon.cycles, recon.mismatches) ---------------------------------
 CYCLE_STATUSES = ("running", "succeeded", "failed")
@@ -36,10 +43,12 @@ CYCLE_FAILED = "failed"
 # one means).
 MISSING_FROM_EXCHANGE = "missing_from_exchange"
 MISSING_IN_DB = "missing_in_db"
+STATUS_DRIFT, QTY_DRIFT, PRICE_DRIFT = "status_drift", "qty_drift", "price_drift"
+POSITION_DRIFT = "position_drift"
 GHOST_SLICE = "ghost_slice"
 MISMATCH_KINDS = (
-    MISSING_FROM_EXCHANGE, MISSING_IN_DB, "status_drift", "qty_drift", "price_drift",
-    "position_drift", GHOST_SLICE,
+    MISSING_FROM_EXCHANGE, MISSING_IN_DB, STATUS_DRIFT, QTY_DRIFT, PRICE_DRIFT, POSITION_DRIFT,
+    GHOST_SLICE,
 )
 # The kinds the lifecycle correction job acts on; the others are reported (and, for ghosts, left to
 # the parity heartbeat).
@@ -77,12 +86,22 @@ PARITY_CLOSE_REASON = "parity_synthetic_exit"
 # How an operator ends a quarantine (the resolve_quarantine job).
 QUARANTINE_RESOLUTIONS = ("release", "approve_synthetic_exit")
 
+# --- the integrity watchdog and auto-resume (core/watchdog.py) -------------------------------------
+# The kinds of the diff charged to a profile as the drift of its orders (position drift and
+# ghosts are charged by core.watchdog's own rules).
+ORDER_DRIFT_KINDS = (MISSING_FROM_EXCHANGE, MISSING_IN_DB, STATUS_DRIFT, QTY_DRIFT, PRICE_DRIFT)
+# The runbook's four auto-resume conditions, after the flag that allows it at all, in the order
+# they are reported (recon.watchdog_state.resume_held_back_by names the ones that do not hold).
+RESUME_CONDITIONS = ("auto_resume_enabled", "pause_source", "min_pause", "clean_streak",
+                     "cooldown")
+
 # --- EXIT backfill (recon.backfill_decisions.decision) -----------------------------------------
 BACKFILL_DECISIONS = ("GO", "NO_GO")
 
 # --- escalation (recon.alerts.reason) ------------------------------------------------------------
 ALERT_REASONS = ("persistent_mismatch", "lock_contention", "unknown_fill", "failed_cycle",
-                 "correction_refused", "failed_correction_run", "stale_reconciling")
+                 "correction_refused", "failed_correction_run", "stale_reconciling",
+                 "watchdog_pause", "auto_resume")
 # The runbook: "Mismatch metrics stay elevated after two reconciliation runs".
 ESCALATION_PERSISTENCE_RUNS = 2
 

@@ -30,6 +30,7 @@ CHECKED = {
     ("recon.alerts", "reason"): rules.ALERT_REASONS,
     ("recon.parity_checks", "decision"): rules.PARITY_DECISIONS,
     ("recon.parity_checks", "side"): rules.POSITION_SIDES,
+    ("recon.trading_gate_events", "action"): rules.GATE_ACTIONS,
 }
 _ALLOWED = re.compile(r"^CHECK \(\(\(?(\w+)\)?(?:::text)? = ANY \(\(?ARRAY\[(.*)\]\)?(?:::text\[\])?\)\)\)$")
 

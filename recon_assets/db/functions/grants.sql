@@ -20,7 +20,9 @@ BEGIN
                              'recon_reconcile_cancel', 'recon_recalculate_capital',
                              'recon_begin_reconciling', 'recon_end_reconciling',
                              'recon_record_refused_correction', 'recon_synthetic_exit',
-                             'recon_record_parity_checks', 'recon_resolve_quarantine')
+                             'recon_record_parity_checks', 'recon_resolve_quarantine',
+                             'recon_record_watchdog', 'recon_pause_profile',
+                             'recon_resume_profile', 'recon_auto_resume', 'recon_may_trade')
     LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
         FOREACH r IN ARRAY ARRAY['anon', 'authenticated'] LOOP
@@ -32,5 +34,24 @@ BEGIN
             EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO service_role', fn);
         END IF;
     END LOOP;
+END
+$grants$;
+
+-- The trading gate view tells who is paused and why: not for PUBLIC (nor anon/authenticated on
+-- Supabase). The trading app's role gets SELECT on it and EXECUTE on recon_may_trade from the
+-- deployment (README: "The trading gate").
+DO $grants$
+DECLARE
+    r text;
+BEGIN
+    REVOKE ALL ON public.recon_trading_gate FROM PUBLIC;
+    FOREACH r IN ARRAY ARRAY['anon', 'authenticated'] LOOP
+        IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+            EXECUTE pg_catalog.format('REVOKE ALL ON public.recon_trading_gate FROM %I', r);
+        END IF;
+    END LOOP;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
+        GRANT SELECT ON public.recon_trading_gate TO service_role;
+    END IF;
 END
 $grants$;

@@ -23,3 +23,11 @@ CREATE TRIGGER corrections_append_only BEFORE UPDATE OR DELETE ON recon.correcti
 DROP TRIGGER IF EXISTS parity_checks_append_only ON recon.parity_checks;
 CREATE TRIGGER parity_checks_append_only BEFORE UPDATE OR DELETE ON recon.parity_checks
     FOR EACH ROW EXECUTE FUNCTION recon.forbid_change();
+
+DROP TRIGGER IF EXISTS watchdog_checks_append_only ON recon.watchdog_checks;
+CREATE TRIGGER watchdog_checks_append_only BEFORE UPDATE OR DELETE ON recon.watchdog_checks
+    FOR EACH ROW EXECUTE FUNCTION recon.forbid_change();
+
+DROP TRIGGER IF EXISTS trading_gate_events_append_only ON recon.trading_gate_events;
+CREATE TRIGGER trading_gate_events_append_only BEFORE UPDATE OR DELETE ON recon.trading_gate_events
+    FOR EACH ROW EXECUTE FUNCTION recon.forbid_change();

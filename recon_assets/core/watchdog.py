@@ -1,0 +1,261 @@
+"""The integrity watchdog and the auto-resume rule, as pure functions. No I/O, no Dagster, no
+clock: `now` is always passed in. `defs/parity` fetches, calls, persists.
+
+**The watchdog** (runbook: "pause when cumulative mismatch notional exceeds
+RECON_POSITION_PARITY_MAX_NOTIONAL_PCT of allocated capital"), per profile and cycle. A profile's
+mismatch notional is the sum, over this cycle's findings, of what could be its money:
+
+- **ghosts**: the heartbeat's ghost slices of the profile (`mismatch_notional_usd` of its
+  checks with `ghost`); while the heartbeat is off, the diff's `ghost_slice` rows instead;
+- **orders**: the diff's order findings with the profile's id (`rules.ORDER_DRIFT_KINDS`:
+  missing from the exchange, attributed orders missing in the database, status, qty and price
+  drift), each its `notional_usd`;
+- **positions**: an account-level `position_drift` is first reduced by the ghosts found on the
+  same symbol (they explain that much of it); what is left is charged to every profile holding
+  a database position on the symbol, each at most its own position (min(left, |its qty| x the
+  drift's price)), since any of them could be the one that drifted.
+
+A finding can be charged twice when two findings describe one event (an entry filled behind the
+database is both an order missing from the exchange and a position drift); the watchdog errs
+towards pausing. Foreign activity (findings with no profile) is charged to no one.
+
+The threshold is `capital x pct / 100` (0.5 means 0.5 %); the watchdog **trips** when the
+notional exceeds it (strictly). A profile's cycle is **clean** when nothing at all was charged
+to it or seen about it: no finding, and every heartbeat check of its slices `cleared`.
+
+**Auto-resume** (`auto_resume_decision`): a paused profile is resumed exactly when all hold:
+`ENABLE_RECON_WATCHDOG_AUTO_RESUME`; the pause source is the parity watchdog (an operator's or
+any other pause never); the pause is at least `..._MIN_PAUSE_MS` old; the last
+`..._CLEAN_CYCLES` cycles of the profile's account that started after the pause were all clean
+for the profile (a failed cycle is not clean, so it breaks the streak); and at least
+`..._COOLDOWN_MS` passed since the profile's previous auto-resume.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import pandas as pd
+
+from recon_assets.core.rules import (CLEARED, GHOST_SLICE, ORDER_DRIFT_KINDS, PAUSED,
+                                     POSITION_DRIFT, WATCHDOG_PAUSE_SOURCE)
+
+VERDICT_COLUMNS = (
+    "profile_id", "exchange_account", "allocated_capital_usd", "ghost_notional_usd",
+    "order_notional_usd", "position_notional_usd", "mismatch_notional_usd", "threshold_pct",
+    "threshold_usd", "findings", "tripped", "clean", "reason",
+)
+
+
+def _number(value) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return number if math.isfinite(number) else 0.0
+
+
+def _details(value) -> dict:
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, str) and value:
+        return json.loads(value)
+    return {}
+
+
+def threshold_usd(capital_usd: float, pct: float) -> float:
+    """The watchdog's threshold for a profile: `pct` percent of its allocated capital."""
+    return capital_usd * pct / 100.0
+
+
+def watchdog_verdicts(*, account: str, profiles: pd.DataFrame, mismatches: pd.DataFrame,
+                      checks: pd.DataFrame, max_notional_pct: float,
+                      heartbeat_checked: bool = True) -> pd.DataFrame:
+    """One verdict per profile of `account` (columns `VERDICT_COLUMNS`, by profile id): what was
+    charged to it (see the module docstring), the threshold, `tripped` and `clean`.
+
+    `profiles`: DB_PROFILES rows (those of other accounts are ignored); `mismatches`: this
+    cycle's diff rows (MISMATCH_COLUMNS, `details` as a dict or JSON text); `checks`: this
+    cycle's heartbeat checks (PARITY_CHECK_COLUMNS); `heartbeat_checked`: false when the
+    heartbeat is off (the diff's ghost rows are charged instead)."""
+    mine = profiles[profiles["exchange_account"] == account]
+    ghosts: dict[str, float] = {}
+    ghosts_by_symbol: dict[str, float] = {}
+    seen: dict[str, int] = {}
+    if heartbeat_checked:
+        for row in checks.itertuples():
+            if row.decision != CLEARED:
+                seen[row.profile_id] = seen.get(row.profile_id, 0) + 1
+            if row.ghost:
+                notional = _number(row.mismatch_notional_usd)
+                ghosts[row.profile_id] = ghosts.get(row.profile_id, 0.0) + notional
+                ghosts_by_symbol[row.symbol] = ghosts_by_symbol.get(row.symbol, 0.0) + notional
+    orders: dict[str, float] = {}
+    positions: dict[str, float] = {}
+    for row in mismatches.itertuples():
+        kind, profile = row.kind, row.profile_id if isinstance(row.profile_id, str) else None
+        if kind in ORDER_DRIFT_KINDS and profile:
+            orders[profile] = orders.get(profile, 0.0) + _number(row.notional_usd)
+            seen[profile] = seen.get(profile, 0) + 1
+        elif kind == GHOST_SLICE and profile and not heartbeat_checked:
+            notional = _number(row.notional_usd)
+            ghosts[profile] = ghosts.get(profile, 0.0) + notional
+            ghosts_by_symbol[row.symbol] = ghosts_by_symbol.get(row.symbol, 0.0) + notional
+            seen[profile] = seen.get(profile, 0) + 1
+        elif kind == POSITION_DRIFT:
+            details = _details(row.details)
+            drift = _number(row.notional_usd)
+            difference = abs(_number(details.get("difference")))
+            price = drift / difference if difference else 0.0
+            left = max(0.0, drift - ghosts_by_symbol.get(row.symbol, 0.0))
+            for part in details.get("profiles") or []:
+                qty = abs(_number(part.get("net_qty")))
+                owner = part.get("profile_id")
+                if not owner or not qty:
+                    continue
+                seen[owner] = seen.get(owner, 0) + 1
+                positions[owner] = positions.get(owner, 0.0) + min(left, qty * price)
+    rows = []
+    for profile in mine.sort_values("profile_id").itertuples():
+        pid = profile.profile_id
+        capital = _number(profile.allocated_capital_usd)
+        limit = threshold_usd(capital, max_notional_pct)
+        parts = (ghosts.get(pid, 0.0), orders.get(pid, 0.0), positions.get(pid, 0.0))
+        total = sum(parts)
+        tripped = total > limit
+        rows.append({
+            "profile_id": pid, "exchange_account": account, "allocated_capital_usd": capital,
+            "ghost_notional_usd": parts[0], "order_notional_usd": parts[1],
+            "position_notional_usd": parts[2], "mismatch_notional_usd": total,
+            "threshold_pct": max_notional_pct, "threshold_usd": limit,
+            "findings": seen.get(pid, 0), "tripped": tripped, "clean": seen.get(pid, 0) == 0,
+            "reason": (f"mismatch notional {total:.2f} USD (ghosts {parts[0]:.2f}, orders "
+                       f"{parts[1]:.2f}, positions {parts[2]:.2f}) "
+                       + ("exceeds" if tripped else "is within")
+                       + f" {max_notional_pct:g} % of allocated capital {capital:.2f} USD "
+                         f"({limit:.2f} USD)"),
+        })
+    return pd.DataFrame(rows, columns=list(VERDICT_COLUMNS))
+
+
+# --------------------------------------------------------------------------- auto-resume
+
+@dataclass(frozen=True)
+class ResumePolicy:
+    """The runbook's auto-resume flags."""
+
+    enabled: bool
+    min_pause_ms: int
+    clean_cycles: int
+    cooldown_ms: int
+
+
+@dataclass(frozen=True)
+class GateState:
+    """A profile's trading gate as public.profiles holds it."""
+
+    profile_id: str
+    trading_state: str
+    pause_source: str | None
+    paused_at: datetime | None
+    last_auto_resume_at: datetime | None
+
+
+@dataclass(frozen=True)
+class CycleRecord:
+    """One cycle of the profile's account: when it started, and whether it was clean for the
+    profile (a failed cycle, or one that did not check the profile, is not)."""
+
+    cycle_id: str
+    started_at: datetime
+    clean: bool
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str  # one of rules.RESUME_CONDITIONS
+    holds: bool
+    detail: str
+    until: datetime | None = None  # when it will hold by the passing of time alone
+
+
+@dataclass(frozen=True)
+class ResumeDecision:
+    profile_id: str
+    resume: bool
+    conditions: tuple[Condition, ...]
+    clean_cycle_ids: tuple[str, ...] = ()  # the streak so far (the evidence of a resume)
+    clean_cycles_needed: int = 0  # more clean cycles the streak still needs
+    # The earliest moment the resume can happen, when nothing but time (and, if
+    # clean_cycles_needed, more clean cycles) holds it back; None when it never will by itself.
+    earliest_at: datetime | None = None
+    held_back_by: tuple[str, ...] = field(default=())
+
+
+def clean_streak(cycles: Sequence[CycleRecord], since: datetime | None) -> list[CycleRecord]:
+    """The trailing run of clean cycles among those that started at or after `since`."""
+    after = sorted((c for c in cycles if since is None or c.started_at >= since),
+                   key=lambda c: (c.started_at, c.cycle_id))
+    streak: list[CycleRecord] = []
+    for cycle in reversed(after):
+        if not cycle.clean:
+            break
+        streak.append(cycle)
+    return list(reversed(streak))
+
+
+def auto_resume_decision(gate: GateState, cycles: Sequence[CycleRecord], now: datetime,
+                         policy: ResumePolicy) -> ResumeDecision | None:
+    """Whether to resume `gate`'s profile now, and which condition holds it back and until when;
+    None when the profile is not paused (nothing to resume). `cycles`: the account's cycles
+    (any order); only those started at or after the pause count."""
+    if gate.trading_state != PAUSED:
+        return None
+    n = policy.clean_cycles
+    conditions = [Condition("auto_resume_enabled", policy.enabled,
+                            "ENABLE_RECON_WATCHDOG_AUTO_RESUME is "
+                            + ("true" if policy.enabled else "false: an operator resumes"))]
+    by_watchdog = gate.pause_source == WATCHDOG_PAUSE_SOURCE
+    conditions.append(Condition(
+        "pause_source", by_watchdog,
+        "paused by the parity watchdog" if by_watchdog else
+        f"paused by {gate.pause_source or 'an unknown source'}: only an operator resumes it"))
+    if gate.paused_at is None:
+        conditions.append(Condition("min_pause", False, "paused at an unknown time"))
+    else:
+        until = gate.paused_at + timedelta(milliseconds=policy.min_pause_ms)
+        conditions.append(Condition(
+            "min_pause", now >= until,
+            f"paused since {gate.paused_at.isoformat()}; the minimum pause "
+            f"({policy.min_pause_ms} ms) ends {until.isoformat()}", until))
+    streak = clean_streak(cycles, gate.paused_at)[-n:] if n > 0 else []
+    since = [c for c in cycles if gate.paused_at is None or c.started_at >= gate.paused_at]
+    breaker = max((c for c in since if not c.clean), key=lambda c: (c.started_at, c.cycle_id),
+                  default=None)
+    detail = f"{len(streak)} of {n} consecutive clean cycles since the pause"
+    if breaker is not None and len(streak) < n:
+        detail += f"; cycle {breaker.cycle_id} was not clean" + (f": {breaker.why}"
+                                                                 if breaker.why else "")
+    conditions.append(Condition("clean_streak", len(streak) >= n, detail))
+    if gate.last_auto_resume_at is None:
+        conditions.append(Condition("cooldown", True, "never auto-resumed before"))
+    else:
+        until = gate.last_auto_resume_at + timedelta(milliseconds=policy.cooldown_ms)
+        conditions.append(Condition(
+            "cooldown", now >= until,
+            f"last auto-resume {gate.last_auto_resume_at.isoformat()}; the cooldown "
+            f"({policy.cooldown_ms} ms) ends {until.isoformat()}", until))
+    held = tuple(c.name for c in conditions if not c.holds)
+    timed = [c for c in conditions if c.until is not None]
+    earliest = None
+    if policy.enabled and by_watchdog and gate.paused_at is not None:
+        earliest = max([now] + [c.until for c in timed])
+    return ResumeDecision(
+        profile_id=gate.profile_id, resume=not held, conditions=tuple(conditions),
+        clean_cycle_ids=tuple(c.cycle_id for c in streak),
+        clean_cycles_needed=max(0, n - len(streak)), earliest_at=earliest, held_back_by=held)

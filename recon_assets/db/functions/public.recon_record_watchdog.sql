@@ -1,0 +1,81 @@
+-- The integrity watchdog's verdicts of one cycle of one account, in one transaction:
+--   * appends one row per profile to recon.watchdog_checks (a retried step records nothing
+--     twice: the second call returns already_recorded and changes nothing);
+--   * pauses each profile that tripped (pause source 'parity_watchdog'), under its lock, unless
+--     it is paused already: an operator's or the trading app's pause keeps its source (and so is
+--     never auto-resumed), a watchdog pause keeps the moment it began;
+--   * keeps the last verdict on recon.watchdog_state.
+-- The verdicts are core.watchdog's (VERDICT_COLUMNS); the rule is there, not here.
+-- Returns {"recorded": n, "paused": [profile ids paused now], "already_recorded": bool}.
+CREATE OR REPLACE FUNCTION public.recon_record_watchdog(
+    p_cycle_id text, p_account text, p_verdicts jsonb, p_run_id text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = ''
+AS $$
+DECLARE
+    v record;
+    prof public.profiles%ROWTYPE;
+    v_recorded integer;
+    v_paused text[] := ARRAY[]::text[];
+BEGIN
+    IF EXISTS (SELECT 1 FROM recon.watchdog_checks
+               WHERE cycle_id = p_cycle_id AND exchange_account = p_account) THEN
+        RETURN pg_catalog.jsonb_build_object('recorded', 0, 'paused', '[]'::jsonb,
+                                             'already_recorded', true);
+    END IF;
+    DROP TABLE IF EXISTS pg_temp.recon_verdicts;
+    CREATE TEMPORARY TABLE recon_verdicts ON COMMIT DROP AS
+    SELECT * FROM pg_catalog.jsonb_to_recordset(COALESCE(p_verdicts, '[]'::jsonb)) AS v(
+        profile_id text, allocated_capital_usd numeric, ghost_notional_usd numeric,
+        order_notional_usd numeric, position_notional_usd numeric, mismatch_notional_usd numeric,
+        threshold_pct numeric, threshold_usd numeric, findings integer, tripped boolean,
+        clean boolean, reason text);
+
+    INSERT INTO recon.watchdog_checks (
+        cycle_id, exchange_account, profile_id, allocated_capital_usd, ghost_notional_usd,
+        order_notional_usd, position_notional_usd, mismatch_notional_usd, threshold_pct,
+        threshold_usd, findings, tripped, clean, reason)
+    SELECT p_cycle_id, p_account, v.profile_id, v.allocated_capital_usd,
+           COALESCE(v.ghost_notional_usd, 0), COALESCE(v.order_notional_usd, 0),
+           COALESCE(v.position_notional_usd, 0), v.mismatch_notional_usd, v.threshold_pct,
+           v.threshold_usd, COALESCE(v.findings, 0), v.tripped, v.clean, v.reason
+    FROM pg_temp.recon_verdicts v ORDER BY v.profile_id;
+    GET DIAGNOSTICS v_recorded = ROW_COUNT;
+
+    FOR v IN SELECT * FROM pg_temp.recon_verdicts ORDER BY profile_id LOOP
+        IF v.tripped THEN
+            PERFORM recon._lock_profile(v.profile_id);
+            SELECT * INTO prof FROM public.profiles WHERE id = v.profile_id FOR UPDATE;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'recon_record_watchdog: unknown profile %', v.profile_id;
+            END IF;
+            IF prof.trading_state <> 'paused' THEN
+                PERFORM recon._change_trading_gate(
+                    prof, 'watchdog_pause', true, 'parity_watchdog', v.reason, p_cycle_id,
+                    p_run_id, pg_catalog.to_jsonb(v));
+                v_paused := v_paused || v.profile_id;
+            END IF;
+        END IF;
+        INSERT INTO recon.watchdog_state (profile_id, exchange_account, last_cycle_id,
+                                          last_tripped_cycle_id, mismatch_notional_usd,
+                                          threshold_usd, allocated_capital_usd, threshold_pct,
+                                          updated_at)
+        VALUES (v.profile_id, p_account, p_cycle_id, CASE WHEN v.tripped THEN p_cycle_id END,
+                v.mismatch_notional_usd, v.threshold_usd, v.allocated_capital_usd,
+                v.threshold_pct, pg_catalog.now())
+        ON CONFLICT (profile_id) DO UPDATE
+           SET exchange_account = EXCLUDED.exchange_account,
+               last_cycle_id = EXCLUDED.last_cycle_id,
+               last_tripped_cycle_id = COALESCE(EXCLUDED.last_tripped_cycle_id,
+                                                recon.watchdog_state.last_tripped_cycle_id),
+               mismatch_notional_usd = EXCLUDED.mismatch_notional_usd,
+               threshold_usd = EXCLUDED.threshold_usd,
+               allocated_capital_usd = EXCLUDED.allocated_capital_usd,
+               threshold_pct = EXCLUDED.threshold_pct, updated_at = EXCLUDED.updated_at;
+    END LOOP;
+    RETURN pg_catalog.jsonb_build_object('recorded', v_recorded,
+                                         'paused', pg_catalog.to_jsonb(v_paused),
+                                         'already_recorded', false);
+END;
+$$;

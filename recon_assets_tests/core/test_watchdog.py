@@ -1,0 +1,265 @@
+"""The integrity watchdog and the auto-resume rule (core.watchdog): examples per rule, and
+hypothesis properties over random pause/cycle/resume histories."""
+
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recon_assets.core import frames as F
+from recon_assets.core.diff import reconciliation_diff
+from recon_assets.core.parity import ParityPolicy, parity_checks
+from recon_assets.core.rules import (ACTIVE, OPERATOR_PAUSE_SOURCE, PAUSED, RESUME_CONDITIONS,
+                                     WATCHDOG_PAUSE_SOURCE)
+from recon_assets.core.watchdog import (CycleRecord, GateState, ResumePolicy,
+                                        auto_resume_decision, clean_streak, watchdog_verdicts)
+from recon_assets_tests.core.test_diff import (BTC, ETH, READ_AT, db_order, ex_order,
+                                               ex_position, profile, trade_slice)
+from recon_assets_tests.harness.examples import examples
+
+pytestmark = pytest.mark.unit
+
+N3 = ParityPolicy(confirmations=3, require_attribution=True, dry_run=False)
+
+
+def cycle_of(profiles, *, slices=(), positions=(), db_orders=(), db_positions=(), ex_orders=(),
+             pct=0.5, heartbeat=True):
+    """The diff, the heartbeat's checks and the watchdog's verdicts of one cycle of account A."""
+    frames = dict(
+        profiles=pd.DataFrame(profiles, columns=list(F.DB_PROFILES)),
+        db_orders=pd.DataFrame(list(db_orders), columns=list(F.DB_ORDERS)),
+        db_positions=pd.DataFrame(list(db_positions), columns=list(F.DB_POSITIONS)),
+        db_trade_slices=pd.DataFrame(list(slices), columns=list(F.DB_TRADE_SLICES)),
+        exchange_open_orders=pd.DataFrame(list(ex_orders), columns=list(F.EXCHANGE_OPEN_ORDERS)),
+        exchange_positions=pd.DataFrame(list(positions), columns=list(F.EXCHANGE_POSITIONS)))
+    diff = reconciliation_diff(**frames, cycle_id="c1", db_read_at=READ_AT, recency_guard_s=5.0)
+    checks = parity_checks(cycle_id="c1", account="A", previous_cycle_id="c0",
+                           slices=frames["db_trade_slices"], profiles=frames["profiles"],
+                           exchange_positions=frames["exchange_positions"], streaks={},
+                           policy=N3, db_read_at=READ_AT, recency_guard_s=5.0)
+    verdicts = watchdog_verdicts(account="A", profiles=frames["profiles"], mismatches=diff,
+                                 checks=checks if heartbeat else checks.iloc[0:0],
+                                 max_notional_pct=pct, heartbeat_checked=heartbeat)
+    return diff, checks, verdicts.set_index("profile_id")
+
+
+def capital(profile_id, usd):
+    return {**profile(profile_id), "allocated_capital_usd": usd}
+
+
+# --------------------------------------------------------------------------- the watchdog
+
+def test_a_100_usd_ghost_trips_a_profile_with_10000_allocated_and_not_its_neighbour():
+    _, _, v = cycle_of([capital("p1", 10_000), capital("p2", 10_000)],
+                       slices=[trade_slice("p1", "t1", 1.0, symbol=ETH)],
+                       positions=[ex_position(0.0, side="flat", symbol=ETH, mark=100.0),
+                                  ex_position(0.0, side="flat", symbol=BTC)])
+    assert v.loc["p1", "ghost_notional_usd"] == pytest.approx(100.0)
+    assert v.loc["p1", "threshold_usd"] == pytest.approx(50.0)
+    assert bool(v.loc["p1", "tripped"]) and not bool(v.loc["p1", "clean"])
+    assert "exceeds 0.5 % of allocated capital 10000.00 USD (50.00 USD)" in v.loc["p1", "reason"]
+    assert not bool(v.loc["p2", "tripped"]) and bool(v.loc["p2", "clean"])
+    assert v.loc["p2", "mismatch_notional_usd"] == 0.0
+
+
+def test_the_threshold_is_a_percent_and_is_exceeded_strictly():
+    slices = [trade_slice("p1", "t1", 1.0, symbol=ETH)]
+    positions = [ex_position(0.0, side="flat", symbol=ETH, mark=100.0)]
+    # 100 USD of 10,000 is exactly 1 %: not more than 1 %.
+    _, _, v = cycle_of([capital("p1", 10_000)], slices=slices, positions=positions, pct=1.0)
+    assert not bool(v.loc["p1", "tripped"]) and not bool(v.loc["p1", "clean"])
+    _, _, v = cycle_of([capital("p1", 10_000)], slices=slices, positions=positions, pct=0.99)
+    assert bool(v.loc["p1", "tripped"])
+
+
+def test_an_order_missing_from_the_exchange_is_charged_to_its_profile():
+    order = db_order("rc.P1.t1.E1", profile_id="p1", qty=2.0, price=100.0)
+    _, _, v = cycle_of([capital("p1", 10_000), capital("p2", 10_000)], db_orders=[order],
+                       positions=[ex_position(0.0, side="flat")])
+    assert v.loc["p1", "order_notional_usd"] == pytest.approx(200.0)
+    assert bool(v.loc["p1", "tripped"]) and not bool(v.loc["p2", "tripped"])
+
+
+def test_position_drift_left_after_the_ghosts_is_charged_to_each_holder_up_to_its_own_qty():
+    # p1 holds 1 BTC, p2 3 BTC in the database; the exchange holds 2: 2 BTC short, at mark 100.
+    positions_db = [
+        {"profile_id": p, "exchange_account": "A", "symbol": BTC, "side": "long", "qty": q,
+         "avg_price": 100.0, "updated_at": READ_AT - pd.Timedelta(minutes=30)}
+        for p, q in (("p1", 1.0), ("p2", 3.0))]
+    _, _, v = cycle_of([capital("p1", 10_000), capital("p2", 10_000)], db_positions=positions_db,
+                       positions=[ex_position(2.0, mark=100.0)])
+    assert v.loc["p1", "position_notional_usd"] == pytest.approx(100.0)  # min(200, 1 x 100)
+    assert v.loc["p2", "position_notional_usd"] == pytest.approx(200.0)  # min(200, 3 x 100)
+
+
+def test_a_drift_the_ghosts_explain_is_not_charged_twice():
+    positions_db = [{"profile_id": "p1", "exchange_account": "A", "symbol": ETH, "side": "long",
+                     "qty": 1.0, "avg_price": 100.0,
+                     "updated_at": READ_AT - pd.Timedelta(minutes=30)}]
+    _, _, v = cycle_of([capital("p1", 10_000)], db_positions=positions_db,
+                       slices=[trade_slice("p1", "t1", 1.0, symbol=ETH)],
+                       positions=[ex_position(0.0, side="flat", symbol=ETH, mark=100.0)])
+    assert v.loc["p1", "ghost_notional_usd"] == pytest.approx(100.0)
+    assert v.loc["p1", "position_notional_usd"] == pytest.approx(0.0)
+
+
+def test_with_the_heartbeat_off_the_diffs_ghost_rows_are_charged():
+    _, _, v = cycle_of([capital("p1", 10_000)], slices=[trade_slice("p1", "t1", 1.0, symbol=ETH)],
+                       positions=[ex_position(0.0, side="flat", symbol=ETH, mark=100.0)],
+                       heartbeat=False)
+    assert v.loc["p1", "ghost_notional_usd"] == pytest.approx(100.0)
+    assert bool(v.loc["p1", "tripped"])
+
+
+def test_foreign_activity_is_charged_to_no_profile():
+    _, _, v = cycle_of([capital("p1", 10_000)], ex_orders=[ex_order("web_abc", "9", qty=5.0)],
+                       positions=[ex_position(0.0, side="flat")])
+    assert v.loc["p1", "mismatch_notional_usd"] == 0.0 and bool(v.loc["p1", "clean"])
+
+
+def test_a_profile_without_capital_trips_on_any_drift_and_not_without():
+    order = db_order("rc.P1.t1.E1", profile_id="p1", qty=0.001, price=100.0)
+    _, _, v = cycle_of([capital("p1", 0)], db_orders=[order],
+                       positions=[ex_position(0.0, side="flat")])
+    assert bool(v.loc["p1", "tripped"])
+    _, _, v = cycle_of([capital("p1", 0)], positions=[ex_position(0.0, side="flat")])
+    assert not bool(v.loc["p1", "tripped"]) and bool(v.loc["p1", "clean"])
+
+
+# --------------------------------------------------------------------------- auto-resume
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+POLICY = ResumePolicy(enabled=True, min_pause_ms=900_000, clean_cycles=2, cooldown_ms=1_800_000)
+
+
+def at(minutes: float) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+def paused(source=WATCHDOG_PAUSE_SOURCE, since=0.0, last_resume=None):
+    return GateState("p1", PAUSED, source, at(since), None if last_resume is None else at(last_resume))
+
+
+def cycles(*cleans, start=1.0, every=1.0):
+    return [CycleRecord(f"c{i}", at(start + i * every), clean) for i, clean in enumerate(cleans)]
+
+
+def held(decision):
+    return set(decision.held_back_by)
+
+
+def test_resumes_exactly_when_all_four_conditions_hold():
+    d = auto_resume_decision(paused(), cycles(True, True, start=14), at(16), POLICY)
+    assert d.resume and d.held_back_by == () and d.clean_cycle_ids == ("c0", "c1")
+    assert tuple(c.name for c in d.conditions) == RESUME_CONDITIONS
+
+
+def test_not_before_the_minimum_pause():
+    d = auto_resume_decision(paused(), cycles(True, True, start=1), at(14.9), POLICY)
+    assert not d.resume and held(d) == {"min_pause"}
+    assert d.earliest_at == at(15)
+
+
+def test_not_without_the_clean_streak_and_a_failed_cycle_breaks_it():
+    d = auto_resume_decision(paused(), cycles(True, False, True, start=10), at(20), POLICY)
+    assert not d.resume and held(d) == {"clean_streak"} and d.clean_cycles_needed == 1
+    assert "cycle c1 was not clean" in next(c.detail for c in d.conditions
+                                            if c.name == "clean_streak")
+
+
+def test_cycles_before_the_pause_do_not_count():
+    d = auto_resume_decision(paused(since=30), cycles(True, True, True, start=1), at(50), POLICY)
+    assert not d.resume and held(d) == {"clean_streak"} and d.clean_cycles_needed == 2
+
+
+def test_not_within_the_cooldown():
+    d = auto_resume_decision(paused(since=0, last_resume=-10), cycles(True, True, start=1),
+                             at(16), POLICY)
+    assert not d.resume and held(d) == {"cooldown"} and d.earliest_at == at(20)
+
+
+def test_never_an_operators_pause():
+    d = auto_resume_decision(paused(source=OPERATOR_PAUSE_SOURCE), cycles(True, True, start=1),
+                             at(600), POLICY)
+    assert not d.resume and held(d) == {"pause_source"} and d.earliest_at is None
+
+
+def test_not_when_auto_resume_is_off():
+    off = ResumePolicy(False, 0, 1, 0)
+    d = auto_resume_decision(paused(), cycles(True, start=1), at(600), off)
+    assert not d.resume and held(d) == {"auto_resume_enabled"} and d.earliest_at is None
+
+
+def test_an_active_profile_has_nothing_to_resume():
+    assert auto_resume_decision(GateState("p1", ACTIVE, None, None, None), [], at(1),
+                                POLICY) is None
+
+
+def test_the_clean_streak_is_the_trailing_run():
+    run = clean_streak(cycles(True, False, True, True), None)
+    assert [c.cycle_id for c in run] == ["c2", "c3"]
+
+
+# --------------------------------------------------------------------------- properties
+
+# Weighted towards what makes resumes happen (time passing, clean cycles, trips), so the
+# properties see many resumes, not only refusals.
+KINDS = (["advance"] * 6 + ["clean"] * 8 + ["dirty", "failed", "trip", "trip", "trip",
+                                              "operator_pause", "operator_resume"])
+EVENTS = st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 40 * 60_000)),
+                  min_size=1, max_size=80)
+POLICIES = st.builds(ResumePolicy, st.sampled_from([True, True, True, False]),
+                     st.integers(0, 30 * 60_000), st.integers(1, 4),
+                     st.integers(0, 60 * 60_000))
+
+
+def _oracle(gate: GateState, history: list[CycleRecord], now: datetime, p: ResumePolicy) -> bool:
+    """The runbook's rule, written independently of core.watchdog."""
+    if gate.trading_state != PAUSED or not p.enabled or gate.pause_source != WATCHDOG_PAUSE_SOURCE:
+        return False
+    if gate.paused_at is None or (now - gate.paused_at) < timedelta(milliseconds=p.min_pause_ms):
+        return False
+    if gate.last_auto_resume_at is not None and \
+            (now - gate.last_auto_resume_at) < timedelta(milliseconds=p.cooldown_ms):
+        return False
+    after = [c for c in history if c.started_at >= gate.paused_at]
+    return len(after) >= p.clean_cycles and all(c.clean for c in after[-p.clean_cycles:])
+
+
+@settings(max_examples=examples(400), deadline=None)
+@given(EVENTS, POLICIES)
+def test_auto_resume_over_random_histories(events, policy):
+    now = T0
+    gate = GateState("p1", ACTIVE, None, None, None)
+    history: list[CycleRecord] = []
+    resumes: list[datetime] = []
+    for i, (kind, arg) in enumerate(events):
+        if kind == "advance":
+            now += timedelta(milliseconds=arg)
+        elif kind in ("clean", "dirty", "failed"):
+            now += timedelta(seconds=1)  # cycles start one after another
+            history.append(CycleRecord(f"c{i}", now, kind == "clean", kind))
+        elif kind == "trip" and gate.trading_state == ACTIVE:
+            gate = GateState("p1", PAUSED, WATCHDOG_PAUSE_SOURCE, now, gate.last_auto_resume_at)
+        elif kind == "operator_pause":
+            gate = GateState("p1", PAUSED, OPERATOR_PAUSE_SOURCE, now, gate.last_auto_resume_at)
+        elif kind == "operator_resume":
+            gate = GateState("p1", ACTIVE, None, None, gate.last_auto_resume_at)
+        decision = auto_resume_decision(gate, history, now, policy)
+        expected = _oracle(gate, history, now, policy)
+        assert (decision is not None and decision.resume) == expected
+        if decision is None or not decision.resume:
+            continue
+        # Never an operator's pause, never before the minimum pause, never without the streak.
+        assert gate.pause_source == WATCHDOG_PAUSE_SOURCE and policy.enabled
+        assert now - gate.paused_at >= timedelta(milliseconds=policy.min_pause_ms)
+        evidence = [c for c in history if c.cycle_id in decision.clean_cycle_ids]
+        assert len(evidence) == policy.clean_cycles and all(c.clean for c in evidence)
+        assert all(c.started_at >= gate.paused_at for c in evidence)
+        # Never twice within the cooldown.
+        if resumes:
+            assert now - resumes[-1] >= timedelta(milliseconds=policy.cooldown_ms)
+        resumes.append(now)
+        gate = GateState("p1", ACTIVE, None, None, now)
