@@ -130,6 +130,28 @@ def stale_reconciling(account: str, profile_id: str, owner: str | None, why: str
                  details={"owner": owner, "why": why, "cycle_id": cycle_id})
 
 
+def watchdog_pause(account: str, profile_id: str, reason: str, cycle_id: str,
+                   notional_usd: float, threshold_usd: float) -> Alert:
+    """The integrity watchdog paused a profile (one alert per pause: the cycle that paused it)."""
+    return Alert(dedup_key=f"watchdog_pause:{profile_id}:{cycle_id}", reason="watchdog_pause",
+                 exchange_account=account, profile_id=profile_id,
+                 summary=(f"integrity watchdog paused profile {profile_id} on {account}: {reason}; "
+                          "no synthetic exit for it this cycle"),
+                 details={"cycle_id": cycle_id, "mismatch_notional_usd": round(notional_usd, 2),
+                          "threshold_usd": round(threshold_usd, 2)})
+
+
+def auto_resumed(account: str, profile_id: str, resumed_at: str, cycle_id: str,
+                 clean_cycles: list[str]) -> Alert:
+    """The auto-resume rule resumed a profile the watchdog had paused."""
+    return Alert(dedup_key=f"auto_resume:{profile_id}:{resumed_at}", reason="auto_resume",
+                 exchange_account=account, profile_id=profile_id,
+                 summary=(f"profile {profile_id} on {account} auto-resumed after "
+                          f"{len(clean_cycles)} clean cycle(s): {', '.join(clean_cycles)}"),
+                 details={"cycle_id": cycle_id, "clean_cycles": clean_cycles,
+                          "resumed_at": resumed_at})
+
+
 def unknown_fills(fills: pd.DataFrame, known_order_ids: set[str], account: str) -> list[Alert]:
     """Exchange fills of `account` tied to no order the database knows (by exchange order id or
     client order id): activity nobody recorded."""
@@ -167,7 +189,9 @@ def slack_payload(alert: Alert) -> dict:
              "failed_cycle": "Reconciliation cycle failed",
              "correction_refused": "Correction refused",
              "failed_correction_run": "Correction run failed",
-             "stale_reconciling": "Stale reconciling state restored"}[alert.reason]
+             "stale_reconciling": "Stale reconciling state restored",
+             "watchdog_pause": "Integrity watchdog paused trading",
+             "auto_resume": "Trading auto-resumed"}[alert.reason]
     where = " · ".join(x for x in (alert.exchange_account and f"account {alert.exchange_account}",
                                     alert.profile_id and f"profile {alert.profile_id}") if x)
     text = f":rotating_light: {title}: {alert.summary}"

@@ -34,3 +34,25 @@ def previous_run_id(instance: dg.DagsterInstance, job_name: str, partition_key: 
         later = ids.index(run_id)
         return ids[later + 1] if later + 1 < len(ids) else None
     return ids[0] if ids else None
+
+
+_NOT_STARTED = {dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
+                dg.DagsterRunStatus.STARTING}
+
+
+def started_runs(instance: dg.DagsterInstance, job_name: str, partition_key: str,
+                 limit: int = 50) -> list[tuple[str, str, float]]:
+    """(run id, status name, start time as unix seconds) of the job's runs of `partition_key`
+    that started (finished or still running), newest first: an account's cycle history as the
+    instance knows it, failures included (a failed cycle the failure sensor did not record yet
+    is still a failed cycle)."""
+    records = instance.get_run_records(
+        dg.RunsFilter(job_name=job_name, tags={"dagster/partition": partition_key}), limit=limit)
+    out = []
+    for record in records:
+        run = record.dagster_run
+        if run.status in _NOT_STARTED:
+            continue
+        started = record.start_time or record.create_timestamp.timestamp()
+        out.append((run.run_id, run.status.value, float(started)))
+    return out

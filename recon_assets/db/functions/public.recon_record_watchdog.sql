@@ -14,7 +14,7 @@ LANGUAGE plpgsql
 SET search_path = ''
 AS $$
 DECLARE
-    v record;
+    vd record;
     prof public.profiles%ROWTYPE;
     v_recorded integer;
     v_paused text[] := ARRAY[]::text[];
@@ -43,27 +43,27 @@ BEGIN
     FROM pg_temp.recon_verdicts v ORDER BY v.profile_id;
     GET DIAGNOSTICS v_recorded = ROW_COUNT;
 
-    FOR v IN SELECT * FROM pg_temp.recon_verdicts ORDER BY profile_id LOOP
-        IF v.tripped THEN
-            PERFORM recon._lock_profile(v.profile_id);
-            SELECT * INTO prof FROM public.profiles WHERE id = v.profile_id FOR UPDATE;
+    FOR vd IN SELECT * FROM pg_temp.recon_verdicts ORDER BY profile_id LOOP
+        IF vd.tripped THEN
+            PERFORM recon._lock_profile(vd.profile_id);
+            SELECT * INTO prof FROM public.profiles WHERE id = vd.profile_id FOR UPDATE;
             IF NOT FOUND THEN
-                RAISE EXCEPTION 'recon_record_watchdog: unknown profile %', v.profile_id;
+                RAISE EXCEPTION 'recon_record_watchdog: unknown profile %', vd.profile_id;
             END IF;
             IF prof.trading_state <> 'paused' THEN
                 PERFORM recon._change_trading_gate(
-                    prof, 'watchdog_pause', true, 'parity_watchdog', v.reason, p_cycle_id,
-                    p_run_id, pg_catalog.to_jsonb(v));
-                v_paused := v_paused || v.profile_id;
+                    prof, 'watchdog_pause', true, 'parity_watchdog', vd.reason, p_cycle_id,
+                    p_run_id, pg_catalog.to_jsonb(vd));
+                v_paused := v_paused || vd.profile_id;
             END IF;
         END IF;
         INSERT INTO recon.watchdog_state (profile_id, exchange_account, last_cycle_id,
                                           last_tripped_cycle_id, mismatch_notional_usd,
                                           threshold_usd, allocated_capital_usd, threshold_pct,
                                           updated_at)
-        VALUES (v.profile_id, p_account, p_cycle_id, CASE WHEN v.tripped THEN p_cycle_id END,
-                v.mismatch_notional_usd, v.threshold_usd, v.allocated_capital_usd,
-                v.threshold_pct, pg_catalog.now())
+        VALUES (vd.profile_id, p_account, p_cycle_id, CASE WHEN vd.tripped THEN p_cycle_id END,
+                vd.mismatch_notional_usd, vd.threshold_usd, vd.allocated_capital_usd,
+                vd.threshold_pct, pg_catalog.now())
         ON CONFLICT (profile_id) DO UPDATE
            SET exchange_account = EXCLUDED.exchange_account,
                last_cycle_id = EXCLUDED.last_cycle_id,

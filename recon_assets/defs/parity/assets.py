@@ -1,4 +1,5 @@
-"""The parity heartbeat: ghost slices confirmed cycle after cycle (decided in `core.parity`)."""
+"""The parity heartbeat: ghost slices confirmed cycle after cycle (decided in `core.parity`), and
+the integrity watchdog and auto-resume that run in the same step (`core.watchdog`)."""
 
 import dagster as dg
 import pandas as pd
@@ -6,12 +7,16 @@ import pandas as pd
 from recon_assets.core.cycle import SnapshotStamp, evidence_problems
 from recon_assets.core.parity import PARITY_CHECK_COLUMNS, ParityPolicy, Streak, parity_checks
 from recon_assets.core.rules import CLEARED, PARITY_DECISIONS
+from recon_assets.defs.parity import watchdog
 from recon_assets.defs.partitions import exchange_account_partitions
 from recon_assets.defs.runs import previous_run_id
+from recon_assets.resources.alerts import AlertWebhook
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.recon_store import ReconStore
 from recon_assets.settings import ReconSettings
 
+WATCHDOG_COLUMNS = ["profile_id", "mismatch_notional_usd", "allocated_capital_usd",
+                    "threshold_pct", "threshold_usd", "tripped", "clean"]
 SHOWN_COLUMNS = ["profile_id", "trade_id", "slice_no", "symbol", "virtual_open_qty",
                  "exchange_qty", "mark_price", "attributable", "streak", "decision", "reason"]
 
@@ -39,16 +44,11 @@ def _stamp(name: str, frame: pd.DataFrame) -> SnapshotStamp:
 @dg.asset(partitions_def=exchange_account_partitions, group_name="parity",
           kinds={"pandas", "postgres"}, deps=["reconciliation_diff"])
 def position_parity_heartbeat(context: dg.AssetExecutionContext, settings: ReconSettings,
-                              database: PostgresStore, db_profiles: pd.DataFrame,
-                              db_trade_slices: pd.DataFrame,
+                              database: PostgresStore, alert_webhook: AlertWebhook,
+                              db_profiles: pd.DataFrame, db_trade_slices: pd.DataFrame,
                               exchange_positions: pd.DataFrame) -> dg.Output[pd.DataFrame]:
-    """One check per open slice per cycle: ghosts confirmed N consecutive cycles are closed at the mark price, or quarantined when unattributed."""
+    """One check per open slice per cycle: ghosts confirmed N consecutive cycles are closed at the mark price, or quarantined when unattributed; the integrity watchdog pauses a profile whose drift exceeds its share of capital, and auto-resume lifts that pause."""
     account, cycle_id = context.partition_key, context.run_id
-    if not settings.enable_position_parity_heartbeat:
-        context.log.warning("ENABLE_RECON_POSITION_PARITY_HEARTBEAT is false: nothing is checked "
-                            "or decided (a controlled rollback)")
-        return dg.Output(pd.DataFrame(columns=list(PARITY_CHECK_COLUMNS)),
-                         metadata={"enabled": False, "checks": 0})
     store = ReconStore(database)
     if not store.cycle_succeeded(cycle_id, account):
         raise dg.Failure(f"the heartbeat checks a cycle: run {cycle_id} recorded no succeeded "
@@ -60,29 +60,55 @@ def position_parity_heartbeat(context: dg.AssetExecutionContext, settings: Recon
                                  settings.evidence_max_apart_seconds)
     if problems:
         raise dg.Failure(f"no heartbeat of {account} from this evidence: " + "; ".join(problems))
-    state = store.parity_state(account, cycle_id)
-    previous = previous_run_id(context.instance, context.run.job_name, account, cycle_id)
+    enabled = settings.enable_position_parity_heartbeat
     policy = ParityPolicy(settings.position_parity_confirmations,
                           settings.position_parity_require_subtag_attribution,
                           settings.position_parity_dry_run)
-    checks = parity_checks(
-        cycle_id=cycle_id, account=account, previous_cycle_id=previous, slices=db_trade_slices,
-        profiles=db_profiles, exchange_positions=exchange_positions,
-        streaks={k: Streak(*v) for k, v in state["streaks"].items()}, policy=policy,
-        quarantined=state["quarantined"], approved=state["approved"],
-        backfill_go=state["backfill_go"],
-        db_read_at=pd.Timestamp(db_trade_slices.attrs["read_at"]),
-        recency_guard_s=settings.recency_guard_seconds)
-    recorded = store.record_parity_checks(cycle_id, account, _records(checks), policy.dry_run)
+    previous = None
+    if enabled:
+        state = store.parity_state(account, cycle_id)
+        previous = previous_run_id(context.instance, context.run.job_name, account, cycle_id)
+
+        def decide(tripped: dict[str, str] | None) -> pd.DataFrame:
+            return parity_checks(
+                cycle_id=cycle_id, account=account, previous_cycle_id=previous,
+                slices=db_trade_slices, profiles=db_profiles,
+                exchange_positions=exchange_positions,
+                streaks={k: Streak(*v) for k, v in state["streaks"].items()}, policy=policy,
+                quarantined=state["quarantined"], approved=state["approved"],
+                backfill_go=state["backfill_go"], watchdog_tripped=tripped,
+                db_read_at=pd.Timestamp(db_trade_slices.attrs["read_at"]),
+                recency_guard_s=settings.recency_guard_seconds)
+
+        checks = decide(None)
+    else:
+        context.log.warning("ENABLE_RECON_POSITION_PARITY_HEARTBEAT is false: no slice is "
+                            "checked or decided (a controlled rollback); the watchdog judges "
+                            "the diff alone")
+        checks = pd.DataFrame(columns=list(PARITY_CHECK_COLUMNS))
+    # The watchdog first: a profile it trips gets no synthetic exit this cycle.
+    verdicts = watchdog.judge(account=account, cycle_id=cycle_id, settings=settings,
+                              database=database, profiles=db_profiles, checks=checks,
+                              heartbeat_checked=enabled)
+    tripped = {r.profile_id: r.reason for r in verdicts.itertuples() if r.tripped}
+    if enabled and tripped:
+        checks = decide(tripped)
+    recorded = (store.record_parity_checks(cycle_id, account, _records(checks), policy.dry_run)
+                if enabled else {})
+    gate = watchdog.record(context, account=account, cycle_id=cycle_id, database=database,
+                           webhook=alert_webhook, verdicts=verdicts)
+    resumes = watchdog.auto_resume(context, account=account, cycle_id=cycle_id,
+                                   settings=settings, database=database, webhook=alert_webhook)
     counts = checks["decision"].value_counts()
-    ghosts = checks[checks["ghost"]]
+    ghosts = checks[checks["ghost"].astype(bool)]
     flagged = checks[checks["decision"] != CLEARED]
     history = pd.DataFrame(store.parity_history(
         [(r.profile_id, r.trade_id, int(r.slice_no)) for r in flagged.itertuples()]))
     context.log.info(f"heartbeat of {account}: {len(checks)} slice(s), {len(ghosts)} ghost(s); "
-                     f"{dict(counts)}; recorded {recorded}")
+                     f"{dict(counts)}; recorded {recorded}; watchdog tripped "
+                     f"{sorted(tripped) or 'for no profile'}, paused {gate.get('paused', [])}")
     return dg.Output(checks, metadata={
-        "enabled": True, "cycle_id": cycle_id, "previous_cycle_id": previous or "",
+        "enabled": enabled, "cycle_id": cycle_id, "previous_cycle_id": previous or "",
         "confirmations_required": policy.confirmations, "dry_run": policy.dry_run,
         "checks": len(checks),
         **{f"decision/{d}": int(counts.get(d, 0)) for d in PARITY_DECISIONS},
@@ -94,6 +120,11 @@ def position_parity_heartbeat(context: dg.AssetExecutionContext, settings: Recon
             float(ghosts["mismatch_notional_usd"].max()) if len(ghosts) else 0.0, 2),
         "reconciliationParityTotalMismatchNotionalUsd": round(
             float(ghosts["mismatch_notional_usd"].sum()), 2),
+        "reconciliationIntegrityWatchdogTriggered": bool(tripped),
+        "watchdog/tripped_profiles": sorted(tripped),
+        "watchdog/paused_now": list(gate.get("paused", [])),
+        "watchdog/auto_resumed": [r["profile_id"] for r in resumes if r["resumed"]],
+        "watchdog": _md(verdicts[WATCHDOG_COLUMNS], "_no profile on this account_"),
         "slices": _md(flagged[SHOWN_COLUMNS], "_every open slice is supported by the exchange_"),
         "checks_behind_them": _md(history.drop(columns=["n"], errors="ignore"),
                                   "_no slice is confirming, quarantined or blocked_"),

@@ -22,6 +22,10 @@ def instance():
 
 
 def start(sim, dsn, instance, scenario, **settings):
+    """The scenario on both sides, and definitions with `settings`. The integrity watchdog's
+    threshold is out of the way here (100 % of capital): these tests are about the heartbeat's
+    own rules; the watchdog's are in test_watchdog.py."""
+    settings.setdefault("position_parity_max_notional_pct", 100.0)
     plan = sim.load_scenario(scenario)
     plan.seed_database(dsn)
     add_partitions(instance, plan)
@@ -227,7 +231,8 @@ def test_dry_run_changes_nothing_and_the_flag_off_decides_nothing(sim, pg_dsn, i
         (len(heartbeat(results, "acct1")) + len(heartbeat(results, "acct2")), True)]
 
     off = make_defs(sim, pg_dsn, ReconSettings(enable_position_parity_heartbeat=False,
-                                               position_parity_confirmations=1))
+                                               position_parity_confirmations=1,
+                                               position_parity_max_notional_pct=100.0))
     streaks = query(pg_dsn, "SELECT * FROM recon.parity_confirmations ORDER BY trade_id")
     checks = query(pg_dsn, "SELECT count(*) FROM recon.parity_checks")
     results = run_scheduled_cycles(off, instance)
