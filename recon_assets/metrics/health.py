@@ -32,10 +32,16 @@ whose profiles are gone stops counting. If `profiles` is empty, every account in
   `released_at` null), all profiles.
 - `reconciliationParityAutoClosedTrades`: synthetic EXITs applied so far (`recon.corrections` with
   handler `synthetic_exit`, not `dry_run`), all time.
-- `reconciliationIntegrityWatchdogTriggered`: true when any profile's
-  `recon.watchdog_state.triggered` is true (some profile is paused by the parity watchdog).
+- `reconciliationIntegrityWatchdogTriggered`: true while any profile is paused with pause source
+  `parity_watchdog` (public.profiles); false again once it is resumed (or an operator took the
+  pause over).
 
 Extra fields: `accounts` (the same per watched account, with why it is or is not healthy),
+`profiles` (the trading gate of every profile: `profileId`, `account`, `tradingState` active /
+reconciling / paused, `pauseSource`, `pausedAt`, `lastAutoResumeAt`, `watchdogTriggered`, the
+last verdict's `mismatchNotionalUsd` and `thresholdUsd`, and while paused `autoResumeHeldBackBy`
+(the conditions that do not hold) and `autoResumeEarliestAt` (the earliest moment auto-resume
+could happen, null when it never will by itself: an operator's pause, or auto-resume off)),
 `staleAfterSeconds`, `checkedAt`.
 
 Cumulative counters (for `/metrics`): every finding ever recorded in `recon.mismatches`, all kinds,
@@ -51,7 +57,8 @@ import psycopg
 from psycopg.rows import dict_row
 
 from recon_assets.core.rules import (APPLIED, CYCLE_FAILED, CYCLE_SUCCEEDED,
-                                     MISSING_FROM_EXCHANGE, MISSING_IN_DB, SYNTHETIC_EXIT)
+                                     MISSING_FROM_EXCHANGE, MISSING_IN_DB, PAUSED, SYNTHETIC_EXIT,
+                                     WATCHDOG_PAUSE_SOURCE)
 from recon_assets.resources.database import redact_dsn
 
 # The runbook's /internal/health fields, in the runbook's order.
@@ -141,7 +148,18 @@ SELECT now() AS checked_at,
        (SELECT count(*) FROM recon.corrections
          WHERE handler = '{SYNTHETIC_EXIT}' AND outcome = '{APPLIED}' AND NOT dry_run)
            AS auto_closed,
-       (SELECT COALESCE(bool_or(triggered), false) FROM recon.watchdog_state) AS watchdog
+       EXISTS (SELECT 1 FROM public.profiles
+                WHERE trading_state = '{PAUSED}' AND pause_source = '{WATCHDOG_PAUSE_SOURCE}')
+           AS watchdog
+"""
+
+_PROFILES_SQL = f"""
+SELECT p.id, p.exchange_account, p.trading_state, p.pause_source, p.paused_at,
+       p.last_auto_resume_at, w.mismatch_notional_usd::float8 AS notional,
+       w.threshold_usd::float8 AS threshold, w.resume_held_back_by, w.resume_earliest_at,
+       p.trading_state = '{PAUSED}' AND p.pause_source = '{WATCHDOG_PAUSE_SOURCE}' AS triggered
+FROM public.profiles p LEFT JOIN recon.watchdog_state w ON w.profile_id = p.id
+ORDER BY p.exchange_account, p.id
 """
 
 _CUMULATIVE_SQL = f"""
@@ -186,12 +204,26 @@ def _account_health(row: dict, stale_after_s: float) -> dict[str, Any]:
     }
 
 
+def _profile_gate(row: dict) -> dict[str, Any]:
+    paused = row["trading_state"] == PAUSED
+    return {
+        "profileId": row["id"], "account": row["exchange_account"],
+        "tradingState": row["trading_state"], "pauseSource": row["pause_source"],
+        "pausedAt": _iso(row["paused_at"]), "lastAutoResumeAt": _iso(row["last_auto_resume_at"]),
+        "watchdogTriggered": bool(row["triggered"]),
+        "mismatchNotionalUsd": row["notional"], "thresholdUsd": row["threshold"],
+        "autoResumeHeldBackBy": list(row["resume_held_back_by"] or []) if paused else [],
+        "autoResumeEarliestAt": _iso(row["resume_earliest_at"]) if paused else None,
+    }
+
+
 def read_state(conn: psycopg.Connection, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> ReconState:
     """The health fields and the cumulative counters, read through `conn` (dict rows, inside the
     caller's transaction)."""
     accounts = [_account_health(row, stale_after_s)
                 for row in conn.execute(_ACCOUNTS_SQL).fetchall()]
     glob = conn.execute(_GLOBAL_SQL).fetchone()
+    profiles = [_profile_gate(row) for row in conn.execute(_PROFILES_SQL).fetchall()]
     cumulative = conn.execute(_CUMULATIVE_SQL).fetchone()
     finished = [a["lastRun"] for a in accounts if a["lastRun"]]
     health = {
@@ -210,6 +242,7 @@ def read_state(conn: psycopg.Connection, stale_after_s: float = DEFAULT_STALE_AF
             a["parityTotalMismatchNotionalUsd"] for a in accounts),
         "reconciliationIntegrityWatchdogTriggered": bool(glob["watchdog"]),
         "accounts": accounts,
+        "profiles": profiles,
         "staleAfterSeconds": stale_after_s,
         "checkedAt": _iso(glob["checked_at"]),
     }

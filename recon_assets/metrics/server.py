@@ -36,6 +36,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from recon_assets.core.rules import TRADING_STATES
 from recon_assets.metrics.health import (
     DEFAULT_STALE_AFTER_S,
     HealthUnavailable,
@@ -72,7 +73,7 @@ GAUGES = (
      "reconciliationParityTotalMismatchNotionalUsd",
      "Sum of ghost-slice notional (USD) in the latest succeeded cycles."),
     ("reconciliation_integrity_watchdog_triggered", "reconciliationIntegrityWatchdogTriggered",
-     "1 when the integrity watchdog has paused at least one profile, else 0."),
+     "1 while the integrity watchdog has at least one profile paused, else 0."),
 )
 
 # /metrics counters: (family name, prometheus_client appends _total; key in ReconState.cumulative).
@@ -114,6 +115,7 @@ class ReconStateCollector:
                 "reconciliation_last_run_timestamp_seconds",
                 "Unix time the most recent finished cycle ended (absent when there is none).",
                 value=datetime.fromisoformat(last_run).timestamp())
+        yield from profile_gauges(state.health["profiles"])
         accounts = GaugeMetricFamily(
             "reconciliation_account_loop_healthy",
             "1 when this exchange account's reconciliation loop is healthy, else 0.",
@@ -121,6 +123,48 @@ class ReconStateCollector:
         for account in state.health["accounts"]:
             accounts.add_metric([account["account"]], 1 if account["healthy"] else 0)
         yield accounts
+
+
+def profile_gauges(profiles: list[dict]) -> Iterator[Metric]:
+    """Each profile's trading gate: its state (one series per state, 1 for the current one),
+    whether the watchdog paused it, since when it is paused, when auto-resume could happen, and
+    the watchdog's last notional and threshold."""
+    labels = ["profile", "account"]
+    state = GaugeMetricFamily(
+        "reconciliation_profile_trading_state",
+        "1 for the profile's current trading state (active, reconciling, paused), else 0.",
+        labels=labels + ["state"])
+    triggered = GaugeMetricFamily(
+        "reconciliation_profile_watchdog_triggered",
+        "1 while the profile is paused by the integrity watchdog, else 0.", labels=labels)
+    since = GaugeMetricFamily(
+        "reconciliation_profile_paused_since_timestamp_seconds",
+        "Unix time the profile's pause began (only paused profiles).",
+        labels=labels + ["pause_source"])
+    resume = GaugeMetricFamily(
+        "reconciliation_profile_auto_resume_earliest_timestamp_seconds",
+        "Earliest unix time auto-resume could lift the profile's pause (only when it can).",
+        labels=labels)
+    notional = GaugeMetricFamily(
+        "reconciliation_profile_mismatch_notional_usd",
+        "The integrity watchdog's last mismatch notional for the profile (USD).", labels=labels)
+    threshold = GaugeMetricFamily(
+        "reconciliation_profile_watchdog_threshold_usd",
+        "The integrity watchdog's last threshold for the profile (USD).", labels=labels)
+    for p in profiles:
+        key = [p["profileId"], p["account"]]
+        for name in TRADING_STATES:
+            state.add_metric(key + [name], 1 if p["tradingState"] == name else 0)
+        triggered.add_metric(key, 1 if p["watchdogTriggered"] else 0)
+        if p["pausedAt"]:
+            since.add_metric(key + [p["pauseSource"] or ""],
+                             datetime.fromisoformat(p["pausedAt"]).timestamp())
+        if p["autoResumeEarliestAt"]:
+            resume.add_metric(key, datetime.fromisoformat(p["autoResumeEarliestAt"]).timestamp())
+        if p["mismatchNotionalUsd"] is not None:
+            notional.add_metric(key, p["mismatchNotionalUsd"])
+            threshold.add_metric(key, p["thresholdUsd"] or 0.0)
+    yield from (state, triggered, since, resume, notional, threshold)
 
 
 def build_registry(dsn: str, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> CollectorRegistry:

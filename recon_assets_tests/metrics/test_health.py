@@ -9,7 +9,7 @@ import threading
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
-from datetime import timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import psycopg
@@ -65,8 +65,18 @@ INSERT INTO recon.corrections (idempotency_key, cycle_id, profile_id, handler, t
   ('k1', 'c1', 'alpha', 'synthetic_exit', 't7', false),
   ('k2', 'c2', 'alpha', 'synthetic_exit', 't1', true),
   ('k3', 'c2', 'beta', 'reconcile_cancel', 't2', false);
-INSERT INTO recon.watchdog_state (profile_id, triggered, pause_source) VALUES
-  ('alpha', false, NULL), ('beta', true, 'parity watchdog');
+-- The trading gate: beta paused by the watchdog 5 minutes ago (auto-resume held back until 10
+-- minutes from now), gamma paused by an operator, alpha active.
+INSERT INTO profiles (id, exchange_account, sub_tag, allocated_capital_usd, trading_state,
+                      pause_source, paused_at) VALUES
+  ('alpha', 'acct1', 'ALP', 20000, 'active', NULL, NULL),
+  ('beta', 'acct1', 'BET', 10000, 'paused', 'parity_watchdog', now() - interval '5 minutes'),
+  ('gamma', 'acct2', 'GAM', 5000, 'paused', 'operator', now() - interval '1 hour');
+INSERT INTO recon.watchdog_state (profile_id, mismatch_notional_usd, threshold_usd,
+                                  resume_held_back_by, resume_earliest_at) VALUES
+  ('alpha', 0, 100, NULL, NULL),
+  ('beta', 80, 50, ARRAY['min_pause', 'clean_streak'], now() + interval '10 minutes'),
+  ('gamma', 0, 25, ARRAY['pause_source'], NULL);
 """
 
 EXPECTED_HEALTH = {
@@ -157,10 +167,18 @@ def metrics(base: str) -> dict[str, float]:
     return samples
 
 
+def labelled_samples(body: str) -> dict[tuple, float]:
+    """(sample name, sorted labels) -> value of the labelled samples."""
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(body) for sample in family.samples
+            if sample.labels}
+
+
 def test_health_and_metrics_report_the_persisted_state_with_the_runbook_names(seeded_dsn):
     with serving(seeded_dsn) as base:
         status, body = health(base)
         scraped = metrics(base)
+        scraped_text = get(base + "/metrics")[2]
     assert status == 200
     assert set(RUNBOOK_FIELDS) <= set(body)
     assert {k: body[k] for k in EXPECTED_HEALTH} == EXPECTED_HEALTH
@@ -179,6 +197,31 @@ def test_health_and_metrics_report_the_persisted_state_with_the_runbook_names(se
     assert types["reconciliation_missing_in_db"] == "counter"
     assert types["reconciliation_parity_mismatch_trades"] == "gauge"
     assert types["reconciliation_integrity_watchdog_triggered"] == "gauge"
+
+    # The trading gate of every profile, in the body and as labelled gauges.
+    gates = {p["profileId"]: p for p in body["profiles"]}
+    assert {p: (g["tradingState"], g["pauseSource"], g["watchdogTriggered"])
+            for p, g in gates.items()} == {"alpha": ("active", None, False),
+                                           "beta": ("paused", "parity_watchdog", True),
+                                           "gamma": ("paused", "operator", False)}
+    assert gates["beta"]["autoResumeHeldBackBy"] == ["min_pause", "clean_streak"]
+    assert gates["beta"]["autoResumeEarliestAt"] is not None and gates["beta"]["pausedAt"]
+    assert gates["gamma"]["autoResumeEarliestAt"] is None
+    assert (gates["beta"]["mismatchNotionalUsd"], gates["beta"]["thresholdUsd"]) == (80.0, 50.0)
+    labelled = labelled_samples(scraped_text)
+    assert labelled[("reconciliation_profile_trading_state",
+                     (("account", "acct1"), ("profile", "beta"), ("state", "paused")))] == 1
+    assert labelled[("reconciliation_profile_trading_state",
+                     (("account", "acct1"), ("profile", "beta"), ("state", "active")))] == 0
+    assert labelled[("reconciliation_profile_watchdog_triggered",
+                     (("account", "acct1"), ("profile", "beta")))] == 1
+    assert labelled[("reconciliation_profile_auto_resume_earliest_timestamp_seconds",
+                     (("account", "acct1"), ("profile", "beta")))] == pytest.approx(
+        datetime.fromisoformat(gates["beta"]["autoResumeEarliestAt"]).timestamp())
+    assert ("reconciliation_profile_auto_resume_earliest_timestamp_seconds",
+            (("account", "acct2"), ("profile", "gamma"))) not in labelled
+    assert labelled[("reconciliation_profile_paused_since_timestamp_seconds",
+                     (("account", "acct2"), ("pause_source", "operator"), ("profile", "gamma")))] > 0
 
 
 def test_a_restarted_server_reports_the_same_numbers_and_counters_only_grow(seeded_dsn):
@@ -266,9 +309,7 @@ def test_no_cycle_at_all_is_unhealthy_with_zero_counts(pg_dsn):
 
 
 def test_an_account_with_profiles_but_no_cycle_makes_the_loop_unhealthy(seeded_dsn):
-    _execute(seeded_dsn, """
-        INSERT INTO profiles (id, exchange_account, sub_tag, allocated_capital_usd) VALUES
-            ('alpha', 'acct1', 'ALP', 1000), ('gamma', 'acct2', 'GAM', 1000)""")
+    # The seed's profiles are on acct1 and acct2, which have cycles.
     with serving(seeded_dsn) as base:
         assert health(base)[1]["reconciliationLoopHealthy"] is True
         _execute(seeded_dsn, "INSERT INTO profiles (id, exchange_account, sub_tag,"
