@@ -46,10 +46,11 @@ BEGIN
             v_source, p_reason, p_cycle_id, p_run_id, COALESCE(p_evidence, '{}'::jsonb));
     INSERT INTO recon.watchdog_state (profile_id, exchange_account, triggered, pause_source,
                                       paused_at, last_auto_resume_at, updated_at)
-    VALUES (p_profile.id, p_profile.exchange_account, v_source = 'parity_watchdog', v_source,
+    VALUES (p_profile.id, p_profile.exchange_account,
+            COALESCE(v_source = 'parity_watchdog', false), v_source,
             v_paused_at, v_last_resume, pg_catalog.now())
     ON CONFLICT (profile_id) DO UPDATE
-       SET triggered = COALESCE(EXCLUDED.triggered, false), pause_source = EXCLUDED.pause_source,
+       SET triggered = EXCLUDED.triggered, pause_source = EXCLUDED.pause_source,
            paused_at = EXCLUDED.paused_at, last_auto_resume_at = EXCLUDED.last_auto_resume_at,
            exchange_account = EXCLUDED.exchange_account, updated_at = EXCLUDED.updated_at;
     RETURN pg_catalog.jsonb_build_object(

@@ -10,6 +10,7 @@ threshold is 0.5 %). alpha, on the same account, has nothing to do with it.
 from datetime import datetime
 
 import dagster as dg
+import psycopg
 import pytest
 
 from recon_assets.metrics.health import load_state
@@ -37,6 +38,11 @@ def start(sim, dsn, instance, **settings):
 def cycle(defs, instance):
     """One scheduled cycle of acct1 (its run fails when the blocking watchdog check fails)."""
     return run_scheduled_cycles(defs, instance, expect_success=False)["acct1"]
+
+
+def execute(dsn, statement):
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(statement)
 
 
 def gate(dsn, profile):
@@ -165,8 +171,8 @@ def test_not_before_the_minimum_pause(sim, pg_dsn, instance):
     assert health["beta"]["autoResumeHeldBackBy"] == ["min_pause"]
     assert datetime.fromisoformat(health["beta"]["autoResumeEarliestAt"]) == earliest
     # An hour later (the pause moved back by the clock it was stamped with): resumed.
-    query(pg_dsn, "UPDATE profiles SET paused_at = paused_at - interval '61 minutes' "
-                  "WHERE id = 'beta'")
+    execute(pg_dsn, "UPDATE profiles SET paused_at = paused_at - interval '61 minutes' "
+                    "WHERE id = 'beta'")
     cycle(defs, instance)
     assert gate(pg_dsn, "beta") == ("active", None)
 
@@ -206,8 +212,8 @@ def test_never_twice_within_the_cooldown(sim, pg_dsn, instance):
     held, _needed, earliest = outlook(pg_dsn, "beta")
     (last,) = query(pg_dsn, "SELECT last_auto_resume_at FROM profiles WHERE id = 'beta'")[0]
     assert held == ["cooldown"] and (earliest - last).total_seconds() == 3600
-    query(pg_dsn, "UPDATE profiles SET last_auto_resume_at = last_auto_resume_at "
-                  "- interval '61 minutes' WHERE id = 'beta'")
+    execute(pg_dsn, "UPDATE profiles SET last_auto_resume_at = last_auto_resume_at "
+                    "- interval '61 minutes' WHERE id = 'beta'")
     cycle(defs, instance)
     assert gate(pg_dsn, "beta") == ("active", None)
     assert [a for a, *_ in gate_events(pg_dsn, "beta")] == [
