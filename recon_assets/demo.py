@@ -138,8 +138,9 @@ def start_stack(base: Path, health_port: int = 0) -> DemoStack:
 
 class TradingAppStandIn:
     """Stands in for the trading bots: every `interval_s` it places a new ENTRY order (booked in
-    the database like the app would), and on the next tick the exchange fills it behind the
-    database's back, which the loop must detect and correct through reconcileEntryFill."""
+    the database like the app would) for the next profile whose trading gate is open
+    (`recon_may_trade`), and on the next tick the exchange fills it behind the database's back,
+    which the loop must detect and correct through reconcileEntryFill."""
 
     SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
     PROFILES = (("alpha", "acct1", "ALP"), ("beta", "acct1", "BET"), ("gamma", "acct2", "GAM"))
@@ -172,6 +173,12 @@ class TradingAppStandIn:
         self._pending.clear()
         self._n += 1
         profile, account, sub_tag = self.PROFILES[self._n % len(self.PROFILES)]
+        # The trading gate, as the README tells a trading app to read it: nothing new starts
+        # while the profile is reconciling or paused.
+        with psycopg.connect(self.dsn) as conn:
+            (may_trade,) = conn.execute("SELECT recon_may_trade(%s)", (profile,)).fetchone()
+        if not may_trade:
+            return
         symbol = random.choice(self.SYMBOLS)
         market = self.sim.exchange.markets[symbol]
         price = (market.mark_price * Decimal("0.98")).quantize(market.tick_size)
@@ -265,6 +272,8 @@ def run_once(stack: DemoStack) -> dict:
     defs = build_defs(resources)
     # A readable summary: Dagster's step logs stay in the run history, not on the terminal.
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    # The watchdog's failed check is reported in the summary, not as a stack trace.
+    silent = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="dagster")
     summary: dict = {"cycles": [], "corrections": []}
@@ -279,12 +288,19 @@ def run_once(stack: DemoStack) -> dict:
                 instance=instance, scheduled_execution_time=dt.datetime.now(dt.timezone.utc),
                 repository_def=defs.get_repository_def()))
             for request in tick.run_requests:
+                # A run whose blocking integrity_watchdog check fails is a failed run with a
+                # good diff: its findings stand, the profiles it tripped are paused.
                 result = cycle_job.execute_in_process(instance=instance, tags=request.tags,
                                                       partition_key=request.partition_key,
-                                                      run_config=quiet)
+                                                      run_config=silent, raise_on_error=False)
                 diff = result.output_for_node("reconciliation_diff")
-                summary["cycles"].append({"label": label, "account": request.partition_key,
-                                          "by_kind": diff["kind"].value_counts().sort_index().to_dict()})
+                watchdog = [e for e in result.get_asset_check_evaluations()
+                            if e.check_name == "integrity_watchdog"]
+                summary["cycles"].append({
+                    "label": label, "account": request.partition_key,
+                    "by_kind": diff["kind"].value_counts().sort_index().to_dict(),
+                    "watchdog_tripped": watchdog[0].metadata["tripped_profiles"].value
+                    if watchdog else None})
 
         cycle("before corrections")
         sensor = defs.get_sensor_def("lifecycle_correction_sensor")
@@ -308,16 +324,27 @@ def print_summary(summary: dict) -> None:
     print("\nReconciliation demo, one full cycle (simulator scenario: demo)\n")
     for c in summary["cycles"]:
         kinds = ", ".join(f"{k} {v}" for k, v in c["by_kind"].items()) or "no mismatches"
-        print(f"  {c['label']:<19} {c['account']}: {kinds}")
+        tripped = c.get("watchdog_tripped")
+        watchdog = ("" if tripped is None else "; watchdog tripped for " + ", ".join(tripped)
+                    if tripped else "; watchdog: within thresholds")
+        print(f"  {c['label']:<19} {c['account']}: {kinds}{watchdog}")
     print("\n  corrections (runbook handler: outcome)")
     for o in summary["corrections"]:
         print(f"    {o['profile']:<6} {o['client_order_id']:<24} {o['handler']:<18} {o['status']:<12} {o['reason']}")
+    print("\n  trading gate (profiles.trading_state; the trading app trades only while active)")
+    for p in summary["health"].get("profiles", []):
+        since = f" since {p['pausedAt']}" if p["pausedAt"] else ""
+        held = (f", auto-resume held back by {', '.join(p['autoResumeHeldBackBy'])}"
+                if p["autoResumeHeldBackBy"] else "")
+        source = f" by {p['pauseSource']}" if p["pauseSource"] else ""
+        print(f"    {p['profileId']:<6} {p['tradingState']}{source}{since}{held}")
     print("\n  /internal/health (the runbook's fields)")
     for key, value in summary["health"].items():
         if key.startswith("reconciliation"):
             print(f"    {key}: {value}")
     print("\nWhat stays open (ghost slices, foreign orders, drift) is for the parity heartbeat, "
-          "EXIT backfill or an operator: see docs/operator-guide.md.\n")
+          "EXIT backfill or an operator; a profile the integrity watchdog paused resumes by "
+          "itself after clean cycles: see docs/operator-guide.md.\n")
 
 
 def main(argv: list[str]) -> int:

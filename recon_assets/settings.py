@@ -158,8 +158,3 @@ class ReconSettings(dg.ConfigurableResource):
         env = os.environ if environ is None else environ
         raw = {flag.field: env[flag.env] for flag in FLAGS if flag.env in env}
         return cls(**_validated(raw, "environment"))
-
-    @property
-    def max_mismatch_fraction(self) -> float:
-        """The watchdog threshold as a fraction of allocated capital (0.5 % -> 0.005)."""
-        return self.position_parity_max_notional_pct / 100.0

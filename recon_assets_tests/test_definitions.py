@@ -54,6 +54,29 @@ def test_every_asset_check_has_a_description(defs):
 
 
 @pytest.mark.unit
+def test_the_cycle_runs_the_runbooks_two_rules_as_checks_on_the_heartbeat(defs):
+    """The design card: asset checks encode the watchdog threshold (blocking, ERROR) and the
+    auto-resume clean-cycle rule; both run in every reconciliation cycle."""
+    graph = defs.resolve_asset_graph()
+    heartbeat = dg.AssetKey("position_parity_heartbeat")
+    watchdog = graph.get_check_spec(dg.AssetCheckKey(heartbeat, "integrity_watchdog"))
+    resume = graph.get_check_spec(dg.AssetCheckKey(heartbeat, "watchdog_auto_resume"))
+    assert watchdog.blocking and not resume.blocking
+    cycle = defs.resolve_job_def("reconciliation_cycle")
+    steps = {node.name for node in cycle.graph.node_defs}
+    assert {"position_parity_heartbeat_integrity_watchdog",
+            "position_parity_heartbeat_watchdog_auto_resume"} <= steps
+
+
+@pytest.mark.unit
+def test_every_job_has_a_description(defs):
+    for job in defs.resolve_all_job_defs():
+        if job.name.startswith("__"):
+            continue
+        assert job.description, f"job {job.name} has no description"
+
+
+@pytest.mark.unit
 def test_bad_flag_stops_the_code_location_loading(monkeypatch):
     monkeypatch.setenv("RECON_POSITION_PARITY_CONFIRMATIONS", "abc")
     with pytest.raises(SettingsError, match="RECON_POSITION_PARITY_CONFIRMATIONS"):

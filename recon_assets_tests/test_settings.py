@@ -2,6 +2,8 @@
 
 import pytest
 
+from recon_assets.core.watchdog import threshold_usd
+
 from recon_assets.settings import FLAGS, ReconSettings, SettingsError
 
 pytestmark = pytest.mark.unit
@@ -45,7 +47,8 @@ def test_values_are_read_from_the_environment():
     assert settings.position_parity_dry_run is True
     assert settings.enable_position_parity_heartbeat is False
     assert settings.position_parity_max_notional_pct == 1.25
-    assert settings.max_mismatch_fraction == pytest.approx(0.0125)
+    # The unit is percent: 1.25 % of 10,000 USD (core.watchdog.threshold_usd, the one conversion).
+    assert threshold_usd(10_000, settings.position_parity_max_notional_pct) == pytest.approx(125.0)
 
 
 @pytest.mark.parametrize("env_name,value,expects", [
