@@ -15,7 +15,8 @@ from recon_assets.resources.alerts import AlertWebhook
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.io_manager import PostgresFrameIOManager
 from recon_assets.settings import ReconSettings
-from recon_assets_tests.harness.dagster_flow import (add_partitions, after_first_cycle,
+from recon_assets_tests.harness.dagster_flow import (WATCHDOG_OUT_OF_THE_WAY, add_partitions,
+                                                     after_first_cycle,
                                                      diff_rows, evaluate_correction_sensor,
                                                      make_defs, query, run_corrections,
                                                      run_scheduled_cycles, running_run)
@@ -85,7 +86,7 @@ def test_network_error_during_the_probe_corrects_nothing(sim, pg_dsn, instance):
 
 
 def test_dry_run_records_every_decision_and_applies_nothing(sim, pg_dsn, instance):
-    defs = after_first_cycle(sim, pg_dsn, instance, settings=ReconSettings(position_parity_dry_run=True))
+    defs = after_first_cycle(sim, pg_dsn, instance, settings=ReconSettings(position_parity_dry_run=True, **WATCHDOG_OUT_OF_THE_WAY))
     before = query(pg_dsn, "SELECT client_order_id, status, filled_qty FROM orders ORDER BY 1")
     profiles_before = query(pg_dsn, "SELECT * FROM profiles ORDER BY id")
     results = run_corrections(defs, instance, evaluate_correction_sensor(defs, instance).run_requests)
@@ -97,7 +98,7 @@ def test_dry_run_records_every_decision_and_applies_nothing(sim, pg_dsn, instanc
 
 
 def test_stale_cycle_blocks_corrections(sim, pg_dsn, instance):
-    defs = after_first_cycle(sim, pg_dsn, instance, settings=ReconSettings(correction_max_cycle_age_seconds=0))
+    defs = after_first_cycle(sim, pg_dsn, instance, settings=ReconSettings(correction_max_cycle_age_seconds=0, **WATCHDOG_OUT_OF_THE_WAY))
     results = run_corrections(defs, instance, evaluate_correction_sensor(defs, instance).run_requests)
     assert results and not any(r.success for r in results)
     error = results[0].get_step_failure_events()[0].event_specific_data.error.to_string()
@@ -217,7 +218,7 @@ def test_one_failing_order_does_not_stop_the_others(sim, pg_dsn, instance):
 
 def test_a_failed_correction_run_is_escalated(sim, pg_dsn, instance):
     defs = after_first_cycle(sim, pg_dsn, instance,
-                             settings=ReconSettings(correction_max_cycle_age_seconds=0))
+                             settings=ReconSettings(correction_max_cycle_age_seconds=0, **WATCHDOG_OUT_OF_THE_WAY))
     results = run_corrections(defs, instance, evaluate_correction_sensor(defs, instance).run_requests)
     assert results and not any(r.success for r in results)
     sensor = defs.get_sensor_def("failed_correction_run_sensor")
