@@ -41,8 +41,8 @@ from datetime import datetime, timedelta
 
 import pandas as pd
 
-from recon_assets.core.rules import (CLEARED, GHOST_SLICE, ORDER_DRIFT_KINDS, PAUSED,
-                                     POSITION_DRIFT, WATCHDOG_PAUSE_SOURCE)
+from recon_assets.core.rules import (CLEARED, CYCLE_SUCCEEDED, GHOST_SLICE, ORDER_DRIFT_KINDS,
+                                     PAUSED, POSITION_DRIFT, WATCHDOG_PAUSE_SOURCE)
 
 VERDICT_COLUMNS = (
     "profile_id", "exchange_account", "allocated_capital_usd", "ghost_notional_usd",
@@ -174,6 +174,23 @@ class CycleRecord:
     started_at: datetime
     clean: bool
     why: str = ""
+
+
+def cycle_record(cycle_id: str, started_at: datetime, status: str | None, clean: bool | None,
+                 findings: int | None = None, tripped: bool | None = None,
+                 error: str | None = None) -> CycleRecord:
+    """One cycle of the account as the auto-resume streak sees it for a profile: clean only when
+    the cycle succeeded (`recon.cycles.status`) and the watchdog judged the profile clean in it;
+    a failed or unfinished cycle, or one that never judged the profile, is not."""
+    if status != CYCLE_SUCCEEDED:
+        why = "the cycle " + (status or "did not finish") + (f": {error}" if error else "")
+        return CycleRecord(cycle_id, started_at, False, why)
+    if clean is None:
+        return CycleRecord(cycle_id, started_at, False, "the watchdog did not judge the profile")
+    if not clean:
+        return CycleRecord(cycle_id, started_at, False, f"{findings or 0} finding(s) for the profile"
+                           + (", the watchdog tripped" if tripped else ""))
+    return CycleRecord(cycle_id, started_at, True)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from datetime import datetime
 
 import pandas as pd
 
-from recon_assets.core.rules import CYCLE_SUCCEEDED
 from recon_assets.resources.database import PostgresStore
 
 
@@ -63,30 +62,18 @@ class WatchdogStore:
                    WHERE w.cycle_id = %s AND w.exchange_account = %s ORDER BY w.profile_id""",
                 (cycle_id, account)).fetchall()
 
-    def cycle_cleanliness(self, cycle_ids: list[str], profile_id: str) -> dict[str, tuple[bool, str]]:
-        """Per cycle id: whether it was clean for the profile, and why not (a cycle that did not
-        succeed, or whose watchdog never judged the profile, is not)."""
+    def cycle_outcomes(self, cycle_ids: list[str], profile_id: str) -> dict[str, dict]:
+        """Per cycle id: its recorded status (None when recon.cycles has no row) and the
+        profile's verdict in it (`clean`, `tripped`, `findings`; None when not judged)."""
         with self.database.connect() as conn:
             rows = conn.execute(
-                """SELECT u.id AS cycle_id, c.status, w.clean, w.tripped, w.findings, c.error
+                """SELECT u.id AS cycle_id, c.status, c.error, w.clean, w.tripped, w.findings
                    FROM unnest(%s::text[]) AS u(id)
                    LEFT JOIN recon.cycles c ON c.cycle_id = u.id
                    LEFT JOIN recon.watchdog_checks w
                           ON w.cycle_id = u.id AND w.profile_id = %s""",
                 (cycle_ids, profile_id)).fetchall()
-        out: dict[str, tuple[bool, str]] = {}
-        for r in rows:
-            if r["status"] != CYCLE_SUCCEEDED:
-                out[r["cycle_id"]] = (False, "the cycle " + (r["status"] or "did not finish")
-                                      + (f": {r['error']}" if r["error"] else ""))
-            elif r["clean"] is None:
-                out[r["cycle_id"]] = (False, "the watchdog did not judge the profile")
-            elif not r["clean"]:
-                out[r["cycle_id"]] = (False, f"{r['findings']} finding(s) for the profile"
-                                      + (", the watchdog tripped" if r["tripped"] else ""))
-            else:
-                out[r["cycle_id"]] = (True, "")
-        return out
+        return {r["cycle_id"]: r for r in rows}
 
     # --- the trading gate -----------------------------------------------------------------
 

@@ -14,7 +14,8 @@ from recon_assets.core.parity import ParityPolicy, parity_checks
 from recon_assets.core.rules import (ACTIVE, OPERATOR_PAUSE_SOURCE, PAUSED, RESUME_CONDITIONS,
                                      WATCHDOG_PAUSE_SOURCE)
 from recon_assets.core.watchdog import (CycleRecord, GateState, ResumePolicy,
-                                        auto_resume_decision, clean_streak, watchdog_verdicts)
+                                        auto_resume_decision, clean_streak, cycle_record,
+                                        watchdog_verdicts)
 from recon_assets_tests.core.test_diff import (BTC, ETH, READ_AT, db_order, ex_order,
                                                ex_position, profile, trade_slice)
 from recon_assets_tests.harness.examples import examples
@@ -195,6 +196,16 @@ def test_not_when_auto_resume_is_off():
 def test_an_active_profile_has_nothing_to_resume():
     assert auto_resume_decision(GateState("p1", ACTIVE, None, None, None), [], at(1),
                                 POLICY) is None
+
+
+def test_a_cycle_is_clean_only_when_it_succeeded_and_judged_the_profile_clean():
+    assert cycle_record("c1", at(1), "succeeded", True).clean
+    failed = cycle_record("c2", at(2), "failed", None, error="exchange answered 503")
+    assert not failed.clean and failed.why == "the cycle failed: exchange answered 503"
+    assert cycle_record("c3", at(3), None, None).why == "the cycle did not finish"
+    assert cycle_record("c4", at(4), "succeeded", None).why == "the watchdog did not judge the profile"
+    dirty = cycle_record("c5", at(5), "succeeded", False, findings=2, tripped=True)
+    assert not dirty.clean and dirty.why == "2 finding(s) for the profile, the watchdog tripped"
 
 
 def test_the_clean_streak_is_the_trailing_run():

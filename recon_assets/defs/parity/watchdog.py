@@ -11,8 +11,9 @@ import dagster as dg
 import pandas as pd
 
 from recon_assets.core.escalation import auto_resumed, watchdog_pause
-from recon_assets.core.watchdog import (CycleRecord, GateState, ResumeDecision, ResumePolicy,
-                                        auto_resume_decision, clean_streak, watchdog_verdicts)
+from recon_assets.core.watchdog import (GateState, ResumeDecision, ResumePolicy,
+                                        auto_resume_decision, clean_streak, cycle_record,
+                                        watchdog_verdicts)
 from recon_assets.defs.runs import started_runs
 from recon_assets.resources.alerts import AlertWebhook, raise_alert
 from recon_assets.resources.database import PostgresStore
@@ -86,9 +87,11 @@ def auto_resume(context: dg.AssetExecutionContext, *, account: str, cycle_id: st
     for row in store.gates(account):
         gate = GateState(row["profile_id"], row["trading_state"], row["pause_source"],
                          row["paused_at"], row["last_auto_resume_at"])
-        clean = store.cycle_cleanliness([r[0] for r in runs], gate.profile_id)
-        history = [CycleRecord(run_id, datetime.fromtimestamp(start, timezone.utc),
-                               *clean[run_id]) for run_id, _status, start in runs]
+        recorded = store.cycle_outcomes([r[0] for r in runs], gate.profile_id)
+        history = [cycle_record(run_id, datetime.fromtimestamp(start, timezone.utc),
+                                recorded[run_id]["status"], recorded[run_id]["clean"],
+                                recorded[run_id]["findings"], recorded[run_id]["tripped"],
+                                recorded[run_id]["error"]) for run_id, _status, start in runs]
         decision = auto_resume_decision(gate, history, now, policy)
         streak = len(clean_streak(history, gate.paused_at))
         if decision is None:
