@@ -226,6 +226,16 @@ def clean_streak(cycles: Sequence[CycleRecord], since: datetime | None) -> list[
     return list(reversed(streak))
 
 
+def _waited(name: str, start: datetime | None, ms: int, now: datetime, started: str, wait: str,
+            no_start: str, holds_without_start: bool) -> Condition:
+    """A condition that holds once `ms` have passed since `start` (the pause, the last resume)."""
+    if start is None:
+        return Condition(name, holds_without_start, no_start)
+    until = start + timedelta(milliseconds=ms)
+    return Condition(name, now >= until, f"{started} {start.isoformat()}; {wait} ({ms} ms) ends "
+                                         f"{until.isoformat()}", until)
+
+
 def auto_resume_decision(gate: GateState, cycles: Sequence[CycleRecord], now: datetime,
                          policy: ResumePolicy) -> ResumeDecision | None:
     """Whether to resume `gate`'s profile now, and which condition holds it back and until when;
@@ -242,14 +252,9 @@ def auto_resume_decision(gate: GateState, cycles: Sequence[CycleRecord], now: da
         "pause_source", by_watchdog,
         "paused by the parity watchdog" if by_watchdog else
         f"paused by {gate.pause_source or 'an unknown source'}: only an operator resumes it"))
-    if gate.paused_at is None:
-        conditions.append(Condition("min_pause", False, "paused at an unknown time"))
-    else:
-        until = gate.paused_at + timedelta(milliseconds=policy.min_pause_ms)
-        conditions.append(Condition(
-            "min_pause", now >= until,
-            f"paused since {gate.paused_at.isoformat()}; the minimum pause "
-            f"({policy.min_pause_ms} ms) ends {until.isoformat()}", until))
+    conditions.append(_waited("min_pause", gate.paused_at, policy.min_pause_ms, now,
+                              "paused since", "the minimum pause", "paused at an unknown time",
+                              holds_without_start=False))
     streak = clean_streak(cycles, gate.paused_at)[-n:] if n > 0 else []
     since = [c for c in cycles if gate.paused_at is None or c.started_at >= gate.paused_at]
     breaker = max((c for c in since if not c.clean), key=lambda c: (c.started_at, c.cycle_id),
@@ -259,14 +264,9 @@ def auto_resume_decision(gate: GateState, cycles: Sequence[CycleRecord], now: da
         detail += f"; cycle {breaker.cycle_id} was not clean" + (f": {breaker.why}"
                                                                  if breaker.why else "")
     conditions.append(Condition("clean_streak", len(streak) >= n, detail))
-    if gate.last_auto_resume_at is None:
-        conditions.append(Condition("cooldown", True, "never auto-resumed before"))
-    else:
-        until = gate.last_auto_resume_at + timedelta(milliseconds=policy.cooldown_ms)
-        conditions.append(Condition(
-            "cooldown", now >= until,
-            f"last auto-resume {gate.last_auto_resume_at.isoformat()}; the cooldown "
-            f"({policy.cooldown_ms} ms) ends {until.isoformat()}", until))
+    conditions.append(_waited("cooldown", gate.last_auto_resume_at, policy.cooldown_ms, now,
+                              "last auto-resume", "the cooldown", "never auto-resumed before",
+                              holds_without_start=True))
     held = tuple(c.name for c in conditions if not c.holds)
     timed = [c for c in conditions if c.until is not None]
     earliest = None

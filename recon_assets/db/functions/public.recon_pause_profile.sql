@@ -21,11 +21,7 @@ BEGIN
     IF COALESCE(pg_catalog.btrim(p_reason), '') = '' THEN
         RAISE EXCEPTION 'recon_pause_profile: a reason is required';
     END IF;
-    PERFORM recon._lock_profile(p_profile_id);
-    SELECT * INTO prof FROM public.profiles WHERE id = p_profile_id FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'recon_pause_profile: unknown profile %', p_profile_id;
-    END IF;
+    prof := recon._lock_profile_row(p_profile_id, 'recon_pause_profile');
     IF prof.trading_state = 'paused' AND prof.pause_source = 'operator' THEN
         RETURN pg_catalog.jsonb_build_object('status', 'unchanged', 'profile_id', p_profile_id,
                                              'trading_state', prof.trading_state,
@@ -50,11 +46,7 @@ BEGIN
     IF COALESCE(pg_catalog.btrim(p_reason), '') = '' THEN
         RAISE EXCEPTION 'recon_resume_profile: a reason is required';
     END IF;
-    PERFORM recon._lock_profile(p_profile_id);
-    SELECT * INTO prof FROM public.profiles WHERE id = p_profile_id FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'recon_resume_profile: unknown profile %', p_profile_id;
-    END IF;
+    prof := recon._lock_profile_row(p_profile_id, 'recon_resume_profile');
     IF prof.trading_state <> 'paused' THEN
         RETURN pg_catalog.jsonb_build_object('status', 'unchanged', 'profile_id', p_profile_id,
                                              'trading_state', prof.trading_state,
@@ -75,11 +67,7 @@ AS $$
 DECLARE
     prof public.profiles%ROWTYPE;
 BEGIN
-    PERFORM recon._lock_profile(p_profile_id);
-    SELECT * INTO prof FROM public.profiles WHERE id = p_profile_id FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'recon_auto_resume: unknown profile %', p_profile_id;
-    END IF;
+    prof := recon._lock_profile_row(p_profile_id, 'recon_auto_resume');
     -- Only the pause the rule judged: an operator who paused (or resumed) in the meantime, or
     -- another auto-resume, wins.
     IF prof.trading_state <> 'paused' OR prof.pause_source IS DISTINCT FROM 'parity_watchdog'

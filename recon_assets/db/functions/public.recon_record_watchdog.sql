@@ -45,11 +45,7 @@ BEGIN
 
     FOR vd IN SELECT * FROM pg_temp.recon_verdicts ORDER BY profile_id LOOP
         IF vd.tripped THEN
-            PERFORM recon._lock_profile(vd.profile_id);
-            SELECT * INTO prof FROM public.profiles WHERE id = vd.profile_id FOR UPDATE;
-            IF NOT FOUND THEN
-                RAISE EXCEPTION 'recon_record_watchdog: unknown profile %', vd.profile_id;
-            END IF;
+            prof := recon._lock_profile_row(vd.profile_id, 'recon_record_watchdog');
             IF prof.trading_state <> 'paused' THEN
                 PERFORM recon._change_trading_gate(
                     prof, 'watchdog_pause', true, 'parity_watchdog', vd.reason, p_cycle_id,

@@ -60,3 +60,22 @@ BEGIN
         'last_auto_resume_at', v_last_resume);
 END;
 $$;
+
+-- The profile's reconciliation lock and its row lock, and the row: what every gate change takes
+-- first (`p_caller` names the function in the error for an unknown profile).
+CREATE OR REPLACE FUNCTION recon._lock_profile_row(p_profile_id text, p_caller text)
+RETURNS public.profiles
+LANGUAGE plpgsql
+SET search_path = ''
+AS $$
+DECLARE
+    prof public.profiles%ROWTYPE;
+BEGIN
+    PERFORM recon._lock_profile(p_profile_id);
+    SELECT * INTO prof FROM public.profiles WHERE id = p_profile_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION '%: unknown profile %', p_caller, p_profile_id;
+    END IF;
+    RETURN prof;
+END;
+$$;
