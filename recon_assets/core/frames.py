@@ -94,3 +94,16 @@ def db_snapshot_frames(snapshot: dict) -> tuple[pd.Timestamp, dict[str, pd.DataF
     frames = {part: typed_frame(snapshot[part], columns, f"db_{part}")
               for part, columns in DB_SNAPSHOT_PARTS.items()}
     return read_at, frames
+
+
+def json_records(frame: pd.DataFrame) -> list[dict]:
+    """The frame's rows as JSON-ready dicts for a SQL function's jsonb argument: NaN and NaT as
+    null, timestamps as ISO text, numpy scalars as Python values."""
+    def ready(value):
+        if value is None or (isinstance(value, float) and value != value) or value is pd.NaT:
+            return None
+        if isinstance(value, pd.Timestamp):
+            return value.isoformat()
+        return value.item() if hasattr(value, "item") else value
+
+    return [{k: ready(v) for k, v in row.items()} for row in frame.to_dict("records")]

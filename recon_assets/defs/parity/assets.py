@@ -5,6 +5,7 @@ import dagster as dg
 import pandas as pd
 
 from recon_assets.core.cycle import SnapshotStamp, evidence_problems
+from recon_assets.core.frames import json_records
 from recon_assets.core.parity import PARITY_CHECK_COLUMNS, ParityPolicy, Streak, parity_checks
 from recon_assets.core.rules import CLEARED, PARITY_DECISIONS
 from recon_assets.defs.parity import watchdog
@@ -19,12 +20,6 @@ WATCHDOG_COLUMNS = ["profile_id", "mismatch_notional_usd", "allocated_capital_us
                     "threshold_pct", "threshold_usd", "tripped", "clean"]
 SHOWN_COLUMNS = ["profile_id", "trade_id", "slice_no", "symbol", "virtual_open_qty",
                  "exchange_qty", "mark_price", "attributable", "streak", "decision", "reason"]
-
-
-def _records(checks: pd.DataFrame) -> list[dict]:
-    """The checks as JSON-ready rows (NaN -> null)."""
-    return [{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
-            for row in checks.to_dict("records")]
 
 
 def _md(frame: pd.DataFrame, empty: str) -> dg.MetadataValue:
@@ -93,7 +88,7 @@ def position_parity_heartbeat(context: dg.AssetExecutionContext, settings: Recon
     tripped = {r.profile_id: r.reason for r in verdicts.itertuples() if r.tripped}
     if enabled and tripped:
         checks = decide(tripped)
-    recorded = (store.record_parity_checks(cycle_id, account, _records(checks), policy.dry_run)
+    recorded = (store.record_parity_checks(cycle_id, account, json_records(checks), policy.dry_run)
                 if enabled else {})
     gate = watchdog.record(context, account=account, cycle_id=cycle_id, database=database,
                            webhook=alert_webhook, verdicts=verdicts)

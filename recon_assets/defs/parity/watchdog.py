@@ -11,6 +11,7 @@ import dagster as dg
 import pandas as pd
 
 from recon_assets.core.escalation import auto_resumed, watchdog_pause
+from recon_assets.core.frames import json_records
 from recon_assets.core.watchdog import (GateState, ResumeDecision, ResumePolicy,
                                         auto_resume_decision, clean_streak, cycle_record,
                                         watchdog_verdicts)
@@ -19,16 +20,6 @@ from recon_assets.resources.alerts import AlertWebhook, raise_alert
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.watchdog_store import WatchdogStore
 from recon_assets.settings import ReconSettings
-
-
-def _json_ready(value):
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, (pd.Timestamp, datetime)):
-        return value.isoformat()
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    return value
 
 
 def judge(*, account: str, cycle_id: str, settings: ReconSettings, database: PostgresStore,
@@ -43,8 +34,8 @@ def judge(*, account: str, cycle_id: str, settings: ReconSettings, database: Pos
 def record(context: dg.AssetExecutionContext, *, account: str, cycle_id: str,
            database: PostgresStore, webhook: AlertWebhook, verdicts: pd.DataFrame) -> dict:
     """Record the verdicts, pause each profile that tripped (one transaction), alert each pause."""
-    rows = [{k: _json_ready(v) for k, v in row.items()} for row in verdicts.to_dict("records")]
-    result = WatchdogStore(database).record_watchdog(cycle_id, account, rows, context.run_id)
+    result = WatchdogStore(database).record_watchdog(cycle_id, account, json_records(verdicts),
+                                                     context.run_id)
     by_profile = verdicts.set_index("profile_id")
     for profile in result.get("paused", []):
         v = by_profile.loc[profile]

@@ -38,14 +38,6 @@ WAIT_S = 60
 
 # --- helpers ---------------------------------------------------------------------------------
 
-@pytest.fixture
-def db(pg_dsn):
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute("INSERT INTO profiles (id, exchange_account, sub_tag, allocated_capital_usd) "
-                     "VALUES ('alpha', 'acct1', 'ALP', 10000), ('beta', 'acct1', 'BET', 5000)")
-        yield conn
-
-
 def add_order(conn, coid, *, trade="t1", intent="ENTRY", side="buy", qty="2", filled="0",
               status="open", exchange_id=None, avg=None, profile="alpha"):
     conn.execute(

@@ -11,14 +11,6 @@ import pytest
 pytestmark = pytest.mark.db
 
 
-@pytest.fixture
-def db(pg_dsn):
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute("INSERT INTO profiles (id, exchange_account, sub_tag, allocated_capital_usd) "
-                     "VALUES ('alpha', 'acct1', 'ALP', 10000), ('beta', 'acct1', 'BET', 5000)")
-        yield conn
-
-
 def verdict(profile, tripped, notional=100.0, clean=None):
     return {"profile_id": profile, "allocated_capital_usd": 10000, "ghost_notional_usd": notional,
             "order_notional_usd": 0, "position_notional_usd": 0,
