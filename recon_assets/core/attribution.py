@@ -19,6 +19,7 @@ _PATTERN = re.compile(
     r"^rc\.(?P<sub_tag>[A-Za-z0-9]{1,8})\.(?P<trade_id>[A-Za-z0-9_-]{1,20})\."
     r"(?P<intent>[EX])(?P<seq>[1-9][0-9]?)$"
 )
+_TAGGED = re.compile(r"^rc\.(?P<sub_tag>[A-Za-z0-9]{1,8})\.")
 _INTENTS = {"ENTRY": "E", "EXIT": "X"}
 
 
@@ -69,3 +70,12 @@ def parse_client_order_id(client_order_id: object) -> Attribution | None:
         return None
     intent = "ENTRY" if match["intent"] == "E" else "EXIT"
     return Attribution(match["sub_tag"], match["trade_id"], intent, int(match["seq"]))
+
+
+def tagged_sub_tag(client_order_id: object) -> str | None:
+    """The sub tag of an id that starts as ours (``rc.<sub_tag>.``) whatever follows, e.g. an
+    emergency close the bot sent with a free-form rest; None for any other id."""
+    if not isinstance(client_order_id, str):
+        return None
+    match = _TAGGED.match(client_order_id)
+    return match["sub_tag"] if match else None

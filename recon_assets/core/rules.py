@@ -95,8 +95,22 @@ ORDER_DRIFT_KINDS = (MISSING_FROM_EXCHANGE, MISSING_IN_DB, STATUS_DRIFT, QTY_DRI
 RESUME_CONDITIONS = ("auto_resume_enabled", "pause_source", "min_pause", "clean_streak",
                      "cooldown")
 
-# --- EXIT backfill (recon.backfill_decisions.decision) -----------------------------------------
-BACKFILL_DECISIONS = ("GO", "NO_GO")
+# --- EXIT backfill (recon.backfill_decisions, core/backfill.py says when) -----------------------
+GO, NO_GO = BACKFILL_DECISIONS = ("GO", "NO_GO")
+# How a candidate exit fill is tied to an open slice (recon.backfill_decisions.match_mode). Strong,
+# strongest first: the fill's client order id is the deterministic EXIT id of the slice's own trade;
+# it carries the profile's sub tag; an explicit trade id hint names the trade.
+BY_CLIENT_ORDER_ID, BY_SUB_TAG, BY_TRADE_ID_HINT = STRONG_MATCH_METHODS = (
+    "client_order_id", "sub_tag", "trade_id_hint")
+# Heuristic (RECON_EXIT_BACKFILL_ALLOW_HEURISTIC_MATCH): the only open slice of the account and
+# symbol; the only open slice whose open qty equals the fill's qty.
+SINGLE_OPEN_TRADE, QTY_UNIQUE = HEURISTIC_MATCH_METHODS = ("single_open_trade", "qty_unique")
+BACKFILL_MATCH_METHODS = STRONG_MATCH_METHODS + HEURISTIC_MATCH_METHODS
+# The close reason a backfilled exit writes on the slice it closes.
+BACKFILL_CLOSE_REASON = "exit_fill_backfilled"
+# An operator's call on a candidate (recon.backfill_reviews.verdict): the approve_backfill and
+# reject_backfill jobs.
+APPROVE, REJECT = BACKFILL_VERDICTS = ("approve", "reject")
 
 # --- escalation (recon.alerts.reason) ------------------------------------------------------------
 ALERT_REASONS = ("persistent_mismatch", "lock_contention", "unknown_fill", "failed_cycle",

@@ -1,0 +1,424 @@
+"""The EXIT backfill (the runbook's "EXIT backfill safety gates"): which real exchange fills prove
+the exit of an open slice the database never recorded, decided `GO` or `NO_GO` as one pure
+function of a cycle's snapshots. No I/O, no Dagster: `defs/backfill` fetches, calls, persists.
+
+**Where it looks.** Per account, symbol and side, the open slices claim a qty (their virtual open
+qty); the exchange holds its position in that direction (nothing when flat or the other way). A
+**shortfall** of at least one quantity step means exits happened that the database does not
+know: the open slices there are candidates, and so is every fill of the symbol in the exchange
+fills window on the opposite side (a sell exits a long), not booked in `applied_fills`. Fills of
+an order the database holds are left to that order's lifecycle correction (reconcileExitFill
+probes the order and books them); fills newer than the database read minus the recency guard are
+looked at next cycle.
+
+**How a fill is tied to a slice**, strongest first (`rules.STRONG_MATCH_METHODS`):
+
+1. `client_order_id`: the fill's client order id is the deterministic EXIT id
+   (`rc.<sub_tag>.<trade_id>.X<n>`, `core.attribution`) of an open trade of the profile with that
+   sub tag; its slices take it oldest first. An id of that form that names another trade, a
+   sub tag no profile of the account has, or an ENTRY order is evidence against every slice here:
+   `NO_GO`, never guessed at;
+2. `sub_tag`: the id starts with the profile's tag (`rc.<sub_tag>.…`) without naming a trade: it
+   goes to that profile's one open slice on the symbol and side (several: `NO_GO`, which one is
+   not known);
+3. `trade_id_hint`: an explicit hint (recon.exit_fill_hints, written by the trading app or an
+   operator) ties the fill's exchange order to a trade.
+
+Without any of these the fill is unattributed, and the heuristics (`rules.HEURISTIC_MATCH_METHODS`)
+say which slice it would go to: `single_open_trade` (the only open slice of the account and
+symbol), then `qty_unique` (the only open slice on the symbol and side whose open qty left equals
+the fill's qty). Such a match is `GO` only with `RECON_EXIT_BACKFILL_ALLOW_HEURISTIC_MATCH` and
+without `RECON_EXIT_BACKFILL_REQUIRE_STRONG_ATTRIBUTION` (`BackfillPolicy.heuristics_go`);
+otherwise it is reported, `NO_GO`, as the match it would have made, for an operator.
+
+**Gates, for every method**: a fill older than the slice's opened time minus
+`RECON_EXIT_BACKFILL_FILL_AFTER_TRADE_GRACE_MINUTES` is rejected (history never closes a newer
+trade); a fill is never split, so it must fit in the slice's open qty left and in the shortfall
+left on its symbol and side (strong fills are placed first, so a heuristic never takes room a
+strong fill needs). An operator's `reject` of a (fill, slice) pair keeps it `NO_GO`; an `approve`
+makes it `GO` in the cycles that follow, through the same gates.
+
+**Invariants** (property-tested): a fill is assigned to at most one slice; no slice receives more
+exit qty than it has open (a partial exit leaves the rest open); with the strict flags nothing
+unattributed is `GO`; stale evidence is never `GO`; the same inputs give the same rows in the
+same order (fills by time, symbol and id).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from recon_assets.core.attribution import parse_client_order_id, tagged_sub_tag
+from recon_assets.core.rules import (BY_CLIENT_ORDER_ID, BY_SUB_TAG, BY_TRADE_ID_HINT, FLAT, GO,
+                                     NO_GO, OPEN_SLICE_STATUS, QTY_UNIQUE, REJECT,
+                                     SINGLE_OPEN_TRADE, STRONG_MATCH_METHODS)
+
+SliceKey = tuple[str, str, int]  # (profile_id, trade_id, slice_no)
+# A (fill, slice) pair an operator reviewed: (symbol, exchange fill id, profile, trade, slice).
+PairKey = tuple[str, str, str, str, int]
+
+BACKFILL_DECISION_COLUMNS = (
+    "cycle_id", "exchange_account", "symbol", "exchange_fill_id", "exchange_order_id",
+    "client_order_id", "fill_side", "fill_qty", "fill_price", "fee_usd", "filled_at",
+    "profile_id", "trade_id", "slice_no", "slice_side", "slice_open_qty", "slice_opened_at",
+    "candidate_slices", "match_mode", "strong", "decision", "reason", "idempotency_key",
+)
+SHORTFALL_COLUMNS = ("symbol", "side", "claimed_qty", "exchange_qty", "shortfall_qty", "go_qty",
+                     "slices")
+# Tolerances as in the diff and the heartbeat: absolute when the market's step is unknown, and the
+# relative slack below a whole step.
+_ABS_TOL = 1e-12
+_REL_TOL = 1e-6
+
+
+@dataclass(frozen=True)
+class BackfillPolicy:
+    """The runbook's three EXIT backfill flags."""
+
+    require_strong_attribution: bool = True
+    allow_heuristic_match: bool = False
+    grace_minutes: float = 5.0
+
+    @property
+    def heuristics_go(self) -> bool:
+        """Whether a heuristic match may be applied: heuristics allowed and strong attribution
+        not required (either flag alone keeps it for an operator)."""
+        return self.allow_heuristic_match and not self.require_strong_attribution
+
+    def heuristic_held_back_by(self) -> str:
+        flags = []
+        if not self.allow_heuristic_match:
+            flags.append("RECON_EXIT_BACKFILL_ALLOW_HEURISTIC_MATCH is false")
+        if self.require_strong_attribution:
+            flags.append("RECON_EXIT_BACKFILL_REQUIRE_STRONG_ATTRIBUTION is true")
+        return " and ".join(flags)
+
+
+@dataclass(frozen=True)
+class Review:
+    """An operator's latest call on a (fill, slice) pair."""
+
+    verdict: str  # rules.BACKFILL_VERDICTS
+    review_id: int
+    note: str = ""
+
+
+@dataclass
+class BackfillResult:
+    decisions: pd.DataFrame  # BACKFILL_DECISION_COLUMNS, one row per candidate fill
+    shortfalls: pd.DataFrame  # SHORTFALL_COLUMNS, one row per symbol and side with a shortfall
+    left_to_lifecycle: list[str] = field(default_factory=list)  # fills of orders the DB holds
+    held_recent: list[str] = field(default_factory=list)  # fills newer than the recency cutoff
+
+
+def exit_backfill_key(profile_id: str, trade_id: str, slice_no: int, account: str, symbol: str,
+                      exchange_fill_id: str) -> str:
+    """The idempotency key of booking one exchange fill as an exit of one slice: the same pair is
+    the same correction in every cycle, whoever applies it (the exit_backfill job or an
+    operator's approval)."""
+    payload = json.dumps(["recon-exit-backfill/v1", profile_id, trade_id, int(slice_no), account,
+                          symbol, str(exchange_fill_id)], separators=(",", ":"))
+    digest = hashlib.sha256(payload.encode()).hexdigest()[:32]
+    return f"exit_backfill:{profile_id}:{trade_id}:{int(slice_no)}:{digest}"
+
+
+@dataclass
+class _Slice:
+    key: SliceKey
+    symbol: str
+    side: str
+    open_qty: float
+    opened_at: pd.Timestamp | None
+    left: float  # open qty not yet taken by a fill this cycle
+
+    @property
+    def label(self) -> str:
+        return f"{self.key[0]}/{self.key[1]}/{self.key[2]}"
+
+
+@dataclass
+class _Fill:
+    symbol: str
+    fill_id: str
+    order_id: str | None
+    client_order_id: str | None
+    side: str  # buy | sell
+    qty: float
+    price: float
+    fee_usd: float | None
+    filled_at: pd.Timestamp
+
+    @property
+    def exits(self) -> str:
+        """The slice side this fill can exit: a sell exits a long, a buy a short."""
+        return "long" if self.side == "sell" else "short"
+
+
+@dataclass
+class _Match:
+    method: str | None
+    targets: list[_Slice]
+    why: str
+    strong: bool
+
+
+def _finite(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _text(value) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT:
+        return None
+    return str(value)
+
+
+def _time(value) -> pd.Timestamp | None:
+    if value is None or value is pd.NaT:
+        return None
+    stamp = pd.Timestamp(value)
+    if pd.isna(stamp):
+        return None
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def _fits(qty: float, room: float, step: float) -> bool:
+    return qty <= room + max(step * _REL_TOL, _ABS_TOL)
+
+
+def exit_backfill_decisions(*, cycle_id: str, account: str, slices: pd.DataFrame,
+                            profiles: pd.DataFrame, orders: pd.DataFrame,
+                            exchange_positions: pd.DataFrame, fills: pd.DataFrame,
+                            policy: BackfillPolicy,
+                            booked: frozenset[tuple[str, str]] = frozenset(),
+                            hints: Mapping[str, tuple[str, str]] | None = None,
+                            reviews: Mapping[PairKey, Review] | None = None,
+                            db_read_at: pd.Timestamp | None = None,
+                            recency_guard_s: float = 0.0) -> BackfillResult:
+    """One decision per candidate exit fill of `account` (see the module docstring for the
+    rules). `slices`, `profiles`, `orders`: the database snapshot (DB_TRADE_SLICES, DB_PROFILES,
+    DB_ORDERS); `exchange_positions`, `fills`: the exchange snapshot (EXCHANGE_POSITIONS,
+    EXCHANGE_FILLS); `booked`: (symbol, exchange fill id) of fills `applied_fills` holds;
+    `hints`: exchange order id -> (profile, trade); `reviews`: operators' calls on pairs."""
+    hints, reviews = dict(hints or {}), dict(reviews or {})
+    profile_of_tag = {t: p for p, t in zip(profiles["profile_id"], profiles["sub_tag"])
+                      if isinstance(t, str) and t}
+    open_rows = slices[(slices["status"] == OPEN_SLICE_STATUS) & (slices["virtual_open_qty"] > 0)]
+    open_slices = sorted(
+        (_Slice((r.profile_id, r.trade_id, int(r.slice_no)), r.symbol, r.side,
+                float(r.virtual_open_qty), _time(r.opened_at), float(r.virtual_open_qty))
+         for r in open_rows.itertuples()), key=lambda s: s.key)
+    positions = {r.symbol: r for r in exchange_positions.itertuples()}
+
+    # Shortfalls: per symbol and side, what the open slices claim beyond what the exchange holds.
+    groups: dict[tuple[str, str], list[_Slice]] = {}
+    for s in open_slices:
+        groups.setdefault((s.symbol, s.side), []).append(s)
+    steps: dict[str, float] = {}
+    room: dict[tuple[str, str], float] = {}
+    shortfall_rows = []
+    for (symbol, side), members in sorted(groups.items()):
+        position = positions.get(symbol)
+        if position is None:  # not checked this cycle: no shortfall can be known
+            continue
+        step = _finite(position.min_qty_step) or _ABS_TOL
+        steps[symbol] = step
+        held = float(position.qty) if position.side == side and position.side != FLAT else 0.0
+        claimed = sum(s.open_qty for s in members)
+        if claimed - held >= step * (1 - _REL_TOL):
+            room[(symbol, side)] = claimed - held
+            shortfall_rows.append({"symbol": symbol, "side": side, "claimed_qty": claimed,
+                                   "exchange_qty": held, "shortfall_qty": claimed - held,
+                                   "go_qty": 0.0, "slices": [s.label for s in members]})
+
+    db_ids = {str(v) for column in ("client_order_id", "exchange_order_id")
+              for v in orders[column].dropna()} if len(orders) else set()
+    cutoff = (pd.Timestamp(db_read_at) - pd.Timedelta(seconds=float(recency_guard_s))
+              if db_read_at is not None else None)
+    candidates: list[_Fill] = []
+    left_to_lifecycle: list[str] = []
+    held_recent: list[str] = []
+    for r in fills.itertuples():
+        fill = _Fill(r.symbol, str(r.exchange_fill_id), _text(r.exchange_order_id),
+                     _text(r.client_order_id), r.side, float(r.qty), float(r.price),
+                     _finite(r.fee_usd), _time(r.filled_at))
+        if (fill.symbol, fill.exits) not in room or (fill.symbol, fill.fill_id) in booked:
+            continue
+        if fill.client_order_id in db_ids or fill.order_id in db_ids:
+            left_to_lifecycle.append(fill.fill_id)
+            continue
+        if cutoff is not None and fill.filled_at is not None and fill.filled_at > cutoff:
+            held_recent.append(fill.fill_id)
+            continue
+        candidates.append(fill)
+
+    matches = {f.fill_id + "\0" + f.symbol: _strong_match(f, groups[(f.symbol, f.exits)],
+                                                          profile_of_tag, hints, account)
+               for f in candidates}
+
+    def order(f: _Fill):
+        return (f.filled_at or pd.Timestamp.min.tz_localize("UTC"), f.symbol, f.fill_id)
+
+    strong_first = sorted((f for f in candidates if matches[f.fill_id + "\0" + f.symbol].strong),
+                          key=order)
+    weak_after = sorted((f for f in candidates if not matches[f.fill_id + "\0" + f.symbol].strong),
+                        key=order)
+    rows = []
+    grace = pd.Timedelta(minutes=float(policy.grace_minutes))
+    for fill in strong_first + weak_after:
+        group = groups[(fill.symbol, fill.exits)]
+        match = matches[fill.fill_id + "\0" + fill.symbol]
+        if not match.strong:
+            match = _heuristic_match(fill, group, [s for s in open_slices if s.symbol == fill.symbol],
+                                     steps[fill.symbol])
+        rows.append(_decide(fill, match, group, room, steps[fill.symbol], grace, policy,
+                            reviews, cycle_id, account))
+    shortfalls = pd.DataFrame(shortfall_rows, columns=list(SHORTFALL_COLUMNS))
+    decisions = pd.DataFrame(rows, columns=list(BACKFILL_DECISION_COLUMNS))
+    if len(decisions):
+        decisions = decisions.sort_values(["filled_at", "symbol", "exchange_fill_id"],
+                                          kind="stable").reset_index(drop=True)
+        go = decisions[decisions["decision"] == GO]
+        for i, s in shortfalls.iterrows():
+            mine = go[(go["symbol"] == s["symbol"]) & (go["slice_side"] == s["side"])]
+            shortfalls.at[i, "go_qty"] = float(mine["fill_qty"].sum())
+    return BackfillResult(decisions, shortfalls, sorted(left_to_lifecycle), sorted(held_recent))
+
+
+def _strong_match(fill: _Fill, group: list[_Slice], profile_of_tag: Mapping[str, str],
+                  hints: Mapping[str, tuple[str, str]], account: str) -> _Match:
+    """The attribution the fill carries; `strong=False` when it carries none (heuristics may
+    look), `method=None` with `strong=True` when what it carries rules every slice here out."""
+    coid = fill.client_order_id
+    where = f"open {fill.exits} slice on {fill.symbol}"
+    parsed = parse_client_order_id(coid)
+    tag = parsed.sub_tag if parsed else tagged_sub_tag(coid)
+    if tag is not None:
+        profile = profile_of_tag.get(tag)
+        if profile is None:
+            return _Match(None, [], f"its client order id {coid} carries sub tag {tag}, which no "
+                                    f"profile of {account} has: not this account's profiles' to book",
+                          True)
+        if parsed is not None:
+            if parsed.intent != "EXIT":
+                return _Match(None, [], f"its client order id {coid} is an ENTRY order of trade "
+                                        f"{parsed.trade_id} of profile {profile}: not an exit", True)
+            trade = [s for s in group if s.key[0] == profile and s.key[1] == parsed.trade_id]
+            if not trade:
+                return _Match(None, [], f"its client order id {coid} names trade "
+                                        f"{parsed.trade_id} of profile {profile}, which has no "
+                                        f"{where}", True)
+            return _Match(BY_CLIENT_ORDER_ID, trade, f"its client order id {coid} is the EXIT id "
+                                                     f"of trade {parsed.trade_id} of profile "
+                                                     f"{profile}", True)
+        mine = [s for s in group if s.key[0] == profile]
+        if len(mine) != 1:
+            return _Match(None, [], f"its client order id {coid} carries sub tag {tag} of profile "
+                                    f"{profile}, which has {len(mine) or 'no'} {where}"
+                                    + ("s: the id does not say which" if mine else ""), True)
+        return _Match(BY_SUB_TAG, mine, f"its client order id {coid} carries sub tag {tag} of "
+                                        f"profile {profile}, whose only {where} this is", True)
+    hint = hints.get(fill.order_id) if fill.order_id else None
+    if hint is not None:
+        profile, trade_id = hint
+        trade = [s for s in group if s.key[0] == profile and s.key[1] == trade_id]
+        if not trade:
+            return _Match(None, [], f"a trade id hint ties order {fill.order_id} to trade "
+                                    f"{trade_id} of profile {profile}, which has no {where}", True)
+        return _Match(BY_TRADE_ID_HINT, trade, f"a trade id hint ties order {fill.order_id} to "
+                                               f"trade {trade_id} of profile {profile}", True)
+    return _Match(None, [], "", False)
+
+
+def _heuristic_match(fill: _Fill, group: list[_Slice], on_symbol: list[_Slice],
+                     step: float) -> _Match:
+    """The slice a heuristic would give an unattributed fill to (with the room left now)."""
+    coid = fill.client_order_id or "none"
+    if len(on_symbol) == 1 and on_symbol[0] in group:
+        return _Match(SINGLE_OPEN_TRADE, on_symbol,
+                      f"unattributed (client order id {coid}); {on_symbol[0].label} is the only "
+                      f"open slice on {fill.symbol}", False)
+    tolerance = max(step * (1 - _REL_TOL), _ABS_TOL)
+    equal = [s for s in group if abs(s.left - fill.qty) < tolerance]
+    if len(equal) == 1:
+        return _Match(QTY_UNIQUE, equal,
+                      f"unattributed (client order id {coid}); {equal[0].label} is the only open "
+                      f"{fill.exits} slice on {fill.symbol} with the fill's qty {fill.qty:g} open",
+                      False)
+    return _Match(None, [], f"unattributed (client order id {coid}), and no heuristic singles out "
+                            f"a slice: {len(group)} open {fill.exits} slice(s) on {fill.symbol}, "
+                            f"{len(equal)} with the fill's qty {fill.qty:g} open", False)
+
+
+def _decide(fill: _Fill, match: _Match, group: list[_Slice], room: dict, step: float,
+            grace: pd.Timedelta, policy: BackfillPolicy, reviews: Mapping[PairKey, Review],
+            cycle_id: str, account: str) -> dict:
+    target, why_not = None, ""
+    for s in match.targets:  # oldest slice of the trade first
+        if s.opened_at is None:
+            why_not = why_not or f"slice {s.label} has no opened time: the fill's age cannot be checked"
+            continue
+        if fill.filled_at is None or fill.filled_at < s.opened_at - grace:
+            minutes = ((s.opened_at - fill.filled_at).total_seconds() / 60
+                       if fill.filled_at is not None else float("nan"))
+            why_not = why_not or (f"stale evidence: filled {minutes:.1f} min before slice {s.label} "
+                                  f"opened, beyond the {policy.grace_minutes:g} min grace")
+            continue
+        if not _fits(fill.qty, s.left, step):
+            why_not = why_not or (f"the fill's qty {fill.qty:g} exceeds the {s.left:g} left open "
+                                  f"on slice {s.label} (a fill is never split)")
+            continue
+        if not _fits(fill.qty, room[(fill.symbol, fill.exits)], step):
+            why_not = why_not or (f"the fill's qty {fill.qty:g} exceeds the exchange's shortfall "
+                                  f"of {room[(fill.symbol, fill.exits)]:g} left on {fill.symbol} "
+                                  f"({fill.exits})")
+            continue
+        target = s
+        break
+    shown = target or (match.targets[0] if match.targets else None)
+    review = (reviews.get((fill.symbol, fill.fill_id, *shown.key)) if shown is not None else None)
+    if match.method is None:
+        decision, reason = NO_GO, match.why
+    elif target is None:
+        decision, reason = NO_GO, f"{match.why}; but {why_not}"
+    elif review is not None and review.verdict == REJECT:
+        decision, reason = NO_GO, (f"rejected by an operator (review {review.review_id}"
+                                   + (f": {review.note}" if review.note else "") + ")")
+    elif match.method in STRONG_MATCH_METHODS:
+        decision, reason = GO, match.why
+    elif review is not None:  # an operator approved what a heuristic proposes
+        decision, reason = GO, f"{match.why}; approved by an operator (review {review.review_id})"
+    elif policy.heuristics_go:
+        decision, reason = GO, f"{match.why}; heuristic {match.method} allowed"
+    else:
+        decision, reason = NO_GO, (f"{match.why}; heuristic {match.method} would match, held for "
+                                   f"an operator: {policy.heuristic_held_back_by()}")
+    if target is not None and not (review is not None and review.verdict == REJECT):
+        # GO, or the match a heuristic would make: either way the room is spoken for, so what is
+        # reported is one consistent assignment.
+        target.left -= fill.qty
+        room[(fill.symbol, fill.exits)] -= fill.qty
+    return {
+        "cycle_id": cycle_id, "exchange_account": account, "symbol": fill.symbol,
+        "exchange_fill_id": fill.fill_id, "exchange_order_id": fill.order_id,
+        "client_order_id": fill.client_order_id, "fill_side": fill.side, "fill_qty": fill.qty,
+        "fill_price": fill.price, "fee_usd": fill.fee_usd, "filled_at": fill.filled_at,
+        "profile_id": shown.key[0] if shown else None,
+        "trade_id": shown.key[1] if shown else None,
+        "slice_no": shown.key[2] if shown else None,
+        "slice_side": fill.exits, "slice_open_qty": shown.open_qty if shown else None,
+        "slice_opened_at": shown.opened_at if shown else None,
+        "candidate_slices": [s.label for s in group], "match_mode": match.method,
+        "strong": match.method in STRONG_MATCH_METHODS, "decision": decision, "reason": reason,
+        "idempotency_key": exit_backfill_key(*shown.key, account, fill.symbol, fill.fill_id)
+        if shown else None,
+    }
