@@ -27,6 +27,8 @@ CHECKED = {
     ("recon.corrections", "outcome"): rules.CORRECTION_OUTCOMES,
     ("recon.lock_contention", "lock_kind"): rules.LOCK_KINDS,
     ("recon.backfill_decisions", "decision"): rules.BACKFILL_DECISIONS,
+    ("recon.backfill_decisions", "match_mode"): rules.BACKFILL_MATCH_METHODS,
+    ("recon.backfill_reviews", "verdict"): rules.BACKFILL_VERDICTS,
     ("recon.alerts", "reason"): rules.ALERT_REASONS,
     ("recon.parity_checks", "decision"): rules.PARITY_DECISIONS,
     ("recon.parity_checks", "side"): rules.POSITION_SIDES,

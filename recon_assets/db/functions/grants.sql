@@ -22,7 +22,9 @@ BEGIN
                              'recon_record_refused_correction', 'recon_synthetic_exit',
                              'recon_record_parity_checks', 'recon_resolve_quarantine',
                              'recon_record_watchdog', 'recon_pause_profile',
-                             'recon_resume_profile', 'recon_auto_resume', 'recon_may_trade')
+                             'recon_resume_profile', 'recon_auto_resume', 'recon_may_trade',
+                             'recon_exit_backfill', 'recon_record_backfill_decisions',
+                             'recon_review_backfill', 'recon_add_exit_fill_hint')
     LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
         FOREACH r IN ARRAY ARRAY['anon', 'authenticated'] LOOP

@@ -1,5 +1,7 @@
 -- The common frame of the three lifecycle handlers (public.recon_reconcile_entry_fill,
--- recon_reconcile_exit_fill, recon_reconcile_cancel): lock, idempotency, dry run, record.
+-- recon_reconcile_exit_fill, recon_reconcile_cancel), the parity heartbeat's synthetic exit
+-- (recon_synthetic_exit) and the EXIT backfill (recon_exit_backfill): lock, idempotency, dry
+-- run, record.
 --
 -- Every handler runs in the caller's transaction (one rpc() = one transaction; with psycopg call
 -- it in autocommit or its own transaction) and, in order:
@@ -112,6 +114,7 @@ BEGIN
             WHEN 'reconcile_exit_fill' THEN recon._apply_exit_fill(p_profile_id, p_client_order_id, p_request)
             WHEN 'reconcile_cancel' THEN recon._apply_cancel(p_profile_id, p_client_order_id, p_request)
             WHEN 'synthetic_exit' THEN recon._apply_synthetic_exit(p_profile_id, p_idempotency_key, p_request)
+            WHEN 'exit_backfill' THEN recon._apply_exit_backfill(p_profile_id, p_request)
         END;
         IF v_change IS NULL THEN
             RAISE EXCEPTION 'recon: unknown handler %', p_handler;

@@ -31,3 +31,7 @@ CREATE TRIGGER watchdog_checks_append_only BEFORE UPDATE OR DELETE ON recon.watc
 DROP TRIGGER IF EXISTS trading_gate_events_append_only ON recon.trading_gate_events;
 CREATE TRIGGER trading_gate_events_append_only BEFORE UPDATE OR DELETE ON recon.trading_gate_events
     FOR EACH ROW EXECUTE FUNCTION recon.forbid_change();
+
+DROP TRIGGER IF EXISTS backfill_reviews_append_only ON recon.backfill_reviews;
+CREATE TRIGGER backfill_reviews_append_only BEFORE UPDATE OR DELETE ON recon.backfill_reviews
+    FOR EACH ROW EXECUTE FUNCTION recon.forbid_change();

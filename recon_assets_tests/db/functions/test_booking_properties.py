@@ -54,17 +54,20 @@ def _params(name, fills, key):
 
 
 def _check_invariants(conn):
+    for entry, exit_, open_ in conn.execute(
+            "SELECT entry_qty, exit_qty, virtual_open_qty FROM trade_history").fetchall():
+        assert entry == exit_ + open_ and min(entry, exit_, open_) >= 0
+    # Per trade (an entry fill after the trade's slice closed opens a second slice).
     rows = conn.execute("""
-        SELECT t.entry_qty, t.exit_qty, t.virtual_open_qty,
+        SELECT sum(t.entry_qty), sum(t.exit_qty),
                COALESCE((SELECT sum(f.qty) FROM applied_fills f JOIN orders o
                           ON o.client_order_id = f.client_order_id
                          WHERE o.trade_id = t.trade_id AND o.intent = 'ENTRY'), 0),
                COALESCE((SELECT sum(f.qty) FROM applied_fills f JOIN orders o
                           ON o.client_order_id = f.client_order_id
                          WHERE o.trade_id = t.trade_id AND o.intent = 'EXIT'), 0)
-        FROM trade_history t""").fetchall()
-    for entry, exit_, open_, booked_entry, booked_exit in rows:
-        assert entry == exit_ + open_ and min(entry, exit_, open_) >= 0
+        FROM trade_history t GROUP BY t.trade_id""").fetchall()
+    for entry, exit_, booked_entry, booked_exit in rows:
         assert (entry, exit_) == (booked_entry, booked_exit)
     for coid, filled, booked in conn.execute("""
             SELECT o.client_order_id, o.filled_qty,

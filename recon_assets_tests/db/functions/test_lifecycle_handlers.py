@@ -30,7 +30,7 @@ from recon_assets_tests.harness.examples import examples
 pytestmark = pytest.mark.db
 
 SYMBOL = "BTC/USDT:USDT"
-JSONB = {"p_fills", "p_evidence"}
+JSONB = {"p_fills", "p_evidence", "p_decisions"}
 # Bounds for waiting on another process/connection to reach a state: hang guards, never asserted
 # durations.
 WAIT_S = 60
@@ -335,6 +335,11 @@ def open_long(db):
     add_position(db, "long", "2", "100")
     call(db, "recon_recalculate_capital", p_profile_id="alpha")
     add_order(db, "rc.ALP.t1.X1", intent="EXIT", side="sell", qty="2")
+    # The exit fill of a lost EXIT order, as recon stored it: the EXIT backfill's evidence.
+    db.execute("INSERT INTO recon.exchange_fills (exchange_account, symbol, exchange_fill_id, "
+               "exchange_order_id, client_order_id, side, qty, price, fee_usd, fee_asset, "
+               "fee_amount, filled_at) VALUES ('acct1', %s, 'bf1', '9003', 'rc.ALP.t1.X2', "
+               "'sell', 2, 110, 0.05, 'USDT', 0.05, '2026-01-01T00:00:00Z')", (SYMBOL,))
     return db
 
 
@@ -839,6 +844,11 @@ SIGKILLED = {
         p_profile_id="alpha", p_cycle_id="run-1", p_idempotency_key="synthetic_exit:alpha:t1:1:k",
         p_trade_id="t1", p_slice_no=1, p_qty="2", p_price="110",
         p_evidence={"check_id": 1}, p_exited_at="2026-01-01T00:00:00+00:00")),
+    # The EXIT backfill of t1's slice from the stored fill bf1 (open_long).
+    "exit_backfill": ("recon_exit_backfill", lambda: dict(
+        p_profile_id="alpha", p_cycle_id="run-1", p_idempotency_key="exit_backfill:alpha:t1:1:k",
+        p_trade_id="t1", p_slice_no=1, p_symbol=SYMBOL, p_exchange_fill_id="bf1",
+        p_evidence={"decision_id": 1})),
 }
 
 
