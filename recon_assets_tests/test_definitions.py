@@ -69,6 +69,20 @@ def test_the_cycle_runs_the_runbooks_two_rules_as_checks_on_the_heartbeat(defs):
 
 
 @pytest.mark.unit
+def test_the_cycle_finds_exit_fills_before_the_heartbeat_decides(defs):
+    """Evidence first: the EXIT backfill's candidates are decided in the cycle, upstream of the
+    heartbeat; its GO rows are booked by the sensor-launched exit_backfill job."""
+    graph = defs.resolve_asset_graph()
+    candidates = dg.AssetKey("exit_backfill_candidates")
+    assert candidates in graph.get(dg.AssetKey("position_parity_heartbeat")).parent_keys
+    cycle = defs.resolve_job_def("reconciliation_cycle")
+    assert "exit_backfill_candidates" in {node.name for node in cycle.graph.node_defs}
+    assert defs.get_sensor_def("exit_backfill_sensor").job_name == "exit_backfill"
+    for job in ("exit_backfill", "approve_backfill", "reject_backfill"):
+        assert defs.resolve_job_def(job).description
+
+
+@pytest.mark.unit
 def test_every_job_has_a_description(defs):
     for job in defs.resolve_all_job_defs():
         if job.name.startswith("__"):

@@ -67,7 +67,8 @@ BACKFILL_DECISION_COLUMNS = (
     "cycle_id", "exchange_account", "symbol", "exchange_fill_id", "exchange_order_id",
     "client_order_id", "fill_side", "fill_qty", "fill_price", "fee_usd", "filled_at",
     "profile_id", "trade_id", "slice_no", "slice_side", "slice_open_qty", "slice_opened_at",
-    "candidate_slices", "match_mode", "strong", "decision", "reason", "idempotency_key",
+    "candidate_slices", "match_mode", "strong", "assignable", "decision", "reason",
+    "idempotency_key",
 )
 SHORTFALL_COLUMNS = ("symbol", "side", "claimed_qty", "exchange_qty", "shortfall_qty", "go_qty",
                      "slices")
@@ -287,6 +288,9 @@ def exit_backfill_decisions(*, cycle_id: str, account: str, slices: pd.DataFrame
     if len(decisions):
         decisions = decisions.sort_values(["filled_at", "symbol", "exchange_fill_id"],
                                           kind="stable").reset_index(drop=True)
+        # Whole slice numbers or none (not 1.0 / NaN), as recon.backfill_decisions takes them.
+        decisions["slice_no"] = pd.Series([None if pd.isna(v) else int(v)
+                                           for v in decisions["slice_no"]], dtype=object)
         go = decisions[decisions["decision"] == GO]
         for i, s in shortfalls.iterrows():
             mine = go[(go["symbol"] == s["symbol"]) & (go["slice_side"] == s["side"])]
@@ -418,7 +422,9 @@ def _decide(fill: _Fill, match: _Match, group: list[_Slice], room: dict, step: f
         "slice_side": fill.exits, "slice_open_qty": shown.open_qty if shown else None,
         "slice_opened_at": shown.opened_at if shown else None,
         "candidate_slices": [s.label for s in group], "match_mode": match.method,
-        "strong": match.method in STRONG_MATCH_METHODS, "decision": decision, "reason": reason,
+        "strong": match.method in STRONG_MATCH_METHODS,
+        # The pair passed the gates (grace, open qty, shortfall): an operator may approve it.
+        "assignable": target is not None, "decision": decision, "reason": reason,
         "idempotency_key": exit_backfill_key(*shown.key, account, fill.symbol, fill.fill_id)
         if shown else None,
     }

@@ -16,9 +16,11 @@ session is older than `max_age_s` (a run that hangs must not halt trading for ev
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+
+import pandas as pd
 
 # Dagster run statuses of a run that may still act (queued ones included: they will start).
 LIVE_RUN_STATUSES = frozenset({"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"})
@@ -32,6 +34,16 @@ class SnapshotStamp:
     side: str  # "database" or "exchange"
     run_id: str | None
     read_at: datetime | None
+
+
+def frame_stamps(frames: Mapping[str, pd.DataFrame]) -> list[SnapshotStamp]:
+    """The stamp each snapshot frame carries (`attrs` read_at and run_id, set by the asset that
+    read it), named by its asset; `db_*` frames are the database side."""
+    return [SnapshotStamp(name, "database" if name.startswith("db_") else "exchange",
+                          frame.attrs.get("run_id"),
+                          pd.Timestamp(frame.attrs["read_at"]).floor("us").to_pydatetime()
+                          if frame.attrs.get("read_at") else None)
+            for name, frame in frames.items()]
 
 
 def evidence_problems(stamps: Sequence[SnapshotStamp], now: datetime, max_age_s: float,

@@ -100,7 +100,8 @@ def json_records(frame: pd.DataFrame) -> list[dict]:
     """The frame's rows as JSON-ready dicts for a SQL function's jsonb argument: NaN and NaT as
     null, timestamps as ISO text, numpy scalars as Python values."""
     def ready(value):
-        if value is None or (isinstance(value, float) and value != value) or value is pd.NaT:
+        if value is None or value is pd.NA or value is pd.NaT or (
+                isinstance(value, float) and value != value):
             return None
         if isinstance(value, pd.Timestamp):
             return value.isoformat()

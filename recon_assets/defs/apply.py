@@ -1,18 +1,24 @@
 """How the jobs that change money apply their decisions (lifecycle corrections, the parity
-heartbeat's synthetic exits): from a fresh cycle, owning the profile's reconciling gate, through
-the SQL functions under the profile's lock, one decision at a time, recording what was refused.
+heartbeat's synthetic exits, the EXIT backfill): from a fresh cycle, owning the profile's
+reconciling gate, through the SQL functions under the profile's lock, one decision at a time,
+recording what was refused; and how a sensor launches them for each profile a new cycle decided
+something for.
 
-Both jobs are partitioned by profile, so every run (sensor, Launchpad, backfill) carries the
+The jobs are partitioned by profile, so every run (sensor, Launchpad, backfill) carries the
 `recon/profile` tag the run queue allows once at a time.
 """
 
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import dagster as dg
+import pandas as pd
 import psycopg
 
-from recon_assets.core.corrections import Refusal, lock_wait_of
+from recon_assets.core.corrections import Refusal, lock_wait_of, refusal_of
 from recon_assets.core.cycle import reconciling_gate_verdict
+from recon_assets.defs.metadata import md_table
 from recon_assets.defs.partitions import profile_partitions
 from recon_assets.defs.runs import run_status
 from recon_assets.resources.database import PostgresStore
@@ -127,3 +133,106 @@ def check_partition(context: dg.OpExecutionContext, profile_id: str) -> None:
     if context.has_partition_key and context.partition_key != profile_id:
         raise dg.Failure(f"this run's partition is profile {context.partition_key} but its config "
                          f"names profile {profile_id}: one of them is wrong")
+
+
+@dataclass(frozen=True)
+class Application:
+    """One decision as a SQL call: the function, its arguments, and what a refusal records."""
+
+    function: str
+    params: dict
+    trade_id: str | None
+    client_order_id: str | None = None
+    evidence: dict = field(default_factory=dict)
+
+
+def apply_each(context: dg.OpExecutionContext, database: PostgresStore, *, profile: str,
+               dry_run: bool, max_age_s: float, handler: str, rows: Sequence[dict],
+               application: Callable[[dict], Application],
+               outcome: Callable[[dict], dict]) -> list[dict]:
+    """Apply `rows` of one profile in order, owning its reconciling gate (not in dry run, which
+    changes nothing, not even the gate). Each row is its own unit: a refusal or an error is
+    recorded in recon.corrections (and so escalated) and the others go on; lock contention ends
+    the profile's turn (the rest waits for the next cycle). `outcome(row)` is the row's line in
+    the run's table; its `status` becomes what the handler answered."""
+    outcomes: list[dict] = []
+    if not rows:
+        return outcomes
+    run_id = context.run.run_id
+    if not dry_run:
+        begin_gate(context, database, profile, run_id, max_age_s)
+    try:
+        for row in rows:
+            line = {**outcome(row), "status": "not_applied"}
+            call = application(row)
+            try:
+                result = call_under_lock(database, call.function, call.params, profile, run_id)
+                line["status"] = (result or {}).get("status", "applied")
+            except LockContention as exc:
+                line.update(status="lock_contention", reason=str(exc))
+                outcomes.append(line)
+                context.log.warning(str(exc))
+                break
+            except Exception as exc:  # noqa: BLE001 - one decision's failure never stops the others
+                refusal = refusal_of(exc)
+                record_refusal(context, database, run_id, profile, handler, refusal,
+                               call.trade_id, call.client_order_id, dry_run, call.evidence)
+                line.update(status=refusal.outcome, reason=refusal.reason)
+            outcomes.append(line)
+            context.log.info(f"{call.trade_id or call.client_order_id}: -> {line['status']}")
+    finally:
+        if not dry_run:
+            end_gate(context, database, profile, run_id)
+    return outcomes
+
+
+def report_outcomes(context: dg.OpExecutionContext, profile: str, outcomes: list[dict],
+                    columns: list[str], table: str, empty: str, metadata: dict) -> None:
+    """The run's table of outcomes and counts per status; lock contention fails the run (what is
+    left waits for the next cycle)."""
+    frame = pd.DataFrame(outcomes, columns=columns)
+    counts = frame["status"].value_counts().to_dict() if len(frame) else {}
+    context.add_output_metadata({**metadata, table: md_table(frame, empty),
+                                 **{f"status/{k}": int(v) for k, v in counts.items()}})
+    if counts.get("lock_contention"):
+        raise dg.Failure(f"a lock of {profile} was busy; the decision(s) left wait for the next "
+                         "cycle")
+
+
+def decisions_sensor(*, name: str, asset: str, job: dg.JobDefinition, op_name: str,
+                     profiles: Callable[[PostgresStore, str, str], list[str]],
+                     description: str) -> dg.SensorDefinition:
+    """A sensor that, on each new materialization of `asset` (one cycle of one account), launches
+    `job` for every profile `profiles(database, cycle_id, account)` names, from that cycle (the
+    run key makes it once per cycle and profile)."""
+    asset_key = dg.AssetKey(asset)
+
+    @dg.sensor(name=name, job=job, minimum_interval_seconds=15,
+               default_status=dg.DefaultSensorStatus.RUNNING, description=description)
+    def _sensor(context: dg.SensorEvaluationContext, database: PostgresStore):
+        after = int(context.cursor) if context.cursor else None
+        result = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=asset_key, after_storage_id=after), limit=100,
+            ascending=True)
+        requests: list[dg.RunRequest] = []
+        last = after
+        for record in result.records:
+            event = record.event_log_entry
+            account, cycle_id = event.dagster_event.partition, event.run_id
+            if account:
+                for profile in profiles(database, cycle_id, account):
+                    requests.append(dg.RunRequest(
+                        run_key=f"{job.name}:{cycle_id}:{profile}", partition_key=profile,
+                        run_config={"ops": {op_name: {"config": {
+                            "profile_id": profile, "cycle_id": cycle_id}}}},
+                        tags={"recon/profile": profile, "recon/cycle": cycle_id}))
+            last = record.storage_id
+        if last is None:
+            return dg.SkipReason(f"no {asset} materialization yet")
+        known = set(context.instance.get_dynamic_partitions(profile_partitions.name))
+        new = sorted({r.partition_key for r in requests} - known)
+        return dg.SensorResult(
+            run_requests=requests, cursor=str(last),
+            dynamic_partitions_requests=[profile_partitions.build_add_request(new)] if new else [])
+
+    return _sensor

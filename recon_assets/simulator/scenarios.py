@@ -15,7 +15,8 @@ test keys are `simkey<account>` / `simsecret<account>` (simulator-only credentia
 | entry_filled_behind_db | DB-open ENTRY order filled on the exchange (missing_from_exchange; reconcileEntryFill) |
 | entry_partially_filled | ENTRY partially filled, DB says 0 filled (qty_drift; reconcileEntryFill) |
 | cancelled_behind_db | DB-open order cancelled on the exchange (missing_from_exchange; reconcileCancel) |
-| exit_filled_behind_db | our EXIT filled, slice still open in DB (missing_from_exchange, ghost_slice; reconcileExitFill / EXIT backfill GO) |
+| exit_filled_behind_db | our EXIT filled, slice still open in DB (missing_from_exchange, ghost_slice; reconcileExitFill: the EXIT backfill leaves a DB order's fills to it) |
+| exit_order_lost | our EXIT filled, the DB never recorded the order (ghost_slice; EXIT backfill GO by its client_order_id) |
 | closed_manually | position closed from the web UI (ghost_slice, fill not attributable: backfill NO_GO, parity heartbeat) |
 | liquidated | position liquidated, EXIT order cancelled by it (ghost_slice, missing_from_exchange) |
 | missing_in_db | open orders the DB does not know: one of ours (adopt), one foreign (hands off) |
@@ -263,8 +264,19 @@ def _exit_filled_behind_db(b: _Builder, _base: dict) -> None:
     b.expect("missing_from_exchange", "acct1", "LINKUSDT", client_order_id=exit_ref.order.client_order_id,
              trade_id="t-a5", handler="reconcile_exit_fill")
     b.expect("ghost_slice", "acct1", "LINKUSDT", trade_id="t-a5", profile_id="alpha",
-             attributable=True, backfill="GO", evidence="exit fill of rc.ALP.t-a5.X1")
+             attributable=True, backfill="lifecycle",
+             evidence="exit fill of rc.ALP.t-a5.X1, an order the database holds")
     b.expect("position_drift", "acct1", "LINKUSDT", attributable=False, note=_DB_KEEPS_POSITION)
+
+
+def _exit_order_lost(b: _Builder, _base: dict) -> None:
+    b.trade("gamma", "t-g3", "LINKUSDT", "BUY", "20.00", "14.800")
+    exit_ref = b.order("gamma", "t-g3", "EXIT", "LINKUSDT", "SELL", "20.00", "15.200", in_db=False)
+    b.fill(exit_ref, in_sync=False)
+    b.expect("ghost_slice", "acct2", "LINKUSDT", trade_id="t-g3", profile_id="gamma",
+             attributable=True, backfill="GO",
+             evidence=f"exit fill of {exit_ref.order.client_order_id}, an order the database never recorded")
+    b.expect("position_drift", "acct2", "LINKUSDT", attributable=False, note=_DB_KEEPS_POSITION)
 
 
 def _closed_manually(b: _Builder, _base: dict) -> None:
@@ -351,6 +363,7 @@ _PIECES: dict[str, Callable[[_Builder, dict], None]] = {
     "entry_partially_filled": _entry_partially_filled,
     "cancelled_behind_db": _cancelled_behind_db,
     "exit_filled_behind_db": _exit_filled_behind_db,
+    "exit_order_lost": _exit_order_lost,
     "closed_manually": _closed_manually,
     "liquidated": _liquidated,
     "missing_in_db": _missing_in_db,

@@ -19,19 +19,19 @@ BEGIN
         cycle_id, exchange_account, symbol, exchange_fill_id, exchange_order_id, client_order_id,
         fill_side, fill_qty, fill_price, fee_usd, filled_at, profile_id, trade_id, slice_no,
         slice_side, slice_open_qty, slice_opened_at, candidate_slices, match_mode, strong,
-        decision, reason, idempotency_key, dry_run)
+        assignable, decision, reason, idempotency_key, dry_run)
     SELECT p_cycle_id, p_account, d.symbol, d.exchange_fill_id, d.exchange_order_id,
            d.client_order_id, d.fill_side, d.fill_qty, d.fill_price, d.fee_usd, d.filled_at,
            d.profile_id, d.trade_id, d.slice_no, d.slice_side, d.slice_open_qty,
            d.slice_opened_at, COALESCE(d.candidate_slices, '[]'::jsonb), d.match_mode,
-           COALESCE(d.strong, false), d.decision, d.reason, d.idempotency_key,
+           COALESCE(d.strong, false), COALESCE(d.assignable, false), d.decision, d.reason, d.idempotency_key,
            COALESCE(p_dry_run, false)
       FROM pg_catalog.jsonb_to_recordset(COALESCE(p_decisions, '[]'::jsonb)) AS d(
            symbol text, exchange_fill_id text, exchange_order_id text, client_order_id text,
            fill_side text, fill_qty numeric, fill_price numeric, fee_usd numeric,
            filled_at timestamptz, profile_id text, trade_id text, slice_no integer,
            slice_side text, slice_open_qty numeric, slice_opened_at timestamptz,
-           candidate_slices jsonb, match_mode text, strong boolean, decision text, reason text,
+           candidate_slices jsonb, match_mode text, strong boolean, assignable boolean, decision text, reason text,
            idempotency_key text);
     GET DIAGNOSTICS v_recorded = ROW_COUNT;
     RETURN pg_catalog.jsonb_build_object(

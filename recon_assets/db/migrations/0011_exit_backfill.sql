@@ -25,6 +25,7 @@ ALTER TABLE recon.backfill_decisions
     ADD COLUMN slice_opened_at   timestamptz,
     ADD COLUMN candidate_slices  jsonb NOT NULL DEFAULT '[]'::jsonb,
     ADD COLUMN strong            boolean NOT NULL DEFAULT false,
+    ADD COLUMN assignable        boolean NOT NULL DEFAULT false,
     ADD COLUMN idempotency_key   text,
     ADD COLUMN dry_run           boolean NOT NULL DEFAULT false;
 ALTER TABLE recon.backfill_decisions ADD CONSTRAINT backfill_decisions_match_mode_check

@@ -115,7 +115,7 @@ def correct_profile(context: dg.OpExecutionContext, config: LifecycleCorrectionC
                      f"mismatch(es) from cycle {cycle_id}; dry run {settings.position_parity_dry_run}")
     outcomes = []
     if rows:
-        profile, run_id = config.profile_id, context.run_id
+        profile, run_id = config.profile_id, context.run.run_id
         # Dry run is total: not even the trading state changes; decisions are only recorded.
         dry_run = settings.position_parity_dry_run
         if not dry_run:

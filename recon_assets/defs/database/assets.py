@@ -39,7 +39,7 @@ GATE_COLUMNS = ["profile_id", "owner", "owner_status", "age_s", "stale", "why", 
 def cycle_start(context: dg.AssetExecutionContext, settings: ReconSettings,
                         database: PostgresStore, alert_webhook: AlertWebhook) -> dg.Output[pd.DataFrame]:
     """The cycle's start: no other cycle of the account runs, and profiles a dead run left reconciling trade again."""
-    account, run_id = context.partition_key, context.run_id
+    account, run_id = context.partition_key, context.run.run_id
     others = other_running_runs(context.instance, CYCLE_JOB, account, run_id)
     if others:
         raise dg.Failure(f"cycle {', '.join(others)} of {account} is already running; this one "
@@ -109,7 +109,7 @@ def db_snapshot(context: dg.AssetExecutionContext, database: PostgresStore):
         frame = frames[part]
         # The stamp the diff checks its evidence by: when, and by which run (cycle).
         frame.attrs["read_at"] = read_at.isoformat()
-        frame.attrs["run_id"] = context.run_id
+        frame.attrs["run_id"] = context.run.run_id
         yield dg.Output(frame, output_name=name, metadata=_snapshot_metadata(name, frame))
 
 

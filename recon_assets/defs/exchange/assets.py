@@ -79,7 +79,7 @@ def exchange_snapshot(context: dg.AssetExecutionContext, exchange: ExchangeResou
         frame = frames[key]
         # The stamp the diff checks its evidence by: when the picture was taken, by which run.
         frame.attrs["read_at"] = read_at
-        frame.attrs["run_id"] = context.run_id
+        frame.attrs["run_id"] = context.run.run_id
         yield dg.Output(frame, output_name=key, metadata={
             "rows": len(frame),
             "notional_usd": round(float(frame["notional_usd"].sum()), 2),

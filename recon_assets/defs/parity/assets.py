@@ -4,10 +4,11 @@ the integrity watchdog and auto-resume that run in the same step (`core.watchdog
 import dagster as dg
 import pandas as pd
 
-from recon_assets.core.cycle import SnapshotStamp, evidence_problems
+from recon_assets.core.cycle import evidence_problems, frame_stamps
 from recon_assets.core.frames import json_records
 from recon_assets.core.parity import PARITY_CHECK_COLUMNS, ParityPolicy, Streak, parity_checks
 from recon_assets.core.rules import CLEARED, PARITY_DECISIONS
+from recon_assets.defs.metadata import md_table
 from recon_assets.defs.parity import watchdog
 from recon_assets.defs.partitions import exchange_account_partitions
 from recon_assets.defs.runs import previous_run_id
@@ -22,34 +23,20 @@ SHOWN_COLUMNS = ["profile_id", "trade_id", "slice_no", "symbol", "virtual_open_q
                  "exchange_qty", "mark_price", "attributable", "streak", "decision", "reason"]
 
 
-def _md(frame: pd.DataFrame, empty: str) -> dg.MetadataValue:
-    if not len(frame):
-        return dg.MetadataValue.md(empty)
-    shown = frame.astype(object).where(frame.notna(), "")
-    return dg.MetadataValue.md(shown.to_markdown(index=False, floatfmt=".8g"))
-
-
-def _stamp(name: str, frame: pd.DataFrame) -> SnapshotStamp:
-    read_at = frame.attrs.get("read_at")
-    return SnapshotStamp(name, "database" if name.startswith("db_") else "exchange",
-                         frame.attrs.get("run_id"),
-                         pd.Timestamp(read_at).floor("us").to_pydatetime() if read_at else None)
-
-
 @dg.asset(partitions_def=exchange_account_partitions, group_name="parity",
-          kinds={"pandas", "postgres"}, deps=["reconciliation_diff"])
+          kinds={"pandas", "postgres"}, deps=["reconciliation_diff", "exit_backfill_candidates"])
 def position_parity_heartbeat(context: dg.AssetExecutionContext, settings: ReconSettings,
                               database: PostgresStore, alert_webhook: AlertWebhook,
                               db_profiles: pd.DataFrame, db_trade_slices: pd.DataFrame,
                               exchange_positions: pd.DataFrame) -> dg.Output[pd.DataFrame]:
     """One check per open slice per cycle: ghosts confirmed N consecutive cycles are closed at the mark price, or quarantined when unattributed; the integrity watchdog pauses a profile whose drift exceeds its share of capital, and auto-resume lifts that pause."""
-    account, cycle_id = context.partition_key, context.run_id
+    account, cycle_id = context.partition_key, context.run.run_id
     store = ReconStore(database)
     if not store.cycle_succeeded(cycle_id, account):
         raise dg.Failure(f"the heartbeat checks a cycle: run {cycle_id} recorded no succeeded "
                          f"cycle of {account}; materialize it with reconciliation_diff")
-    stamps = [_stamp("db_profiles", db_profiles), _stamp("db_trade_slices", db_trade_slices),
-              _stamp("exchange_positions", exchange_positions)]
+    stamps = frame_stamps({"db_profiles": db_profiles, "db_trade_slices": db_trade_slices,
+                           "exchange_positions": exchange_positions})
     problems = evidence_problems(stamps, pd.Timestamp.now(tz="UTC").to_pydatetime(),
                                  settings.evidence_max_age_seconds,
                                  settings.evidence_max_apart_seconds)
@@ -119,8 +106,8 @@ def position_parity_heartbeat(context: dg.AssetExecutionContext, settings: Recon
         "watchdog/tripped_profiles": sorted(tripped),
         "watchdog/paused_now": list(gate.get("paused", [])),
         "watchdog/auto_resumed": [r["profile_id"] for r in resumes if r["resumed"]],
-        "watchdog": _md(verdicts[WATCHDOG_COLUMNS], "_no profile on this account_"),
-        "slices": _md(flagged[SHOWN_COLUMNS], "_every open slice is supported by the exchange_"),
-        "checks_behind_them": _md(history.drop(columns=["n"], errors="ignore"),
+        "watchdog": md_table(verdicts[WATCHDOG_COLUMNS], "_no profile on this account_"),
+        "slices": md_table(flagged[SHOWN_COLUMNS], "_every open slice is supported by the exchange_"),
+        "checks_behind_them": md_table(history.drop(columns=["n"], errors="ignore"),
                                   "_no slice is confirming, quarantined or blocked_"),
     })

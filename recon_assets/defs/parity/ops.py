@@ -2,13 +2,10 @@
 `resolve_quarantine` is an operator's end of a quarantine."""
 
 import dagster as dg
-import pandas as pd
 
-from recon_assets.core.corrections import refusal_of
 from recon_assets.core.rules import QUARANTINE_RESOLUTIONS, SYNTHETIC_EXIT
-from recon_assets.defs.apply import (LockContention, begin_gate, call_under_lock,
-                                     check_partition, end_gate, profile_partitioned_config,
-                                     record_refusal, resolve_cycle)
+from recon_assets.defs.apply import (Application, apply_each, check_partition,
+                                     profile_partitioned_config, report_outcomes, resolve_cycle)
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.recon_store import ReconStore
 from recon_assets.settings import ReconSettings
@@ -30,59 +27,37 @@ def apply_parity(context: dg.OpExecutionContext, config: PositionParityConfig,
                           settings.correction_max_cycle_age_seconds)
     rows = ReconStore(database).parity_decisions(cycle["cycle_id"], config.profile_id,
                                                  SYNTHETIC_EXIT)
-    profile, run_id, dry_run = config.profile_id, context.run_id, settings.position_parity_dry_run
+    profile, run_id, dry_run = config.profile_id, context.run.run_id, settings.position_parity_dry_run
     context.log.info(f"profile {profile}: {len(rows)} synthetic exit(s) decided in cycle "
                      f"{cycle['cycle_id']}; dry run {dry_run}")
-    outcomes = []
-    if rows:
-        if not dry_run:
-            begin_gate(context, database, profile, run_id, settings.reconciling_max_age_seconds)
-        try:
-            for row in rows:
-                outcome = {"trade_id": row["trade_id"], "slice_no": row["slice_no"],
-                           "qty": row["qty"], "price": row["price"], "status": "not_applied",
-                           "reason": row["reason"]}
-                try:
-                    result = call_under_lock(database, "recon_synthetic_exit", {
-                        "p_profile_id": profile, "p_cycle_id": run_id,
-                        "p_idempotency_key": row["idempotency_key"],
-                        "p_trade_id": row["trade_id"], "p_slice_no": row["slice_no"],
-                        "p_qty": row["qty"], "p_price": row["price"],
-                        "p_price_source": row["price_source"], "p_dry_run": dry_run,
-                        "p_exited_at": row["checked_at"].isoformat(),
-                        "p_evidence": {"check_id": row["check_id"],
-                                       "heartbeat_cycle_id": row["cycle_id"],
-                                       "streak": row["streak"],
-                                       "streak_started_cycle": row["streak_started_cycle"],
-                                       "rule": row["reason"]}}, profile, run_id)
-                    outcome["status"] = result.get("status", "applied")
-                except LockContention as exc:
-                    outcome.update(status="lock_contention", reason=str(exc))
-                    outcomes.append(outcome)
-                    break
-                except Exception as exc:  # noqa: BLE001 - one slice's failure never stops the others
-                    refusal = refusal_of(exc)
-                    record_refusal(context, database, run_id, profile, SYNTHETIC_EXIT, refusal,
-                                   row["trade_id"], None, dry_run,
-                                   {"check_id": row["check_id"], "slice_no": row["slice_no"],
-                                    "would_be_idempotency_key": row["idempotency_key"]})
-                    outcome.update(status=refusal.outcome, reason=refusal.reason)
-                outcomes.append(outcome)
-                context.log.info(f"{row['trade_id']}/{row['slice_no']}: -> {outcome['status']}")
-        finally:
-            if not dry_run:
-                end_gate(context, database, profile, run_id)
-    table = pd.DataFrame(outcomes, columns=["trade_id", "slice_no", "qty", "price", "status",
-                                            "reason"])
-    counts = table["status"].value_counts().to_dict() if len(table) else {}
-    context.add_output_metadata({
-        "profile_id": profile, "heartbeat_cycle_id": cycle["cycle_id"], "dry_run": dry_run,
-        "synthetic_exits": dg.MetadataValue.md(table.to_markdown(index=False) if len(table)
-                                               else "_nothing to close_"),
-        **{f"status/{k}": int(v) for k, v in counts.items()}})
-    if counts.get("lock_contention"):
-        raise dg.Failure(f"a lock of {profile} was busy; the synthetic exit(s) left wait for the "
-                         "next cycle")
+
+    def application(row: dict) -> Application:
+        return Application("recon_synthetic_exit", {
+            "p_profile_id": profile, "p_cycle_id": run_id,
+            "p_idempotency_key": row["idempotency_key"],
+            "p_trade_id": row["trade_id"], "p_slice_no": row["slice_no"],
+            "p_qty": row["qty"], "p_price": row["price"],
+            "p_price_source": row["price_source"], "p_dry_run": dry_run,
+            "p_exited_at": row["checked_at"].isoformat(),
+            "p_evidence": {"check_id": row["check_id"], "heartbeat_cycle_id": row["cycle_id"],
+                           "streak": row["streak"],
+                           "streak_started_cycle": row["streak_started_cycle"],
+                           "rule": row["reason"]}},
+            row["trade_id"], None,
+            {"check_id": row["check_id"], "slice_no": row["slice_no"],
+             "would_be_idempotency_key": row["idempotency_key"]})
+
+    outcomes = apply_each(
+        context, database, profile=profile, dry_run=dry_run,
+        max_age_s=settings.reconciling_max_age_seconds, handler=SYNTHETIC_EXIT, rows=rows,
+        application=application,
+        outcome=lambda row: {"trade_id": row["trade_id"], "slice_no": row["slice_no"],
+                             "qty": row["qty"], "price": row["price"], "reason": row["reason"]})
+    report_outcomes(context, profile, outcomes,
+                    ["trade_id", "slice_no", "qty", "price", "status", "reason"],
+                    "synthetic_exits", "_nothing to close_",
+                    {"profile_id": profile, "heartbeat_cycle_id": cycle["cycle_id"],
+                     "dry_run": dry_run})
     return {"cycle_id": cycle["cycle_id"], "outcomes": outcomes}
 
 
@@ -113,7 +88,7 @@ def resolve_quarantine_op(context: dg.OpExecutionContext, config: ResolveQuarant
                          f"{config.resolution!r}")
     row = ReconStore(database).resolve_quarantine(config.profile_id, config.trade_id,
                                                   config.slice_no, config.resolution,
-                                                  config.note, context.run_id)
+                                                  config.note, context.run.run_id)
     context.add_output_metadata({"profile_id": config.profile_id, "trade_id": config.trade_id,
                                  "slice_no": config.slice_no, "resolution": config.resolution,
                                  "note": config.note, "quarantined_since": str(row["created_at"])})

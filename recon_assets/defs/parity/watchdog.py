@@ -35,7 +35,7 @@ def record(context: dg.AssetExecutionContext, *, account: str, cycle_id: str,
            database: PostgresStore, webhook: AlertWebhook, verdicts: pd.DataFrame) -> dict:
     """Record the verdicts, pause each profile that tripped (one transaction), alert each pause."""
     result = WatchdogStore(database).record_watchdog(cycle_id, account, json_records(verdicts),
-                                                     context.run_id)
+                                                     context.run.run_id)
     by_profile = verdicts.set_index("profile_id")
     for profile in result.get("paused", []):
         v = by_profile.loc[profile]
@@ -100,7 +100,7 @@ def auto_resume(context: dg.AssetExecutionContext, *, account: str, cycle_id: st
                                    + ", ".join(decision.clean_cycle_ids),
                         "conditions": outlook(decision)["conditions"],
                         "judged_at": now.isoformat()}
-            result = store.auto_resume(gate.profile_id, cycle_id, context.run_id,
+            result = store.auto_resume(gate.profile_id, cycle_id, context.run.run_id,
                                        gate.paused_at, gate.last_auto_resume_at, evidence)
             outcome["resumed"] = result.get("status") == "applied"
             if outcome["resumed"]:

@@ -5,7 +5,7 @@ import json
 import dagster as dg
 import pandas as pd
 
-from recon_assets.core.cycle import SnapshotStamp, evidence_problems, evidence_time
+from recon_assets.core.cycle import evidence_problems, evidence_time, frame_stamps
 from recon_assets.core.diff import reconciliation_diff as compute_diff
 from recon_assets.core.rules import MISMATCH_KINDS, MISSING_FROM_EXCHANGE, MISSING_IN_DB
 from recon_assets.defs.partitions import exchange_account_partitions
@@ -34,7 +34,7 @@ def mismatch_records(diff: pd.DataFrame) -> list[dict]:
 
 
 def _run_start(context: dg.AssetExecutionContext) -> str:
-    stats = context.instance.get_run_stats(context.run_id)
+    stats = context.instance.get_run_stats(context.run.run_id)
     started = stats.start_time or stats.launch_time
     return pd.Timestamp(started, unit="s", tz="UTC").isoformat() if started else pd.Timestamp.now(tz="UTC").isoformat()
 
@@ -56,14 +56,6 @@ def diff_metadata(diff: pd.DataFrame, cycle_id: str) -> dict:
     return metadata
 
 
-def _stamps(frames: dict[str, pd.DataFrame]) -> list[SnapshotStamp]:
-    return [SnapshotStamp(name, "database" if name.startswith("db_") else "exchange",
-                          frame.attrs.get("run_id"),
-                          pd.Timestamp(frame.attrs["read_at"]).floor("us").to_pydatetime()
-                          if frame.attrs.get("read_at") else None)
-            for name, frame in frames.items()]
-
-
 @dg.asset(partitions_def=exchange_account_partitions, group_name="reconciliation",
           kinds={"pandas", "postgres"})
 def reconciliation_diff(
@@ -78,11 +70,11 @@ def reconciliation_diff(
     exchange_positions: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
     """Every way this account's database differs from the exchange, per profile, with the notional at stake."""
-    cycle_id = context.run_id
+    cycle_id = context.run.run_id
     frames = {"db_profiles": db_profiles, "db_orders": db_orders, "db_positions": db_positions,
               "db_trade_slices": db_trade_slices, "exchange_open_orders": exchange_open_orders,
               "exchange_positions": exchange_positions}
-    stamps = _stamps(frames)
+    stamps = frame_stamps(frames)
     problems = evidence_problems(stamps, pd.Timestamp.now(tz="UTC").to_pydatetime(),
                                  settings.evidence_max_age_seconds,
                                  settings.evidence_max_apart_seconds)

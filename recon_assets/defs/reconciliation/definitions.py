@@ -10,10 +10,12 @@ from recon_assets.resources.recon_store import ReconStore
 # One cycle = snapshots of both sides and the diff, for one account; its run id is the cycle id.
 reconciliation_cycle_job = dg.define_asset_job(
     "reconciliation_cycle",
-    selection=dg.AssetSelection.groups("database", "exchange", "reconciliation", "parity"),
+    selection=dg.AssetSelection.groups("database", "exchange", "reconciliation", "backfill",
+                                       "parity"),
     partitions_def=exchange_account_partitions,
     description="One reconciliation cycle for one exchange account: start it (no overlap, stale "
                 "reconciling gates restored), snapshot the database and the exchange, diff them, "
+                "find the exit fills that prove unrecorded exits (EXIT backfill, GO / NO_GO), "
                 "and check the parity of every open slice (the heartbeat).",
 )
 

@@ -38,7 +38,7 @@ def pause_profile_op(context: dg.OpExecutionContext, config: TradingGateConfig,
                      database: PostgresStore) -> dict:
     _reason(config)
     return _change(context, config,
-                   WatchdogStore(database).pause(config.profile_id, config.reason, context.run_id))
+                   WatchdogStore(database).pause(config.profile_id, config.reason, context.run.run_id))
 
 
 @dg.op(description="Resumes the profile, whatever paused it (the watchdog, an operator): "
@@ -48,7 +48,7 @@ def resume_profile_op(context: dg.OpExecutionContext, config: TradingGateConfig,
                       database: PostgresStore) -> dict:
     _reason(config)
     return _change(context, config,
-                   WatchdogStore(database).resume(config.profile_id, config.reason, context.run_id))
+                   WatchdogStore(database).resume(config.profile_id, config.reason, context.run.run_id))
 
 
 @dg.job(description="An operator pauses a profile (profile, reason).",
