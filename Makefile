@@ -9,8 +9,10 @@ $(STAMP): pyproject.toml scripts/bootstrap.sh
 
 bootstrap: $(STAMP)
 
+# The whole suite on two workers (this machine has 2 cores); a test file stays on one worker, so
+# a module's expensive fixture (the demo, the browser) starts once.
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n 2 --dist loadfile
 
 # While working: the pure core and the SQL functions (tiers unit and db), with a fifth of the
 # hypothesis examples, in well under a minute. CI runs `make test`.
