@@ -276,7 +276,7 @@ def run_once(stack: DemoStack) -> dict:
     silent = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="dagster")
-    summary: dict = {"cycles": [], "corrections": []}
+    summary: dict = {"cycles": [], "corrections": [], "backfills": []}
     # The demo's own instance, so these runs are in the UI's history next time.
     home = _prepare_dagster_home(stack.base, stack.sim.scenario)
     with dg.DagsterInstance.from_config(str(home)) as instance:
@@ -294,27 +294,41 @@ def run_once(stack: DemoStack) -> dict:
                                                       partition_key=request.partition_key,
                                                       run_config=silent, raise_on_error=False)
                 diff = result.output_for_node("reconciliation_diff")
+                candidates = result.output_for_node("exit_backfill_candidates")
                 watchdog = [e for e in result.get_asset_check_evaluations()
                             if e.check_name == "integrity_watchdog"]
                 summary["cycles"].append({
                     "label": label, "account": request.partition_key,
                     "by_kind": diff["kind"].value_counts().sort_index().to_dict(),
+                    "backfill": candidates[["profile_id", "trade_id", "client_order_id",
+                                            "fill_qty", "fill_price", "match_mode", "decision",
+                                            "reason"]].to_dict("records"),
                     "watchdog_tripped": watchdog[0].metadata["tripped_profiles"].value
                     if watchdog else None})
 
         cycle("before corrections")
-        sensor = defs.get_sensor_def("lifecycle_correction_sensor")
-        with dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(),
-                                     definitions=defs, resources={"database": store}) as context:
-            requests = sensor.evaluate_tick(context).run_requests
-        correction_job = defs.resolve_job_def("lifecycle_correction")
-        for request in requests:
-            result = correction_job.execute_in_process(run_config={**request.run_config, **quiet},
-                                                       instance=instance, tags=request.tags,
-                                                       partition_key=request.partition_key,
-                                                       raise_on_error=False)
-            outcomes = result.output_for_node("correct_profile")["outcomes"] if result.success else []
-            summary["corrections"] += [{"profile": request.tags["recon/profile"], **o} for o in outcomes]
+
+        def launch(sensor_name: str, job_name: str, op_name: str) -> list[dict]:
+            """Evaluate a sensor like the daemon does and run the jobs it requests."""
+            sensor = defs.get_sensor_def(sensor_name)
+            with dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(),
+                                         definitions=defs, resources={"database": store}) as ctx:
+                requests = sensor.evaluate_tick(ctx).run_requests
+            job = defs.resolve_job_def(job_name)
+            done = []
+            for request in requests:
+                result = job.execute_in_process(run_config={**request.run_config, **quiet},
+                                                instance=instance, tags=request.tags,
+                                                partition_key=request.partition_key,
+                                                raise_on_error=False)
+                outcomes = result.output_for_node(op_name)["outcomes"] if result.success else []
+                done += [{"profile": request.tags["recon/profile"], **o} for o in outcomes]
+            return done
+
+        summary["corrections"] = launch("lifecycle_correction_sensor", "lifecycle_correction",
+                                        "correct_profile")
+        summary["backfills"] = launch("exit_backfill_sensor", "exit_backfill",
+                                      "apply_exit_backfill")
         cycle("after corrections")
     summary["health"] = load_state(stack.dsn).health
     return summary
@@ -331,6 +345,17 @@ def print_summary(summary: dict) -> None:
     print("\n  corrections (runbook handler: outcome)")
     for o in summary["corrections"]:
         print(f"    {o['profile']:<6} {o['client_order_id']:<24} {o['handler']:<18} {o['status']:<12} {o['reason']}")
+    print("\n  EXIT backfill, first cycle (exit fill -> slice: decision by method)")
+    first = [c for c in summary["cycles"] if c["label"] == summary["cycles"][0]["label"]]
+    for c in first:
+        for b in c["backfill"]:
+            slice_ = f"{b['profile_id']}/{b['trade_id']}" if b["profile_id"] else "no slice"
+            print(f"    {c['account']} {str(b['client_order_id']):<24} {b['fill_qty']:g} @ "
+                  f"{b['fill_price']:g} -> {slice_:<12} {b['decision']:<6} "
+                  f"{b['match_mode'] or '-'}")
+    for o in summary["backfills"]:
+        print(f"    booked: {o['profile']:<6} {o['trade_id']:<8} fill {o['exchange_fill_id']} "
+              f"{o['status']}")
     print("\n  trading gate (profiles.trading_state; the trading app trades only while active)")
     for p in summary["health"].get("profiles", []):
         since = f" since {p['pausedAt']}" if p["pausedAt"] else ""
