@@ -26,6 +26,13 @@ from recon_assets.resources.recon_store import ReconStore
 from recon_assets.resources.trading_tables import TradingTables
 
 
+class ProfileCycleConfig(dg.Config):
+    """The config of a job that applies one profile's decisions of one cycle."""
+
+    profile_id: str
+    cycle_id: str = ""  # empty: the latest succeeded cycle of the profile's account
+
+
 class StaleCycleError(RuntimeError):
     """The cycle's snapshots are too old to act on."""
 

@@ -25,7 +25,6 @@ AS $$
 DECLARE
     h constant text := 'recon_exit_backfill';
     s public.trade_history%ROWTYPE;
-    pos public.positions%ROWTYPE;
     f recon.exchange_fills%ROWTYPE;
     v_account text;
     v_exit jsonb;
@@ -33,15 +32,7 @@ DECLARE
     v_inserted integer;
 BEGIN
     SELECT exchange_account INTO v_account FROM public.profiles WHERE id = p_profile_id;
-    SELECT * INTO s FROM public.trade_history
-     WHERE profile_id = p_profile_id AND trade_id = r->>'trade_id'
-       AND slice_no = (r->>'slice_no')::integer
-     FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = 'RCREF', DETAIL = 'slice_not_found',
-            MESSAGE = pg_catalog.format('%s: no slice %s of trade %s of profile %s',
-                                        h, r->>'slice_no', r->>'trade_id', p_profile_id);
-    END IF;
+    s := recon._lock_slice(h, p_profile_id, r->>'trade_id', (r->>'slice_no')::integer);
     SELECT * INTO f FROM recon.exchange_fills
      WHERE exchange_account = v_account AND symbol = r->>'symbol'
        AND exchange_fill_id = r->>'exchange_fill_id';
@@ -77,15 +68,7 @@ BEGIN
                 '%s: fill %s paid %s %s, which recon has not priced in USD yet; the next cycle looks again',
                 h, f.exchange_fill_id, f.fee_amount, f.fee_asset);
     END IF;
-    SELECT * INTO pos FROM public.positions
-     WHERE profile_id = p_profile_id AND symbol = s.symbol FOR UPDATE;
-    IF NOT FOUND OR pos.side <> s.side OR pos.qty < f.qty THEN
-        RAISE EXCEPTION USING ERRCODE = 'RCREF', DETAIL = 'position_would_flip',
-            MESSAGE = pg_catalog.format(
-                '%s: the database position of %s on %s (%s) cannot hold the exit of %s %s of trade %s; an operator must look at it',
-                h, p_profile_id, s.symbol, COALESCE(pos.side || ' ' || pos.qty::text, 'none'),
-                f.qty, s.side, s.trade_id);
-    END IF;
+    PERFORM recon._lock_position_for_exit(h, s, f.qty);
     v_exit := recon._exit_slice(h, s, f.qty, f.price, COALESCE(f.fee_usd, 0),
                                 'exit_fill_backfilled');
     v_position := recon._apply_position_delta(

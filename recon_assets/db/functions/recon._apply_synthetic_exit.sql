@@ -15,7 +15,6 @@ AS $$
 DECLARE
     h constant text := 'recon_synthetic_exit';
     s public.trade_history%ROWTYPE;
-    pos public.positions%ROWTYPE;
     v_qty numeric := (r->>'qty')::numeric;
     v_price numeric := (r->>'price')::numeric;
     v_account text;
@@ -26,15 +25,7 @@ BEGIN
     IF v_qty IS NULL OR v_qty <= 0 OR v_price IS NULL OR v_price <= 0 THEN
         RAISE EXCEPTION '%: a qty > 0 and a price > 0 are required (got %, %)', h, v_qty, v_price;
     END IF;
-    SELECT * INTO s FROM public.trade_history
-     WHERE profile_id = p_profile_id AND trade_id = r->>'trade_id'
-       AND slice_no = (r->>'slice_no')::integer
-     FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = 'RCREF', DETAIL = 'slice_not_found',
-            MESSAGE = pg_catalog.format('%s: no slice %s of trade %s of profile %s',
-                                        h, r->>'slice_no', r->>'trade_id', p_profile_id);
-    END IF;
+    s := recon._lock_slice(h, p_profile_id, r->>'trade_id', (r->>'slice_no')::integer);
     IF s.status <> 'open' OR s.virtual_open_qty <= 0 THEN
         RETURN pg_catalog.jsonb_build_object(
             'status', 'unchanged', 'trade_id', s.trade_id,
@@ -46,16 +37,7 @@ BEGIN
                 '%s: slice %s of trade %s has %s open, the heartbeat checked %s: it changed since; the next cycle checks again',
                 h, s.slice_no, s.trade_id, s.virtual_open_qty, v_qty);
     END IF;
-    SELECT * INTO pos FROM public.positions
-     WHERE profile_id = p_profile_id AND symbol = s.symbol FOR UPDATE;
-    IF NOT FOUND OR pos.side <> s.side OR pos.qty < s.virtual_open_qty THEN
-        RAISE EXCEPTION USING ERRCODE = 'RCREF', DETAIL = 'position_would_flip',
-            MESSAGE = pg_catalog.format(
-                '%s: the database position of %s on %s (%s) cannot hold the exit of %s %s of trade %s; an operator must look at it',
-                h, p_profile_id, s.symbol,
-                COALESCE(pos.side || ' ' || pos.qty::text, 'none'), s.virtual_open_qty, s.side,
-                s.trade_id);
-    END IF;
+    PERFORM recon._lock_position_for_exit(h, s, s.virtual_open_qty);
     v_qty := s.virtual_open_qty;  -- the database's exact qty
     v_exit := recon._exit_slice(h, s, v_qty, v_price, 0, 'parity_synthetic_exit');
     v_position := recon._apply_position_delta(

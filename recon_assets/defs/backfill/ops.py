@@ -5,7 +5,7 @@ recorded, and for an approval applied through the same handler."""
 import dagster as dg
 
 from recon_assets.core.rules import APPROVE, EXIT_BACKFILL, GO, REJECT
-from recon_assets.defs.apply import (Application, apply_each, check_partition,
+from recon_assets.defs.apply import (Application, ProfileCycleConfig, apply_each, check_partition,
                                      profile_partitioned_config, report_outcomes, resolve_cycle)
 from recon_assets.resources.backfill_store import BackfillStore
 from recon_assets.resources.database import PostgresStore
@@ -33,16 +33,11 @@ def _outcome(row: dict) -> dict:
     return {k: row[k] for k in OUTCOME_COLUMNS if k in row and k != "status"}
 
 
-class ExitBackfillConfig(dg.Config):
-    profile_id: str
-    cycle_id: str = ""  # empty: the latest succeeded cycle of the profile's account
-
-
 @dg.op(description="Books each exit fill the cycle's EXIT backfill decided GO for the profile "
                    "through recon_exit_backfill: the real fill's price, time, fee and id, exactly "
                    "once, under the profile's reconciliation lock.",
        tags={"kind": "postgres"})
-def apply_exit_backfill(context: dg.OpExecutionContext, config: ExitBackfillConfig,
+def apply_exit_backfill(context: dg.OpExecutionContext, config: ProfileCycleConfig,
                         settings: ReconSettings, database: PostgresStore) -> dict:
     check_partition(context, config.profile_id)
     cycle = resolve_cycle(database, config.profile_id, config.cycle_id,

@@ -23,18 +23,13 @@ import pandas as pd
 from recon_assets.core.corrections import (ENTRY_FILL, EXIT_FILL, ProbeFailure,
                                            decide_missing_from_exchange, refusal_of)
 from recon_assets.core.rules import ACTIONABLE_KINDS
-from recon_assets.defs.apply import (LockContention, begin_gate, call_under_lock,
-                                     check_partition, end_gate, profile_partitioned_config,
-                                     record_refusal, resolve_cycle)
+from recon_assets.defs.apply import (LockContention, ProfileCycleConfig, begin_gate,
+                                     call_under_lock, check_partition, end_gate,
+                                     profile_partitioned_config, record_refusal, resolve_cycle)
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.exchange import ExchangeFetchError, ExchangeResource
 from recon_assets.resources.recon_store import ReconStore
 from recon_assets.settings import ReconSettings
-
-
-class LifecycleCorrectionConfig(dg.Config):
-    profile_id: str
-    cycle_id: str = ""  # empty: the latest succeeded cycle of the profile's account
 
 
 def _probe_failure(exc: Exception) -> ProbeFailure:
@@ -103,7 +98,7 @@ def _correct_order(context, database, session, row, cycle_id, run_id, dry_run) -
                    "under the profile's reconciliation lock; an order that is refused or fails is "
                    "recorded and escalated, and the others go on.",
        tags={"kind": "postgres"})
-def correct_profile(context: dg.OpExecutionContext, config: LifecycleCorrectionConfig,
+def correct_profile(context: dg.OpExecutionContext, config: ProfileCycleConfig,
                     settings: ReconSettings, database: PostgresStore,
                     exchange: ExchangeResource) -> dict:
     check_partition(context, config.profile_id)

@@ -4,23 +4,18 @@
 import dagster as dg
 
 from recon_assets.core.rules import QUARANTINE_RESOLUTIONS, SYNTHETIC_EXIT
-from recon_assets.defs.apply import (Application, apply_each, check_partition,
+from recon_assets.defs.apply import (Application, ProfileCycleConfig, apply_each, check_partition,
                                      profile_partitioned_config, report_outcomes, resolve_cycle)
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.recon_store import ReconStore
 from recon_assets.settings import ReconSettings
 
 
-class PositionParityConfig(dg.Config):
-    profile_id: str
-    cycle_id: str = ""  # empty: the latest succeeded cycle of the profile's account
-
-
 @dg.op(description="Closes each slice the cycle's heartbeat decided to close synthetically (its "
                    "Nth consecutive attributed sighting) through recon_synthetic_exit, at the "
                    "snapshot's mark price, exactly once, under the profile's reconciliation lock.",
        tags={"kind": "postgres"})
-def apply_parity(context: dg.OpExecutionContext, config: PositionParityConfig,
+def apply_parity(context: dg.OpExecutionContext, config: ProfileCycleConfig,
                  settings: ReconSettings, database: PostgresStore) -> dict:
     check_partition(context, config.profile_id)
     cycle = resolve_cycle(database, config.profile_id, config.cycle_id,
