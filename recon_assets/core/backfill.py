@@ -8,8 +8,8 @@ qty); the exchange holds its position in that direction (nothing when flat or th
 know: the open slices there are candidates, and so is every fill of the symbol in the exchange
 fills window on the opposite side (a sell exits a long), not booked in `applied_fills`. Fills of
 an order the database holds are left to that order's lifecycle correction (reconcileExitFill
-probes the order and books them); fills newer than the database read minus the recency guard are
-looked at next cycle.
+probes the order and books them); fills newer than the database read minus the recency guard, and
+a symbol and side whose slices the trading app changed in that moment, are looked at next cycle.
 
 **How a fill is tied to a slice**, strongest first (`rules.STRONG_MATCH_METHODS`):
 
@@ -116,6 +116,7 @@ class BackfillResult:
     shortfalls: pd.DataFrame  # SHORTFALL_COLUMNS, one row per symbol and side with a shortfall
     left_to_lifecycle: list[str] = field(default_factory=list)  # fills of orders the DB holds
     held_recent: list[str] = field(default_factory=list)  # fills newer than the recency cutoff
+    held_slices: list[str] = field(default_factory=list)  # slices changed a moment before the read
 
 
 def exit_backfill_key(profile_id: str, trade_id: str, slice_no: int, account: str, symbol: str,
@@ -137,6 +138,7 @@ class _Slice:
     open_qty: float
     opened_at: pd.Timestamp | None
     left: float  # open qty not yet taken by a fill this cycle
+    updated_at: pd.Timestamp | None = None
 
     @property
     def label(self) -> str:
@@ -216,9 +218,13 @@ def exit_backfill_decisions(*, cycle_id: str, account: str, slices: pd.DataFrame
     open_rows = slices[(slices["status"] == OPEN_SLICE_STATUS) & (slices["virtual_open_qty"] > 0)]
     open_slices = sorted(
         (_Slice((r.profile_id, r.trade_id, int(r.slice_no)), r.symbol, r.side,
-                float(r.virtual_open_qty), _time(r.opened_at), float(r.virtual_open_qty))
+                float(r.virtual_open_qty), _time(r.opened_at), float(r.virtual_open_qty),
+                _time(r.updated_at))
          for r in open_rows.itertuples()), key=lambda s: s.key)
     positions = {r.symbol: r for r in exchange_positions.itertuples()}
+    cutoff = (pd.Timestamp(db_read_at) - pd.Timedelta(seconds=float(recency_guard_s))
+              if db_read_at is not None else None)
+    held_slices: list[str] = []
 
     # Shortfalls: per symbol and side, what the open slices claim beyond what the exchange holds.
     groups: dict[tuple[str, str], list[_Slice]] = {}
@@ -241,10 +247,17 @@ def exit_backfill_decisions(*, cycle_id: str, account: str, slices: pd.DataFrame
                                    "exchange_qty": held, "shortfall_qty": claimed - held,
                                    "go_qty": 0.0, "slices": [s.label for s in members]})
 
+    if cutoff is not None:  # the recency guard: a side whose slices just changed waits a cycle
+        for symbol, side in list(room):
+            changed = [s for s in groups[(symbol, side)] if s.updated_at is not None
+                       and s.updated_at > cutoff]
+            if changed:
+                del room[(symbol, side)]
+                held_slices.extend(s.label for s in changed)
+                shortfall_rows = [r for r in shortfall_rows
+                                  if (r["symbol"], r["side"]) != (symbol, side)]
     db_ids = {str(v) for column in ("client_order_id", "exchange_order_id")
               for v in orders[column].dropna()} if len(orders) else set()
-    cutoff = (pd.Timestamp(db_read_at) - pd.Timedelta(seconds=float(recency_guard_s))
-              if db_read_at is not None else None)
     candidates: list[_Fill] = []
     left_to_lifecycle: list[str] = []
     held_recent: list[str] = []
@@ -295,7 +308,8 @@ def exit_backfill_decisions(*, cycle_id: str, account: str, slices: pd.DataFrame
         for i, s in shortfalls.iterrows():
             mine = go[(go["symbol"] == s["symbol"]) & (go["slice_side"] == s["side"])]
             shortfalls.at[i, "go_qty"] = float(mine["fill_qty"].sum())
-    return BackfillResult(decisions, shortfalls, sorted(left_to_lifecycle), sorted(held_recent))
+    return BackfillResult(decisions, shortfalls, sorted(left_to_lifecycle), sorted(held_recent),
+                          sorted(held_slices))
 
 
 def _strong_match(fill: _Fill, group: list[_Slice], profile_of_tag: Mapping[str, str],

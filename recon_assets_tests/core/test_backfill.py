@@ -149,6 +149,11 @@ def test_no_shortfall_no_candidates_and_booked_db_order_and_recent_fills_are_not
     recent = fill(0.5, coid="rc.P1.t1.X1", at=READ_AT - pd.Timedelta(seconds=1))
     result = run(slices, flat(), [recent])
     assert result.decisions.empty and result.held_recent == [recent["exchange_fill_id"]]
+    # A side whose slices the trading app changed a moment before the read waits a cycle.
+    just_changed = [trade_slice("p1", "t1", 0.5, updated_at=READ_AT - pd.Timedelta(seconds=1))]
+    result = run(just_changed, flat(), [fill(0.5, coid="rc.P1.t1.X1")])
+    assert result.decisions.empty and result.held_slices == ["p1/t1/1"]
+    assert result.shortfalls.empty
     # A fill on the slice's own side is no exit.
     assert run(slices, flat(), [fill(0.5, coid="rc.P1.t1.X1", side="buy")]).decisions.empty
 

@@ -74,6 +74,7 @@ def exit_backfill_candidates(context: dg.AssetExecutionContext, settings: ReconS
         "grace_minutes": float(policy.grace_minutes),
         "fills_left_to_lifecycle_correction": len(result.left_to_lifecycle),
         "fills_held_recent": len(result.held_recent),
+        "slices_held_recent": len(result.held_slices),
         "decisions": md_table(decisions[SHOWN_COLUMNS], "_no candidate exit fill: every open "
                                                         "slice's exits are in the database_"),
         "shortfalls": md_table(result.shortfalls, "_no open slice claims more than the exchange "
