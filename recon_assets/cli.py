@@ -12,6 +12,7 @@ from recon_assets.resources.database import redact_dsn
 
 def _migrate(args: argparse.Namespace) -> int:
     from recon_assets.db.migrate import REPEATABLE_PREFIX, MigrationError, migrate
+    from recon_assets.resources.database import DatabaseUnavailable
 
     dsn = args.dsn or os.environ.get("RECON_DATABASE_URL")
     if not dsn:
@@ -19,7 +20,8 @@ def _migrate(args: argparse.Namespace) -> int:
         return 2
     try:
         applied = migrate(dsn)
-    except MigrationError as exc:
+    except (MigrationError, DatabaseUnavailable) as exc:
+        # One line, no traceback: the message names host:port/db, never the URL's secrets.
         print(f"recon migrate: {exc}", file=sys.stderr)
         return 1
     target = redact_dsn(dsn)

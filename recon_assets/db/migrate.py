@@ -34,6 +34,8 @@ from importlib import resources
 
 import psycopg
 
+from recon_assets.resources.database import open_connection
+
 # Arbitrary constant shared by every migrator of this project.
 _MIGRATION_LOCK_ID = 0x7265636F6E  # "recon"
 REPEATABLE_PREFIX = "R:"
@@ -132,7 +134,7 @@ def migrate(dsn: str) -> list[str]:
     """Apply every pending migration, then the repeatable SQL if anything changed, to the
     database at `dsn`; return what was applied (migration versions, then `R:<file>`)."""
     applied_now: list[str] = []
-    with psycopg.connect(dsn, autocommit=False) as conn:
+    with open_connection(dsn, autocommit=False) as conn:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_ID,))
             _ensure_bookkeeping(conn)

@@ -59,7 +59,8 @@ from psycopg.rows import dict_row
 from recon_assets.core.rules import (APPLIED, CYCLE_FAILED, CYCLE_SUCCEEDED,
                                      MISSING_FROM_EXCHANGE, MISSING_IN_DB, PAUSED, SYNTHETIC_EXIT,
                                      WATCHDOG_PAUSE_SOURCE)
-from recon_assets.resources.database import redact_dsn
+from recon_assets.resources.database import (DatabaseUnavailable, connection_failure,
+                                             open_connection, redact_dsn)
 
 # The runbook's /internal/health fields, in the runbook's order.
 RUNBOOK_FIELDS = (
@@ -255,37 +256,23 @@ def read_state(conn: psycopg.Connection, stale_after_s: float = DEFAULT_STALE_AF
     })
 
 
-def _reason(exc: BaseException, dsn: str) -> str:
-    """The last line of a psycopg error, with anything from the DSN's userinfo removed."""
-    text = str(exc).strip()
-    reason = text.splitlines()[-1] if text else type(exc).__name__
-    try:
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(dsn)
-        for secret in (parts.password, parts.username):
-            if secret:
-                reason = reason.replace(secret, "<redacted>")
-    except ValueError:
-        pass
-    return reason
-
-
 def load_state(dsn: str, stale_after_s: float = DEFAULT_STALE_AFTER_S,
                connect_timeout_s: int = 5, statement_timeout_ms: int = 10_000) -> ReconState:
     """Read the state in one read-only REPEATABLE READ transaction; raises `HealthUnavailable`
     (never with the DSN's user or password) when the database cannot be read."""
     try:
-        with psycopg.connect(dsn, row_factory=dict_row, connect_timeout=connect_timeout_s,
+        with open_connection(dsn, row_factory=dict_row, connect_timeout=connect_timeout_s,
                              application_name="recon-health",
                              options=f"-c statement_timeout={statement_timeout_ms}") as conn:
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             conn.read_only = True
             return read_state(conn, stale_after_s)
+    except DatabaseUnavailable as exc:
+        raise HealthUnavailable(str(exc)) from None
     except psycopg.Error as exc:
         raise HealthUnavailable(
-            f"cannot read the reconciliation state from {redact_dsn(dsn)}: {_reason(exc, dsn)}"
-        ) from None
+            f"cannot read the reconciliation state from {redact_dsn(dsn)}: "
+            f"{connection_failure(dsn, exc).reason}") from None
 
 
 def unavailable_health(error: str, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> dict[str, Any]:

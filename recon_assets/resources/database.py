@@ -32,6 +32,54 @@ def redact_dsn(dsn: str) -> str:
 
 
 _SQL_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+class DatabaseUnavailable(ConnectionError):
+    """The database could not be reached; the message names host:port/db and the reason, never
+    the URL, its user or its password."""
+
+    def __init__(self, where: str, reason: str):
+        super().__init__(f"cannot connect to the database at {where}: {reason}")
+        self.where, self.reason = where, reason
+
+
+def connection_failure(dsn: str, exc: BaseException | None = None) -> DatabaseUnavailable:
+    """The one way a failed connection is reported, in every entry point (`recon migrate`,
+    `recon health`, the Dagster resources): `cannot connect to the database at host:port/db:
+    <reason>`. psycopg quotes the connection string in some messages (a malformed URL), so the
+    reason is rebuilt from its words with every part of the URL taken out."""
+    try:
+        parts = urlsplit(dsn)
+        scheme = parts.scheme
+        secrets = [dsn, parts.password, parts.netloc, parts.username]
+    except ValueError:
+        scheme, secrets = "", [dsn]
+    if scheme not in _POSTGRES_SCHEMES:
+        reason = (f"not a postgresql:// URL (its scheme is {scheme!r})" if scheme and
+                  re.fullmatch(r"[a-z][a-z0-9+.-]{0,20}", scheme)
+                  else "not a postgresql:// URL (no scheme)")
+    else:
+        text = str(exc or "").strip()
+        for secret in sorted((x for x in secrets if x), key=len, reverse=True):
+            text = text.replace(secret, "***")
+        first = text.splitlines()[0] if text else (type(exc).__name__ if exc else "unknown")
+        # "connection failed: connection to server at "h", port 1 failed: Connection refused"
+        reason = first.rsplit("failed: ", 1)[-1] if "failed: " in first else first
+        reason = re.sub(r"^(FATAL|ERROR):\s*", "", reason.strip())
+        reason = re.sub(r"\s+", " ", reason).strip().rstrip(".")
+        if reason[:1].isupper() and not reason[1:2].isupper():
+            reason = reason[0].lower() + reason[1:]
+    return DatabaseUnavailable(redact_dsn(dsn), reason)
+
+
+def open_connection(dsn: str, **kwargs: Any) -> psycopg.Connection:
+    """psycopg.connect, with any failure to connect reported by `connection_failure`."""
+    try:
+        return psycopg.connect(dsn, **kwargs)
+    except (psycopg.OperationalError, psycopg.ProgrammingError, psycopg.InterfaceError,
+            ValueError) as exc:
+        raise connection_failure(dsn, exc) from None
 
 
 @runtime_checkable
@@ -79,16 +127,11 @@ class PostgresStore(dg.ConfigurableResource):
     @contextmanager
     def connect(self, autocommit: bool = False) -> Iterator[psycopg.Connection]:
         """A connection with dict rows; errors never echo the DSN."""
-        try:
-            conn = psycopg.connect(
-                self.dsn, autocommit=autocommit, row_factory=dict_row,
-                connect_timeout=self.connect_timeout_s, application_name="recon-assets",
-                options=f"-c statement_timeout={self.statement_timeout_ms} "
-                        f"-c lock_timeout={self.lock_timeout_ms}")
-        except psycopg.OperationalError as exc:
-            # psycopg's message names host and user but not the password; keep only its reason.
-            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            raise ConnectionError(f"cannot connect to the database at {self.describe()}: {reason}") from None
+        conn = open_connection(
+            self.dsn, autocommit=autocommit, row_factory=dict_row,
+            connect_timeout=self.connect_timeout_s, application_name="recon-assets",
+            options=f"-c statement_timeout={self.statement_timeout_ms} "
+                    f"-c lock_timeout={self.lock_timeout_ms}")
         with conn:
             yield conn
 

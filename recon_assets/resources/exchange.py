@@ -291,11 +291,19 @@ def response_age_s(headers: Any, now: float | None = None) -> float:
     return max(age, 0.0)
 
 
-_SIGNATURE_RE = re.compile(r"(signature=)[0-9a-fA-F]+")
+# What a ccxt error may quote of a signed request: its signature, and a key or secret by name.
+_SECRET_PARAMS = re.compile(
+    r"((?:signature|apikey|api_key|secret|x-mbx-apikey)\"?\s*[=:]\s*\"?)[^&\s\"',}]+", re.I)
 
 
-def _scrub(message: str) -> str:
-    return _SIGNATURE_RE.sub(r"\1<redacted>", message)
+def scrub_exchange_error(message: str, *secrets: str | None) -> str:
+    """The one scrub of every exchange error before it is raised, logged or stored: the request
+    signature and any key or secret named in it, and the literal `secrets` (the account's API key
+    and secret) wherever they appear."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            message = message.replace(secret, "<redacted>")
+    return _SECRET_PARAMS.sub(r"\1<redacted>", message)
 
 
 # ---- the ccxt client -------------------------------------------------------------------------
@@ -410,6 +418,10 @@ class ExchangeSession:
         self._sleep = sleep
         self._prices: dict[tuple[str, int], Decimal | None] = {}
 
+    def _scrub(self, exc: BaseException) -> str:
+        return scrub_exchange_error(str(exc), getattr(self.client, "apiKey", None),
+                                    getattr(self.client, "secret", None))
+
     # The retry policy.
     def call(self, label: str, fn, *args, **kwargs):
         """Run one ccxt read with retries; raise ExchangeFetchError (naming the account and the
@@ -425,7 +437,7 @@ class ExchangeSession:
             except ccxt.AuthenticationError as exc:
                 raise ExchangeFetchError(
                     f"{self.account}: {label}: the exchange rejected the credentials "
-                    f"({type(exc).__name__}: {_scrub(str(exc))}); check RECON_EXCHANGE_CREDENTIALS "
+                    f"({type(exc).__name__}: {self._scrub(exc)}); check RECON_EXCHANGE_CREDENTIALS "
                     f"for this account") from None
             except ccxt.BaseError as exc:
                 status = getattr(self.client, "recon_last_status", None)
@@ -434,7 +446,7 @@ class ExchangeSession:
                     status is not None and status >= 500)
                 if not retryable:
                     raise ExchangeFetchError(f"{self.account}: {label} failed: {type(exc).__name__}: "
-                                             f"{_scrub(str(exc))}") from None
+                                             f"{self._scrub(exc)}") from None
                 wait = min(res.backoff_max_s, res.backoff_initial_s * 2 ** (attempt - 1))
                 wait *= 1 + 0.25 * random.random()
                 retry_after = getattr(self.client, "recon_retry_after", None)
@@ -448,7 +460,7 @@ class ExchangeSession:
                            else f"{attempt} attempts")
                     raise ExchangeFetchError(
                         f"{self.account}: {label} failed after {why}: {type(exc).__name__}: "
-                        f"{_scrub(str(exc))}") from None
+                        f"{self._scrub(exc)}") from None
                 self.stats.retries += 1
                 self._sleep(wait)
 

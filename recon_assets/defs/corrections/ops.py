@@ -17,6 +17,8 @@ The job is partitioned by profile: a launch from the Launchpad picks the profile
 partition, and the run carries the `recon/profile` tag the run queue limits to one.
 """
 
+import dataclasses
+
 import dagster as dg
 import pandas as pd
 
@@ -27,16 +29,21 @@ from recon_assets.defs.apply import (LockContention, ProfileCycleConfig, begin_g
                                      call_under_lock, check_partition, end_gate,
                                      profile_partitioned_config, record_refusal, resolve_cycle)
 from recon_assets.resources.database import PostgresStore
-from recon_assets.resources.exchange import ExchangeFetchError, ExchangeResource
+from recon_assets.resources.exchange import (ExchangeFetchError, ExchangeResource,
+                                             scrub_exchange_error)
 from recon_assets.resources.recon_store import ReconStore
 from recon_assets.settings import ReconSettings
 
 
 def _probe_failure(exc: Exception) -> ProbeFailure:
-    # ExchangeSession re-raises ccxt errors as ExchangeFetchError (no credentials in the text);
-    # the ccxt error it replaced is kept as the context, and that is what classifies the failure.
-    original = exc.__context__ if isinstance(exc, ExchangeFetchError) and exc.__context__ else exc
-    return ProbeFailure.from_exception(original)
+    # ExchangeSession re-raises ccxt errors as ExchangeFetchError, whose text is scrubbed; the
+    # ccxt error it replaced (kept as the context) classifies the failure, but its own text may
+    # quote the signed request, so the message is the scrubbed one.
+    if isinstance(exc, ExchangeFetchError) and exc.__context__ is not None:
+        failure = ProbeFailure.from_exception(exc.__context__)
+        return dataclasses.replace(
+            failure, message=f"{type(exc.__context__).__name__}: {scrub_exchange_error(str(exc))}")
+    return ProbeFailure.from_exception(exc)
 
 
 def probe_order(session, order: dict) -> tuple[dict | ProbeFailure, list[dict]]:
