@@ -9,10 +9,13 @@ so an alert is raised once per situation however often the sensor evaluates.
 
 import hashlib
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 import pandas as pd
 
-from recon_assets.core.rules import ESCALATION_PERSISTENCE_RUNS, RECONCILIATION_LOCK
+from recon_assets.core.rules import (ALERT_DELIVERED, ALERT_GIVEN_UP, ALERT_MAX_ATTEMPTS,
+                                     ALERT_PENDING, ALERT_RETRY_FIRST_S, ALERT_RETRY_MAX_S,
+                                     ESCALATION_PERSISTENCE_RUNS, RECONCILIATION_LOCK)
 
 # What makes two findings in different cycles "the same mismatch".
 MISMATCH_IDENTITY = ["kind", "profile_id", "exchange_account", "symbol", "client_order_id",
@@ -27,6 +30,27 @@ class Alert:
     exchange_account: str | None = None
     profile_id: str | None = None
     details: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeliveryVerdict:
+    """Where an alert's delivery stands after one attempt."""
+
+    status: str  # rules.ALERT_DELIVERY_STATUSES
+    next_attempt_at: datetime | None
+
+
+def after_delivery_attempt(attempts: int, delivered: bool, now: datetime,
+                           max_attempts: int = ALERT_MAX_ATTEMPTS) -> DeliveryVerdict:
+    """After attempt number `attempts` (1 for the first post): delivered (the webhook answered
+    2xx), else pending with the next attempt 30 s, 60 s, 120 s, ... (at most an hour) later, or
+    given up after `max_attempts`."""
+    if delivered:
+        return DeliveryVerdict(ALERT_DELIVERED, None)
+    if attempts >= max_attempts:
+        return DeliveryVerdict(ALERT_GIVEN_UP, None)
+    wait = min(ALERT_RETRY_MAX_S, ALERT_RETRY_FIRST_S * 2 ** (attempts - 1))
+    return DeliveryVerdict(ALERT_PENDING, now + timedelta(seconds=wait))
 
 
 def persistent_mismatches(mismatches: pd.DataFrame, cycles: pd.DataFrame,
@@ -60,7 +84,9 @@ def persistent_mismatches(mismatches: pd.DataFrame, cycles: pd.DataFrame,
             reason="persistent_mismatch",
             exchange_account=account,
             summary=(f"{len(persistent)} mismatch(es) on {account} still present after {runs} "
-                     f"reconciliation runs ({', '.join(f'{k}: {v}' for k, v in by_kind.items())})"),
+                     f"reconciliation runs; profiles "
+                     f"{', '.join(sorted(persistent['profile_id'].dropna().unique())) or 'none'}; "
+                     f"{', '.join(f'{k}: {v}' for k, v in by_kind.items())}"),
             details={"cycles": list(last["cycle_id"]), "by_kind": by_kind,
                      "profiles": sorted(persistent["profile_id"].dropna().unique().tolist()),
                      "notional_usd": float(persistent["notional_usd"].sum())
@@ -163,8 +189,12 @@ def unknown_fills(fills: pd.DataFrame, known_order_ids: set[str], account: str) 
     if unknown.empty:
         return []
     ids = unknown["exchange_fill_id"].astype(str).tolist()
+    # The set itself (fill ids are unique per symbol only), so two different sets never share
+    # a key, whatever their sizes and last ids.
+    fills_set = sorted(f"{symbol}|{fill}" for symbol, fill in zip(unknown["symbol"], ids))
+    digest = hashlib.sha256("\n".join(fills_set).encode()).hexdigest()[:24]
     return [Alert(
-        dedup_key=f"unknown_fill:{account}:{ids[-1]}:{len(ids)}",
+        dedup_key=f"unknown_fill:{account}:{digest}",
         reason="unknown_fill", exchange_account=account,
         summary=f"{len(ids)} exchange fill(s) on {account} match no order in the database",
         details={"exchange_fill_ids": ids[:50], "symbols": sorted(unknown["symbol"].unique().tolist()),

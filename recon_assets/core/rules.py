@@ -116,6 +116,12 @@ APPROVE, REJECT = BACKFILL_VERDICTS = ("approve", "reject")
 ALERT_REASONS = ("persistent_mismatch", "lock_contention", "unknown_fill", "failed_cycle",
                  "correction_refused", "failed_correction_run", "stale_reconciling",
                  "watchdog_pause", "auto_resume")
+# Where an alert's delivery stands (recon.alerts.delivery_status): posted and answered 2xx, waiting
+# for its next attempt, no webhook configured, or given up after the last attempt.
+(ALERT_PENDING, ALERT_DELIVERED, ALERT_NOT_CONFIGURED,
+ ALERT_GIVEN_UP) = ALERT_DELIVERY_STATUSES = ("pending", "delivered", "not_configured", "given_up")
+# Retries of a failed post: the first after 30 s, doubling, at most an hour apart, 10 in all.
+ALERT_RETRY_FIRST_S, ALERT_RETRY_MAX_S, ALERT_MAX_ATTEMPTS = 30, 3600, 10
 # The runbook: "Mismatch metrics stay elevated after two reconciliation runs".
 ESCALATION_PERSISTENCE_RUNS = 2
 

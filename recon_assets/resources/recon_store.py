@@ -258,21 +258,40 @@ class ReconStore:
                 "failed": failed, "refused": refused}
 
     def record_alert(self, dedup_key: str, reason: str, exchange_account: str | None,
-                     profile_id: str | None, summary: str, details: dict[str, Any]) -> int | None:
-        """Record an alert once (its dedup key); the new row's id, or None if already recorded."""
+                     profile_id: str | None, summary: str, details: dict[str, Any],
+                     delivery_status: str) -> int | None:
+        """Record an alert once (its dedup key), before anything is posted, with its delivery
+        status (pending, or not_configured); the new row's id, or None if already recorded."""
         with self.database.connect() as conn:
             row = conn.execute(
                 """INSERT INTO recon.alerts (dedup_key, reason, exchange_account, profile_id,
-                                             summary, details)
-                   VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (dedup_key) DO NOTHING
+                                             summary, details, delivery_status)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (dedup_key) DO NOTHING
                    RETURNING id""",
                 (dedup_key, reason, exchange_account, profile_id, summary,
-                 json.dumps(details))).fetchone()
+                 json.dumps(details), delivery_status)).fetchone()
         return None if row is None else row["id"]
 
-    def record_alert_delivery(self, alert_id: int, error: str | None) -> None:
-        """The webhook's answer: delivered now (no error), or the delivery error."""
+    def alerts_to_deliver(self, alert_ids: list[int] | None = None) -> list[dict]:
+        """Pending alerts whose next attempt is due now (the database's clock), oldest first;
+        or, with `alert_ids`, those of them that are pending."""
         with self.database.connect() as conn:
-            conn.execute("UPDATE recon.alerts SET delivered_at = CASE WHEN %s::text IS NULL "
-                         "THEN now() END, delivery_error = %s WHERE id = %s",
-                         (error, error, alert_id))
+            return conn.execute(
+                """SELECT id, dedup_key, reason, exchange_account, profile_id, summary, details,
+                          attempts, now() AS now
+                   FROM recon.alerts WHERE delivery_status = 'pending'
+                     AND (CASE WHEN %s::bigint[] IS NULL
+                               THEN next_attempt_at IS NULL OR next_attempt_at <= now()
+                               ELSE id = ANY(%s::bigint[]) END)
+                   ORDER BY id""", (alert_ids, alert_ids)).fetchall()
+
+    def record_delivery_attempt(self, alert_id: int, status: str, error: str | None,
+                                next_attempt_at) -> None:
+        """One post of an alert: its outcome, the error if any, and when the next one is due."""
+        with self.database.connect() as conn:
+            conn.execute(
+                """UPDATE recon.alerts
+                   SET attempts = attempts + 1, last_attempt_at = now(),
+                       delivery_status = %s, next_attempt_at = %s, delivery_error = %s,
+                       delivered_at = CASE WHEN %s = 'delivered' THEN now() END
+                   WHERE id = %s""", (status, next_attempt_at, error, status, alert_id))

@@ -199,3 +199,29 @@ def test_one_alert_per_contention_event_and_failed_cycle(ids):
     failed = pd.DataFrame({"cycle_id": [f"c{i}" for i in ids], "exchange_account": "acct1",
                            "error": "boom"})
     assert len({a.dedup_key for a in failed_cycles(failed)}) == len(ids)
+
+
+def test_delivery_retries_back_off_and_give_up():
+    from datetime import datetime, timezone
+
+    from recon_assets.core.escalation import after_delivery_attempt
+
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    waits = [(after_delivery_attempt(n, False, now).next_attempt_at - now).total_seconds()
+             for n in range(1, 10)]
+    assert waits == [30, 60, 120, 240, 480, 960, 1920, 3600, 3600]
+    assert after_delivery_attempt(10, False, now).status == "given_up"
+    assert after_delivery_attempt(3, True, now).status == "delivered"
+
+
+def test_unknown_fill_keys_of_different_sets_never_collide():
+    """The old key (last fill id + count) made {1, 3} and {2, 3} one alert."""
+    def fills(ids):
+        return pd.DataFrame({"exchange_fill_id": ids, "exchange_order_id": [f"o{i}" for i in ids],
+                             "client_order_id": [None] * len(ids), "symbol": ["BTC/USDT:USDT"] * len(ids),
+                             "notional_usd": [1.0] * len(ids)})
+
+    (a,) = unknown_fills(fills(["1", "3"]), set(), "acct1")
+    (b,) = unknown_fills(fills(["2", "3"]), set(), "acct1")
+    (again,) = unknown_fills(fills(["3", "1"]), set(), "acct1")
+    assert a.dedup_key != b.dedup_key and a.dedup_key == again.dedup_key

@@ -30,6 +30,7 @@ CHECKED = {
     ("recon.backfill_decisions", "match_mode"): rules.BACKFILL_MATCH_METHODS,
     ("recon.backfill_reviews", "verdict"): rules.BACKFILL_VERDICTS,
     ("recon.alerts", "reason"): rules.ALERT_REASONS,
+    ("recon.alerts", "delivery_status"): rules.ALERT_DELIVERY_STATUSES,
     ("recon.parity_checks", "decision"): rules.PARITY_DECISIONS,
     ("recon.parity_checks", "side"): rules.POSITION_SIDES,
     ("recon.trading_gate_events", "action"): rules.GATE_ACTIONS,

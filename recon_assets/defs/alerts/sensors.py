@@ -6,9 +6,9 @@ import pandas as pd
 from recon_assets.core.escalation import (Alert, failed_cycles, lock_contention,
                                           persistent_mismatches, refused_corrections,
                                           unknown_fills)
-from recon_assets.core.rules import ESCALATION_PERSISTENCE_RUNS
+from recon_assets.core.rules import ALERT_DELIVERED, ESCALATION_PERSISTENCE_RUNS
 from recon_assets.defs.partitions import exchange_account_partitions
-from recon_assets.resources.alerts import AlertWebhook, raise_alert
+from recon_assets.resources.alerts import AlertWebhook, deliver, raise_alert
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.io_manager import load_stored_frame
 from recon_assets.resources.recon_store import ReconStore
@@ -57,7 +57,7 @@ def _known_order_ids(database: PostgresStore, fills: pd.DataFrame) -> set[str]:
            description="Escalates as the runbook says (mismatches persisting after two runs, lock "
                        "contention, unknown fills), on failed cycles and on refused or failed "
                        "corrections: records each alert once in recon.alerts and posts it to "
-                       "the alert webhook.")
+                       "the alert webhook; a failed post is retried on later ticks with backoff.")
 def escalation_sensor(context: dg.SensorEvaluationContext, database: PostgresStore,
                       alert_webhook: AlertWebhook):
     accounts = context.instance.get_dynamic_partitions(exchange_account_partitions.name)
@@ -66,15 +66,20 @@ def escalation_sensor(context: dg.SensorEvaluationContext, database: PostgresSto
     for problem in problems:
         context.log.error(f"escalation check failed, the others went on: {problem}")
     for alert in alerts:
-        is_new, error = raise_alert(database, alert_webhook, alert)
+        is_new, status, error = raise_alert(database, alert_webhook, alert)
         if not is_new:
             continue
-        context.log.warning(f"ALERT {alert.reason}: {alert.summary}"
-                            + (f" (delivery failed: {error})" if error else ""))
+        context.log.warning(f"ALERT {alert.reason}: {alert.summary} (delivery: {status}"
+                            + (f", {error})" if error else ")"))
         if alert.exchange_account in accounts:
             # Shown on the diff's timeline in the UI, next to the cycles that caused it.
             events.append(dg.AssetObservation(
                 asset_key="reconciliation_diff", partition=alert.exchange_account,
                 metadata={"alert": alert.reason, "summary": alert.summary,
-                          "dedup_key": alert.dedup_key, "delivered": error is None}))
+                          "dedup_key": alert.dedup_key, "delivery": status,
+                          "delivered": status == ALERT_DELIVERED}))
+    # Alerts whose post failed before (or whose tick crashed between recording and posting).
+    for attempt in deliver(database, alert_webhook):
+        context.log.info(f"alert {attempt['dedup_key']} retried: {attempt['status']}"
+                         + (f" ({attempt['error']})" if attempt["error"] else ""))
     return dg.SensorResult(asset_events=events)

@@ -150,3 +150,75 @@ def test_one_accounts_broken_input_does_not_stop_the_others(pg_dsn):
         result = _evaluate(instance, store, hook.url)
         assert [p["recon_alert"]["reason"] for p in hook.posts] == ["persistent_mismatch"]
     assert result.asset_events  # the tick completed and reported acct1's alert
+
+
+def _contention(pg_dsn):
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("INSERT INTO recon.lock_contention (profile_id, cycle_id, waited_ms) "
+                     "VALUES ('alpha', 'c1', 3000)")
+
+
+def _deliveries(pg_dsn):
+    with psycopg.connect(pg_dsn) as conn:
+        return conn.execute("SELECT delivery_status, attempts, delivered_at IS NOT NULL, "
+                            "next_attempt_at IS NOT NULL, delivery_error FROM recon.alerts "
+                            "ORDER BY id").fetchall()
+
+
+def test_without_a_webhook_the_truth_is_not_configured(pg_dsn):
+    store = PostgresStore(dsn=pg_dsn)
+    _contention(pg_dsn)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(exchange_account_partitions.name, ["acct1"])
+        _record_cycle(store, "c1", [{k: v for k, v in GHOST.items() if k != "exchange_account"}])
+        _record_cycle(store, "c2", [{k: v for k, v in GHOST.items() if k != "exchange_account"}])
+        (observation,) = _evaluate(instance, store, None).asset_events
+    assert observation.metadata["delivery"].value == "not_configured"
+    assert observation.metadata["delivered"].value is False
+    assert _deliveries(pg_dsn) == [("not_configured", 0, False, False, None)] * 2
+
+
+def test_a_503_then_200_is_delivered_once_later_with_backoff(pg_dsn):
+    store = PostgresStore(dsn=pg_dsn)
+    _contention(pg_dsn)
+    with WebhookReceiver(status=503) as hook, dg.instance_for_test() as instance:
+        _evaluate(instance, store, hook.url)
+        assert len(hook.posts) == 1
+        assert _deliveries(pg_dsn) == [("pending", 1, False, True,
+                                        "alert webhook answered HTTP 503")]
+        hook.status = 200
+        _evaluate(instance, store, hook.url)  # the retry is not due yet (30 s)
+        assert len(hook.posts) == 1
+        with psycopg.connect(pg_dsn) as conn:  # time passes (the database's clock decides)
+            conn.execute("UPDATE recon.alerts SET next_attempt_at = now() - interval '1 s'")
+        _evaluate(instance, store, hook.url)
+        assert len(hook.posts) == 2
+        assert _deliveries(pg_dsn) == [("delivered", 2, True, False, None)]
+        _evaluate(instance, store, hook.url)
+        assert len(hook.posts) == 2, "a delivered alert was sent again"
+
+
+def test_an_alert_recorded_by_a_tick_that_crashed_before_posting_is_posted_next_tick(pg_dsn):
+    from recon_assets.resources.recon_store import ReconStore
+
+    store = PostgresStore(dsn=pg_dsn)
+    # The crashed tick: the row is recorded (pending), the post never happened.
+    ReconStore(store).record_alert("failed_cycle:acct1:c9", "failed_cycle", "acct1", None,
+                                   "reconciliation cycle c9 on acct1 failed: boom", {}, "pending")
+    with WebhookReceiver() as hook, dg.instance_for_test() as instance:
+        _evaluate(instance, store, hook.url)
+        assert [p["recon_alert"]["dedup_key"] for p in hook.posts] == ["failed_cycle:acct1:c9"]
+    assert _deliveries(pg_dsn) == [("delivered", 1, True, False, None)]
+
+
+def test_a_failed_post_is_given_up_after_the_last_attempt(pg_dsn):
+    store = PostgresStore(dsn=pg_dsn)
+    _contention(pg_dsn)
+    with WebhookReceiver(status=500) as hook, dg.instance_for_test() as instance:
+        for _ in range(12):
+            _evaluate(instance, store, hook.url)
+            with psycopg.connect(pg_dsn) as conn:
+                conn.execute("UPDATE recon.alerts SET next_attempt_at = now() - interval '1 s' "
+                             "WHERE delivery_status = 'pending'")
+        assert len(hook.posts) == 10
+    assert _deliveries(pg_dsn) == [("given_up", 10, False, False, "alert webhook answered HTTP 500")]
