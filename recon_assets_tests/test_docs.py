@@ -95,3 +95,9 @@ def test_the_rule_map_names_files_and_names_that_exist():
     flags = _text("where-is-the-rule.md").split("## Where each runbook flag acts")[1]
     for flag in FLAGS:
         assert f"`{flag.env}`" in flags, f"{flag.env} is not in the rule map's flag table"
+
+
+def test_the_docs_stand_on_their_own_in_a_clone():
+    """Nothing in the README or docs/ points outside the repository."""
+    for path in [DOCS.parent / "README.md", *sorted(DOCS.glob("*.md"))]:
+        assert "../shared" not in path.read_text(), f"{path.name} points outside the repository"

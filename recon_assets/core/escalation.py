@@ -232,7 +232,7 @@ def slack_payload(alert: Alert) -> dict:
             {"type": "section", "text": {"type": "mrkdwn", "text": alert.summary}},
             {"type": "context", "elements": [{"type": "mrkdwn", "text": (
                 f"{where or 'all accounts'} · reason `{alert.reason}` · escalate to the trading "
-                "engineering lead (docs/runbooks/reconciliation.md)")}]},
+                "engineering lead (docs/operator-guide.md, When to escalate)")}]},
         ],
         "recon_alert": {"dedup_key": alert.dedup_key, "reason": alert.reason,
                         "exchange_account": alert.exchange_account,

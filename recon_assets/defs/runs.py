@@ -23,6 +23,16 @@ def other_running_runs(instance: dg.DagsterInstance, job_name: str, partition_ke
     return sorted(r.dagster_run.run_id for r in records if r.dagster_run.run_id != own_run_id)
 
 
+def pending_runs(instance: dg.DagsterInstance, job_name: str, partition_key: str) -> list[str]:
+    """Ids of the job's runs of `partition_key` that are queued, starting or running: while
+    there is one, the schedule requests no other (one cycle per account in the queue)."""
+    records = instance.get_run_records(dg.RunsFilter(
+        job_name=job_name, tags={"dagster/partition": partition_key},
+        statuses=[dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
+                  dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]))
+    return sorted(r.dagster_run.run_id for r in records)
+
+
 def previous_run_id(instance: dg.DagsterInstance, job_name: str, partition_key: str,
                     run_id: str) -> str | None:
     """The run of `job_name` for `partition_key` launched just before `run_id` (any status):

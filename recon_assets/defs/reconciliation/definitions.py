@@ -4,6 +4,7 @@ import dagster as dg
 
 from recon_assets.defs.partitions import exchange_account_partitions
 from recon_assets.defs.reconciliation.assets import reconciliation_diff
+from recon_assets.defs.runs import pending_runs
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.recon_store import ReconStore
 
@@ -23,13 +24,26 @@ reconciliation_cycle_job = dg.define_asset_job(
 def cycle_schedule(cron: str) -> dg.ScheduleDefinition:
     @dg.schedule(job=reconciliation_cycle_job, cron_schedule=cron, name="reconciliation_cycle_schedule",
                  default_status=dg.DefaultScheduleStatus.RUNNING,
-                 description="Runs the reconciliation cycle for every exchange account.")
+                 description="Runs the reconciliation cycle for every exchange account, except an "
+                             "account whose previous cycle is still queued or running.")
     def _schedule(context: dg.ScheduleEvaluationContext):
         accounts = context.instance.get_dynamic_partitions(exchange_account_partitions.name)
         tick = context.scheduled_execution_time.isoformat()
+        requests, busy = [], []
         for account in sorted(accounts):
-            yield dg.RunRequest(run_key=f"{account}:{tick}", partition_key=account,
-                                tags={"recon/account": account})
+            waiting = pending_runs(context.instance, reconciliation_cycle_job.name, account)
+            if waiting:  # one cycle per account in the queue: no pile-up behind a slow one
+                busy.append(f"{account} ({', '.join(waiting)})")
+                continue
+            requests.append(dg.RunRequest(run_key=f"{account}:{tick}", partition_key=account,
+                                          tags={"recon/account": account}))
+        if busy:
+            context.log.info(f"skipped, a cycle is still queued or running: {'; '.join(busy)}")
+        if not requests:
+            return dg.SkipReason("no account to reconcile" if not busy else
+                                 f"every account's previous cycle is still queued or running: "
+                                 f"{'; '.join(busy)}")
+        return requests
 
     return _schedule
 

@@ -190,8 +190,11 @@ def test_the_deployment_queues_one_cycle_per_account_and_one_correction_per_prof
 
     import yaml
 
-    config = yaml.safe_load((pathlib.Path(__file__).resolve().parents[3] / "dagster.yaml")
-                            .read_text())
-    limits = {l["key"]: l for l in config["run_coordinator"]["config"]["tag_concurrency_limits"]}
-    for key in ("recon/profile", "recon/account"):
-        assert limits[key]["limit"] == 1 and limits[key]["value"]["applyLimitPerUniqueValue"]
+    repo = pathlib.Path(__file__).resolve().parents[3]
+    for instance_yaml in ("deploy/dagster.yaml", "dagster.yaml"):  # production, and local
+        config = yaml.safe_load((repo / instance_yaml).read_text())
+        limits = {l["key"]: l for l in config["run_coordinator"]["config"]["tag_concurrency_limits"]}
+        for key in ("recon/profile", "recon/account"):
+            assert limits[key]["limit"] == 1 and limits[key]["value"]["applyLimitPerUniqueValue"]
+    assert "storage" not in yaml.safe_load((repo / "dagster.yaml").read_text()), \
+        "the top-level dagster.yaml must work with nothing set"
