@@ -56,9 +56,9 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from recon_assets.core.rules import (APPLIED, CYCLE_FAILED, CYCLE_SUCCEEDED,
-                                     MISSING_FROM_EXCHANGE, MISSING_IN_DB, PAUSED, SYNTHETIC_EXIT,
-                                     WATCHDOG_PAUSE_SOURCE)
+from recon_assets.core.rules import (ALERT_GIVEN_UP, ALERT_PENDING, APPLIED, CYCLE_FAILED,
+                                     CYCLE_SUCCEEDED, MISSING_FROM_EXCHANGE, MISSING_IN_DB, PAUSED,
+                                     SYNTHETIC_EXIT, WATCHDOG_PAUSE_SOURCE)
 from recon_assets.resources.database import (DatabaseUnavailable, connection_failure,
                                              open_connection, redact_dsn)
 
@@ -90,6 +90,11 @@ class ReconState:
 
     health: dict[str, Any]
     cumulative: dict[str, int] = field(default_factory=dict)
+    # The latest succeeded cycles' findings per account, profile and kind (findings,
+    # notional_usd), and the alerts per account, profile and reason (raised, last_day,
+    # undelivered): the labelled /metrics series.
+    breakdown: list[dict] = field(default_factory=list)
+    alerts: list[dict] = field(default_factory=list)
 
 
 _ACCOUNTS_SQL = f"""
@@ -163,10 +168,38 @@ FROM public.profiles p LEFT JOIN recon.watchdog_state w ON w.profile_id = p.id
 ORDER BY p.exchange_account, p.id
 """
 
+# The findings of each account's latest succeeded cycle, per profile (none for account-level
+# findings such as foreign orders or position drift) and kind, with the notional at stake.
+_BREAKDOWN_SQL = f"""
+WITH last_success AS (
+    SELECT DISTINCT ON (exchange_account) exchange_account, cycle_id
+    FROM recon.cycles WHERE status = '{CYCLE_SUCCEEDED}'
+    ORDER BY exchange_account, finished_at DESC NULLS LAST, started_at DESC
+)
+SELECT m.exchange_account AS account, m.profile_id, m.kind, count(*) AS findings,
+       round(COALESCE(sum(m.notional_usd), 0), 2)::float8 AS notional_usd
+FROM recon.mismatches m JOIN last_success ls
+  ON ls.cycle_id = m.cycle_id AND ls.exchange_account = m.exchange_account
+GROUP BY m.exchange_account, m.profile_id, m.kind
+ORDER BY 1, 2 NULLS FIRST, 3
+"""
+
+# Alerts per account and profile: raised in the last day, and not delivered (still retrying, or
+# given up); and per reason, all time (the Prometheus counter).
+_ALERTS_SQL = f"""
+SELECT exchange_account AS account, profile_id, reason,
+       count(*) AS raised,
+       count(*) FILTER (WHERE raised_at > now() - interval '1 day') AS last_day,
+       count(*) FILTER (WHERE delivery_status IN ('{ALERT_PENDING}', '{ALERT_GIVEN_UP}'))
+           AS undelivered
+FROM recon.alerts GROUP BY 1, 2, 3 ORDER BY 1 NULLS FIRST, 2 NULLS FIRST, 3
+"""
+
 _CUMULATIVE_SQL = f"""
 SELECT count(*) AS mismatch,
        count(*) FILTER (WHERE kind = '{MISSING_FROM_EXCHANGE}') AS missing_from_exchange,
-       count(*) FILTER (WHERE kind = '{MISSING_IN_DB}') AS missing_in_db
+       count(*) FILTER (WHERE kind = '{MISSING_IN_DB}') AS missing_in_db,
+       (SELECT count(*) FROM recon.lock_contention) AS lock_contention
 FROM recon.mismatches
 """
 
@@ -226,6 +259,11 @@ def read_state(conn: psycopg.Connection, stale_after_s: float = DEFAULT_STALE_AF
     glob = conn.execute(_GLOBAL_SQL).fetchone()
     profiles = [_profile_gate(row) for row in conn.execute(_PROFILES_SQL).fetchall()]
     cumulative = conn.execute(_CUMULATIVE_SQL).fetchone()
+    breakdown = conn.execute(_BREAKDOWN_SQL).fetchall()
+    alerts = conn.execute(_ALERTS_SQL).fetchall()
+    for holder, key in [(a, ("account", a["account"], None)) for a in accounts] + \
+            [(p, ("profile", p["account"], p["profileId"])) for p in profiles]:
+        _attach_breakdown(holder, key, breakdown, alerts)
     finished = [a["lastRun"] for a in accounts if a["lastRun"]]
     health = {
         "reconciliationLoopHealthy": bool(accounts) and all(a["healthy"] for a in accounts),
@@ -253,7 +291,27 @@ def read_state(conn: psycopg.Connection, stale_after_s: float = DEFAULT_STALE_AF
         "mismatch": cumulative["mismatch"],
         "missing_from_exchange": cumulative["missing_from_exchange"],
         "missing_in_db": cumulative["missing_in_db"],
-    })
+        "lock_contention": cumulative["lock_contention"],
+    }, breakdown=[dict(r) for r in breakdown], alerts=[dict(r) for r in alerts])
+
+
+def _attach_breakdown(holder: dict, key: tuple, breakdown: list[dict], alerts: list[dict]) -> None:
+    """An account's (all its findings) or a profile's (its own) mismatch counts by kind, notional
+    at risk (USD, cents) and alerts, from the latest succeeded cycle."""
+    level, account, profile = key
+
+    def mine(row: dict) -> bool:
+        return row["account"] == account and (level == "account" or row["profile_id"] == profile)
+
+    rows = [r for r in breakdown if mine(r)]
+    by_kind: dict[str, int] = {}
+    for r in rows:
+        by_kind[r["kind"]] = by_kind.get(r["kind"], 0) + int(r["findings"])
+    holder["mismatchesByKind"] = by_kind
+    holder["notionalAtRiskUsd"] = round(sum(r["notional_usd"] for r in rows), 2)
+    raised = [r for r in alerts if mine(r)]
+    holder["alertsLastDay"] = sum(int(r["last_day"]) for r in raised)
+    holder["alertsUndelivered"] = sum(int(r["undelivered"]) for r in raised)
 
 
 def load_state(dsn: str, stale_after_s: float = DEFAULT_STALE_AFTER_S,

@@ -116,6 +116,7 @@ class ReconStateCollector:
                 "Unix time the most recent finished cycle ended (absent when there is none).",
                 value=datetime.fromisoformat(last_run).timestamp())
         yield from profile_gauges(state.health["profiles"])
+        yield from breakdown_metrics(state)
         accounts = GaugeMetricFamily(
             "reconciliation_account_loop_healthy",
             "1 when this exchange account's reconciliation loop is healthy, else 0.",
@@ -165,6 +166,40 @@ def profile_gauges(profiles: list[dict]) -> Iterator[Metric]:
             notional.add_metric(key, p["mismatchNotionalUsd"])
             threshold.add_metric(key, p["thresholdUsd"] or 0.0)
     yield from (state, triggered, since, resume, notional, threshold)
+
+
+def breakdown_metrics(state: ReconState) -> Iterator[Metric]:
+    """The runbook's series by account, profile and kind (profile "" for account-level findings
+    such as foreign orders and position drift), and the alerts by reason."""
+    labels = ["account", "profile", "kind"]
+    mismatches = GaugeMetricFamily(
+        "reconciliation_mismatches",
+        "Mismatches found by the latest succeeded cycle, by account, profile and kind.",
+        labels=labels)
+    notional = GaugeMetricFamily(
+        "reconciliation_notional_at_risk_usd",
+        "Notional (USD) of the mismatches found by the latest succeeded cycle, by account, "
+        "profile and kind.", labels=labels)
+    for row in state.breakdown:
+        key = [row["account"], row["profile_id"] or "", row["kind"]]
+        mismatches.add_metric(key, int(row["findings"]))
+        notional.add_metric(key, float(row["notional_usd"]))
+    raised = CounterMetricFamily(
+        "reconciliation_alerts", "Alerts raised, all time, by account, profile and reason.",
+        labels=["account", "profile", "reason"])
+    undelivered = GaugeMetricFamily(
+        "reconciliation_alerts_undelivered",
+        "Alerts the webhook has not taken (still retrying, or given up), by account, profile "
+        "and reason.", labels=["account", "profile", "reason"])
+    for row in state.alerts:
+        key = [row["account"] or "", row["profile_id"] or "", row["reason"]]
+        raised.add_metric(key, int(row["raised"]))
+        undelivered.add_metric(key, int(row["undelivered"]))
+    contention = CounterMetricFamily(
+        "reconciliation_lock_contention",
+        "Corrections that waited too long for a profile's lock or a row lock, all time.",
+        value=state.cumulative.get("lock_contention", 0))
+    yield from (mismatches, notional, raised, undelivered, contention)
 
 
 def build_registry(dsn: str, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> CollectorRegistry:

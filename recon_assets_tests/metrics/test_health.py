@@ -331,7 +331,8 @@ def test_a_database_that_is_down_gives_503_without_the_password():
         metrics_status, _type, text = get(base + "/metrics")
     assert status == 503
     assert body["reconciliationLoopHealthy"] is False
-    assert body["error"].startswith("cannot read the reconciliation state from 127.0.0.1:")
+    assert body["error"].startswith("cannot connect to the database at 127.0.0.1:")
+    assert body["error"].endswith("/postgres: connection refused")
     assert set(RUNBOOK_FIELDS) <= set(body) and body["reconciliationMismatchCount"] is None
     assert "hunter2-s3cret" not in json.dumps(body) and "recon_user" not in json.dumps(body)
     assert metrics_status == 200 and "hunter2" not in text
@@ -389,3 +390,83 @@ def test_metrics_speak_openmetrics_when_the_scraper_asks(seeded_dsn):
     samples = {s.name: s.value for f in parse_om(text) for s in f.samples if not s.labels}
     assert samples["reconciliation_mismatch_total"] == 14
     assert samples["reconciliation_parity_total_mismatch_notional_usd"] == 800.5
+
+
+ALERTS_SEED = """
+INSERT INTO recon.alerts (dedup_key, reason, exchange_account, profile_id, summary,
+                          delivery_status) VALUES
+  ('a1', 'unknown_fill', 'acct1', NULL, 's', 'delivered'),
+  ('a2', 'watchdog_pause', 'acct1', 'beta', 's', 'pending'),
+  ('a3', 'persistent_mismatch', 'acct2', NULL, 's', 'not_configured');
+INSERT INTO recon.lock_contention (profile_id, cycle_id, waited_ms) VALUES ('alpha', 'c2', 3000);
+"""
+
+
+def test_per_account_and_per_profile_numbers_in_health_and_labelled_metrics(seeded_dsn):
+    _execute(seeded_dsn, ALERTS_SEED)
+    with serving(seeded_dsn) as base:
+        _status, body = health(base)
+        text = get(base + "/metrics")[2]
+    accounts = {a["account"]: a for a in body["accounts"]}
+    assert accounts["acct1"]["mismatchesByKind"] == {
+        "ghost_slice": 3, "missing_from_exchange": 2, "missing_in_db": 1, "qty_drift": 1}
+    assert accounts["acct1"]["notionalAtRiskUsd"] == 10 + 30 + 7 + 3 + 100 + 250.5 + 50
+    assert (accounts["acct1"]["alertsLastDay"], accounts["acct1"]["alertsUndelivered"]) == (2, 1)
+    profiles = {p["profileId"]: p for p in body["profiles"]}
+    assert profiles["beta"]["mismatchesByKind"] == {
+        "ghost_slice": 1, "missing_from_exchange": 1, "missing_in_db": 1}
+    assert profiles["beta"]["notionalAtRiskUsd"] == 87.0
+    assert (profiles["beta"]["alertsLastDay"], profiles["beta"]["alertsUndelivered"]) == (1, 1)
+    assert profiles["gamma"]["mismatchesByKind"] == {"ghost_slice": 1}
+    labelled = labelled_samples(text)
+
+    def sample(name, **labels):
+        return labelled[(name, tuple(sorted(labels.items())))]
+
+    assert sample("reconciliation_mismatches", account="acct1", profile="alpha", kind="ghost_slice") == 2
+    assert sample("reconciliation_mismatches", account="acct2", profile="", kind="missing_in_db") == 1
+    assert sample("reconciliation_notional_at_risk_usd", account="acct1", profile="alpha",
+                  kind="ghost_slice") == 350.5
+    assert sample("reconciliation_alerts_total", account="acct1", profile="beta",
+                  reason="watchdog_pause") == 1
+    assert sample("reconciliation_alerts_undelivered", account="acct1", profile="beta",
+                  reason="watchdog_pause") == 1
+    assert metrics_of(text)["reconciliation_lock_contention_total"] == 1
+    # The unlabelled totals stay.
+    assert metrics_of(text)["reconciliation_mismatch_count"] == 9
+
+
+def metrics_of(text: str) -> dict[str, float]:
+    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
+            if not s.labels}
+
+
+def test_the_shipped_alert_rules_and_dashboard_name_only_metrics_that_exist(seeded_dsn):
+    """deploy/prometheus/recon-alerts.yml encodes the runbook's "When to escalate";
+    deploy/grafana/recon-dashboard.json plots the same series. Every metric either names is
+    served (a counter as its _total sample)."""
+    import pathlib
+    import re
+
+    import yaml
+
+    deploy = pathlib.Path(__file__).resolve().parents[2] / "deploy"
+    rules = yaml.safe_load((deploy / "prometheus" / "recon-alerts.yml").read_text())
+    exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    names = {r["alert"] for g in rules["groups"] for r in g["rules"]}
+    assert {"ReconciliationMismatchPersists", "ReconciliationLockContention",
+            "ReconciliationUnknownFills", "ReconciliationLoopUnhealthy",
+            "ReconciliationWatchdogPaused"} <= names
+    assert all(r.get("annotations", {}).get("summary") for g in rules["groups"] for r in g["rules"])
+    dashboard = json.loads((deploy / "grafana" / "recon-dashboard.json").read_text())
+    exprs += [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    assert dashboard["panels"] and all(p["targets"] for p in dashboard["panels"])
+    _execute(seeded_dsn, ALERTS_SEED)
+    with serving(seeded_dsn) as base:
+        text = get(base + "/metrics")[2]
+    served = set()
+    for family in text_string_to_metric_families(text):
+        served |= {family.name} | {s.name for s in family.samples}
+    named = {m for e in exprs for m in re.findall(r"\breconciliation_[a-z_]+\b", e)}
+    assert named and named <= served, sorted(named - served)
