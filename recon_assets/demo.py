@@ -200,8 +200,14 @@ def _prepare_dagster_home(base: Path, scenario) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").write_text(DEMO_INSTANCE_YAML)
     # Add the account and profile partitions now, so the first scheduled cycle and the first
-    # corrections do not wait for the partitions sensor's first tick.
+    # corrections do not wait for the partitions sensor's first tick. And the runs the previous
+    # demo session left unfinished would act on the database that was just re-seeded: they are
+    # canceled as superseded (a canceled run is no failed cycle).
     script = ("import dagster as dg, json, sys; inst = dg.DagsterInstance.get(); "
+              "S = dg.DagsterRunStatus; "
+              "[inst.report_run_canceled(r, message='superseded: the demo restarted and "
+              "re-seeded its database') for r in inst.get_runs(dg.RunsFilter(statuses=["
+              "S.QUEUED, S.NOT_STARTED, S.STARTING, S.STARTED, S.CANCELING]))]; "
               "from recon_assets.defs import partitions as p; "
               "wanted = json.loads(sys.argv[1]); "
               "[inst.add_dynamic_partitions(d.name, sorted(set(wanted[d.name]) - set("
@@ -214,6 +220,19 @@ def _prepare_dagster_home(base: Path, scenario) -> Path:
     return home
 
 
+UI_START_TIMEOUT_S = 180
+
+
+def _ui_answers(port: int) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 def run_ui(stack: DemoStack, ui_port: int, drift_every_s: float, stop: threading.Event) -> int:
     home = _prepare_dagster_home(stack.base, stack.sim.scenario)
     dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or "dagster"
@@ -224,6 +243,20 @@ def run_ui(stack: DemoStack, ui_port: int, drift_every_s: float, stop: threading
     stack.drift = TradingAppStandIn(stack.sim, stack.dsn, drift_every_s)
     stack.drift.start()
     health = stack.health.server_address
+    # "Up" means the UI answers (dagster dev takes a few seconds to load the code location).
+    print(f"starting the Dagster UI on http://127.0.0.1:{ui_port} ...", flush=True)
+    deadline = time.monotonic() + UI_START_TIMEOUT_S
+    while not _ui_answers(ui_port):
+        if stack.dagster.poll() is not None:
+            print(f"dagster dev exited with {stack.dagster.returncode} before the UI answered",
+                  file=sys.stderr)
+            return 1
+        if stop.wait(0.5):
+            print("stopping the demo...", flush=True)
+            return 0
+        if time.monotonic() > deadline:
+            print(f"the Dagster UI did not answer within {UI_START_TIMEOUT_S} s", file=sys.stderr)
+            return 1
     print(f"""
 recon demo is up:
   Dagster UI        http://127.0.0.1:{ui_port}   (the reconciliation_cycle_schedule runs every minute)

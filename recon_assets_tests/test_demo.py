@@ -74,47 +74,114 @@ def _processes_of(demo_dir: Path) -> list[int]:
     return found
 
 
-def test_demo_serves_the_ui_and_ctrl_c_stops_everything(demo_dir):
+def _start_demo(demo_dir: Path, ui_port: int, log):
+    """`recon demo` in its own session, and the log once it says it is up (the UI answers)."""
     import signal
+
+    demo = subprocess.Popen(
+        [RECON, "demo", "--dir", str(demo_dir), "--ui-port", str(ui_port), "--health-port", "0"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 240
+    while "recon demo is up" not in (demo_dir / "demo.log").read_text():
+        assert demo.poll() is None, "the demo exited early:\n" + (demo_dir / "demo.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "the demo never said it is up"
+        time.sleep(1)
+    return demo
+
+
+def _stop_demo(demo, demo_dir: Path) -> None:
+    import signal
+
+    demo.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    assert demo.wait(90) == 0
+    deadline = time.monotonic() + 30
+    while _processes_of(demo_dir) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _processes_of(demo_dir) == [], "processes left after Ctrl-C"
+
+
+def _kill_everything(demo, demo_dir: Path) -> None:
+    import signal
+
+    if demo is not None and demo.poll() is None:
+        os.killpg(demo.pid, signal.SIGKILL)
+        demo.wait(10)
+    for pid in _processes_of(demo_dir):  # never leave anything behind, even on failure
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_demo_serves_the_ui_and_ctrl_c_stops_everything(demo_dir):
     import urllib.request
 
     from recon_assets.local_postgres import free_port
 
     ui_port = free_port()
     log = open(demo_dir / "demo.log", "w+")
-    demo = subprocess.Popen(
-        [RECON, "demo", "--dir", str(demo_dir), "--ui-port", str(ui_port), "--health-port", "0"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    demo = None
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert demo.poll() is None, "the demo exited early:\n" + (demo_dir / "demo.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/server_info", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the Dagster UI never answered"
-            time.sleep(1)
+        demo = _start_demo(demo_dir, ui_port, log)
+        # It says it is up only once the UI answers.
+        with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/server_info", timeout=5) as r:
+            assert r.status == 200
         banner = (demo_dir / "demo.log").read_text()
         assert f"Dagster UI        http://127.0.0.1:{ui_port}" in banner
         assert "/internal/health" in banner
         assert _processes_of(demo_dir), "found none of the demo's processes while it runs"
-        demo.send_signal(signal.SIGINT)  # what Ctrl-C sends
-        assert demo.wait(90) == 0
-        deadline = time.monotonic() + 30
-        while _processes_of(demo_dir) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert _processes_of(demo_dir) == [], "processes left after Ctrl-C"
+        _stop_demo(demo, demo_dir)
     finally:
-        if demo.poll() is None:
-            os.killpg(demo.pid, signal.SIGKILL)
-            demo.wait(10)
-        for pid in _processes_of(demo_dir):  # never leave anything behind, even on failure
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _kill_everything(demo, demo_dir)
+        log.close()
+
+
+def test_a_demo_stopped_mid_cycle_and_started_again_raises_no_failed_cycle(demo_dir):
+    """Ctrl-C while a cycle runs, then `recon demo` again: the interrupted run is no failed
+    cycle, runs left from before do not act on the re-seeded database, and the cycles after the
+    restart succeed."""
+    import re
+
+    import dagster as dg
+    import psycopg
+
+    from recon_assets.local_postgres import free_port
+
+    log = open(demo_dir / "demo.log", "w+")
+    demo = None
+    try:
+        demo = _start_demo(demo_dir, free_port(), log)
+        deadline = time.monotonic() + 150
+        with dg.DagsterInstance.from_config(str(demo_dir / "dagster_home")) as instance:
+            while not instance.get_runs(dg.RunsFilter(job_name="reconciliation_cycle",
+                                                      statuses=[dg.DagsterRunStatus.STARTED])):
+                assert time.monotonic() < deadline, "no cycle started"
+                time.sleep(0.5)
+        _stop_demo(demo, demo_dir)  # mid-cycle
+        log.truncate(0)
+        log.seek(0)
+        demo = _start_demo(demo_dir, free_port(), log)
+        restarted = time.time()
+        dsn = re.search(r"database\s+(postgresql://\S+)", (demo_dir / "demo.log").read_text())[1]
+        deadline = time.monotonic() + 180
+        while True:
+            with psycopg.connect(dsn) as conn:
+                done = conn.execute(
+                    "SELECT count(*) FROM recon.cycles WHERE status = 'succeeded' "
+                    "AND started_at > to_timestamp(%s)", (restarted,)).fetchone()[0]
+            if done:
+                break
+            assert time.monotonic() < deadline, "no cycle succeeded after the restart"
+            time.sleep(2)
+        time.sleep(35)  # the failed-cycle and escalation sensors tick (30 s) after the cycle
+        with psycopg.connect(dsn) as conn:
+            failed = conn.execute("SELECT cycle_id, error FROM recon.cycles "
+                                  "WHERE status = 'failed'").fetchall()
+            alerts = conn.execute("SELECT summary FROM recon.alerts "
+                                  "WHERE reason = 'failed_cycle'").fetchall()
+        assert failed == [] and alerts == [], (failed, alerts)
+        _stop_demo(demo, demo_dir)
+    finally:
+        _kill_everything(demo, demo_dir)
         log.close()

@@ -22,6 +22,19 @@ from datetime import datetime
 
 import pandas as pd
 
+# Why Dagster failed a run when the run itself did not fail: its worker was stopped (a demo or
+# daemon shut down, a deploy), restarted, or never started in time. Such a cycle was
+# interrupted, not failed: the next cycle runs it again, and staleness catches a real outage.
+INTERRUPTION_REASONS = frozenset({"UNEXPECTED_TERMINATION", "RUN_WORKER_RESTART", "START_TIMEOUT"})
+
+
+def interrupted(failure_reason: str | None, message: str | None) -> bool:
+    """Whether a failed run was interrupted rather than failed (see INTERRUPTION_REASONS; run
+    monitoring's "Detected run worker status ..." is the same case)."""
+    return (failure_reason in INTERRUPTION_REASONS
+            or (message or "").startswith("Detected run worker status"))
+
+
 # Dagster run statuses of a run that may still act (queued ones included: they will start).
 LIVE_RUN_STATUSES = frozenset({"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"})
 

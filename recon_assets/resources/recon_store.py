@@ -45,6 +45,13 @@ class ReconStore:
         self.database.call("recon_record_failed_cycle", {
             "p_cycle_id": cycle_id, "p_account": account, "p_error": error})
 
+    def created_at(self):
+        """When this database got its first migration (`recon migrate` on an empty database): a
+        run that started earlier acted on another database (the demo re-seeds on every start)."""
+        with self.database.connect() as conn:
+            return conn.execute("SELECT min(applied_at) AS created FROM recon.schema_migrations "
+                                "WHERE kind = 'versioned'").fetchone()["created"]
+
     def latest_succeeded_cycle(self, account: str, cycle_id: str = "") -> dict | None:
         """The account's latest succeeded cycle (or the cycle `cycle_id` if it succeeded), with
         the age of its evidence in seconds by the database clock: from the earlier of its two

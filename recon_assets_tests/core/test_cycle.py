@@ -74,3 +74,13 @@ def test_a_gate_of_a_live_run_is_stale_past_the_bound():
 def test_a_live_owner_within_the_bound_is_never_taken_over(status, age, bound):
     verdict = reconciling_gate_verdict(status, age, bound)
     assert verdict.stale == (status not in LIVE_RUN_STATUSES or age > bound)
+
+
+def test_a_run_stopped_from_outside_is_interrupted_not_failed():
+    from recon_assets.core.cycle import interrupted
+
+    for reason in ("UNEXPECTED_TERMINATION", "RUN_WORKER_RESTART", "START_TIMEOUT"):
+        assert interrupted(reason, "Execution of run for \"reconciliation_cycle\" failed.")
+    assert interrupted(None, "Detected run worker status FAILED. Marking run x as failed.")
+    for reason in ("STEP_FAILURE", "RUN_EXCEPTION", "JOB_INITIALIZATION_FAILURE", None):
+        assert not interrupted(reason, "Execution of run failed. Steps failed: ['exchange_snapshot'].")

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from recon_assets.core.cycle import interrupted
 from recon_assets.defs.partitions import exchange_account_partitions
 from recon_assets.defs.reconciliation.assets import reconciliation_diff
 from recon_assets.defs.runs import pending_runs
@@ -51,14 +52,30 @@ def cycle_schedule(cron: str) -> dg.ScheduleDefinition:
 @dg.run_failure_sensor(monitored_jobs=[reconciliation_cycle_job],
                        default_status=dg.DefaultSensorStatus.RUNNING,
                        description="Records a failed reconciliation cycle in recon.cycles, so "
-                                   "/internal/health reports the loop unhealthy.")
+                                   "/internal/health reports the loop unhealthy (a run "
+                                   "interrupted by a shutdown or restart is not a failure).")
 def failed_cycle_sensor(context: dg.RunFailureSensorContext, database: PostgresStore):
     run = context.dagster_run
     account = run.tags.get("dagster/partition")
     if not account:
         return
     message = context.failure_event.message or "reconciliation cycle failed"
-    ReconStore(database).record_failed_cycle(run.run_id, account, message)
+    data = context.failure_event.event_specific_data
+    reason = getattr(getattr(data, "failure_reason", None), "value", None) or \
+        run.tags.get("dagster/failure_reason")
+    if interrupted(reason, message):
+        context.log.info(f"cycle {run.run_id} of {account} was interrupted ({reason or message}), "
+                         "not failed: not recorded; the next cycle runs it again")
+        return
+    store = ReconStore(database)
+    record = context.instance.get_run_record_by_id(run.run_id)
+    started = record.start_time if record is not None else None
+    created = store.created_at()
+    if started is not None and created is not None and started < created.timestamp():
+        context.log.info(f"cycle {run.run_id} of {account} started before this database was "
+                         "created (re-seeded since): superseded, not recorded")
+        return
+    store.record_failed_cycle(run.run_id, account, message)
 
 
 def defs(cron: str = "* * * * *") -> dg.Definitions:
