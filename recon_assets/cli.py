@@ -45,10 +45,16 @@ DELEGATED = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recon", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="recon", description="recon-assets: the reconciliation control plane's command "
+                                  "(`recon <command> --help` for each).")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    migrate_cmd = sub.add_parser("migrate", help="apply pending database migrations and changed SQL functions")
+    migrate_cmd = sub.add_parser(
+        "migrate", help="apply pending database migrations and changed SQL functions",
+        description="Apply the pending versioned migrations and the changed repeatable SQL "
+                    "(recon_assets/db) to the trading database, in one transaction; a no-op the "
+                    "second time. A connection failure prints one line and exits 1.")
     migrate_cmd.add_argument("--dsn", help="Postgres URL (default: $RECON_DATABASE_URL)")
     migrate_cmd.set_defaults(func=_migrate)
     for name, (_module, help_text) in DELEGATED.items():

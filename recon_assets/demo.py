@@ -407,12 +407,18 @@ def print_summary(summary: dict) -> None:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="recon demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", default=str(REPO / ".demo"), help="folder for the demo's state")
+    parser.add_argument("--dir", default=str(REPO / ".demo"),
+                        help="folder for the demo's state (default .demo/ in the repository; "
+                             "reused by the next run)")
     parser.add_argument("--once", action="store_true", help="one full cycle headless, then a summary")
-    parser.add_argument("--ui-port", type=int, default=3000)
-    parser.add_argument("--health-port", type=int, default=9187)
+    parser.add_argument("--ui-port", type=int, default=3000,
+                        help="port of the Dagster UI (default 3000)")
+    parser.add_argument("--health-port", type=int, default=9187,
+                        help="port of /internal/health and /metrics (default 9187; 0 picks a "
+                             "free one, as does a port that is taken)")
     parser.add_argument("--drift-every-s", type=float, default=45.0,
-                        help="how often the stand-in trading app creates new drift")
+                        help="how often the stand-in trading app creates new drift "
+                             "(seconds, default 45)")
     args = parser.parse_args(argv)
     health_port = 0 if args.once else args.health_port
     if not args.once and health_port:

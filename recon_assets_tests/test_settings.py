@@ -83,3 +83,25 @@ def test_every_bad_variable_is_reported_at_once():
 def test_launchpad_configuration_is_checked_too():
     with pytest.raises(Exception, match="RECON_WATCHDOG_AUTO_RESUME_CLEAN_CYCLES"):
         ReconSettings(watchdog_auto_resume_clean_cycles=0)
+
+
+def test_recon_and_every_subcommand_describe_themselves_with_defaults():
+    import subprocess
+    import sys
+
+    def help_of(*args):
+        out = subprocess.run([sys.executable, "-m", "recon_assets.cli", *args, "--help"],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return " ".join(out.stdout.split())
+
+    top = help_of()
+    for command in ("migrate", "simulator", "health", "demo"):
+        assert command in top
+    assert "$RECON_DATABASE_URL" in help_of("migrate")
+    demo = help_of("demo")
+    for default in ("default 3000", "default 9187", "default 45", "default .demo/"):
+        assert default in demo, default
+    health = help_of("health")
+    assert "default 127.0.0.1" in health and "default 9187" in health and "default 300" in health
+    assert "0 picks a free one" in help_of("simulator")
