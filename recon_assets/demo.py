@@ -339,7 +339,21 @@ def run_once(stack: DemoStack) -> dict:
                     "watchdog_tripped": watchdog[0].metadata["tripped_profiles"].value
                     if watchdog else None})
 
+        summary_cursor: dict = {"value": None}
+
+        def summarize() -> None:
+            """The summary sensor's tick, as the daemon would run it, recorded in the instance."""
+            sensor = defs.get_sensor_def("reconciliation_summary_sensor")
+            with dg.build_sensor_context(instance=instance, cursor=summary_cursor["value"],
+                                         definitions=defs,
+                                         resources={"database": store}) as ctx:
+                result = sensor.evaluate_tick(ctx)
+            for event in result.asset_events:
+                instance.report_runless_asset_event(event)
+            summary_cursor["value"] = result.cursor or summary_cursor["value"]
+
         cycle("before corrections")
+        summarize()
 
         def launch(sensor_name: str, job_name: str, op_name: str) -> list[dict]:
             """Evaluate a sensor like the daemon does and run the jobs it requests."""
@@ -363,6 +377,7 @@ def run_once(stack: DemoStack) -> dict:
         summary["backfills"] = launch("exit_backfill_sensor", "exit_backfill",
                                       "apply_exit_backfill")
         cycle("after corrections")
+        summarize()
     summary["health"] = load_state(stack.dsn).health
     return summary
 

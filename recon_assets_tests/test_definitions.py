@@ -145,7 +145,8 @@ def test_every_domain_folder_is_loaded_and_contributes(defs):
     loaded_schedules = {s.name for s in defs.schedules or []}
     for name in folders:
         own = importlib.import_module(f"recon_assets.defs.{name}.definitions").defs()
-        assets = {k.to_user_string() for s in own.assets or [] for k in s.keys}
+        assets = {k.to_user_string() for s in own.assets or []
+                  for k in (s.keys if hasattr(s, "keys") else [s.key])}
         jobs = {j.name for j in own.jobs or []}
         sensors = {s.name for s in own.sensors or []}
         schedules = {s.name for s in own.schedules or []}

@@ -342,3 +342,37 @@ def test_diff_materialization_shows_mismatch_table(page, demo_ui, shoot):
     assert {k: kinds.count(k) for k in set(kinds)} == latest
     assert "missing_in_db" in kinds and "ghost_slice" in kinds
     shoot(page, "diff-materialization")
+
+
+def test_summary_shows_each_account_s_series_and_who_is_paused(page, demo_ui, shoot):
+    """reconciliation_summary: one series per account (`<account>/<number>`, so the accounts
+    are never interleaved into one line), and the profiles' trading gate where the on-call looks
+    first. (This Dagster UI has no Plots tab; the shipped Grafana dashboard plots the series.)"""
+    accounts = sorted({c["account"] for c in demo_ui["summary"]["cycles"]})
+    assert len(accounts) >= 2, accounts
+    page.goto("/assets/reconciliation_summary?view=events")
+    page.get_by_text("paused_profiles", exact=True).wait_for()
+    rows = {}
+    for tr in page.locator("tr").all():
+        cells = [c.strip() for c in tr.locator("td").all_inner_texts()]
+        if len(cells) >= 2 and cells[0]:
+            rows[cells[0]] = cells[1]
+    health = demo_ui["summary"]["health"]
+    for account in health["accounts"]:
+        name = account["account"]
+        assert rows.get(f"{name}/mismatches") == str(account["mismatchCount"]), rows
+        assert f"{name}/notional_at_risk_usd" in rows
+    shoot(page, "summary-events", full_page=True)
+
+    paused = [p for p in health["profiles"] if p["tradingState"] == "paused"]
+    assert paused, "the demo's defaults pause its profiles: nothing to show"
+    assert rows.get("paused_profiles") == str(len(paused))
+    # The profiles table is shown inline in the materialization's metadata.
+    profiles = page.locator("tr", has=page.get_by_text("profiles", exact=True)).last
+    profiles.get_by_text("trading state").first.wait_for()
+    table = profiles.inner_text()
+    for p in paused:
+        assert p["profileId"] in table
+    assert "paused" in table and "parity_watchdog" in table
+    profiles.scroll_into_view_if_needed()
+    shoot(page, "summary-profiles")

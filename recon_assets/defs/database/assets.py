@@ -79,13 +79,14 @@ def _snapshot_metadata(name: str, frame: pd.DataFrame) -> dict:
     metadata = {"dagster/row_count": len(frame), "preview": _markdown_preview(frame),
                 "read_at": frame.attrs["read_at"]}
     if name == "db_profiles":
-        metadata["allocated_capital_usd"] = float(frame["allocated_capital_usd"].sum())
+        metadata["allocated_capital_usd"] = round(float(frame["allocated_capital_usd"].sum()), 2)
         metadata["paused_profiles"] = int((frame["trading_state"] == "paused").sum())
     elif name == "db_orders":
         open_orders = frame[frame["status"].isin(OPEN_ORDER_STATUSES)]
         metadata["open_orders"] = len(open_orders)
-        metadata["open_notional_usd"] = float(
-            ((open_orders["qty"] - open_orders["filled_qty"]) * open_orders["price"].fillna(0)).sum())
+        metadata["open_notional_usd"] = round(float(
+            ((open_orders["qty"] - open_orders["filled_qty"]) * open_orders["price"].fillna(0))
+            .sum()), 2)
     elif name == "db_trade_slices":
         metadata["virtual_open_qty"] = float(frame["virtual_open_qty"].sum())
     return metadata

@@ -46,7 +46,7 @@ def diff_metadata(diff: pd.DataFrame, cycle_id: str) -> dict:
         metadata[name] = len(diff) if kind is None else int(counts.get(kind, 0))
     for kind in MISMATCH_KINDS:
         metadata[f"kind/{kind}"] = int(counts.get(kind, 0))
-    metadata["notional_at_risk_usd"] = float(diff["notional_usd"].sum()) if len(diff) else 0.0
+    metadata["notional_at_risk_usd"] = round(float(diff["notional_usd"].sum()), 2) if len(diff) else 0.0
     metadata["profiles_with_mismatches"] = int(diff["profile_id"].dropna().nunique())
     metadata["suppressed_recent_rows"] = int(diff.attrs.get("suppressed_recent", 0))
     preview = diff.loc[:, PREVIEW_COLUMNS].head(50)

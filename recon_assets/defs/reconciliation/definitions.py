@@ -5,6 +5,8 @@ import dagster as dg
 from recon_assets.core.cycle import interrupted
 from recon_assets.defs.partitions import exchange_account_partitions
 from recon_assets.defs.reconciliation.assets import reconciliation_diff
+from recon_assets.defs.reconciliation.summary import (reconciliation_summary,
+                                                      reconciliation_summary_sensor)
 from recon_assets.defs.runs import pending_runs
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.recon_store import ReconStore
@@ -80,8 +82,8 @@ def failed_cycle_sensor(context: dg.RunFailureSensorContext, database: PostgresS
 
 def defs(cron: str = "* * * * *") -> dg.Definitions:
     return dg.Definitions(
-        assets=[reconciliation_diff],
+        assets=[reconciliation_diff, reconciliation_summary],
         jobs=[reconciliation_cycle_job],
         schedules=[cycle_schedule(cron)],
-        sensors=[failed_cycle_sensor],
+        sensors=[failed_cycle_sensor, reconciliation_summary_sensor],
     )
