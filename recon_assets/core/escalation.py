@@ -8,6 +8,7 @@ so an alert is raised once per situation however often the sensor evaluates.
 """
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -54,11 +55,19 @@ def after_delivery_attempt(attempts: int, delivered: bool, now: datetime,
 
 
 def persistent_mismatches(mismatches: pd.DataFrame, cycles: pd.DataFrame,
-                          runs: int = ESCALATION_PERSISTENCE_RUNS) -> list[Alert]:
+                          runs: int = ESCALATION_PERSISTENCE_RUNS,
+                          last_clean: dict[str, str] | None = None) -> list[Alert]:
     """Mismatches found in each of an account's last `runs` succeeded cycles.
 
     `cycles`: cycle_id, exchange_account, finished_at (succeeded cycles only).
     `mismatches`: rows of recon.mismatches for those cycles (MISMATCH_IDENTITY + cycle_id).
+    `last_clean`: account -> its latest succeeded cycle with no finding (where the current
+    episode of drift began).
+
+    One alert per account, episode and set of (profiles, kinds): the alert names them; the same
+    set persisting, or another order of the same profile and kind joining it, is not news; a
+    profile or a kind that joins or leaves the set is a new alert, and so is the same set in a
+    new episode (after a clean cycle).
     """
     alerts: list[Alert] = []
     if cycles.empty or mismatches.empty:
@@ -76,9 +85,9 @@ def persistent_mismatches(mismatches: pd.DataFrame, cycles: pd.DataFrame,
         if persistent.empty:
             continue
         by_kind = persistent["kind"].value_counts().sort_index().to_dict()
-        # One alert per episode: the same set of persisting mismatches is not re-sent every
-        # cycle; a set that changes (new drift, or some resolved) is a new escalation.
-        episode = hashlib.sha256("\n".join(persistent["identity"]).encode()).hexdigest()[:16]
+        profiles = sorted(persistent["profile_id"].dropna().unique().tolist())
+        situation = json.dumps([profiles, sorted(by_kind), (last_clean or {}).get(account)])
+        episode = hashlib.sha256(situation.encode()).hexdigest()[:16]
         alerts.append(Alert(
             dedup_key=f"persistent_mismatch:{account}:{episode}",
             reason="persistent_mismatch",

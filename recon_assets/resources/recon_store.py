@@ -235,8 +235,8 @@ class ReconStore:
     def escalation_history(self, runs: int) -> dict[str, pd.DataFrame]:
         """What the escalation rules read, in one connection: the last `runs` succeeded cycles of
         each account (`cycles`), their findings (`mismatches`), the last day's lock contention
-        (`contention`), failed cycles (`failed`) and corrections refused or failed
-        (`refused`)."""
+        (`contention`), failed cycles (`failed`), corrections refused or failed (`refused`), and
+        each account's latest clean cycle (`clean`)."""
         with self.database.connect() as conn:
             cycles = _frame(conn, """
                 SELECT cycle_id, exchange_account, finished_at FROM (
@@ -261,8 +261,17 @@ class ReconStore:
                 SELECT cycle_id, exchange_account, error FROM recon.cycles
                 WHERE status = %s AND finished_at > now() - interval '1 day'
                 ORDER BY finished_at""", (CYCLE_FAILED,))
+            # Each account's latest succeeded cycle with no finding at all: where its current
+            # episode of drift began.
+            clean = _frame(conn, """
+                SELECT DISTINCT ON (c.exchange_account) c.exchange_account, c.cycle_id
+                FROM recon.cycles c
+                WHERE c.status = %s AND NOT EXISTS (
+                    SELECT 1 FROM recon.mismatches m
+                    WHERE m.cycle_id = c.cycle_id AND m.exchange_account = c.exchange_account)
+                ORDER BY c.exchange_account, c.finished_at DESC""", (CYCLE_SUCCEEDED,))
         return {"cycles": cycles, "mismatches": mismatches, "contention": contention,
-                "failed": failed, "refused": refused}
+                "failed": failed, "refused": refused, "clean": clean}
 
     def record_alert(self, dedup_key: str, reason: str, exchange_account: str | None,
                      profile_id: str | None, summary: str, details: dict[str, Any],

@@ -30,10 +30,19 @@ def test_mismatch_in_both_of_the_last_two_runs_escalates():
     # The same persisting set in a later cycle is the same episode: no second alert.
     later = pd.DataFrame([{**GHOST, "cycle_id": "c2"}, {**GHOST, "cycle_id": "c3"}])
     assert persistent_mismatches(later, _cycles("c2", "c3"))[0].dedup_key == alert.dedup_key
-    # A different set (new drift joined) is a new escalation.
+    # Another ghost of the same profile joining is the same situation (profiles and kinds) ...
     grown = pd.concat([later, pd.DataFrame([{**GHOST, "trade_id": "t9", "cycle_id": c} for c in ("c2", "c3")])])
-    assert persistent_mismatches(grown, _cycles("c2", "c3"))[0].dedup_key != alert.dedup_key
+    assert persistent_mismatches(grown, _cycles("c2", "c3"))[0].dedup_key == alert.dedup_key
+    # ... another profile joining is a new escalation, naming both.
+    other = pd.concat([later, pd.DataFrame([{**GHOST, "profile_id": "beta", "trade_id": "t9",
+                                             "cycle_id": c} for c in ("c2", "c3")])])
+    (wider,) = persistent_mismatches(other, _cycles("c2", "c3"))
+    assert wider.dedup_key != alert.dedup_key and "profiles alpha, beta" in wider.summary
+    # ... and so is the same set again after a clean cycle (a new episode).
+    assert persistent_mismatches(later, _cycles("c2", "c3"), last_clean={"acct1": "c0"}
+                                 )[0].dedup_key != alert.dedup_key
     assert alert.details["by_kind"] == {"ghost_slice": 1} and alert.details["profiles"] == ["alpha"]
+    assert "acct1" in alert.summary and "ghost_slice: 1" in alert.summary
 
 
 def test_mismatch_resolved_by_the_second_run_does_not_escalate():
@@ -147,21 +156,36 @@ def test_an_accounts_escalation_does_not_depend_on_the_other_accounts(hist, runs
 
 @settings(max_examples=examples(200), deadline=None)
 @given(hist=history)
-def test_the_episode_key_changes_exactly_when_the_persisting_set_changes(hist):
+def test_the_episode_key_changes_exactly_when_the_profiles_kinds_or_episode_change(hist):
+    """Issue 14: a persistent-mismatch alert names the account, profiles and kinds; a new one is
+    raised only when that set changes or the episode ends and starts again."""
     mismatches, cycles = _frames(hist)
     first = {a.exchange_account: a.dedup_key for a in persistent_mismatches(mismatches, cycles)}
     # The same findings in shuffled row order give the same keys.
     shuffled = mismatches.sample(frac=1, random_state=1)
     assert {a.exchange_account: a.dedup_key
             for a in persistent_mismatches(shuffled, cycles)} == first
-    # Changing one persisting finding's identity changes that account's key only.
     for account, key in first.items():
-        changed = mismatches.copy()
-        changed.loc[changed["exchange_account"] == account, "symbol"] = "NEW/USDT:USDT"
-        again = {a.exchange_account: a.dedup_key for a in persistent_mismatches(changed, cycles)}
-        assert again[account] != key
-        assert {k: v for k, v in again.items() if k != account} == {
-            k: v for k, v in first.items() if k != account}
+        def keys(frame, clean=None):
+            return {a.exchange_account: a.dedup_key
+                    for a in persistent_mismatches(frame, cycles, last_clean=clean)}
+
+        mine = mismatches["exchange_account"] == account
+        # Another order of the same profiles and kinds: not news.
+        moved = mismatches.copy()
+        moved.loc[mine, "symbol"] = "NEW/USDT:USDT"
+        assert keys(moved)[account] == key
+        # A kind or a profile changes: a new alert, for that account only.
+        for column, value in (("kind", "price_drift"), ("profile_id", "zeta")):
+            changed = mismatches.copy()
+            changed.loc[mine, column] = value
+            again = keys(changed)
+            if set(mismatches.loc[mine, column]) != {value}:
+                assert again[account] != key, column
+            assert {k: v for k, v in again.items() if k != account} == {
+                k: v for k, v in first.items() if k != account}
+        # The same set in a new episode (after a clean cycle): a new alert.
+        assert keys(mismatches, {account: "clean-cycle"})[account] != key
 
 
 fill = st.fixed_dictionaries({

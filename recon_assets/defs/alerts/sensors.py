@@ -29,7 +29,8 @@ def find_alerts(database: PostgresStore, accounts: list[str]) -> tuple[list[Aler
 
     history = ReconStore(database).escalation_history(ESCALATION_PERSISTENCE_RUNS)
     attempt("persistent mismatches", lambda: persistent_mismatches(
-        history["mismatches"], history["cycles"], ESCALATION_PERSISTENCE_RUNS))
+        history["mismatches"], history["cycles"], ESCALATION_PERSISTENCE_RUNS,
+        dict(zip(history["clean"]["exchange_account"], history["clean"]["cycle_id"]))))
     attempt("lock contention", lambda: lock_contention(history["contention"]))
     attempt("failed cycles", lambda: failed_cycles(history["failed"]))
     attempt("refused corrections", lambda: refused_corrections(history["refused"]))
