@@ -147,7 +147,8 @@ def demo_ui(chromium_path):
                 preexec_fn=_reset_signals, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         _wait_http(f"{url}/server_info", webserver, log)
-        yield {"url": url, "summary": summary, "expected": Expected(stack.env())}
+        yield {"url": url, "summary": summary, "expected": Expected(stack.env()),
+               "secrets": [v for c in stack.sim.credentials().values() for v in c.values()]}
     finally:
         if webserver is not None:
             _stop_group(webserver)
@@ -376,3 +377,25 @@ def test_summary_shows_each_account_s_series_and_who_is_paused(page, demo_ui, sh
     assert "paused" in table and "parity_watchdog" in table
     profiles.scroll_into_view_if_needed()
     shoot(page, "summary-profiles")
+
+
+def test_no_secret_on_the_pages_an_operator_opens(page, demo_ui, shoot):
+    """The resources the code location is configured with (EnvVar) show the variables' names,
+    never their values (the exchange keys and secrets here); nor do the runs and assets pages."""
+    secrets = demo_ui["secrets"]
+    assert secrets
+    seen = []
+    for path, wait_for in (
+            ("/locations/recon_assets/resources/exchange", "RECON_EXCHANGE_CREDENTIALS"),
+            ("/locations/recon_assets/resources/database", "RECON_DATABASE_URL"),
+            ("/runs", "reconciliation_cycle"),
+            (f"/assets/{DIFF_ASSET}?view=events&partition={ACCOUNT}", "reconciliationMismatchCount"),
+            ("/assets/reconciliation_summary?view=events", "paused_profiles")):
+        page.goto(path)
+        page.get_by_text(wait_for).first.wait_for()
+        html = page.content()
+        seen.append(path)
+        leaked = [s for s in secrets if s in html]
+        assert not leaked, (path, leaked)
+    shoot(page, "resources-without-secrets")
+    assert len(seen) == 5
