@@ -7,6 +7,7 @@ so a new domain needs no list to be edited and none can be left out.
 """
 
 import importlib
+import json
 import os
 import pkgutil
 
@@ -16,7 +17,7 @@ from recon_assets.resources.alerts import AlertWebhook
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.exchange import ExchangeResource
 from recon_assets.resources.io_manager import PostgresFrameIOManager
-from recon_assets.settings import ReconSettings
+from recon_assets.settings import ReconSettings, SettingsError
 
 
 
@@ -27,7 +28,33 @@ def domains() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(recon_assets.defs.__path__) if m.ispkg)
 
 
+def check_exchange_credentials() -> None:
+    """A deployment (RECON_DATABASE_URL set) without usable RECON_EXCHANGE_CREDENTIALS fails at
+    load, naming the variable (never its value), instead of every cycle failing at its tick. With
+    nothing set the code location still loads, so `dagster dev` and `dagster definitions
+    validate` work in a fresh clone."""
+    if not os.environ.get("RECON_DATABASE_URL"):
+        return
+    expected = '{"<account>": {"apiKey": "...", "secret": "..."}}'
+    raw = os.environ.get("RECON_EXCHANGE_CREDENTIALS")
+    if not raw:
+        raise SettingsError("RECON_EXCHANGE_CREDENTIALS is not set: the exchange accounts' keys "
+                            f"are needed, as JSON {expected}")
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise SettingsError(f"RECON_EXCHANGE_CREDENTIALS is not valid JSON; expected {expected}") from None
+    bad = sorted(str(a) for a, c in data.items()
+                 if not (isinstance(c, dict) and c.get("apiKey") and c.get("secret"))) \
+        if isinstance(data, dict) else None
+    if not data or bad is None or bad:
+        raise SettingsError("RECON_EXCHANGE_CREDENTIALS must map each exchange account to its "
+                            f"apiKey and secret ({expected})"
+                            + (f"; not so for: {', '.join(bad)}" if bad else ""))
+
+
 def shared_resources() -> dict:
+    check_exchange_credentials()
     store = PostgresStore(dsn=dg.EnvVar("RECON_DATABASE_URL"))
     return {
         "settings": ReconSettings.from_env(),

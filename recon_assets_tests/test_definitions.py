@@ -99,14 +99,41 @@ def test_bad_flag_stops_the_code_location_loading(monkeypatch):
 
 @pytest.mark.integration
 def test_dagster_cli_validates_the_workspace(tmp_path):
-    env = {"PATH": str(pathlib.Path(sys.executable).parent), "DAGSTER_HOME": str(tmp_path),
-           "RECON_DATABASE_URL": "postgresql://u@127.0.0.1:1/db", "HOME": str(tmp_path)}
-    result = subprocess.run(
-        [str(pathlib.Path(sys.executable).parent / "dagster"), "definitions", "validate",
-         "-w", str(REPO / "workspace.yaml")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "All code locations passed validation" in result.stdout + result.stderr
+    """With nothing set (a fresh clone) and configured as a deployment, the workspace validates;
+    a deployment without usable exchange credentials fails at load, naming the variable."""
+    base = {"PATH": str(pathlib.Path(sys.executable).parent), "DAGSTER_HOME": str(tmp_path),
+            "HOME": str(tmp_path)}
+    deployment = {"RECON_DATABASE_URL": "postgresql://u@127.0.0.1:1/db",
+                  "RECON_EXCHANGE_CREDENTIALS": '{"acct1": {"apiKey": "k1", "secret": "s1"}}'}
+
+    def validate(env):
+        return subprocess.run(
+            [str(pathlib.Path(sys.executable).parent / "dagster"), "definitions", "validate",
+             "-w", str(REPO / "workspace.yaml")],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+
+    for env in (base, {**base, **deployment}):
+        result = validate(env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "All code locations passed validation" in result.stdout + result.stderr
+    broken = validate({**base, **deployment, "RECON_EXCHANGE_CREDENTIALS": '{"acct1": {"apiKey": "k1"'})
+    assert broken.returncode != 0
+    assert "RECON_EXCHANGE_CREDENTIALS is not valid JSON" in broken.stdout + broken.stderr
+    assert '"k1"' not in broken.stdout + broken.stderr
+
+
+@pytest.mark.unit
+def test_a_deployment_without_usable_exchange_credentials_stops_loading(monkeypatch):
+    monkeypatch.setenv("RECON_DATABASE_URL", "postgresql://u@127.0.0.1:1/db")
+    for value, says in ((None, "is not set"), ("nope", "is not valid JSON"),
+                        ('{"acct1": {"apiKey": "k"}}', "not so for: acct1"), ("{}", "must map")):
+        if value is None:
+            monkeypatch.delenv("RECON_EXCHANGE_CREDENTIALS", raising=False)
+        else:
+            monkeypatch.setenv("RECON_EXCHANGE_CREDENTIALS", value)
+        with pytest.raises(SettingsError, match="RECON_EXCHANGE_CREDENTIALS") as err:
+            load_defs()
+        assert says in str(err.value)
 
 
 @pytest.mark.unit
