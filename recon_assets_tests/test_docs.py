@@ -41,7 +41,7 @@ def test_every_flag_is_in_the_configuration_reference_with_its_default(flag):
 
 def test_every_name_of_the_code_location_is_in_the_operator_guide(monkeypatch):
     monkeypatch.setenv("RECON_DATABASE_URL", "postgresql://docs@127.0.0.1:1/docs")
-    monkeypatch.setenv("RECON_EXCHANGE_CREDENTIALS", "{}")
+    monkeypatch.setenv("RECON_EXCHANGE_CREDENTIALS", '{"acct1": {"apiKey": "k", "secret": "s"}}')
     from recon_assets.definitions import defs
 
     repo = defs().get_repository_def()
