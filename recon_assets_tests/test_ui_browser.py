@@ -345,10 +345,10 @@ def test_diff_materialization_shows_mismatch_table(page, demo_ui, shoot):
     shoot(page, "diff-materialization")
 
 
-def test_summary_shows_each_account_s_series_and_who_is_paused(page, demo_ui, shoot):
+def test_summary_plots_each_account_and_shows_who_is_paused(page, demo_ui, shoot):
     """reconciliation_summary: one series per account (`<account>/<number>`, so the accounts
-    are never interleaved into one line), and the profiles' trading gate where the on-call looks
-    first. (This Dagster UI has no Plots tab; the shipped Grafana dashboard plots the series.)"""
+    are never interleaved into one line) plotted on its Overview, and the profiles' trading gate
+    where the on-call looks first."""
     accounts = sorted({c["account"] for c in demo_ui["summary"]["cycles"]})
     assert len(accounts) >= 2, accounts
     page.goto("/assets/reconciliation_summary?view=events")
@@ -377,6 +377,14 @@ def test_summary_shows_each_account_s_series_and_who_is_paused(page, demo_ui, sh
     assert "paused" in table and "parity_watchdog" in table
     profiles.scroll_into_view_if_needed()
     shoot(page, "summary-profiles")
+    # The Overview's metadata plots: one plot per key, so one line per account.
+    page.goto("/assets/reconciliation_summary?view=overview")
+    page.get_by_text("Plots", exact=True).click()
+    for account in accounts:
+        for number in ("mismatches", "notional_at_risk_usd"):
+            page.get_by_text(f"{account}/{number}", exact=True).first.wait_for()
+    assert page.locator("canvas, svg").count() >= 2 * len(accounts)
+    shoot(page, "summary-plots", full_page=True)
 
 
 def test_no_secret_on_the_pages_an_operator_opens(page, demo_ui, shoot):
