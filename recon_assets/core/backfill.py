@@ -55,9 +55,10 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from recon_assets.core.attribution import parse_client_order_id, tagged_sub_tag
+from recon_assets.core.frames import finite
 from recon_assets.core.rules import (BY_CLIENT_ORDER_ID, BY_SUB_TAG, BY_TRADE_ID_HINT, FLAT, GO,
-                                     NO_GO, OPEN_SLICE_STATUS, QTY_UNIQUE, REJECT,
-                                     SINGLE_OPEN_TRADE, STRONG_MATCH_METHODS)
+                                     NO_GO, OPEN_SLICE_STATUS, QTY_ABS_TOL, QTY_UNIQUE, REJECT,
+                                     SINGLE_OPEN_TRADE, STEP_SLACK, STRONG_MATCH_METHODS)
 
 SliceKey = tuple[str, str, int]  # (profile_id, trade_id, slice_no)
 # A (fill, slice) pair an operator reviewed: (symbol, exchange fill id, profile, trade, slice).
@@ -72,10 +73,6 @@ BACKFILL_DECISION_COLUMNS = (
 )
 SHORTFALL_COLUMNS = ("symbol", "side", "claimed_qty", "exchange_qty", "shortfall_qty", "go_qty",
                      "slices")
-# Tolerances as in the diff and the heartbeat: absolute when the market's step is unknown, and the
-# relative slack below a whole step.
-_ABS_TOL = 1e-12
-_REL_TOL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -171,13 +168,6 @@ class _Match:
     strong: bool
 
 
-def _finite(value) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
 
 def _text(value) -> str | None:
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT:
@@ -195,7 +185,7 @@ def _time(value) -> pd.Timestamp | None:
 
 
 def _fits(qty: float, room: float, step: float) -> bool:
-    return qty <= room + max(step * _REL_TOL, _ABS_TOL)
+    return qty <= room + max(step * STEP_SLACK, QTY_ABS_TOL)
 
 
 def exit_backfill_decisions(*, cycle_id: str, account: str, slices: pd.DataFrame,
@@ -237,11 +227,11 @@ def exit_backfill_decisions(*, cycle_id: str, account: str, slices: pd.DataFrame
         position = positions.get(symbol)
         if position is None:  # not checked this cycle: no shortfall can be known
             continue
-        step = _finite(position.min_qty_step) or _ABS_TOL
+        step = finite(position.min_qty_step) or QTY_ABS_TOL
         steps[symbol] = step
         held = float(position.qty) if position.side == side and position.side != FLAT else 0.0
         claimed = sum(s.open_qty for s in members)
-        if claimed - held >= step * (1 - _REL_TOL):
+        if claimed - held >= step * (1 - STEP_SLACK):
             room[(symbol, side)] = claimed - held
             shortfall_rows.append({"symbol": symbol, "side": side, "claimed_qty": claimed,
                                    "exchange_qty": held, "shortfall_qty": claimed - held,
@@ -264,7 +254,7 @@ def exit_backfill_decisions(*, cycle_id: str, account: str, slices: pd.DataFrame
     for r in fills.itertuples():
         fill = _Fill(r.symbol, str(r.exchange_fill_id), _text(r.exchange_order_id),
                      _text(r.client_order_id), r.side, float(r.qty), float(r.price),
-                     _finite(r.fee_usd), _time(r.filled_at))
+                     finite(r.fee_usd), _time(r.filled_at))
         if (fill.symbol, fill.exits) not in room or (fill.symbol, fill.fill_id) in booked:
             continue
         if fill.client_order_id in db_ids or fill.order_id in db_ids:
@@ -365,7 +355,7 @@ def _heuristic_match(fill: _Fill, group: list[_Slice], on_symbol: list[_Slice],
         return _Match(SINGLE_OPEN_TRADE, on_symbol,
                       f"unattributed (client order id {coid}); {on_symbol[0].label} is the only "
                       f"open slice on {fill.symbol}", False)
-    tolerance = max(step * (1 - _REL_TOL), _ABS_TOL)
+    tolerance = max(step * (1 - STEP_SLACK), QTY_ABS_TOL)
     equal = [s for s in group if abs(s.left - fill.qty) < tolerance]
     if len(equal) == 1:
         return _Match(QTY_UNIQUE, equal,

@@ -89,7 +89,7 @@ from recon_assets.core.frames import (
     require_columns,
 )
 from recon_assets.core.rules import (FLAT, MISMATCH_KINDS, OPEN_ORDER_STATUSES, OPEN_SLICE_STATUS,
-                                     POSITION_SIDES, sql_list)
+                                     POSITION_SIDES, QTY_ABS_TOL, sql_list)
 
 MISMATCH_COLUMNS = (
     "cycle_id", "kind", "profile_id", "exchange_account", "symbol", "client_order_id",
@@ -97,7 +97,7 @@ MISMATCH_COLUMNS = (
     "exchange_status", "db_price", "exchange_price", "notional_usd", "details",
 )
 REL_TOL = 1e-9
-ABS_TOL = 1e-12
+ABS_TOL = QTY_ABS_TOL
 
 _NUMBER_COLUMNS = ("db_qty", "exchange_qty", "db_price", "exchange_price", "notional_usd")
 

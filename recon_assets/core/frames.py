@@ -5,6 +5,7 @@ decides. Quantities are unsigned with a side; symbols are ccxt unified symbols
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import pandas as pd
@@ -94,6 +95,15 @@ def db_snapshot_frames(snapshot: dict) -> tuple[pd.Timestamp, dict[str, pd.DataF
     frames = {part: typed_frame(snapshot[part], columns, f"db_{part}")
               for part, columns in DB_SNAPSHOT_PARTS.items()}
     return read_at, frames
+
+
+def finite(value) -> float | None:
+    """`value` as a float when it is a finite number, else None (missing, NaN, text)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def json_records(frame: pd.DataFrame) -> list[dict]:

@@ -38,15 +38,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pandas as pd
 
 from recon_assets.core.attribution import slice_attribution
-from recon_assets.core.rules import (AMBIGUOUS, BACKFILL, BLOCKED, CLEARED, CONFIRMING, FLAT,
-                                     HELD, OPEN_SLICE_STATUS, QUARANTINE, SYNTHETIC_EXIT)
+from recon_assets.core.frames import finite
+from recon_assets.core.rules import (AMBIGUOUS, BACKFILL, BLOCKED, CLEARED, CONFIRMING, FLAT, HELD,
+                                     OPEN_SLICE_STATUS, QTY_ABS_TOL, QUARANTINE, STEP_SLACK,
+                                     SYNTHETIC_EXIT)
 
 SliceKey = tuple[str, str, int]  # (profile_id, trade_id, slice_no)
 
@@ -57,10 +58,6 @@ PARITY_CHECK_COLUMNS = (
     "ghost_reason", "streak", "confirmations_required", "streak_started_cycle", "decision",
     "reason", "idempotency_key",
 )
-# Tolerance when the market's step is unknown (same as the diff's absolute tolerance), and the
-# relative slack below a whole step (the diff's relative tolerance).
-_ABS_TOL = 1e-12
-_REL_TOL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -94,18 +91,11 @@ def _signed(side: str, qty: float) -> float:
     return qty if side == "long" else -qty
 
 
-def _finite(value) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
 
 def _below_step(qty: float, step: float) -> bool:
     """Less than one quantity step (a whole step is a real difference, as in the diff; the
     relative slack absorbs float noise such as 0.009 - 0.002 - 0.008)."""
-    return abs(qty) < step * (1 - _REL_TOL)
+    return abs(qty) < step * (1 - STEP_SLACK)
 
 
 def _ghosts_of_symbol(signed: dict[SliceKey, float], exchange: float, step: float
@@ -163,8 +153,8 @@ def parity_checks(*, cycle_id: str, account: str, previous_cycle_id: str | None,
             ghosts, ambiguous, why = set(), set(), ""
         else:
             exchange = 0.0 if position.side == FLAT else _signed(position.side, float(position.qty))
-            step = _finite(position.min_qty_step) or _ABS_TOL
-            mark = _finite(position.mark_price)
+            step = finite(position.min_qty_step) or QTY_ABS_TOL
+            mark = finite(position.mark_price)
             ghosts, ambiguous, why = _ghosts_of_symbol(signed, exchange, step)
         for key in sorted(keyed):
             r = keyed[key]
@@ -172,7 +162,7 @@ def parity_checks(*, cycle_id: str, account: str, previous_cycle_id: str | None,
                                                         r.order_client_ids)
             if key in approved and not attributed:
                 attributed, attribution = True, "an operator approved its synthetic exit"
-            entry = _finite(r.entry_price)
+            entry = finite(r.entry_price)
             price, source = (mark, "mark_price") if mark else (entry, "entry_price") if entry \
                 else (None, None)
             ghost = key in ghosts and key not in recent and position is not None

@@ -125,6 +125,13 @@ ALERT_RETRY_FIRST_S, ALERT_RETRY_MAX_S, ALERT_MAX_ATTEMPTS = 30, 3600, 10
 # The runbook: "Mismatch metrics stay elevated after two reconciliation runs".
 ESCALATION_PERSISTENCE_RUNS = 2
 
+# --- quantities ----------------------------------------------------------------------------------
+# Absolute tolerance of a quantity comparison (float noise of numeric -> float), and the relative
+# slack below a whole quantity step when "less than one step" is decided (0.009 - 0.002 - 0.008
+# is a whole 0.001 step, not 0.000999...): the diff, the parity heartbeat, the EXIT backfill.
+QTY_ABS_TOL = 1e-12
+STEP_SLACK = 1e-6
+
 # --- money ---------------------------------------------------------------------------------------
 # Assets whose amounts are booked as USD one for one (fees paid in them need no conversion).
 USD_FEE_CURRENCIES = frozenset({"USD", "USDT", "USDC", "BUSD", "FDUSD"})
