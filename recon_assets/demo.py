@@ -94,13 +94,8 @@ class DemoStack:
         }
 
     def stop(self) -> None:
-        if self.dagster is not None and self.dagster.poll() is None:
-            os.killpg(self.dagster.pid, signal.SIGTERM)
-            try:
-                self.dagster.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.dagster.pid, signal.SIGKILL)
-                self.dagster.wait(10)
+        if self.dagster is not None:
+            _stop_process_group(self.dagster)
         if self.drift is not None:
             self.drift.stop()
         if self.health is not None:
@@ -110,6 +105,32 @@ class DemoStack:
             self.sim.stop()
         if self.pg is not None:
             self.pg.stop()
+
+
+def _stop_process_group(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
+    """Stop `proc` (started in a session of its own) and everything in its process group: the
+    code server and run workers of `dagster dev` too, which may outlive it by a few seconds; what
+    is still there after the grace is killed."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)  # anyone left in the group?
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    proc.wait(10)
 
 
 def start_stack(base: Path, health_port: int = 0) -> DemoStack:
