@@ -16,7 +16,7 @@ reconciliation_cycle_job = dg.define_asset_job(
     "reconciliation_cycle",
     selection=dg.AssetSelection.groups("database", "exchange", "reconciliation", "backfill",
                                        "parity"),
-    partitions_def=exchange_account_partitions,
+    # Partitioned by exchange account, as its assets are (Dagster infers it from them).
     description="One reconciliation cycle for one exchange account: start it (no overlap, stale "
                 "reconciling gates restored), snapshot the database and the exchange, diff them, "
                 "find the exit fills that prove unrecorded exits (EXIT backfill, GO / NO_GO), "
