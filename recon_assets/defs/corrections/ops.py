@@ -29,8 +29,7 @@ from recon_assets.defs.apply import (LockContention, ProfileCycleConfig, begin_g
                                      call_under_lock, check_partition, end_gate,
                                      profile_partitioned_config, record_refusal, resolve_cycle)
 from recon_assets.resources.database import PostgresStore
-from recon_assets.resources.exchange import (ExchangeFetchError, ExchangeResource,
-                                             scrub_exchange_error)
+from recon_assets.resources.exchange import ExchangeFetchError, ExchangeResource
 from recon_assets.resources.recon_store import ReconStore
 from recon_assets.settings import ReconSettings
 
@@ -42,7 +41,7 @@ def _probe_failure(exc: Exception) -> ProbeFailure:
     if isinstance(exc, ExchangeFetchError) and exc.__context__ is not None:
         failure = ProbeFailure.from_exception(exc.__context__)
         return dataclasses.replace(
-            failure, message=f"{type(exc.__context__).__name__}: {scrub_exchange_error(str(exc))}")
+            failure, message=f"{type(exc.__context__).__name__}: {exc}")
     return ProbeFailure.from_exception(exc)
 
 
