@@ -265,22 +265,22 @@ def exit_backfill_decisions(*, cycle_id: str, account: str, slices: pd.DataFrame
             continue
         candidates.append(fill)
 
-    matches = {f.fill_id + "\0" + f.symbol: _strong_match(f, groups[(f.symbol, f.exits)],
-                                                          profile_of_tag, hints, account)
+    matches = {(f.symbol, f.fill_id): _strong_match(f, groups[(f.symbol, f.exits)],
+                                                    profile_of_tag, hints, account)
                for f in candidates}
 
     def order(f: _Fill):
         return (f.filled_at or pd.Timestamp.min.tz_localize("UTC"), f.symbol, f.fill_id)
 
-    strong_first = sorted((f for f in candidates if matches[f.fill_id + "\0" + f.symbol].strong),
+    strong_first = sorted((f for f in candidates if matches[(f.symbol, f.fill_id)].strong),
                           key=order)
-    weak_after = sorted((f for f in candidates if not matches[f.fill_id + "\0" + f.symbol].strong),
+    weak_after = sorted((f for f in candidates if not matches[(f.symbol, f.fill_id)].strong),
                         key=order)
     rows = []
     grace = pd.Timedelta(minutes=float(policy.grace_minutes))
     for fill in strong_first + weak_after:
         group = groups[(fill.symbol, fill.exits)]
-        match = matches[fill.fill_id + "\0" + fill.symbol]
+        match = matches[(fill.symbol, fill.fill_id)]
         if not match.strong:
             match = _heuristic_match(fill, group, [s for s in open_slices if s.symbol == fill.symbol],
                                      steps[fill.symbol])
