@@ -56,6 +56,10 @@ class StaleResponseError(ccxt.NetworkError):
     """The exchange (or a cache in front of it) served data older than the allowed age."""
 
 
+class _ClockSkew(Exception):
+    """-1021: the exchange found our request's timestamp outside its recvWindow."""
+
+
 # ---- payload checks (plain functions) --------------------------------------------------------
 ORDER_STATUSES = {"NEW", "PARTIALLY_FILLED", "FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH",
                   "REJECTED", "NEW_INSURANCE", "NEW_ADL"}
@@ -318,12 +322,14 @@ class RequestStats:
     max_age_s: float = 0.0
     first_at: float | None = None  # wall-clock time of the first and the last response
     last_at: float | None = None
+    clock_offset_ms: int | None = None  # this machine's clock minus the exchange's, as measured
 
     def as_metadata(self) -> dict:
         return {"requests": self.requests, "retries": self.retries,
                 "request_seconds": round(self.seconds, 4),
                 "requests_by_endpoint": dict(sorted(self.by_endpoint.items())),
-                "max_response_age_s": round(self.max_age_s, 3)}
+                "max_response_age_s": round(self.max_age_s, 3),
+                "clock_offset_ms": self.clock_offset_ms}
 
 
 # ccxt logs every request's headers (the API key among them) at DEBUG: its clients log here,
@@ -363,7 +369,12 @@ def _client_class(exchange_id: str) -> type:
                 raise ExchangePayloadError(
                     f"malformed exchange payload from {endpoint}: the body is not valid JSON "
                     f"(truncated or garbled; {len(text)} characters, starting {text[:60]!r})")
-            age = response_age_s(self.last_response_headers)
+            # Age from the exchange's clock (ours minus the measured offset): a local clock that
+            # is off does not make every response look stale. The clock reading itself is
+            # what measures the offset, so it is not age-tested.
+            offset_s = (self.options.get("timeDifference") or 0) / 1000
+            age = 0.0 if path.endswith("/time") else response_age_s(
+                self.last_response_headers, time.time() - offset_s)
             stats.max_age_s = max(stats.max_age_s, age)
             if age > self.recon_max_age_s:
                 raise StaleResponseError(f"{endpoint} served data {age:.0f} s old (the bound is "
@@ -389,6 +400,9 @@ def _client_class(exchange_id: str) -> type:
 
 _MARKETS_CACHE: dict[tuple[str, str], tuple[float, Any]] = {}
 _MARKETS_LOCK = threading.Lock()
+# The exchange's clock, measured once per process and `time_sync_ttl_s` and shared by every
+# session: (exchange id, base URL) -> (monotonic time measured, our clock minus the exchange's).
+_CLOCK_OFFSETS: dict[tuple[str, str], tuple[float, int]] = {}
 
 
 def point_urls_at(urls: dict, base_url: str) -> dict:
@@ -417,6 +431,29 @@ class ExchangeSession:
         self.stats = stats
         self._sleep = sleep
         self._prices: dict[tuple[str, int], Decimal | None] = {}
+        self._clock_known = False
+
+    # The exchange's clock.
+    def _clock_key(self) -> tuple[str, str]:
+        return (self.resource.exchange_id, self.resource.api_base_url or "")
+
+    def sync_clock(self, force: bool = False) -> int:
+        """Our clock minus the exchange's (ms), measured (GET time) when this process has no
+        fresh measurement or `force`; ccxt signs every request with it (timeDifference)."""
+        key = self._clock_key()
+        with _MARKETS_LOCK:
+            known = _CLOCK_OFFSETS.get(key)
+        if force or known is None or time.monotonic() - known[0] > self.resource.time_sync_ttl_s:
+            offset = int(self._with_retries("measure the exchange's clock (GET time)",
+                                            self.client.load_time_difference))
+            with _MARKETS_LOCK:
+                _CLOCK_OFFSETS[key] = (time.monotonic(), offset)
+        else:
+            offset = known[1]
+        self.client.options["timeDifference"] = offset
+        self.stats.clock_offset_ms = offset
+        self._clock_known = True
+        return offset
 
     def _scrub(self, exc: BaseException) -> str:
         return scrub_exchange_error(str(exc), getattr(self.client, "apiKey", None),
@@ -425,13 +462,31 @@ class ExchangeSession:
     # The retry policy.
     def call(self, label: str, fn, *args, **kwargs):
         """Run one ccxt read with retries; raise ExchangeFetchError (naming the account and the
-        call, never the credentials) when it cannot succeed."""
+        call, never the credentials) when it cannot succeed. A -1021 (our timestamp outside
+        the exchange's recvWindow: the clock moved) resyncs the clock once and retries once."""
+        if not self._clock_known:
+            self.sync_clock()
+        try:
+            return self._with_retries(label, fn, *args, **kwargs)
+        except _ClockSkew:
+            self.sync_clock(force=True)
+            try:
+                return self._with_retries(label, fn, *args, **kwargs)
+            except _ClockSkew as exc:
+                raise ExchangeFetchError(
+                    f"{self.account}: {label} failed: the exchange still rejects our timestamps "
+                    f"after a clock resync (offset {self.stats.clock_offset_ms} ms): "
+                    f"{exc}") from None
+
+    def _with_retries(self, label: str, fn, *args, **kwargs):
         res = self.resource
         attempt = 0
         while True:
             attempt += 1
             try:
                 return fn(*args, **kwargs)
+            except ccxt.InvalidNonce as exc:
+                raise _ClockSkew(self._scrub(exc)) from None
             except ExchangePayloadError as exc:
                 raise ExchangePayloadError(f"{self.account}: {label}: {exc}") from None
             except ccxt.AuthenticationError as exc:
@@ -586,6 +641,9 @@ class ExchangeResource(dg.ConfigurableResource):
     max_trade_pages: int = Field(
         default=20, description="Pages of fills read per symbol and cycle; beyond, the snapshot is incomplete.")
     markets_ttl_s: int = Field(default=3600, description="How long loaded markets are reused in a process.")
+    time_sync_ttl_s: int = Field(
+        default=600, description="How long a measured offset from the exchange's clock is reused "
+                                 "in a process (a -1021 remeasures it at once).")
     enable_rate_limit: bool = Field(default=True, description="ccxt's client-side rate limiter.")
     fills_window_hours: int = Field(
         default=72, description="The exchange_fills snapshot holds the account's fills of this many hours.")
@@ -650,3 +708,11 @@ class ExchangeResource(dg.ConfigurableResource):
         """A session for one account and one cycle; `session.stats` counts its requests."""
         stats = stats if stats is not None else RequestStats()
         return ExchangeSession(self, account, self.build_client(account, stats), stats, sleep)
+
+
+def forget_process_state() -> None:
+    """Forget what this process shares between sessions (markets, the clock offset): as a
+    fresh process would. For tests and benchmarks."""
+    with _MARKETS_LOCK:
+        _MARKETS_CACHE.clear()
+        _CLOCK_OFFSETS.clear()

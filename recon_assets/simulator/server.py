@@ -17,6 +17,8 @@ HMAC-SHA256 `signature` of the query string plus body (400, -1022).
 Control (loopback only; for tests and the demo): `GET /_control/state`, `GET /_control/requests`,
 `GET /_control/credentials`, and `POST /_control/<op>` with a JSON body, where op is one of
 `reset`, `scenario` {name}, `add_account`, `add_market`, `set_mark_price`, `set_fee_asset`,
+`set_clock_offset` {offset_ms} (the exchange's clock ahead of this machine's; Date headers,
+`/fapi/v1/time` and the recvWindow check follow it),
 `place_order`,
 `fill_order`, `cancel_order`, `expire_order`, `close_position`, `liquidate`, `fault`,
 `clear_faults`, `reset_requests` (arguments: the `SimExchange` method's keyword arguments).
@@ -53,7 +55,7 @@ _SIGNED = {
 }
 _CONTROL_OPS = {
     "reset", "scenario", "add_account", "add_market", "set_mark_price", "set_fee_asset", "place_order",
-    "fill_order", "cancel_order", "expire_order", "close_position", "liquidate", "fault",
+    "set_clock_offset", "fill_order", "cancel_order", "expire_order", "close_position", "liquidate", "fault",
     "clear_faults", "reset_requests",
 }
 
@@ -94,7 +96,8 @@ class _Handler(BaseHTTPRequestHandler):
         headers = dict(headers or {})
         self.send_response_only(status)
         self.send_header("Server", self.version_string())
-        self.send_header("Date", headers.pop("Date", None) or self.date_time_string())
+        self.send_header("Date", headers.pop("Date", None) or self.date_time_string(
+            self.server.exchange.server_time() / 1000))
         self.send_header("Content-Type", content_type if content_type != "application/json"
                          else "application/json;charset=UTF-8")
         self.send_header("Content-Length", str(declared_length if declared_length is not None else len(body)))
@@ -216,7 +219,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise SimError(-1100, "Illegal characters found in parameter 'timestamp'.") from None
         if recv_window > 60000:
             raise SimError(-1131, "recvWindow must be less than 60000")
-        server_time = now_ms()
+        server_time = self.server.exchange.server_time()
         if timestamp > server_time + 1000 or server_time - timestamp > recv_window:
             raise SimError(-1021, "Timestamp for this request is outside of the recvWindow.")
         # Binance signs totalParams = query string + request body, without the signature itself.
@@ -239,7 +242,7 @@ class _Handler(BaseHTTPRequestHandler):
         if key == ("GET", "/fapi/v1/ping"):
             return {}
         if key == ("GET", "/fapi/v1/time"):
-            return {"serverTime": now_ms()}
+            return {"serverTime": exchange.server_time()}
         if key == ("GET", "/fapi/v1/exchangeInfo"):
             return exchange.exchange_info()
         if key == ("GET", "/fapi/v1/premiumIndex"):
@@ -334,6 +337,9 @@ def control(exchange: SimExchange, op: str, args: dict) -> Any:
         return {"ok": True, "symbol": market.symbol}
     if op == "set_mark_price":
         exchange.set_mark_price(**args)
+        return {"ok": True}
+    if op == "set_clock_offset":
+        exchange.set_clock_offset(**args)
         return {"ok": True}
     if op == "set_fee_asset":
         exchange.set_fee_asset(**args)

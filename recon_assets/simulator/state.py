@@ -227,6 +227,9 @@ class SimExchange:
         self.accounts: dict[str, Account] = {}  # by name
         self.faults: list[Fault] = []
         self.request_counts: dict[str, int] = {}
+        # How far the exchange's clock is ahead of this machine's (ms): a local clock that is
+        # off, seen from the exchange (signed requests outside recvWindow fail with -1021).
+        self.clock_offset_ms = 0
         self._order_ids = itertools.count(8_389_765_000)
         self._trade_ids: dict[str, itertools.count] = {}
         for symbol, base, mark, step, tick in markets:
@@ -283,6 +286,15 @@ class SimExchange:
             market.mark_price = D(str(price))
             market.price_history.append((at_ms if at_ms is not None else now_ms(),
                                          market.mark_price))
+
+    def server_time(self) -> int:
+        """The exchange's clock (ms): this machine's plus `clock_offset_ms`."""
+        return now_ms() + self.clock_offset_ms
+
+    def set_clock_offset(self, offset_ms: int) -> None:
+        """Move the exchange's clock `offset_ms` ahead of this machine's (negative: behind)."""
+        with self.lock:
+            self.clock_offset_ms = int(offset_ms)
 
     def set_fee_asset(self, account: str, asset: str) -> None:
         """Charge `account`'s commissions in `asset` from now on (e.g. BNB)."""

@@ -48,6 +48,8 @@ def exchange_snapshot(context: dg.AssetExecutionContext, exchange: ExchangeResou
         "read_span_s": round(snap.read_finished - snap.read_started, 3),
         "symbols_that_matter": len(snap.symbols),
     }
+    if latency["clock_offset_ms"] is not None:  # our clock minus the exchange's, as measured
+        common["clock_offset_ms"] = latency["clock_offset_ms"]
     extra = {
         "exchange_open_orders": {},
         "exchange_positions": {"flat_symbols": int((snap.positions["side"] == "flat").sum())},
