@@ -276,8 +276,11 @@ def decide_missing_from_exchange(
     probe_id = probe.get("id")
     if probe_coid not in (None, "") and str(probe_coid) != o.client_order_id:
         return none("probe_mismatch", f"the probe answered for client order id {probe_coid}")
+    # A conditional order (the Algo Service's) that triggered became a regular order: the
+    # probe is that order, and `algoId` names the algo order the database holds.
     if (probe_id not in (None, "") and o.exchange_order_id is not None
-            and str(probe_id) != o.exchange_order_id):
+            and str(probe_id) != o.exchange_order_id
+            and str(probe.get("algoId") or "") != o.exchange_order_id):
         return none("probe_mismatch", f"the probe answered for exchange order {probe_id}, "
                                       f"the database has {o.exchange_order_id}")
     status = probe.get("status")
@@ -300,10 +303,16 @@ def decide_missing_from_exchange(
         return none("inconsistent_probe", f"a rejected order with {_num(filled)} filled")
     exchange_order_id = str(probe_id) if probe_id not in (None, "") else o.exchange_order_id
     probe_evidence = {"probe": _probe_summary(probe)}
+    # The fills of a triggered conditional order belong to the regular order it became; they are
+    # booked under the order the database holds (the algo order), the evidence names both.
+    booked_order_id = exchange_order_id
+    if probe.get("algoId") not in (None, "") and str(probe["algoId"]) == o.exchange_order_id:
+        booked_order_id = o.exchange_order_id
+        probe_evidence["triggered_as_order"] = exchange_order_id
 
     if filled == o.filled and status != "closed":
         return _cancel(o, status, filled, f"exchange_{status}", probe_evidence, cycle_id,
-                       dry_run, evidence, exchange_order_id)
+                       dry_run, evidence, booked_order_id)
     if status == "closed" and filled != o.qty:
         return none("closed_but_not_fully_filled",
                     f"status closed with {_num(filled)} of {_num(o.qty)} filled")
@@ -343,7 +352,7 @@ def decide_missing_from_exchange(
         "p_client_order_id": o.client_order_id,
         "p_filled_qty": _num(filled),
         "p_avg_fill_price": _num(average),
-        "p_exchange_order_id": exchange_order_id,
+        "p_exchange_order_id": booked_order_id,
         "p_fills": normalised,
         "p_final_status": final_status,
         "p_dry_run": bool(dry_run),

@@ -121,13 +121,15 @@ def open_orders_frame(account: str, orders: list[dict], mark_prices: dict[str, f
     for o in orders:
         info = o.get("info") or {}
         qty, price = _num(o.get("amount")), _num(o.get("price"))
+        if not price > 0:  # a stop/take-profit market order: its price is the trigger
+            price = _num(o.get("triggerPrice")) if o.get("triggerPrice") else math.nan
         if not price > 0:
             price = math.nan
         reference = price if price > 0 else mark_prices.get(o["symbol"], math.nan)
         rows.append({
             "account": account, "symbol": o["symbol"], "exchange_order_id": str(o["id"]),
             "client_order_id": o.get("clientOrderId"), "side": o.get("side"),
-            "order_type": o.get("type"), "status": BINANCE_TO_DB_STATUS.get(info.get("status"), "open"),
+            "order_type": o.get("type"), "status": BINANCE_TO_DB_STATUS.get(info.get("status") or info.get("algoStatus"), "open"),
             "qty": qty, "filled_qty": _num(o.get("filled")) if o.get("filled") is not None else 0.0,
             "price": price, "notional_usd": abs(qty * reference),
             "created_at": _ts(o["timestamp"]), "fetched_at": fetched_at})

@@ -153,6 +153,23 @@ def _check_order(item: dict, known: set[str] | None, with_time: bool = True) -> 
     _integer(item, "updateTime", 0)
 
 
+ALGO_STATUSES = {"NEW", "CANCELED", "TRIGGERING", "TRIGGERED", "FINISHED", "REJECTED", "EXPIRED"}
+
+
+def _check_algo_order(item: dict, known: set[str] | None) -> None:
+    _integer(item, "algoId", 1)
+    _symbol(item, known)
+    _text(item, "clientAlgoId")
+    _choice(item, "side", _SIDES)
+    _text(item, "orderType")
+    _choice(item, "algoStatus", ALGO_STATUSES)
+    _decimal(item, "quantity", positive=True)
+    _decimal(item, "triggerPrice", minimum=Decimal(0))
+    _decimal(item, "price", minimum=Decimal(0))
+    _choice(item, "positionSide", {"BOTH"}, _HEDGE)
+    _integer(item, "createTime", 1)
+
+
 def _check_position(item: dict, known: set[str] | None) -> None:
     _symbol(item, known)
     _choice(item, "positionSide", {"BOTH"}, _HEDGE)
@@ -232,6 +249,15 @@ def check_payload(method: str, path: str, payload: Any, known_symbols: set[str] 
         _check_list(endpoint, payload["symbols"], _check_market, None)
     elif path.endswith("/openOrders"):
         _check_list(endpoint, payload, _check_order, known_symbols)
+    elif path.endswith("/openAlgoOrders"):
+        _check_list(endpoint, payload, _check_algo_order, known_symbols)
+    elif path.endswith("/algoOrder") and method == "GET":
+        if not isinstance(payload, dict):
+            raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: expected a JSON object")
+        try:
+            _check_algo_order(payload, known_symbols)
+        except _Bad as exc:
+            raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: {exc}") from None
     elif path.endswith("/positionRisk"):
         _check_list(endpoint, payload, _check_position, known_symbols)
     elif path.endswith("/userTrades"):
@@ -535,6 +561,12 @@ class ExchangeSession:
     def fetch_open_orders(self) -> list[dict]:
         """Every open order of the account, all symbols, in one request."""
         return self.call("fetch open orders", self.client.fetch_open_orders)
+
+    def fetch_open_conditional_orders(self) -> list[dict]:
+        """Every open conditional order (stop, take-profit, trailing) of the account: Binance
+        serves them from the Algo Service (openAlgoOrders), apart from the regular ones."""
+        return self.call("fetch open conditional orders", self.client.fetch_open_orders,
+                         None, None, None, {"trigger": True})
 
     def fetch_positions(self) -> list[dict]:
         """Every non-zero position of the account, in one request."""

@@ -2,7 +2,8 @@
 `core.exchange_snapshot` (no Dagster here: the assets, the demo and the benchmark call
 `read_exchange_snapshot`).
 
-The order of reads: markets (cached per process), every open order (one request), every
+The order of reads: markets (cached per process), every open order (one request for the
+regular ones, one for the conditional ones the Algo Service holds), every
 position (one request), then fills only for the symbols that matter and may have new fills,
 from each symbol's cursor; then, for fills whose order is unknown, a targeted order lookup to
 learn its client_order_id. Any failed read raises: nothing is stored and no frame is returned.
@@ -61,7 +62,8 @@ def read_exchange_snapshot(resource: ExchangeResource, database: PostgresStore, 
     session = session or resource.session(account)
     markets = session.load_markets()
     read_started = time.time()  # the picture: open orders and positions, read back to back
-    orders = session.fetch_open_orders()
+    # Regular and conditional (Algo Service) orders are one picture for the diff.
+    orders = session.fetch_open_orders() + session.fetch_open_conditional_orders()
     orders_at = pd.Timestamp.now(tz="UTC")
     positions = session.fetch_positions()
     positions_at = pd.Timestamp.now(tz="UTC")

@@ -25,7 +25,8 @@ test keys are `simkey<account>` / `simsecret<account>` (simulator-only credentia
 | position_drift | a foreign fill changed the account's position |
 | unattributed_ghost | ghost slice of a trade whose orders carry no sub-tag attribution (quarantine) |
 | systemic_glitch | the exchange reports no positions at all (integrity watchdog pause, no mass close) |
-| demo | all of the above except the glitch, on acct1 and acct2 |
+| conditional_orders | a DB-open stop-loss resting on the Algo Service (in sync); another one triggered and filled behind the DB's back (missing_from_exchange; reconcileExitFill) |
+| demo | all of the above except the glitch and the conditional orders, on acct1 and acct2 |
 | lifecycle | a filled entry, a filled exit and a cancel the database missed (the three handlers) |
 """
 
@@ -191,6 +192,22 @@ class _Builder:
             exit_ref = self.order(profile, trade_id, "EXIT", symbol,
                                   "SELL" if side == "BUY" else "BUY", qty, exit_price)
         return entry_ref, exit_ref
+
+    def stop_loss(self, profile: str, trade_id: str, symbol: str, side: str, qty: str,
+                  trigger: str, seq: int = 2):
+        """The trading app places a STOP_MARKET exit (a conditional order: the Algo Service)
+        and records it with the trigger price as its price and the algo id as the exchange id."""
+        p = self.profiles[profile]
+        cid = make_client_order_id(p["sub_tag"], trade_id, "EXIT", seq)
+        t = self.tick()
+        algo = self.ex.place_algo_order(p["exchange_account"], symbol, side, "STOP_MARKET", qty,
+                                        trigger, client_algo_id=cid, reduce_only=True, at_ms=t)
+        row = {"profile_id": profile, "trade_id": trade_id, "intent": "EXIT",
+               "symbol": self.unified(symbol), "side": side.lower(), "client_order_id": cid,
+               "exchange_order_id": str(algo.algo_id), "status": "open", "qty": D(qty),
+               "filled_qty": D(0), "price": D(trigger), "created_at": _iso(t), "updated_at": _iso(t)}
+        self.orders.append(row)
+        return algo
 
     # ---- the result --------------------------------------------------------------------------
     def rows(self) -> dict[str, list[dict]]:
@@ -373,9 +390,25 @@ _PIECES: dict[str, Callable[[_Builder, dict], None]] = {
     "unattributed_ghost": _unattributed_ghost,
     "systemic_glitch": _systemic_glitch,
 }
+def _conditional_orders(b: _Builder, _base: dict) -> None:
+    b.stop_loss("beta", "t-b1", "ETHUSDT", "BUY", "0.500", "3300.00")  # rests: no finding
+    stop = b.stop_loss("gamma", "t-g1", "BTCUSDT", "SELL", "0.002", "58000.0")
+    b.tick()
+    b.ex.set_mark_price("BTCUSDT", "57990.0")
+    b.ex.trigger_algo_order("acct2", stop.algo_id, at_ms=b.clock)
+    b.ex.set_mark_price("BTCUSDT", "60000.00")
+    b.expect("missing_from_exchange", "acct2", "BTCUSDT", client_order_id=stop.client_algo_id,
+             trade_id="t-g1", handler="reconcile_exit_fill")
+    b.expect("ghost_slice", "acct2", "BTCUSDT", trade_id="t-g1", profile_id="gamma",
+             attributable=True, backfill="lifecycle",
+             evidence=f"exit fill of {stop.client_algo_id}, an order the database holds")
+    b.expect("position_drift", "acct2", "BTCUSDT", attributable=False, note=_DB_KEEPS_POSITION)
+
+
+_PIECES["conditional_orders"] = _conditional_orders
 # Scenarios made of several pieces; every other scenario is one piece (or none, "clean").
 _COMBOS: dict[str, list[str]] = {
-    "demo": [p for p in _PIECES if p != "systemic_glitch"],
+    "demo": [p for p in _PIECES if p not in ("systemic_glitch", "conditional_orders")],
     "lifecycle": ["entry_filled_behind_db", "exit_filled_behind_db", "cancelled_behind_db"],
 }
 SCENARIOS = ("clean", *_PIECES, *_COMBOS)

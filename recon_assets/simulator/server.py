@@ -4,7 +4,9 @@ the `/_control/...` surface.
 Endpoints (exactly what ccxt 4.5 `binanceusdm` calls for what this project does):
 `GET /fapi/v1/exchangeInfo`, `GET /fapi/v1/openOrders`, `GET /fapi/v1/leverageBracket`,
 `GET /fapi/v3/positionRisk`, `GET /fapi/v1/userTrades`, `GET /fapi/v3/account`,
-`GET/POST/DELETE /fapi/v1/order`, `GET /fapi/v1/premiumIndex` (mark prices, for a symbol the
+`GET/POST/DELETE /fapi/v1/order`, the Algo Service's conditional orders (stop, take-profit,
+trailing: `GET /fapi/v1/openAlgoOrders`, `GET/POST/DELETE /fapi/v1/algoOrder`; POST
+/fapi/v1/order refuses those types with -4120, as Binance has since December 2025), `GET /fapi/v1/premiumIndex` (mark prices, for a symbol the
 account holds nothing of), `GET /fapi/v1/klines` (1-minute candles of the mark price,
 for the USD value of a fee paid in BNB at a fill's time), plus `GET /fapi/v1/ping` and
 `GET /fapi/v1/time`. Commissions are charged in USDT, or in the account's fee asset
@@ -42,7 +44,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from recon_assets.processes import stop_on_signals
-from recon_assets.simulator.state import Account, Fault, SimError, SimExchange, now_ms
+from recon_assets.simulator.state import (ALGO_ORDER_TYPES, Account, Fault, SimError, SimExchange,
+                                          now_ms)
 
 _API_KEY_RE = re.compile(r"^[A-Za-z0-9]{1,128}$")
 _DEFAULT_RECV_WINDOW = 5000
@@ -52,10 +55,12 @@ _SIGNED = {
     ("GET", "/fapi/v1/openOrders"), ("GET", "/fapi/v1/leverageBracket"),
     ("GET", "/fapi/v3/positionRisk"), ("GET", "/fapi/v1/userTrades"), ("GET", "/fapi/v3/account"),
     ("GET", "/fapi/v1/order"), ("POST", "/fapi/v1/order"), ("DELETE", "/fapi/v1/order"),
+    ("GET", "/fapi/v1/openAlgoOrders"), ("GET", "/fapi/v1/algoOrder"),
+    ("POST", "/fapi/v1/algoOrder"), ("DELETE", "/fapi/v1/algoOrder"),
 }
 _CONTROL_OPS = {
     "reset", "scenario", "add_account", "add_market", "set_mark_price", "set_fee_asset", "place_order",
-    "set_clock_offset", "fill_order", "cancel_order", "expire_order", "close_position", "liquidate", "fault",
+    "set_clock_offset", "place_algo_order", "trigger_algo_order", "cancel_algo_order", "fill_order", "cancel_order", "expire_order", "close_position", "liquidate", "fault",
     "clear_faults", "reset_requests",
 }
 
@@ -257,6 +262,25 @@ class _Handler(BaseHTTPRequestHandler):
         with exchange.lock:
             if key == ("GET", "/fapi/v1/openOrders"):
                 return exchange.open_orders(source, symbol)
+            if key == ("GET", "/fapi/v1/openAlgoOrders"):
+                return exchange.open_algo_orders(source, symbol)
+            if key == ("GET", "/fapi/v1/algoOrder"):
+                algo = exchange.find_algo_order(source, params.get("algoId"),
+                                                params.get("clientAlgoId"))
+                return exchange.algo_order_payload(algo, source)
+            if key == ("DELETE", "/fapi/v1/algoOrder"):
+                algo = exchange.cancel_algo_order(account, params.get("algoId"),
+                                                  params.get("clientAlgoId"))
+                return {"algoId": algo.algo_id, "clientAlgoId": algo.client_algo_id,
+                        "code": "200", "msg": "success"}
+            if key == ("POST", "/fapi/v1/algoOrder"):
+                if params.get("algoType") != "CONDITIONAL":
+                    raise SimError(-1116, "Invalid algoType.")
+                algo = exchange.place_algo_order(
+                    account, symbol, params.get("side"), params.get("orderType"),
+                    params.get("quantity"), params.get("triggerPrice"), params.get("price"),
+                    params.get("clientAlgoId"), _bool(params.get("reduceOnly")))
+                return exchange.algo_order_payload(algo, account)
             if key == ("GET", "/fapi/v3/positionRisk"):
                 return exchange.position_risk(source, symbol)
             if key == ("GET", "/fapi/v1/leverageBracket"):
@@ -278,6 +302,9 @@ class _Handler(BaseHTTPRequestHandler):
                                               params.get("origClientOrderId"))
                 return exchange.order_payload(order, response=True)
             if key == ("POST", "/fapi/v1/order"):
+                if (params.get("type") or "").upper() in ALGO_ORDER_TYPES:
+                    raise SimError(-4120, "Order type not supported for this endpoint. Please use "
+                                          "the Algo Order API endpoints instead.")
                 position_side = params.get("positionSide", "BOTH")
                 if position_side != "BOTH":
                     raise SimError(-4061, "Order's position side does not match user's setting.")
@@ -338,6 +365,12 @@ def control(exchange: SimExchange, op: str, args: dict) -> Any:
     if op == "set_mark_price":
         exchange.set_mark_price(**args)
         return {"ok": True}
+    if op == "place_algo_order":
+        return exchange.algo_order_payload(exchange.place_algo_order(**args))
+    if op == "trigger_algo_order":
+        return exchange.order_payload(exchange.trigger_algo_order(**args))
+    if op == "cancel_algo_order":
+        return exchange.algo_order_payload(exchange.cancel_algo_order(**args))
     if op == "set_clock_offset":
         exchange.set_clock_offset(**args)
         return {"ok": True}

@@ -137,6 +137,38 @@ class Order:
         return self.cum_quote / self.executed_qty if self.executed_qty else ZERO
 
 
+# Conditional order types: served by the Algo Service endpoints (/fapi/v1/algoOrder,
+# /fapi/v1/openAlgoOrders) since December 2025; POST /fapi/v1/order refuses them (-4120).
+ALGO_ORDER_TYPES = ("STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET",
+                    "TRAILING_STOP_MARKET")
+ALGO_OPEN_STATUSES = ("NEW",)
+
+
+@dataclass
+class AlgoOrder:
+    """A conditional order held by the Algo Service until its trigger; then a regular order
+    (`actual_order_id`) is placed in the matching engine and the algo order is FINISHED."""
+
+    algo_id: int
+    client_algo_id: str
+    symbol: str
+    side: str
+    order_type: str
+    quantity: Decimal
+    trigger_price: Decimal
+    price: Decimal  # 0 for the *_MARKET types
+    reduce_only: bool
+    create_time: int
+    update_time: int
+    status: str = "NEW"  # NEW / CANCELED / TRIGGERED / FINISHED / REJECTED / EXPIRED
+    actual_order_id: int | None = None
+    trigger_time: int = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in ALGO_OPEN_STATUSES
+
+
 @dataclass
 class Trade:
     trade_id: int
@@ -166,6 +198,7 @@ class Account:
     secret: str
     initial_balance: Decimal = D("100000")
     orders: dict[int, Order] = field(default_factory=dict)
+    algo_orders: dict[int, AlgoOrder] = field(default_factory=dict)
     trades: dict[str, list[Trade]] = field(default_factory=dict)
     positions: dict[str, Position] = field(default_factory=dict)
     realized_pnl: Decimal = ZERO
@@ -231,6 +264,7 @@ class SimExchange:
         # off, seen from the exchange (signed requests outside recvWindow fail with -1021).
         self.clock_offset_ms = 0
         self._order_ids = itertools.count(8_389_765_000)
+        self._algo_ids = itertools.count(4_000_000_001)  # a namespace of their own, like Binance
         self._trade_ids: dict[str, itertools.count] = {}
         for symbol, base, mark, step, tick in markets:
             self.add_market(symbol, base, mark, step, tick)
@@ -408,6 +442,109 @@ class SimExchange:
                     if side == "BUY" else max(limit, market.mark_price)
                 self._fill(acct, order, order.remaining, fill_price, t, maker=False)
             return order
+
+    # ---- conditional (algo) orders ------------------------------------------------------------
+    def place_algo_order(self, account: str | Account, symbol: str, side: str, order_type: str,
+                         quantity, trigger_price, price=None, client_algo_id: str | None = None,
+                         reduce_only: bool = False, at_ms: int | None = None) -> AlgoOrder:
+        """POST /fapi/v1/algoOrder (algoType CONDITIONAL): rests until `trigger_algo_order`."""
+        with self.lock:
+            acct = account if isinstance(account, Account) else self.account(account)
+            market = self.market(symbol)
+            side, order_type = (side or "").upper(), (order_type or "").upper()
+            if side not in ("BUY", "SELL"):
+                raise SimError(-1117, "Invalid side.")
+            if order_type not in ALGO_ORDER_TYPES:
+                raise SimError(-1116, "Invalid orderType.")
+            qty = _dec(quantity, "quantity")
+            self._check_qty(market, qty)
+            trigger = _dec(trigger_price, "triggerPrice")
+            limit = _dec(price, "price") if price is not None else ZERO
+            if order_type in ("STOP", "TAKE_PROFIT") and limit <= 0:
+                raise SimError(-1102, "Mandatory parameter 'price' was not sent, was empty/null, or malformed.")
+            client_algo_id = client_algo_id or "x-sim" + random_suffix(22)
+            if not CLIENT_ORDER_ID_RE.match(client_algo_id):
+                raise SimError(-1100, "Illegal characters found in parameter 'clientAlgoId'.")
+            if any(a.client_algo_id == client_algo_id and a.is_open for a in acct.algo_orders.values()):
+                raise SimError(-4116, "ClientOrderId is duplicated.")
+            t = at_ms if at_ms is not None else now_ms()
+            algo = AlgoOrder(next(self._algo_ids), client_algo_id, market.symbol, side, order_type,
+                             qty, trigger, limit, reduce_only, t, t)
+            acct.algo_orders[algo.algo_id] = algo
+            return algo
+
+    def find_algo_order(self, account: str | Account, algo_id=None,
+                        client_algo_id: str | None = None) -> AlgoOrder:
+        with self.lock:
+            acct = account if isinstance(account, Account) else self.account(account)
+            if algo_id is not None:
+                try:
+                    algo = acct.algo_orders.get(int(algo_id))
+                except (TypeError, ValueError):
+                    raise SimError(-1100, "Illegal characters found in parameter 'algoId'.") from None
+            elif client_algo_id is not None:
+                matches = [a for a in acct.algo_orders.values() if a.client_algo_id == client_algo_id]
+                algo = max(matches, key=lambda a: a.algo_id) if matches else None
+            else:
+                raise SimError(-1102, "Either algoId or clientAlgoId must be sent.")
+            if algo is None:
+                raise SimError(-2013, "Order does not exist.")
+            return algo
+
+    def cancel_algo_order(self, account: str | Account, algo_id=None,
+                          client_algo_id: str | None = None, at_ms: int | None = None) -> AlgoOrder:
+        with self.lock:
+            algo = self.find_algo_order(account, algo_id, client_algo_id)
+            if not algo.is_open:
+                raise SimError(-2011, "Unknown order sent.")
+            algo.status, algo.update_time = "CANCELED", at_ms or now_ms()
+            return algo
+
+    def trigger_algo_order(self, account: str | Account, algo_id=None,
+                           client_algo_id: str | None = None, at_ms: int | None = None) -> Order:
+        """The trigger price is reached: a regular order (MARKET, or LIMIT at `price`) goes to
+        the matching engine under the same client id, and the algo order is FINISHED when it
+        fills (TRIGGERED while it rests)."""
+        with self.lock:
+            acct = account if isinstance(account, Account) else self.account(account)
+            algo = self.find_algo_order(acct, algo_id, client_algo_id)
+            if not algo.is_open:
+                raise SimError(-2013, f"algo order {algo.algo_id} is {algo.status}, cannot trigger it")
+            t = at_ms if at_ms is not None else now_ms()
+            market_order = algo.order_type.endswith("_MARKET")
+            order = self.place_order(acct, algo.symbol, algo.side,
+                                     "MARKET" if market_order else "LIMIT", algo.quantity,
+                                     None if market_order else algo.price, algo.client_algo_id,
+                                     algo.reduce_only, at_ms=t)
+            algo.actual_order_id, algo.trigger_time, algo.update_time = order.order_id, t, t
+            algo.status = "TRIGGERED" if order.is_open else "FINISHED"
+            return order
+
+    def algo_order_payload(self, algo: AlgoOrder, acct: Account | None = None) -> dict:
+        market = self.markets[algo.symbol]
+        actual = acct.orders.get(algo.actual_order_id) if acct and algo.actual_order_id else None
+        if actual is not None and algo.status == "TRIGGERED" and not actual.is_open:
+            algo.status = "FINISHED"
+        return {
+            "algoId": algo.algo_id, "clientAlgoId": algo.client_algo_id, "algoType": "CONDITIONAL",
+            "orderType": algo.order_type, "symbol": algo.symbol, "side": algo.side,
+            "positionSide": "BOTH", "timeInForce": "GTC", "quantity": fmt(algo.quantity),
+            "algoStatus": algo.status, "actualOrderId": str(algo.actual_order_id or ""),
+            "actualPrice": fmt(actual.avg_price(), max(market.price_precision, 5)) if actual else "0",
+            "triggerPrice": fmt(algo.trigger_price), "price": fmt(algo.price),
+            "icebergQuantity": None, "selfTradePreventionMode": "EXPIRE_MAKER",
+            "workingType": "CONTRACT_PRICE", "priceMatch": "NONE", "closePosition": False,
+            "priceProtect": False, "reduceOnly": algo.reduce_only, "createTime": algo.create_time,
+            "updateTime": algo.update_time, "triggerTime": algo.trigger_time, "goodTillDate": 0,
+        }
+
+    def open_algo_orders(self, acct: Account, symbol: str | None = None) -> list[dict]:
+        with self.lock:
+            if symbol is not None:
+                self.market(symbol)
+            return [self.algo_order_payload(a, acct)
+                    for a in sorted(acct.algo_orders.values(), key=lambda a: a.algo_id)
+                    if a.is_open and (symbol is None or a.symbol == symbol)]
 
     def find_order(self, account: str | Account, order_id=None, client_order_id: str | None = None,
                    symbol: str | None = None) -> Order:

@@ -436,3 +436,16 @@ def test_which_lock_a_timeout_waited_for():
     assert lock_wait_of(advisory) == ("reconciliation_lock", "profile")
     assert lock_wait_of(row) == ("row_lock", "orders")
     assert lock_wait_of(None) == ("row_lock", None)
+
+
+def test_a_triggered_conditional_order_is_probed_as_the_order_it_became():
+    """Issue 15: the database holds the algo order (its id an algoId); the probe is the regular
+    order it triggered, whose fills are its fills. Booked under the database's order id."""
+    fills = [trade("f1", 1.5, order="555"), trade("f2", 0.5, order="555")]
+    d = decide(p=probe(id="555", algoId="9001"), fills=fills)
+    assert d.actionable and d.reason == "exchange_closed_fully_filled"
+    assert d.params["p_exchange_order_id"] == "9001"
+    assert d.params["p_evidence"]["triggered_as_order"] == "555"
+    # Without the link it is another order: refused as before.
+    assert decide(p=probe(id="555"), fills=fills).reason == "probe_mismatch"
+    assert decide(p=probe(id="555", algoId="42"), fills=fills).reason == "probe_mismatch"

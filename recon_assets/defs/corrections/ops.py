@@ -19,6 +19,7 @@ partition, and the run carries the `recon/profile` tag the run queue limits to o
 
 import dataclasses
 
+import ccxt
 import dagster as dg
 import pandas as pd
 
@@ -46,15 +47,26 @@ def _probe_failure(exc: Exception) -> ProbeFailure:
 
 
 def probe_order(session, order: dict) -> tuple[dict | ProbeFailure, list[dict]]:
-    """The one targeted probe: the order by exchange id (else client id), then its fills."""
+    """The one targeted probe: the order by exchange id (else client id), then its fills. An
+    order the matching engine does not know may be a conditional one (stop, take-profit): the
+    Algo Service is asked for it by client id, and a triggered one is followed to the regular
+    order it became (whose fills are its fills)."""
     symbol = order["symbol"]
+    label = f"probe order {order['client_order_id']}"
     try:
-        if order.get("exchange_order_id"):
-            probe = session.call(f"probe order {order['client_order_id']}", session.client.fetch_order,
-                                 str(order["exchange_order_id"]), symbol)
-        else:
-            probe = session.call(f"probe order {order['client_order_id']}", session.client.fetch_order,
-                                 None, symbol, {"origClientOrderId": order["client_order_id"]})
+        try:
+            if order.get("exchange_order_id"):
+                probe = session.call(label, session.client.fetch_order,
+                                     str(order["exchange_order_id"]), symbol)
+            else:
+                probe = session.call(label, session.client.fetch_order, None, symbol,
+                                     {"origClientOrderId": order["client_order_id"]})
+        except ExchangeFetchError as exc:
+            if not isinstance(exc.__context__, ccxt.OrderNotFound):
+                raise
+            probe = _conditional_probe(session, order, label)
+            if probe is None:
+                raise
         fills = []
         if float(probe.get("filled") or 0) > 0:
             fills = session.call(f"probe fills of {order['client_order_id']}",
@@ -63,6 +75,27 @@ def probe_order(session, order: dict) -> tuple[dict | ProbeFailure, list[dict]]:
     except Exception as exc:  # noqa: BLE001 - any failed probe decides nothing
         return _probe_failure(exc), []
     return probe, fills
+
+
+def _conditional_probe(session, order: dict, label: str) -> dict | None:
+    """The order as the Algo Service knows it (None when it does not): while it waits for its
+    trigger, or cancelled/expired before it, the algo order itself; once triggered, the regular
+    order it became, under the algo order's client id and with `algoId` saying where it came
+    from (core.corrections accepts that id for the database's exchange order id)."""
+    try:
+        algo = session.call(f"{label} (conditional)", session.client.fetch_order, None,
+                            order["symbol"], {"trigger": True,
+                                              "clientAlgoId": order["client_order_id"]})
+    except ExchangeFetchError as exc:
+        if isinstance(exc.__context__, ccxt.OrderNotFound):
+            return None
+        raise
+    actual = (algo.get("info") or {}).get("actualOrderId")
+    if not actual:
+        return {**algo, "algoId": str(algo["id"])}
+    triggered = session.call(f"{label} (triggered as order {actual})", session.client.fetch_order,
+                             str(actual), order["symbol"])
+    return {**triggered, "clientOrderId": algo.get("clientOrderId"), "algoId": str(algo["id"])}
 
 
 def _correct_order(context, database, session, row, cycle_id, run_id, dry_run) -> dict:

@@ -387,3 +387,20 @@ def test_a_fee_in_an_asset_without_a_price_is_unknown_not_zero(sim, pg_dsn, inst
     (evidence,) = query(pg_dsn, "SELECT evidence->'change'->>'unpriced_fees' FROM recon.corrections "
                                  "WHERE client_order_id = 'rc.ALP.t-f2.E1'")
     assert evidence == ("1",)
+
+
+def test_a_stop_order_triggered_behind_the_database_is_found_by_the_probe_and_booked(
+        sim, pg_dsn, instance):
+    """Issue 15: a conditional order lives on the Algo Service (its id an algoId); once
+    triggered, its fill belongs to the regular order it became. The probe follows it there."""
+    defs = after_first_cycle(sim, pg_dsn, instance, "conditional_orders")
+    tick = evaluate_correction_sensor(defs, instance)
+    assert [r.tags["recon/profile"] for r in tick.run_requests] == ["gamma"]
+    assert all(r.success for r in run_corrections(defs, instance, tick.run_requests))
+    rows = query(pg_dsn, "SELECT handler, outcome FROM recon.corrections WHERE NOT dry_run")
+    assert rows == [("reconcile_exit_fill", "applied")]
+    assert query(pg_dsn, "SELECT status, filled_qty::text FROM orders "
+                         "WHERE client_order_id = 'rc.GAM.t-g1.X2'") == [("filled", "0.002")]
+    assert query(pg_dsn, "SELECT status FROM trade_history WHERE trade_id = 't-g1'") == [("closed",)]
+    # The resting stop of beta stays open on both sides: nothing to correct, nothing found.
+    assert diff_rows(run_scheduled_cycles(defs, instance)) == []
