@@ -87,8 +87,10 @@ from typing import Any
 
 from recon_assets.core.attribution import parse_client_order_id
 from recon_assets.core.fees import Fee, fee_of
-from recon_assets.core.rules import (FAILED, INTENTS, LIFECYCLE_HANDLERS, ORDER_SIDES,
-                                     RECONCILIATION_LOCK, REFUSED, ROW_LOCK, SQL_REFUSAL)
+from recon_assets.core.rules import (FAILED, INTENTS, LIFECYCLE_HANDLERS,
+                                     ORDER_QUERY_RETENTION_DAYS, ORDER_SIDES,
+                                     RECONCILIATION_LOCK, REFUSED, ROW_LOCK, SQL_REFUSAL,
+                                     UNFILLED_ORDER_QUERY_RETENTION_DAYS)
 
 ENTRY_FILL, EXIT_FILL, CANCEL = HANDLERS = LIFECYCLE_HANDLERS
 NONE = "none"
@@ -159,6 +161,9 @@ class ProbeFailure:
     kind: str
     message: str = ""
     full_history: bool = False
+    # For not_found: the order is older than what the exchange lets one query
+    # (`beyond_query_retention`), so "not found" says nothing about it.
+    beyond_retention: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ("network_error", "not_found", "error"):
@@ -178,6 +183,15 @@ class ProbeFailure:
         else:
             kind = "error"
         return cls(kind, f"{type(exc).__name__}: {exc}", full_history and kind == "not_found")
+
+
+def beyond_query_retention(created_at_ms: int, now_ms: int, database_filled: Decimal | float) -> bool:
+    """Whether the exchange may no longer answer for an order created at `created_at_ms`: past
+    the query retention of any order, or past that of an order cancelled without fills (which
+    it may be: the database booked none)."""
+    age_days = (now_ms - created_at_ms) / 86_400_000
+    return age_days > ORDER_QUERY_RETENTION_DAYS or (
+        age_days > UNFILLED_ORDER_QUERY_RETENTION_DAYS and Decimal(str(database_filled)) == 0)
 
 
 @dataclass(frozen=True)
@@ -255,6 +269,12 @@ def decide_missing_from_exchange(
                                   detail=detail)
 
     if isinstance(probe, ProbeFailure):
+        if probe.kind == "not_found" and probe.beyond_retention:
+            return none("beyond_exchange_query_retention",
+                        f"the exchange no longer answers for order {o.client_order_id} (created "
+                        f"beyond its query retention: {ORDER_QUERY_RETENTION_DAYS} days, or "
+                        f"{UNFILLED_ORDER_QUERY_RETENTION_DAYS} days when cancelled without a "
+                        f"fill); an operator settles it from the exchange's own records")
         if probe.kind == "not_found" and probe.full_history:
             if o.filled > 0:
                 return none("not_found_but_database_booked_fills",

@@ -141,3 +141,11 @@ def sql_list(values) -> str:
     """`values` as a SQL list of string literals, for the few queries that spell a rule inline
     (the values are this module's constants, never user input)."""
     return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+
+# --- what the exchange keeps (Binance USD-M; a second exchange names its own) --------------------
+# GET order finds no order created more than 90 days ago, nor one cancelled or expired without a
+# fill 3 days after it was created; userTrades answers for at most 7 days per request (the last
+# 7 days when no range is given).
+ORDER_QUERY_RETENTION_DAYS = 90
+UNFILLED_ORDER_QUERY_RETENTION_DAYS = 3
+TRADES_QUERY_WINDOW_DAYS = 7

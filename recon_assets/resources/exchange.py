@@ -38,6 +38,7 @@ import dagster as dg
 from pydantic import Field
 
 from recon_assets.core.fees import needs_price
+from recon_assets.core.rules import TRADES_QUERY_WINDOW_DAYS
 
 
 class ExchangeFetchError(RuntimeError):
@@ -595,6 +596,28 @@ class ExchangeSession:
                 return fills, True
             if pages >= self.resource.max_trade_pages:
                 return fills, False
+
+    def fetch_order_fills(self, order_id: str, symbol: str, start_ms: int | None,
+                          end_ms: int | None = None) -> list[dict]:
+        """The fills of one order, read over its own time range (`start_ms`, its creation, to
+        `end_ms`, its last update or now) in windows of TRADES_QUERY_WINDOW_DAYS: without a
+        range the exchange answers for the last 7 days only, so an older order's fills would be
+        missing."""
+        now = int(time.time() * 1000) - int(self.client.options.get("timeDifference") or 0)
+        end_ms = min(int(end_ms), now) if end_ms else now
+        if start_ms is None:
+            return self.call(f"fetch fills of order {order_id}", self.client.fetch_my_trades,
+                             symbol, None, None, {"orderId": order_id})
+        window = TRADES_QUERY_WINDOW_DAYS * 86_400_000 - 1
+        fills: dict[str, dict] = {}
+        start = int(start_ms)
+        while start <= end_ms:
+            stop = min(start + window, end_ms)
+            for fill in self.call(f"fetch fills of order {order_id}", self.client.fetch_my_trades,
+                                  symbol, start, None, {"orderId": order_id, "endTime": stop}):
+                fills[str(fill["id"])] = fill
+            start = stop + 1
+        return sorted(fills.values(), key=lambda f: int(f["id"]))
 
     def fetch_order(self, order_id: str, symbol: str) -> dict:
         """One order by exchange id (the targeted probe)."""

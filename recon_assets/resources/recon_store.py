@@ -76,7 +76,8 @@ class ReconStore:
                 """SELECT m.id AS mismatch_id, m.kind, o.profile_id, o.trade_id, o.intent, o.symbol,
                           o.side, o.client_order_id, o.exchange_order_id, o.status,
                           o.qty::text AS qty, o.filled_qty::text AS filled_qty,
-                          o.avg_fill_price::text AS avg_fill_price, o.price::text AS price
+                          o.avg_fill_price::text AS avg_fill_price, o.price::text AS price,
+                          (extract(epoch FROM o.created_at) * 1000)::bigint AS created_at_ms
                    FROM recon.mismatches m
                    JOIN orders o ON o.client_order_id = m.client_order_id
                                 AND o.profile_id = m.profile_id

@@ -293,8 +293,8 @@ class _Handler(BaseHTTPRequestHandler):
                                             params.get("fromId"), params.get("limit"))
             if key == ("GET", "/fapi/v1/order"):
                 exchange.market(symbol)
-                order = exchange.find_order(source, params.get("orderId"),
-                                            params.get("origClientOrderId"), symbol)
+                order = exchange.query_order(source, params.get("orderId"),
+                                             params.get("origClientOrderId"), symbol)
                 return exchange.order_payload(order)
             if key == ("DELETE", "/fapi/v1/order"):
                 exchange.market(symbol)

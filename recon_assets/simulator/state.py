@@ -27,6 +27,9 @@ MAKER_FEE = D("0.0002")
 # Binance USD-M's rule for newClientOrderId.
 CLIENT_ORDER_ID_RE = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
 FAR_DELIVERY = 4133404800000  # Binance's delivery date of perpetual contracts
+# Binance USD-M's query retention for GET /fapi/v1/order.
+ORDER_RETENTION_MS = 90 * 86_400_000
+UNFILLED_RETENTION_MS = 3 * 86_400_000
 
 
 def now_ms() -> int:
@@ -564,6 +567,18 @@ class SimExchange:
                 raise SimError(-2013, "Order does not exist.")
             return order
 
+    def query_order(self, account: str | Account, order_id=None,
+                    client_order_id: str | None = None, symbol: str | None = None) -> Order:
+        """GET /fapi/v1/order with Binance's query retention: an order CANCELED or EXPIRED
+        without a fill is not found 3 days after it was created, any order after 90 days."""
+        with self.lock:
+            order = self.find_order(account, order_id, client_order_id, symbol)
+            age = now_ms() - order.time
+            unfilled_gone = order.status in ("CANCELED", "EXPIRED") and order.executed_qty == 0
+            if age > ORDER_RETENTION_MS or (unfilled_gone and age > UNFILLED_RETENTION_MS):
+                raise SimError(-2013, "Order does not exist.")
+            return order
+
     def fill_order(self, account: str | Account, order_id=None, client_order_id: str | None = None,
                    qty=None, price=None, at_ms: int | None = None) -> Trade:
         """Fill (all of the remaining, or `qty` of) a resting order, at its limit price unless
@@ -909,8 +924,10 @@ class SimExchange:
             if from_id is not None and (start_time is not None or end_time is not None):
                 raise SimError(-1128, "Combination of optional parameters invalid.")
             now = now_ms()
-            latest_first = start_time is None and end_time is None and from_id is None and order_id is None
-            if latest_first:  # no range given: the most recent `limit` trades of the last 7 days
+            no_range = start_time is None and end_time is None and from_id is None
+            latest_first = no_range and order_id is None
+            if no_range:  # no range given: the last 7 days only (the most recent `limit`; with
+                # orderId too: an older order's fills need its time range)
                 start_time, end_time = now - 7 * 86_400_000, now
             if start_time is not None or end_time is not None:
                 start_time = int(start_time) if start_time is not None else int(end_time) - 7 * 86_400_000

@@ -449,3 +449,18 @@ def test_a_triggered_conditional_order_is_probed_as_the_order_it_became():
     # Without the link it is another order: refused as before.
     assert decide(p=probe(id="555"), fills=fills).reason == "probe_mismatch"
     assert decide(p=probe(id="555", algoId="42"), fills=fills).reason == "probe_mismatch"
+
+
+@pytest.mark.parametrize("age_days,filled,beyond", [
+    (2, 0, False), (4, 0, True), (4, 1, False), (89, 1, False), (91, 1, True), (91, 0, True)])
+def test_beyond_query_retention_follows_binances_two_limits(age_days, filled, beyond):
+    from recon_assets.core.corrections import beyond_query_retention
+
+    now = 1_800_000_000_000
+    assert beyond_query_retention(now - age_days * 86_400_000, now, filled) is beyond
+
+
+def test_not_found_beyond_retention_is_its_own_reason_and_never_an_action():
+    d = decide(p=ProbeFailure("not_found", "OrderNotFound", full_history=True,
+                              beyond_retention=True))
+    assert not d.actionable and d.reason == "beyond_exchange_query_retention"

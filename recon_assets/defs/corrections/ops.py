@@ -18,13 +18,15 @@ partition, and the run carries the `recon/profile` tag the run queue limits to o
 """
 
 import dataclasses
+import time
 
 import ccxt
 import dagster as dg
 import pandas as pd
 
 from recon_assets.core.corrections import (ENTRY_FILL, EXIT_FILL, ProbeFailure,
-                                           decide_missing_from_exchange, refusal_of)
+                                           beyond_query_retention, decide_missing_from_exchange,
+                                           refusal_of)
 from recon_assets.core.rules import ACTIONABLE_KINDS
 from recon_assets.defs.apply import (LockContention, ProfileCycleConfig, begin_gate,
                                      call_under_lock, check_partition, end_gate,
@@ -69,11 +71,16 @@ def probe_order(session, order: dict) -> tuple[dict | ProbeFailure, list[dict]]:
                 raise
         fills = []
         if float(probe.get("filled") or 0) > 0:
-            fills = session.call(f"probe fills of {order['client_order_id']}",
-                                 session.client.fetch_my_trades, symbol, None, None,
-                                 {"orderId": probe["id"]})
+            fills = session.fetch_order_fills(
+                str(probe["id"]), symbol, probe.get("timestamp") or order.get("created_at_ms"),
+                probe.get("lastUpdateTimestamp"))
     except Exception as exc:  # noqa: BLE001 - any failed probe decides nothing
-        return _probe_failure(exc), []
+        failure = _probe_failure(exc)
+        if failure.kind == "not_found" and order.get("created_at_ms") is not None:
+            beyond = beyond_query_retention(int(order["created_at_ms"]), int(time.time() * 1000),
+                                            order.get("filled_qty") or 0)
+            failure = dataclasses.replace(failure, beyond_retention=beyond)
+        return failure, []
     return probe, fills
 
 

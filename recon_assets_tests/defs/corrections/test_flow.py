@@ -404,3 +404,69 @@ def test_a_stop_order_triggered_behind_the_database_is_found_by_the_probe_and_bo
     assert query(pg_dsn, "SELECT status FROM trade_history WHERE trade_id = 't-g1'") == [("closed",)]
     # The resting stop of beta stays open on both sides: nothing to correct, nothing found.
     assert diff_rows(run_scheduled_cycles(defs, instance)) == []
+
+
+DAY_MS = 86_400_000
+
+
+def _old_order(sim, dsn, trade_id, created_days_ago, qty="0.010", price="59000.0"):
+    """An alpha ENTRY on acct1 placed `created_days_ago` days ago, recorded open in the DB."""
+    from recon_assets.core.attribution import make_client_order_id
+    from recon_assets.simulator.state import now_ms
+
+    cid = make_client_order_id("ALP", trade_id, "ENTRY")
+    at = now_ms() - created_days_ago * DAY_MS
+    order = sim.exchange.place_order("acct1", "XRPUSDT", "BUY", "LIMIT", "100.0", "0.5000",
+                                     client_order_id=cid, at_ms=at)
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "INSERT INTO orders (profile_id, trade_id, intent, symbol, side, client_order_id, "
+            "exchange_order_id, status, qty, filled_qty, price, created_at, updated_at) VALUES "
+            "('alpha', %s, 'ENTRY', 'XRP/USDT:USDT', 'buy', %s, %s, 'open', 100, 0, 0.5, "
+            "to_timestamp(%s / 1000.0), to_timestamp(%s / 1000.0))",
+            (trade_id, cid, str(order.order_id), at, at))
+    return order, at
+
+
+def _corrections(dsn):
+    return query(dsn, "SELECT client_order_id, handler, outcome FROM recon.corrections "
+                      "WHERE NOT dry_run ORDER BY client_order_id")
+
+
+def test_an_old_orders_fills_are_looked_up_in_its_own_time_range(sim, pg_dsn, instance):
+    """Issue 15: userTrades without a time range answers for the last 7 days only; an order
+    filled 9 days ago is found with its fills by passing the order's time range."""
+    plan = sim.load_scenario("clean")
+    plan.seed_database(pg_dsn)
+    order, at = _old_order(sim, pg_dsn, "t-old", created_days_ago=10)
+    sim.exchange.fill_order("acct1", order.order_id, at_ms=at + DAY_MS)
+    add_partitions(instance, plan)
+    defs = make_defs(sim, pg_dsn)
+    run_scheduled_cycles(defs, instance)
+    tick = evaluate_correction_sensor(defs, instance)
+    assert all(r.success for r in run_corrections(defs, instance, tick.run_requests))
+    assert _corrections(pg_dsn) == [("rc.ALP.t-old.E1", "reconcile_entry_fill", "applied")]
+    assert query(pg_dsn, "SELECT status FROM orders WHERE trade_id = 't-old'") == [("filled",)]
+
+
+def test_an_order_beyond_the_exchanges_query_retention_gets_its_own_reason_and_no_action(
+        sim, pg_dsn, instance):
+    """Binance forgets an order cancelled without fills after 3 days, any order after 90 days:
+    "not found" then says nothing about the order; the operator is told why, nothing is done."""
+    plan = sim.load_scenario("clean")
+    plan.seed_database(pg_dsn)
+    cancelled, at = _old_order(sim, pg_dsn, "t-gone", created_days_ago=5)
+    sim.exchange.cancel_order("acct1", cancelled.order_id, at_ms=at + 60_000)
+    ancient, at = _old_order(sim, pg_dsn, "t-ancient", created_days_ago=100)
+    sim.exchange.fill_order("acct1", ancient.order_id, at_ms=at + 60_000)
+    add_partitions(instance, plan)
+    defs = make_defs(sim, pg_dsn)
+    run_scheduled_cycles(defs, instance)
+    tick = evaluate_correction_sensor(defs, instance)
+    results = run_corrections(defs, instance, tick.run_requests)
+    outcomes = [o for r in results for o in r.output_for_node("correct_profile")["outcomes"]]
+    reasons = {o["client_order_id"]: o["reason"] for o in outcomes}
+    assert reasons == {"rc.ALP.t-ancient.E1": "beyond_exchange_query_retention",
+                       "rc.ALP.t-gone.E1": "beyond_exchange_query_retention"}
+    assert query(pg_dsn, "SELECT DISTINCT status FROM orders WHERE trade_id IN "
+                         "('t-gone', 't-ancient')") == [("open",)]
