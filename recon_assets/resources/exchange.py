@@ -31,14 +31,17 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
 from typing import Any, Optional
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import ccxt
 import dagster as dg
 from pydantic import Field
 
 from recon_assets.core.fees import needs_price
+from recon_assets.core.request_weights import WEIGHT_LIMIT_PER_MINUTE, request_weight
 from recon_assets.core.rules import TRADES_QUERY_WINDOW_DAYS
+from recon_assets.resources.weight_budget import (LocalWeightBudget, PostgresWeightBudget,
+                                                  WeightBudgetSpent)
 
 
 class ExchangeFetchError(RuntimeError):
@@ -47,6 +50,15 @@ class ExchangeFetchError(RuntimeError):
 
 class ExchangePayloadError(ExchangeFetchError):
     """The exchange answered with a body the snapshot cannot trust (names the field)."""
+
+
+class ExchangeBudgetSpent(ExchangeFetchError):
+    """The egress's request-weight budget forbids sending now (spent, Retry-After or ban):
+    nothing was sent; the cycle is reported failed and retried once the budget allows."""
+
+    def __init__(self, message: str, spent=None):
+        super().__init__(message)
+        self.spent = spent
 
 
 class ExchangeCredentialsError(ExchangeFetchError):
@@ -350,13 +362,16 @@ class RequestStats:
     first_at: float | None = None  # wall-clock time of the first and the last response
     last_at: float | None = None
     clock_offset_ms: int | None = None  # this machine's clock minus the exchange's, as measured
+    weight: int = 0  # request weight charged to the egress's budget
+    budget_waits: int = 0  # times a request waited for the next minute's budget
 
     def as_metadata(self) -> dict:
         return {"requests": self.requests, "retries": self.retries,
                 "request_seconds": round(self.seconds, 4),
                 "requests_by_endpoint": dict(sorted(self.by_endpoint.items())),
                 "max_response_age_s": round(self.max_age_s, 3),
-                "clock_offset_ms": self.clock_offset_ms}
+                "clock_offset_ms": self.clock_offset_ms, "request_weight": self.weight,
+                "budget_waits": self.budget_waits}
 
 
 # ccxt logs every request's headers (the API key among them) at DEBUG: its clients log here,
@@ -378,11 +393,31 @@ def _client_class(exchange_id: str) -> type:
         recon_max_age_s: float = 30.0
         recon_last_status: int | None = None
         recon_retry_after: str | None = None
+        recon_budget = None  # the egress's shared weight budget (resources.weight_budget)
+        recon_max_budget_wait_s: float = 0.0
+        recon_used_weight: int = 0
+
+        def _charge(self, method: str, url: str) -> None:
+            """Charge the request's documented weight to the shared budget before sending it;
+            wait for the next minute when it is that close, else WeightBudgetSpent."""
+            parts = urlsplit(url)
+            weight = request_weight(method, parts.path, dict(parse_qsl(parts.query)))
+            self.recon_stats.weight += weight
+            try:
+                self.recon_used_weight = self.recon_budget.take(weight)
+            except WeightBudgetSpent as spent:
+                if spent.reason != "budget" or spent.wait_s() > self.recon_max_budget_wait_s:
+                    raise
+                self.recon_stats.budget_waits += 1
+                time.sleep(spent.wait_s() + 0.05)
+                self.recon_used_weight = self.recon_budget.take(weight)
 
         def fetch(self, url, method="GET", headers=None, body=None):
             stats = self.recon_stats
             path = urlsplit(url).path
             endpoint = f"{method} {path}"
+            if self.recon_budget is not None:
+                self._charge(method, url)
             stats.requests += 1
             stats.by_endpoint[endpoint] = stats.by_endpoint.get(endpoint, 0) + 1
             self.recon_last_status, self.recon_retry_after = None, None
@@ -391,6 +426,7 @@ def _client_class(exchange_id: str) -> type:
                 response = super().fetch(url, method, headers, body)
             finally:
                 stats.seconds += time.monotonic() - started
+            self._note_used_weight(self.last_response_headers)
             if isinstance(response, (str, bytes)) or response is None:
                 text = response.decode("utf8", "replace") if isinstance(response, bytes) else (response or "")
                 raise ExchangePayloadError(
@@ -413,11 +449,37 @@ def _client_class(exchange_id: str) -> type:
             stats.last_at = now
             return response
 
+        def _note_used_weight(self, headers) -> None:
+            raw = (headers or {}).get("X-MBX-USED-WEIGHT-1M") or (headers or {}).get(
+                "x-mbx-used-weight-1m")
+            if raw and self.recon_budget is not None:
+                try:
+                    used = int(raw)
+                except ValueError:
+                    return
+                if used > self.recon_used_weight:  # others spend from this IP too
+                    self.recon_budget.note(used=used)
+                    self.recon_used_weight = used
+
         def handle_errors(self, code, reason, url, method, headers, body, response, request_headers,
                           request_body):
             self.recon_last_status = code
             if headers:
                 self.recon_retry_after = headers.get("Retry-After")
+            if code in (418, 429) and self.recon_budget is not None:
+                # Nobody sends through this IP before it ends: not this run, not another one.
+                try:
+                    wait = float(self.recon_retry_after or 60)
+                except ValueError:
+                    wait = 60.0
+                try:
+                    self.recon_budget.note(retry_after_s=wait if code == 429 else None,
+                                           banned_s=wait if code == 418 else None)
+                except Exception as exc:  # noqa: BLE001 - raised here, ccxt's error (which
+                    # quotes the signed URL) would be its context: say it without it
+                    raise ExchangeFetchError(
+                        f"the exchange answered {code} (wait {wait:.0f} s) and it could not be "
+                        f"recorded in the shared weight budget: {type(exc).__name__}") from None
             return super().handle_errors(code, reason, url, method, headers, body, response,
                                          request_headers, request_body)
 
@@ -430,6 +492,8 @@ _MARKETS_LOCK = threading.Lock()
 # The exchange's clock, measured once per process and `time_sync_ttl_s` and shared by every
 # session: (exchange id, base URL) -> (monotonic time measured, our clock minus the exchange's).
 _CLOCK_OFFSETS: dict[tuple[str, str], tuple[float, int]] = {}
+# Without a database, the sessions of one process share a budget per egress.
+_LOCAL_BUDGETS: dict[tuple[str, str, str], LocalWeightBudget] = {}
 
 
 def point_urls_at(urls: dict, base_url: str) -> dict:
@@ -459,6 +523,12 @@ class ExchangeSession:
         self._sleep = sleep
         self._prices: dict[tuple[str, int], Decimal | None] = {}
         self._clock_known = False
+
+    def close(self) -> None:
+        """End the session (its connection to the shared weight budget)."""
+        budget = getattr(self.client, "recon_budget", None)
+        if budget is not None:
+            budget.close()
 
     # The exchange's clock.
     def _clock_key(self) -> tuple[str, str]:
@@ -514,6 +584,8 @@ class ExchangeSession:
                 return fn(*args, **kwargs)
             except ccxt.InvalidNonce as exc:
                 raise _ClockSkew(self._scrub(exc)) from None
+            except WeightBudgetSpent as exc:
+                raise ExchangeBudgetSpent(f"{self.account}: {label}: {exc}", exc) from None
             except ExchangePayloadError as exc:
                 raise ExchangePayloadError(f"{self.account}: {label}: {exc}") from None
             except ccxt.AuthenticationError as exc:
@@ -696,6 +768,13 @@ class ExchangeResource(dg.ConfigurableResource):
     max_trade_pages: int = Field(
         default=20, description="Pages of fills read per symbol and cycle; beyond, the snapshot is incomplete.")
     markets_ttl_s: int = Field(default=3600, description="How long loaded markets are reused in a process.")
+    weight_limit_per_minute: int = Field(
+        default=WEIGHT_LIMIT_PER_MINUTE,
+        description="Request weight one egress (IP) may spend per clock minute; Binance USD-M "
+                    "allows 2400. Shared by every run and process through Postgres.")
+    max_budget_wait_s: float = Field(
+        default=5.0, description="When the minute's budget is spent, wait for the next minute "
+                                 "if it starts within this many seconds; else fail the read.")
     time_sync_ttl_s: int = Field(
         default=600, description="How long a measured offset from the exchange's clock is reused "
                                  "in a process (a -1021 remeasures it at once).")
@@ -759,10 +838,38 @@ class ExchangeResource(dg.ConfigurableResource):
         client.recon_max_age_s = self.max_response_age_s
         return client
 
-    def session(self, account: str, stats: RequestStats | None = None, sleep=time.sleep) -> ExchangeSession:
-        """A session for one account and one cycle; `session.stats` counts its requests."""
+    def egress(self, account: str) -> str:
+        """The egress (IP) the account's requests leave through: its credentials' optional
+        `egress` name, else "default". Each egress has its own weight budget."""
+        try:
+            entry = json.loads(self.credentials).get(account)
+        except (TypeError, ValueError, AttributeError):
+            entry = None
+        name = entry.get("egress") if isinstance(entry, dict) else None
+        return name if isinstance(name, str) and name else "default"
+
+    def weight_budget(self, account: str, database=None):
+        """The account's egress budget: shared through Postgres when `database` (a
+        PostgresStore) is given, else by the sessions of this process only."""
+        egress = self.egress(account)
+        if database is not None and hasattr(database, "dsn"):
+            return PostgresWeightBudget(database, egress, self.weight_limit_per_minute)
+        with _MARKETS_LOCK:
+            key = (self.exchange_id, self.api_base_url or "", egress)
+            budget = _LOCAL_BUDGETS.get(key)
+            if budget is None or budget.limit != self.weight_limit_per_minute:
+                budget = _LOCAL_BUDGETS[key] = LocalWeightBudget(egress, self.weight_limit_per_minute)
+            return budget
+
+    def session(self, account: str, stats: RequestStats | None = None, sleep=time.sleep,
+                database=None) -> ExchangeSession:
+        """A session for one account and one cycle; `session.stats` counts its requests, and
+        every request is charged to the account's egress budget (see `weight_budget`)."""
         stats = stats if stats is not None else RequestStats()
-        return ExchangeSession(self, account, self.build_client(account, stats), stats, sleep)
+        client = self.build_client(account, stats)
+        client.recon_budget = self.weight_budget(account, database)
+        client.recon_max_budget_wait_s = self.max_budget_wait_s
+        return ExchangeSession(self, account, client, stats, sleep)
 
 
 def forget_process_state() -> None:
@@ -771,3 +878,4 @@ def forget_process_state() -> None:
     with _MARKETS_LOCK:
         _MARKETS_CACHE.clear()
         _CLOCK_OFFSETS.clear()
+        _LOCAL_BUDGETS.clear()

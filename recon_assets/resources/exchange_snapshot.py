@@ -59,7 +59,16 @@ class ExchangeSnapshot:
 def read_exchange_snapshot(resource: ExchangeResource, database: PostgresStore, account: str,
                            run_id: str, session: ExchangeSession | None = None) -> ExchangeSnapshot:
     db = database.snapshot_account(account)
-    session = session or resource.session(account)
+    own_session = session is None
+    session = session or resource.session(account, database=database)
+    try:
+        return _read(resource, database, account, run_id, session, db)
+    finally:
+        if own_session:
+            session.close()
+
+
+def _read(resource, database, account, run_id, session, db) -> ExchangeSnapshot:
     markets = session.load_markets()
     read_started = time.time()  # the picture: open orders and positions, read back to back
     # Regular and conditional (Algo Service) orders are one picture for the diff.

@@ -19,7 +19,9 @@ HMAC-SHA256 `signature` of the query string plus body (400, -1022).
 Control (loopback only; for tests and the demo): `GET /_control/state`, `GET /_control/requests`,
 `GET /_control/credentials`, and `POST /_control/<op>` with a JSON body, where op is one of
 `reset`, `scenario` {name}, `add_account`, `add_market`, `set_mark_price`, `set_fee_asset`,
-`set_clock_offset` {offset_ms} (the exchange's clock ahead of this machine's; Date headers,
+`set_rate_limits` {weight_per_minute, window_s, ban_base_s} (every request is charged its
+documented weight, core.request_weights: beyond the limit a 429 with Retry-After, a request
+before it ended a 418 ban, doubling per ban), `set_clock_offset` {offset_ms} (the exchange's clock ahead of this machine's; Date headers,
 `/fapi/v1/time` and the recvWindow check follow it),
 `place_order`,
 `fill_order`, `cancel_order`, `expire_order`, `close_position`, `liquidate`, `fault`,
@@ -34,6 +36,7 @@ import argparse
 import hashlib
 import hmac
 import json
+import math
 import re
 import sys
 import threading
@@ -60,7 +63,7 @@ _SIGNED = {
 }
 _CONTROL_OPS = {
     "reset", "scenario", "add_account", "add_market", "set_mark_price", "set_fee_asset", "place_order",
-    "set_clock_offset", "place_algo_order", "trigger_algo_order", "cancel_algo_order", "fill_order", "cancel_order", "expire_order", "close_position", "liquidate", "fault",
+    "set_clock_offset", "set_rate_limits", "place_algo_order", "trigger_algo_order", "cancel_algo_order", "fill_order", "cancel_order", "expire_order", "close_position", "liquidate", "fault",
     "clear_faults", "reset_requests",
 }
 
@@ -153,6 +156,9 @@ class _Handler(BaseHTTPRequestHandler):
             params = dict(parse_qsl(query_raw, keep_blank_values=True))
             if method in ("POST", "PUT") and body_raw:
                 params.update(parse_qsl(body_raw, keep_blank_values=True))
+            status, used, wait_s = exchange.charge_weight(method, path, params)
+            if status != 200:
+                return self._limit_answer(status, wait_s)
             headers: dict[str, str] = {}
             state_source = None
             if fault is not None and fault.kind == "stale":
@@ -163,7 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
                 headers["Age"] = str(int(age_s + (now_ms() - frozen_at) / 1000))
             payload = self._route(method, path, query_raw, body_raw, params, state_source)
             payload = self._apply_payload_fault(fault, payload)
-            headers["X-MBX-USED-WEIGHT-1M"] = str(self.server.used_weight())
+            headers["X-MBX-USED-WEIGHT-1M"] = str(used)
             body = json.dumps(payload, separators=(",", ":")).encode()
             if fault is not None and fault.kind == "malformed_json":
                 body = body[: max(1, len(body) // 2)]  # cut mid-document, honest length
@@ -179,6 +185,17 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         except Exception as exc:  # a bug in the simulator: say so as Binance's -1000
             return self._send_json(500, {"code": -1000, "msg": f"simulator error: {type(exc).__name__}: {exc}"})
+
+    def _limit_answer(self, status: int, wait_s: float) -> None:
+        retry_after = str(max(1, math.ceil(wait_s)))
+        limit = self.server.exchange.weight_limit
+        msg = (f"Too many requests; current limit of IP(127.0.0.1) is {limit} requests per "
+               "minute. Please use the websocket for live updates to avoid polling the API."
+               if status == 429 else
+               f"Way too many requests; IP(127.0.0.1) banned until "
+               f"{now_ms() + int(wait_s * 1000)}. Please use the websocket for live updates to "
+               "avoid bans.")
+        return self._send_json(status, {"code": -1003, "msg": msg}, {"Retry-After": retry_after})
 
     @staticmethod
     def _apply_payload_fault(fault: Fault | None, payload: Any) -> Any:
@@ -371,6 +388,9 @@ def control(exchange: SimExchange, op: str, args: dict) -> Any:
         return exchange.order_payload(exchange.trigger_algo_order(**args))
     if op == "cancel_algo_order":
         return exchange.algo_order_payload(exchange.cancel_algo_order(**args))
+    if op == "set_rate_limits":
+        exchange.set_rate_limits(**args)
+        return {"ok": True}
     if op == "set_clock_offset":
         exchange.set_clock_offset(**args)
         return {"ok": True}
@@ -409,17 +429,6 @@ class _HTTPServer(ThreadingHTTPServer):
     def __init__(self, address, exchange: SimExchange):
         super().__init__(address, _Handler)
         self.exchange = exchange
-        self._weight_lock = threading.Lock()
-        self._weight_minute = 0
-        self._weight = 0
-
-    def used_weight(self) -> int:
-        with self._weight_lock:
-            minute = int(time.time() // 60)
-            if minute != self._weight_minute:
-                self._weight_minute, self._weight = minute, 0
-            self._weight += 1
-            return self._weight
 
 
 class SimulatorServer:

@@ -18,6 +18,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+
+from recon_assets.core.request_weights import WEIGHT_LIMIT_PER_MINUTE, request_weight
 from typing import Any
 
 D = Decimal
@@ -266,6 +268,17 @@ class SimExchange:
         # How far the exchange's clock is ahead of this machine's (ms): a local clock that is
         # off, seen from the exchange (signed requests outside recvWindow fail with -1021).
         self.clock_offset_ms = 0
+        # The per-IP request-weight limit (Binance USD-M: 2400 per clock minute) and its
+        # enforcement: a 429 when spent, a 418 ban for a request sent before a 429's Retry-After
+        # ended, longer for each ban (ban_base_s doubling, at most 3 days).
+        self.weight_limit = WEIGHT_LIMIT_PER_MINUTE
+        self.weight_window_s = 60.0
+        self.weight_anchor = 0.0  # windows start at multiples of weight_window_s from here
+        self.ban_base_s = 120.0
+        self._window, self.used_weight = -1, 0
+        self.blocked_until = self.banned_until = 0.0
+        self.bans = 0
+        self.limit_answers: dict[int, int] = {}  # 429 / 418 answers given
         self._order_ids = itertools.count(8_389_765_000)
         self._algo_ids = itertools.count(4_000_000_001)  # a namespace of their own, like Binance
         self._trade_ids: dict[str, itertools.count] = {}
@@ -323,6 +336,41 @@ class SimExchange:
             market.mark_price = D(str(price))
             market.price_history.append((at_ms if at_ms is not None else now_ms(),
                                          market.mark_price))
+
+    def set_rate_limits(self, weight_per_minute: int = WEIGHT_LIMIT_PER_MINUTE,
+                        window_s: float = 60.0, ban_base_s: float = 120.0) -> None:
+        """Set the weight limit (per window starting now, for tests) and the first ban's length."""
+        with self.lock:
+            self.weight_limit, self.weight_window_s = int(weight_per_minute), float(window_s)
+            self.ban_base_s = float(ban_base_s)
+            self.weight_anchor = time.time() if window_s != 60.0 else 0.0
+            self._window, self.used_weight = -1, 0
+            self.blocked_until = self.banned_until = 0.0
+
+    def charge_weight(self, method: str, path: str, params: dict) -> tuple[int, int, float]:
+        """Charge one request's weight: (HTTP status 200 / 429 / 418, weight used in this
+        window, Retry-After seconds)."""
+        with self.lock:
+            now = time.time()
+            window = int((now - self.weight_anchor) // self.weight_window_s)
+            if window != self._window:
+                self._window, self.used_weight = window, 0
+            if self.banned_until > now:
+                return self._answer(418, self.banned_until - now)
+            if self.blocked_until > now:  # did not back off after a 429: banned
+                self.bans += 1
+                self.banned_until = now + min(self.ban_base_s * 2 ** (self.bans - 1), 3 * 86_400)
+                return self._answer(418, self.banned_until - now)
+            self.used_weight += request_weight(method, path, params)
+            if self.used_weight > self.weight_limit:
+                end = self.weight_anchor + (window + 1) * self.weight_window_s
+                self.blocked_until = end
+                return self._answer(429, end - now)
+            return 200, self.used_weight, 0.0
+
+    def _answer(self, status: int, wait_s: float) -> tuple[int, int, float]:
+        self.limit_answers[status] = self.limit_answers.get(status, 0) + 1
+        return status, self.used_weight, wait_s
 
     def server_time(self) -> int:
         """The exchange's clock (ms): this machine's plus `clock_offset_ms`."""

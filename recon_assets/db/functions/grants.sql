@@ -24,7 +24,8 @@ BEGIN
                              'recon_record_watchdog', 'recon_pause_profile',
                              'recon_resume_profile', 'recon_auto_resume', 'recon_may_trade',
                              'recon_exit_backfill', 'recon_record_backfill_decisions',
-                             'recon_review_backfill', 'recon_add_exit_fill_hint')
+                             'recon_review_backfill', 'recon_add_exit_fill_hint',
+                             'recon_take_exchange_weight', 'recon_note_exchange_weight')
     LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
         FOREACH r IN ARRAY ARRAY['anon', 'authenticated'] LOOP

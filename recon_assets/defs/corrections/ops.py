@@ -161,8 +161,9 @@ def correct_profile(context: dg.OpExecutionContext, config: ProfileCycleConfig,
         dry_run = settings.position_parity_dry_run
         if not dry_run:
             begin_gate(context, database, profile, run_id, settings.reconciling_max_age_seconds)
+        session = None
         try:
-            session = exchange.session(account)
+            session = exchange.session(account, database=database)
             for row in rows:
                 try:
                     outcomes.append(_correct_order(context, database, session, row, cycle_id,
@@ -174,6 +175,8 @@ def correct_profile(context: dg.OpExecutionContext, config: ProfileCycleConfig,
                     context.log.warning(str(exc))
                     break  # another holder has the profile: leave the rest to the next cycle
         finally:
+            if session is not None:
+                session.close()
             if not dry_run:
                 end_gate(context, database, profile, run_id)
     table = pd.DataFrame(outcomes, columns=["client_order_id", "handler", "reason", "status", "detail"])

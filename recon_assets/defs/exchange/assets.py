@@ -47,6 +47,10 @@ def exchange_snapshot(context: dg.AssetExecutionContext, exchange: ExchangeResou
         "requests_by_endpoint": dg.MetadataValue.json(latency["requests_by_endpoint"]),
         "read_span_s": round(snap.read_finished - snap.read_started, 3),
         "symbols_that_matter": len(snap.symbols),
+        # Charged to the account's egress budget (Binance's documented weights; 2400 per IP
+        # and minute), and how often a read waited for the next minute's budget.
+        "request_weight": latency["request_weight"],
+        "budget_waits": latency["budget_waits"],
     }
     if latency["clock_offset_ms"] is not None:  # our clock minus the exchange's, as measured
         common["clock_offset_ms"] = latency["clock_offset_ms"]
