@@ -99,6 +99,35 @@ def plan_fill_reads(symbols: Iterable[str], keys: dict[str, str | None], cursors
     return out
 
 
+# How far back each income sweep reaches before the last entry it read: an entry can be posted
+# a moment after its fill's time, and a symbol seen twice costs one cursor read, not a miss.
+INCOME_SWEEP_OVERLAP_MS = 60_000
+
+
+def income_sweep_start(cursor_ms: int | None, now_ms: int, window_ms: int) -> int | None:
+    """Where this cycle's income sweep starts reading (exchange time): from the cursor, less
+    the overlap; the first sweep covers the fills window."""
+    if cursor_ms is None:
+        return now_ms - window_ms
+    return max(0, min(cursor_ms, now_ms) - INCOME_SWEEP_OVERLAP_MS)
+
+
+def income_sweep_due(swept_at_ms: int | None, now_ms: int, interval_ms: int) -> bool:
+    """Whether the account's income history is read this cycle: never read, or not for
+    `interval_ms`; an interval of 0 turns the sweep off."""
+    if interval_ms <= 0:
+        return False
+    return swept_at_ms is None or now_ms - swept_at_ms >= interval_ms
+
+
+def next_income_cursor(start_ms: int, last_entry_ms: int | None, now_ms: int, complete: bool) -> int:
+    """The cursor after a sweep: the last entry read, or, when the history was read to its end,
+    now (so a quiet account does not re-read an ever longer range)."""
+    if complete:
+        return max(now_ms, start_ms)
+    return max(last_entry_ms or start_ms, start_ms)
+
+
 def utc_from_ms(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 

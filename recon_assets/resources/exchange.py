@@ -43,6 +43,11 @@ from recon_assets.core.rules import TRADES_QUERY_WINDOW_DAYS
 from recon_assets.resources.weight_budget import (LocalWeightBudget, PostgresWeightBudget,
                                                   WeightBudgetSpent)
 
+# The income history's entries that a fill leaves (a commission on every fill, a realised PnL on
+# a closing one), and its largest page.
+INCOME_OF_TRADES = frozenset({"COMMISSION", "REALIZED_PNL"})
+INCOME_PAGE_LIMIT = 1000
+
 
 class ExchangeFetchError(RuntimeError):
     """A snapshot could not be read completely from the exchange; nothing may be written."""
@@ -207,6 +212,15 @@ def _check_trade(item: dict, known: set[str] | None) -> None:
     _integer(item, "time", 1)
 
 
+def _check_income(item: dict, _known) -> None:
+    # Not checked against the markets: a transfer has no symbol, and a delisted symbol's income
+    # stays in the history; the snapshot reports those instead of failing.
+    if not isinstance(item.get("symbol", ""), str):
+        raise _Bad(f"field 'symbol' = {item.get('symbol')!r} is not text")
+    _text(item, "incomeType")
+    _integer(item, "time", 1)
+
+
 def _check_market(item: dict, _known) -> None:
     _text(item, "symbol")
     _text(item, "baseAsset")
@@ -275,6 +289,8 @@ def check_payload(method: str, path: str, payload: Any, known_symbols: set[str] 
         _check_list(endpoint, payload, _check_position, known_symbols)
     elif path.endswith("/userTrades"):
         _check_list(endpoint, payload, _check_trade, known_symbols)
+    elif path.endswith("/income"):
+        _check_list(endpoint, payload, _check_income, None)
     elif path.endswith("/order"):
         if not isinstance(payload, dict):
             raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: expected a JSON object")
@@ -396,6 +412,7 @@ def _client_class(exchange_id: str) -> type:
         recon_budget = None  # the egress's shared weight budget (resources.weight_budget)
         recon_max_budget_wait_s: float = 0.0
         recon_used_weight: int = 0
+        recon_listed_ids: list = []  # the symbols (exchange ids) the last positionRisk listed
 
         def _charge(self, method: str, url: str) -> None:
             """Charge the request's documented weight to the shared budget before sending it;
@@ -444,6 +461,8 @@ def _client_class(exchange_id: str) -> type:
                                          f"{self.recon_max_age_s:.0f} s)")
             known = set(self.markets_by_id) if self.markets_by_id else None
             check_payload(method, path, response, known)
+            if path.endswith("/positionRisk"):  # ccxt keeps only non-zero positions of it
+                self.recon_listed_ids = [item["symbol"] for item in response]
             now = time.time()
             stats.first_at = now if stats.first_at is None else stats.first_at
             stats.last_at = now
@@ -631,19 +650,67 @@ class ExchangeSession:
             _MARKETS_CACHE[key] = (time.monotonic(), list(markets.values()))
         return markets
 
-    def fetch_open_orders(self) -> list[dict]:
-        """Every open order of the account, all symbols, in one request."""
-        return self.call("fetch open orders", self.client.fetch_open_orders)
+    def fetch_open_orders(self, symbols: list[str] | None = None) -> list[dict]:
+        """The account's open orders: of `symbols`, one request each (weight 1 each), or, when
+        `symbols` is None, every symbol in one request (weight 40)."""
+        if symbols is None:
+            return self.call("fetch open orders", self.client.fetch_open_orders)
+        return [o for symbol in symbols
+                for o in self.call(f"fetch open orders of {symbol}", self.client.fetch_open_orders,
+                                   symbol)]
 
-    def fetch_open_conditional_orders(self) -> list[dict]:
-        """Every open conditional order (stop, take-profit, trailing) of the account: Binance
-        serves them from the Algo Service (openAlgoOrders), apart from the regular ones."""
-        return self.call("fetch open conditional orders", self.client.fetch_open_orders,
-                         None, None, None, {"trigger": True})
+    def fetch_open_conditional_orders(self, symbols: list[str] | None = None) -> list[dict]:
+        """The open conditional orders (stop, take-profit, trailing), which Binance serves from
+        the Algo Service (openAlgoOrders) apart from the regular ones: per symbol or, when
+        `symbols` is None, all at once (same weights as open orders)."""
+        trigger = {"trigger": True}
+        if symbols is None:
+            return self.call("fetch open conditional orders", self.client.fetch_open_orders,
+                             None, None, None, trigger)
+        return [o for symbol in symbols
+                for o in self.call(f"fetch open conditional orders of {symbol}",
+                                   self.client.fetch_open_orders, symbol, None, None, trigger)]
 
-    def fetch_positions(self) -> list[dict]:
-        """Every non-zero position of the account, in one request."""
-        return self.call("fetch positions", self.client.fetch_positions)
+    def fetch_positions(self) -> tuple[list[dict], set[str]]:
+        """Every non-zero position of the account, in one request, and the symbols the exchange
+        listed: positionRisk names each symbol with a position or open orders, and ccxt keeps
+        only the non-zero positions, so the listing is read from the raw answer."""
+        positions = self.call("fetch positions", self.client.fetch_positions)
+        listed = {self.client.safe_symbol(market_id, None, None, "contract")
+                  for market_id in self.client.recon_listed_ids}
+        return positions, listed | {p["symbol"] for p in positions}
+
+    def fetch_traded_symbols(self, since_ms: int, max_pages: int | None = None
+                             ) -> tuple[set[str], set[str], int | None, bool]:
+        """The symbols with trades since `since_ms`, from the income history (every symbol, one
+        request of weight 30 per page of 1000 entries, oldest first): a fill leaves a
+        commission, a closing fill a realised PnL. Returns (symbols that are markets, symbols
+        that are not, the time of the last entry read, whether the history was read to its
+        end)."""
+        markets, strangers = set(), set()
+        last_ms: int | None = None
+        start, pages = int(since_ms), 0
+        max_pages = max_pages or self.resource.max_trade_pages
+        while True:
+            page = self.call("fetch income history", self.client.fapiPrivateGetIncome,
+                             {"startTime": start, "limit": INCOME_PAGE_LIMIT})
+            pages += 1
+            for entry in page:
+                last_ms = max(last_ms or 0, int(entry["time"]))
+                if entry.get("incomeType") not in INCOME_OF_TRADES or not entry.get("symbol"):
+                    continue
+                market = self.client.markets_by_id.get(entry["symbol"]) if self.client.markets_by_id else None
+                if market:
+                    markets.add(market[0]["symbol"] if isinstance(market, list) else market["symbol"])
+                else:
+                    strangers.add(entry["symbol"])
+            if len(page) < INCOME_PAGE_LIMIT:
+                return markets, strangers, last_ms, True
+            if pages >= max_pages:
+                return markets, strangers, last_ms, False
+            # Entries of one millisecond may straddle pages: start again at that millisecond
+            # (symbols are a set); move on if a whole page was one millisecond.
+            start = last_ms if last_ms > start else start + 1
 
     def fetch_fills(self, symbol: str, after_id: int | None, since_ms: int | None) -> tuple[list[dict], bool]:
         """The account's fills on `symbol` after trade id `after_id` (or since `since_ms` when
@@ -675,7 +742,7 @@ class ExchangeSession:
         `end_ms`, its last update or now) in windows of TRADES_QUERY_WINDOW_DAYS: without a
         range the exchange answers for the last 7 days only, so an older order's fills would be
         missing."""
-        now = int(time.time() * 1000) - int(self.client.options.get("timeDifference") or 0)
+        now = self.exchange_now_ms()
         end_ms = min(int(end_ms), now) if end_ms else now
         if start_ms is None:
             return self.call(f"fetch fills of order {order_id}", self.client.fetch_my_trades,
@@ -690,6 +757,10 @@ class ExchangeSession:
                 fills[str(fill["id"])] = fill
             start = stop + 1
         return sorted(fills.values(), key=lambda f: int(f["id"]))
+
+    def exchange_now_ms(self) -> int:
+        """Now by the exchange's clock (ours less the measured offset)."""
+        return int(time.time() * 1000) - int(self.client.options.get("timeDifference") or 0)
 
     def fetch_order(self, order_id: str, symbol: str) -> dict:
         """One order by exchange id (the targeted probe)."""
@@ -783,6 +854,10 @@ class ExchangeResource(dg.ConfigurableResource):
         default=72, description="The exchange_fills snapshot holds the account's fills of this many hours.")
     fills_max_skip_s: int = Field(
         default=900, description="Re-read a symbol's fills at least this often, even when unchanged.")
+    income_sweep_interval_s: int = Field(
+        default=900, description="Read each account's income history (every symbol, weight 30) "
+                                 "this often, to find fills on symbols the snapshot does not "
+                                 "otherwise consider; 0 turns the sweep off.")
     max_order_probes: int = Field(
         default=20, description="Orders looked up per cycle to learn a fill's client_order_id.")
     max_snapshot_age_s: float = Field(

@@ -1,5 +1,6 @@
 """The store of `recon.exchange_fills` and `recon.exchange_fill_cursors` (migration 0004): the
-exchange fills read so far, and where reading stopped per account and symbol."""
+exchange fills read so far, and where reading stopped per account and symbol; and
+`recon.exchange_income_cursors` (migration 0014): where each account's income sweep stopped."""
 
 from __future__ import annotations
 
@@ -24,6 +25,13 @@ class FillStore:
                 "FROM recon.exchange_fill_cursors WHERE exchange_account = %s", (account,)).fetchall()
         return {r["symbol"]: Cursor(r["last_fill_id"], r["activity_key"], r["read_at_ms"]) for r in rows}
 
+    def income_cursor(self, account: str) -> tuple[int, int] | None:
+        """(last income time read, when the sweep ran), both ms, or None before the first."""
+        with self.database.connect() as conn:
+            row = conn.execute(
+                "SELECT last_income_ms, (extract(epoch FROM swept_at) * 1000)::bigint AS swept_ms "
+                "FROM recon.exchange_income_cursors WHERE exchange_account = %s", (account,)).fetchone()
+        return (row["last_income_ms"], row["swept_ms"]) if row else None
 
     def known_client_ids(self, account: str, order_ids: list[str]) -> dict[str, str]:
         """client_order_ids already resolved for these exchange order ids in earlier cycles."""
@@ -49,10 +57,13 @@ class FillStore:
 
     def save_and_read_window(self, account: str, run_id: str, fills: list[dict],
                                 cursors: dict[str, dict], learnt: dict[str, str],
-                                window_start: datetime) -> tuple[int, list[dict]]:
+                                window_start: datetime, income_cursor: dict | None = None
+                                ) -> tuple[int, list[dict]]:
         """In one transaction: store the new fills (once each), fill in the client_order_ids learnt
-        this cycle (`learnt`: exchange order id -> client_order_id), move the cursors, and read the
-        account's fills since `window_start`. Returns (fills newly stored, fills in the window)."""
+        this cycle (`learnt`: exchange order id -> client_order_id), move the cursors (and the
+        income cursor, `{"last_income_ms", "swept_at"}`, when the income history was swept), and
+        read the account's fills since `window_start`. Returns (fills newly stored, fills in
+        the window)."""
         with self.database.connect() as conn:
             with conn.transaction():
                 inserted = 0
@@ -88,6 +99,16 @@ class FillStore:
                                read_at = EXCLUDED.read_at, run_id = EXCLUDED.run_id""",
                         (account, symbol, c["last_fill_id"], c["last_fill_at"], c["activity_key"],
                          c["read_at"], run_id))
+                if income_cursor is not None:
+                    conn.execute(
+                        """INSERT INTO recon.exchange_income_cursors
+                               (exchange_account, last_income_ms, swept_at, run_id)
+                           VALUES (%s, %s, %s, %s)
+                           ON CONFLICT (exchange_account) DO UPDATE SET
+                               last_income_ms = GREATEST(recon.exchange_income_cursors.last_income_ms,
+                                                         EXCLUDED.last_income_ms),
+                               swept_at = EXCLUDED.swept_at, run_id = EXCLUDED.run_id""",
+                        (account, income_cursor["last_income_ms"], income_cursor["swept_at"], run_id))
                 # Fills whose order was unknown before: the order ids learnt this cycle resolve them.
                 for order_id, client_id in learnt.items():
                     conn.execute(

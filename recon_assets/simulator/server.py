@@ -4,6 +4,7 @@ the `/_control/...` surface.
 Endpoints (exactly what ccxt 4.5 `binanceusdm` calls for what this project does):
 `GET /fapi/v1/exchangeInfo`, `GET /fapi/v1/openOrders`, `GET /fapi/v1/leverageBracket`,
 `GET /fapi/v3/positionRisk`, `GET /fapi/v1/userTrades`, `GET /fapi/v3/account`,
+`GET /fapi/v1/income` (the income history: a commission per fill, realised PnL),
 `GET/POST/DELETE /fapi/v1/order`, the Algo Service's conditional orders (stop, take-profit,
 trailing: `GET /fapi/v1/openAlgoOrders`, `GET/POST/DELETE /fapi/v1/algoOrder`; POST
 /fapi/v1/order refuses those types with -4120, as Binance has since December 2025), `GET /fapi/v1/premiumIndex` (mark prices, for a symbol the
@@ -59,7 +60,7 @@ _SIGNED = {
     ("GET", "/fapi/v3/positionRisk"), ("GET", "/fapi/v1/userTrades"), ("GET", "/fapi/v3/account"),
     ("GET", "/fapi/v1/order"), ("POST", "/fapi/v1/order"), ("DELETE", "/fapi/v1/order"),
     ("GET", "/fapi/v1/openAlgoOrders"), ("GET", "/fapi/v1/algoOrder"),
-    ("POST", "/fapi/v1/algoOrder"), ("DELETE", "/fapi/v1/algoOrder"),
+    ("POST", "/fapi/v1/algoOrder"), ("DELETE", "/fapi/v1/algoOrder"), ("GET", "/fapi/v1/income"),
 }
 _CONTROL_OPS = {
     "reset", "scenario", "add_account", "add_market", "set_mark_price", "set_fee_asset", "place_order",
@@ -304,6 +305,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return exchange.leverage_brackets(symbol)
             if key == ("GET", "/fapi/v3/account"):
                 return exchange.account_info(source)
+            if key == ("GET", "/fapi/v1/income"):
+                return exchange.income(source, symbol, params.get("incomeType"),
+                                       params.get("startTime"), params.get("endTime"),
+                                       params.get("limit"))
             if key == ("GET", "/fapi/v1/userTrades"):
                 return exchange.user_trades(source, symbol, params.get("orderId"),
                                             params.get("startTime"), params.get("endTime"),

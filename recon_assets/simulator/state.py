@@ -32,6 +32,8 @@ FAR_DELIVERY = 4133404800000  # Binance's delivery date of perpetual contracts
 # Binance USD-M's query retention for GET /fapi/v1/order.
 ORDER_RETENTION_MS = 90 * 86_400_000
 UNFILLED_RETENTION_MS = 3 * 86_400_000
+# Income history (GET /fapi/v1/income) is kept for 3 months.
+INCOME_RETENTION_MS = 90 * 86_400_000
 
 
 def now_ms() -> int:
@@ -994,6 +996,46 @@ class SimExchange:
                 selected.append(t)
             selected = selected[-limit:] if latest_first else selected[:limit]
             return [self.trade_payload(t) for t in selected]
+
+    def income(self, acct: Account, symbol: str | None = None, income_type: str | None = None,
+               start_time=None, end_time=None, limit=None) -> list[dict]:
+        """GET /fapi/v1/income with Binance's rules: every symbol unless one is named; without a
+        range the last 7 days; oldest first from startTime, at most `limit` (default 100, at most
+        1000); nothing older than 3 months. Entries come from the fills: a COMMISSION for each,
+        and a REALIZED_PNL for each that realised profit or loss."""
+        with self.lock:
+            if symbol is not None:
+                self.market(symbol)
+            limit = 100 if limit is None else int(limit)
+            if not 1 <= limit <= 1000:
+                raise SimError(-1130, "Invalid data sent for a parameter: limit.")
+            now = now_ms()
+            if start_time is None and end_time is None:
+                start_time, end_time = now - 7 * 86_400_000, now
+            start_time = max(int(start_time) if start_time is not None else 0,
+                             now - INCOME_RETENTION_MS)
+            end_time = int(end_time) if end_time is not None else now
+            entries = []
+            for sym, trades in acct.trades.items():
+                if symbol is not None and sym != symbol:
+                    continue
+                for t in trades:
+                    if not start_time <= t.time <= end_time:
+                        continue
+                    base = {"symbol": t.symbol, "time": t.time, "tradeId": str(t.trade_id),
+                            "info": "", "asset": t.commission_asset}
+                    if t.commission:
+                        entries.append({**base, "incomeType": "COMMISSION",
+                                        "income": fmt(-t.commission, 8),
+                                        "tranId": t.trade_id * 10 + 1})
+                    if t.realized_pnl:
+                        entries.append({**base, "incomeType": "REALIZED_PNL", "asset": "USDT",
+                                        "income": fmt(t.realized_pnl, 8),
+                                        "tranId": t.trade_id * 10 + 2})
+            if income_type is not None:
+                entries = [e for e in entries if e["incomeType"] == income_type]
+            entries.sort(key=lambda e: (e["time"], e["tranId"]))
+            return entries[:limit]
 
     def trade_payload(self, t: Trade) -> dict:
         return {

@@ -55,11 +55,18 @@ def exchange_snapshot(context: dg.AssetExecutionContext, exchange: ExchangeResou
     if latency["clock_offset_ms"] is not None:  # our clock minus the exchange's, as measured
         common["clock_offset_ms"] = latency["clock_offset_ms"]
     extra = {
-        "exchange_open_orders": {},
+        # Per symbol (weight 1 each) while cheaper than all at once (40).
+        "exchange_open_orders": {"orders_read": "per symbol" if snap.orders_read_per_symbol
+                                 else "all symbols at once"},
         "exchange_positions": {"flat_symbols": int((snap.positions["side"] == "flat").sum())},
         "exchange_fills": {"new_fills": snap.new_fills, "symbols_read": len(snap.fill_reads),
                            "order_lookups": snap.probes,
-                           "unattributed_fills": int(snap.fills["client_order_id"].isna().sum())},
+                           "unattributed_fills": int(snap.fills["client_order_id"].isna().sum()),
+                           # The income history names symbols with trades nothing else points at.
+                           "income_sweep": snap.income_sweep,
+                           "income_symbols": ", ".join(snap.income_symbols) or "none",
+                           **({"income_not_markets": ", ".join(snap.income_strangers)}
+                              if snap.income_strangers else {})},
     }
     frames = {"exchange_open_orders": snap.open_orders, "exchange_positions": snap.positions,
               "exchange_fills": snap.fills}

@@ -122,7 +122,12 @@ def test_second_cycle_reads_only_what_changed(sim, pg_dsn, instance):
     positions = second.output_for_node("exchange_snapshot", "exchange_positions")
     flat = int((positions["side"] == "flat").sum())
     assert counts.get("GET /fapi/v1/userTrades", 0) == flat
-    assert counts["GET /fapi/v1/openOrders"] == 1 and counts["GET /fapi/v3/positionRisk"] == 1
+    # Open orders per symbol that matters (weight 1 each, where all at once weighs 40).
+    symbols = second.get_asset_materialization_events()[0].materialization.metadata[
+        "symbols_that_matter"].value
+    assert counts["GET /fapi/v3/positionRisk"] == 1
+    assert counts["GET /fapi/v1/openOrders"] == counts["GET /fapi/v1/openAlgoOrders"] == symbols < 40
+    assert "GET /fapi/v1/income" not in counts  # swept in the first cycle; not due again yet
     assert "GET /fapi/v1/order" not in counts  # client ids were learnt once, and stored
     fills_after = second.output_for_node("exchange_snapshot", "exchange_fills")
     assert len(fills_after) == len(fills_before)

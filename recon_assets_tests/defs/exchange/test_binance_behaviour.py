@@ -3,8 +3,10 @@ friendly one (clock skew, conditional orders, query windows and retention, the p
 budget), and the exchange side copes with each. Real ccxt over HTTP, real Postgres."""
 
 import json
+import time
 
 import dagster as dg
+import psycopg
 import pytest
 
 from recon_assets.defs.exchange.assets import exchange_snapshot
@@ -157,3 +159,110 @@ def test_every_request_is_charged_its_documented_weight(sim, pg_dsn, instance):
     meta = _metadata(result, "exchange_positions")
     assert meta["request_weight"] == sim.exchange.used_weight  # what the exchange counted
     assert _budget(pg_dsn)[0][1] >= meta["request_weight"]
+
+
+# ---- the cheapest read plan ----------------------------------------------------------------
+
+def test_open_orders_are_read_per_symbol_until_all_at_once_is_cheaper(sim, pg_dsn, instance):
+    """openOrders and openAlgoOrders weigh 1 per symbol and 40 without one: a few symbols are
+    read one by one; with 40 or more that matter, one request each for all."""
+    sim.scenario.seed_database(pg_dsn)
+    few = _run(instance, _resources(sim, pg_dsn))
+    assert few.success, _error(few)
+    meta = _metadata(few, "exchange_open_orders")
+    assert meta["orders_read"] == "per symbol"
+    counts = sim.exchange.reset_request_counts()
+    assert counts["GET /fapi/v1/openOrders"] == counts["GET /fapi/v1/openAlgoOrders"] \
+        == meta["symbols_that_matter"] < 40
+
+    for i in range(40):  # a market maker's account: resting orders on 40 more symbols
+        symbol = f"T{i:02d}USDT"
+        sim.exchange.add_market(symbol, f"T{i:02d}", "10.00", "0.1", "0.01")
+        sim.exchange.place_order("acct1", symbol, "BUY", "LIMIT", "1", "5.00")
+    exchange_module.forget_process_state()  # the next run's process loads the new markets
+    many = _run(instance, _resources(sim, pg_dsn))
+    assert many.success, _error(many)
+    meta = _metadata(many, "exchange_open_orders")
+    assert meta["orders_read"] == "all symbols at once" and meta["symbols_that_matter"] >= 40
+    counts = sim.exchange.reset_request_counts()
+    assert counts["GET /fapi/v1/openOrders"] == counts["GET /fapi/v1/openAlgoOrders"] == 1
+    orders = many.output_for_node("exchange_snapshot", "exchange_open_orders")
+    assert {f"T{i:02d}/USDT:USDT" for i in range(40)} <= set(orders["symbol"])
+
+
+# ---- every fill seen -----------------------------------------------------------------------
+
+def _round_trip(sim, account, symbol, qty):
+    sim.exchange.place_order(account, symbol, "BUY", "MARKET", qty, client_order_id="web_rt_open")
+    sim.exchange.place_order(account, symbol, "SELL", "MARKET", qty, client_order_id="web_rt_close",
+                             reduce_only=True)
+
+
+def test_a_foreign_round_trip_on_an_untracked_symbol_is_found_through_the_income_history(
+        sim, pg_dsn, instance):
+    """Someone buys and sells XRP on the account by hand: no position is left and no order is
+    open, and the database has nothing on XRP, so nothing points the snapshot at it. With the
+    sweep off (as before), its fills are never read; the income history names it."""
+    sim.scenario.seed_database(pg_dsn)
+    _round_trip(sim, "acct2", "XRPUSDT", "20")
+    xrp = "XRP/USDT:USDT"
+
+    blind = _run(instance, _resources(sim, pg_dsn, income_sweep_interval_s=0), "acct2")
+    assert blind.success, _error(blind)
+    assert _metadata(blind, "exchange_fills")["income_sweep"] == "off"
+    fills = blind.output_for_node("exchange_snapshot", "exchange_fills")
+    assert xrp not in set(fills["symbol"])  # the failure: the round trip is invisible
+
+    sim.exchange.reset_request_counts()
+    seen = _run(instance, _resources(sim, pg_dsn), "acct2")
+    assert seen.success, _error(seen)
+    meta = _metadata(seen, "exchange_fills")
+    # (and every other symbol of the account with fills in the window nothing pointed at)
+    assert meta["income_sweep"] == "read" and xrp in meta["income_symbols"].split(", ")
+    fills = seen.output_for_node("exchange_snapshot", "exchange_fills")
+    round_trip = fills[fills["symbol"] == xrp]
+    assert sorted(round_trip["client_order_id"]) == ["web_rt_close", "web_rt_open"]
+    assert sim.exchange.reset_request_counts()["GET /fapi/v1/income"] == 1
+
+    # Not due again within the interval: no income request, nothing re-read.
+    again = _run(instance, _resources(sim, pg_dsn), "acct2")
+    assert _metadata(again, "exchange_fills")["income_sweep"] == "not_due"
+    assert "GET /fapi/v1/income" not in sim.exchange.reset_request_counts()
+
+    # The next round trip, after the interval: found from the cursor, and only it is read.
+    _round_trip(sim, "acct2", "ADAUSDT", "20")
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("UPDATE recon.exchange_income_cursors "
+                     "SET swept_at = swept_at - interval '1 hour'")
+    later = _run(instance, _resources(sim, pg_dsn), "acct2")
+    meta = _metadata(later, "exchange_fills")
+    named = meta["income_symbols"].split(", ")
+    # From the cursor (less a minute's overlap, which XRP's fills fall in): the older history
+    # is not named again.
+    assert meta["income_sweep"] == "read" and "ADA/USDT:USDT" in named
+    assert "BTC/USDT:USDT" not in named
+    fills = later.output_for_node("exchange_snapshot", "exchange_fills")
+    assert len(fills[fills["symbol"] == xrp]) == 2  # stored once, not read twice
+
+
+def test_an_income_sweep_that_does_not_fit_the_budget_waits_and_the_cycle_goes_on(
+        sim, pg_dsn, instance):
+    sim.scenario.seed_database(pg_dsn)
+    # Room for the cycle's reads (a steady cycle's, measured), not for the 30 the income
+    # history weighs on top.
+    _run(instance, _resources(sim, pg_dsn, income_sweep_interval_s=0))
+    steady = _run(instance, _resources(sim, pg_dsn, income_sweep_interval_s=0))
+    needed = _metadata(steady, "exchange_positions")["request_weight"]
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("DELETE FROM recon.exchange_weight_budget")
+    sim.exchange.set_rate_limits()  # and the exchange forgets the probes' weight
+    # The budget is per clock minute: a run that straddled two would find room again.
+    second = time.time() % 60
+    if second > 50:
+        time.sleep(60.5 - second)
+    result = _run(instance, _resources(sim, pg_dsn, weight_limit_per_minute=needed + 20,
+                                       max_budget_wait_s=0))
+    assert result.success, _error(result)
+    assert _metadata(result, "exchange_fills")["income_sweep"] == "deferred"
+    with psycopg.connect(pg_dsn) as conn:  # the cursor waits for the next sweep
+        assert conn.execute("SELECT count(*) FROM recon.exchange_income_cursors").fetchone()[0] == 0

@@ -38,13 +38,16 @@ MATRIX = [
     ("malformed JSON", dict(kind="malformed_json", path=OPEN_ORDERS), "not valid JSON"),
     ("stale once", dict(kind="stale", path=POSITIONS, age_s=300), None),
     ("stale until cleared", dict(kind="stale", path=POSITIONS, age_s=300, count=None), "s old"),
-    ("bad origQty", dict(kind="bad_field", path=OPEN_ORDERS, field="origQty", value="abc"), "'origQty'"),
+    # Every open-orders answer (they are read per symbol; some symbols have none to corrupt).
+    ("bad origQty", dict(kind="bad_field", path=OPEN_ORDERS, field="origQty", value="abc", count=None),
+     "'origQty'"),
     ("missing positionAmt", dict(kind="bad_field", path=POSITIONS, field="positionAmt"), "'positionAmt'"),
     ("hedge-mode position", dict(kind="bad_field", path=POSITIONS, field="positionSide", value="LONG"),
      "hedge-mode"),
     ("null fill price", dict(kind="bad_field", path=TRADES, field="price", value=None), "'price'"),
     ("fill id as text", dict(kind="bad_field", path=TRADES, field="id", value="x1"), "'id'"),
-    ("unknown symbol", dict(kind="bad_field", path=OPEN_ORDERS, field="symbol", value="FOOUSDT"), "'symbol'"),
+    ("unknown symbol", dict(kind="bad_field", path=OPEN_ORDERS, field="symbol", value="FOOUSDT",
+                            count=None), "'symbol'"),
     ("no markets", dict(kind="empty", path="/fapi/v1/exchangeInfo"), "'symbols' is empty"),
 ]
 
@@ -153,7 +156,8 @@ def test_wrong_secret_fails_at_once_without_leaking_it(sim, pg_dsn, instance):
     text = _error(result)
     assert "rejected the credentials" in text and "-1022" in text
     assert "not-the-secret-1234" not in text and creds["acct1"]["apiKey"] not in text
-    assert sim.exchange.request_counts[f"GET {OPEN_ORDERS}"] == 1  # not retried
+    assert sim.exchange.request_counts[f"GET {POSITIONS}"] == 1  # the first signed read; not retried
+    assert f"GET {OPEN_ORDERS}" not in sim.exchange.request_counts
     assert _persisted(pg_dsn)["assets"] == {}
 
 
