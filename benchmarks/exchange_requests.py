@@ -1,30 +1,32 @@
-"""Benchmark of the exchange snapshot (issue 3): requests per cycle per account, against the
-minimum the Binance USD-M endpoints allow, for 1, 10 and 100 accounts with 50 symbols each.
+"""Benchmark of the exchange snapshot's request plan (issues 3 and 15): requests and request
+weight per account and cycle, next to Binance USD-M's per-IP budget (2,400 weight a minute),
+for 1, 10 and 100 accounts with 5 and 50 symbols that matter each.
 
-Each account holds an open position on each of its 50 symbols (one filled ENTRY per symbol,
-recorded in the database as an open trade slice) and a resting EXIT order on 10 of them. For
-each account count, three cycles run against the loopback simulator through the real ccxt and
-the real Postgres (`read_exchange_snapshot`, the function the Dagster assets call):
+Each account holds an open position on each of its symbols (one filled ENTRY per symbol,
+recorded in the database as an open trade slice), a resting EXIT order on half of them (at
+most 10) and a stop-loss (a conditional order, held by Binance's Algo Service) on each. For each
+size, three cycles run against the loopback simulator through the real ccxt and the real
+Postgres (`read_exchange_snapshot`, the function the Dagster assets call):
 
-  cold    first cycle of a fresh process: no fill cursor, markets not loaded yet
-  steady  nothing happened on the exchange since
-  active  5 of the 50 symbols got a fill behind the database's back
+  cold    first cycle of a fresh process: no fill cursor, markets and clock not known yet,
+          the first income sweep
+  steady  nothing happened on the exchange since (the income sweep is not due)
+  active  5 of the symbols got a fill behind the database's back
 
-Minimum the endpoints allow, per account and cycle: `openOrders` without a symbol (1 request
-for all symbols), `positionRisk` (1 request for all symbols), `userTrades` (requires a symbol:
-1 request per symbol that may have new fills, and at least one per symbol ever, to establish
-where reading starts), one `order` lookup per fill whose order is neither open nor in the
-database (userTrades carries no clientOrderId), and `exchangeInfo` once per process (shared by
-every account).
-"Per-symbol" is what a loop over the symbols would cost: openOrders and userTrades per symbol,
-plus exchangeInfo and leverageBracket per account.
+The weight is what the exchange client charged to the egress budget (the documented weights
+of `core.request_weights`), equal to what the simulator counts. The budget columns take the
+steady cycle at a one-minute schedule, plus the income sweep (weight 30) spread over its
+interval (`income_sweep_interval_s`), per account and minute:
 
-The weight column uses Binance's documented request weights (openOrders without a symbol 40,
-positionRisk 5, userTrades 5, exchangeInfo 1, order 1); an IP may spend 2400 per minute.
-Request counting is exact; times are wall clock on this machine and only indicative.
-ccxt's client-side throttle is off here: it paces requests, it does not change their number.
+  shared process   accounts read by one long-lived process (markets and clock measured once)
+  run per account  every account's cycle its own process, as Dagster runs are today: + the
+                   exchangeInfo (1) and time (1) each new process reads
 
-    .venv/bin/python benchmarks/exchange_requests.py [--accounts 1,10,100] [--symbols 50]
+and how many accounts one IP carries at that rate with 30 % of its budget left as headroom.
+The simulator's and the project's weight limits are lifted for the run: this measures weight,
+not pacing. Times are wall clock on this machine and only indicative.
+
+    .venv/bin/python benchmarks/exchange_requests.py [--accounts 1,10,100] [--symbols 5,50]
 
 Starts its own Postgres and simulator, stops both, writes nothing into the repository.
 """
@@ -48,31 +50,36 @@ if str(ROOT) not in sys.path:
 import psycopg  # noqa: E402
 
 from recon_assets.core.attribution import make_client_order_id  # noqa: E402
+from recon_assets.core.request_weights import REQUEST_WEIGHTS, WEIGHT_LIMIT_PER_MINUTE  # noqa: E402
 from recon_assets.db.migrate import migrate  # noqa: E402
-from recon_assets.resources.exchange_snapshot import read_exchange_snapshot  # noqa: E402
 from recon_assets.local_postgres import LocalPostgres  # noqa: E402
 from recon_assets.resources import exchange as exchange_module  # noqa: E402
 from recon_assets.resources.database import PostgresStore  # noqa: E402
 from recon_assets.resources.exchange import ExchangeResource  # noqa: E402
+from recon_assets.resources.exchange_snapshot import read_exchange_snapshot  # noqa: E402
 from recon_assets.simulator import SimulatorServer  # noqa: E402
 from recon_assets.simulator.server import credentials  # noqa: E402
 
-WEIGHTS = {"GET /fapi/v1/openOrders": 40, "GET /fapi/v3/positionRisk": 5, "GET /fapi/v1/userTrades": 5,
-           "GET /fapi/v1/exchangeInfo": 1, "GET /fapi/v1/order": 1, "GET /fapi/v1/leverageBracket": 1}
-SHORT = {"GET /fapi/v1/openOrders": "openOrders", "GET /fapi/v3/positionRisk": "positionRisk",
-         "GET /fapi/v1/userTrades": "userTrades", "GET /fapi/v1/exchangeInfo": "exchangeInfo",
-         "GET /fapi/v1/order": "order"}
 ACTIVE_SYMBOLS = 5
+HEADROOM = 0.30
+PER_PROCESS = REQUEST_WEIGHTS[("GET", "/fapi/v1/exchangeInfo")] + REQUEST_WEIGHTS[("GET", "/fapi/v1/time")]
+INCOME_WEIGHT = REQUEST_WEIGHTS[("GET", "/fapi/v1/income")]
+
+
+def _short(endpoint: str) -> str:
+    return endpoint.rsplit("/", 1)[-1]
 
 
 def _populate(sim: SimulatorServer, dsn: str, accounts: int, symbols: int) -> list[str]:
     ex = sim.exchange
     ex.reset()
+    ex.set_rate_limits(weight_per_minute=10**9)
     markets = [f"S{i:03d}USDT" for i in range(symbols)]
     for m in markets:
         ex.add_market(m, f"S{int(m[1:4]):03d}", "100.00", "0.001", "0.01")
     names = [f"bench{a:03d}" for a in range(accounts)]
     profiles, slices, orders = [], [], []
+    resting_exits = min(10, max(1, symbols // 2))
     for a, name in enumerate(names):
         ex.add_account(name)
         sub_tag = f"B{a:03d}"
@@ -86,7 +93,12 @@ def _populate(sim: SimulatorServer, dsn: str, accounts: int, symbols: int) -> li
             slices.append((trade, name, unified, "long", 1, 99))
             orders.append((name, trade, "ENTRY", unified, "buy", entry.client_order_id,
                            str(entry.order_id), "filled", 1, 1, 99))
-            if i < 10:
+            # The stop-loss: recorded with its trigger price and the algo id, as the app does.
+            stop = ex.place_algo_order(name, m, "SELL", "STOP_MARKET", "1.000", "80.00", None,
+                                       make_client_order_id(sub_tag, trade, "EXIT", 2), True)
+            orders.append((name, trade, "EXIT", unified, "sell", stop.client_algo_id,
+                           str(stop.algo_id), "open", 1, 0, 80))
+            if i < resting_exits:
                 exit_ = ex.place_order(name, m, "SELL", "LIMIT", "1.000", "110.00",
                                        client_order_id=make_client_order_id(sub_tag, trade, "EXIT"))
                 orders.append((name, trade, "EXIT", unified, "sell", exit_.client_order_id,
@@ -110,76 +122,88 @@ def _activity(sim: SimulatorServer, names: list[str]) -> None:
                                      client_order_id="web_bench" + f"{i:03d}")
 
 
-def _cycle(resource, store, names, label):
+def _cycle(resource, store, names, label, symbols):
     totals: Counter = Counter()
+    weight = 0
     started = time.perf_counter()
     for name in names:
         snap = read_exchange_snapshot(resource, store, name, run_id=f"bench-{label}")
         totals.update(snap.stats.by_endpoint)
-        assert len(snap.positions) >= 50 and not snap.incomplete
-    return totals, time.perf_counter() - started
-
-
-def _minimum(cycle: str, accounts: int, symbols: int) -> float:
-    trades = {"cold": symbols, "steady": 0, "active": ACTIVE_SYMBOLS}[cycle]
-    # userTrades carries no clientOrderId: attributing a fill of an order that is neither open
-    # nor in the database takes one order lookup (here: each active fill is a foreign order).
-    lookups = ACTIVE_SYMBOLS if cycle == "active" else 0
-    exchange_info = (1 / accounts) if cycle == "cold" else 0.0
-    return 2 + trades + lookups + exchange_info
+        weight += snap.stats.weight
+        assert len(snap.positions) >= symbols and not snap.incomplete
+    return totals, weight, time.perf_counter() - started
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--accounts", default="1,10,100")
-    parser.add_argument("--symbols", type=int, default=50)
+    parser.add_argument("--symbols", default="5,50")
     args = parser.parse_args(argv)
     counts = [int(x) for x in args.accounts.split(",")]
+    sizes = [int(x) for x in args.symbols.split(",")]
 
     base = tempfile.mkdtemp(prefix="recon-bench-pg-")
     os.chmod(base, 0o755)
     pg = LocalPostgres(os.path.join(base, "data"))
     sim = SimulatorServer(port=0)
     rows = []
+    interval_s = ExchangeResource(credentials="{}").income_sweep_interval_s
     try:
         pg.start()
         sim.start()
-        for n in counts:
-            dsn = pg.create_database(f"bench{n}")
-            migrate(dsn)
-            names = _populate(sim, dsn, n, args.symbols)
-            store = PostgresStore(dsn=dsn)
-            resource = ExchangeResource(credentials=json.dumps(credentials(sim.exchange)),
-                                        api_base_url=sim.url, enable_rate_limit=False)
-            exchange_module._MARKETS_CACHE.clear()  # a fresh process
-            for label in ("cold", "steady", "active"):
-                if label == "active":
-                    _activity(sim, names)
-                totals, seconds = _cycle(resource, store, names, label)
-                total = sum(totals.values())
-                weight = sum(WEIGHTS.get(k, 1) * v for k, v in totals.items())
-                per_symbol = 1 + args.symbols * 2 + 2  # openOrders+userTrades per symbol, positionRisk, exchangeInfo, leverageBracket
-                rows.append({
-                    "accounts": n, "cycle": label, "requests": total,
-                    "per_account": total / n, "minimum": _minimum(label, n, args.symbols),
-                    "per_symbol_loop": per_symbol, "weight_per_account": weight / n,
-                    "endpoints": ", ".join(f"{SHORT.get(k, k)} {v / n:g}" for k, v in sorted(totals.items())),
-                    "seconds": seconds})
-            pg.drop_database(f"bench{n}")
+        for symbols in sizes:
+            for n in counts:
+                db = f"bench{n}s{symbols}"
+                dsn = pg.create_database(db)
+                migrate(dsn)
+                names = _populate(sim, dsn, n, symbols)
+                store = PostgresStore(dsn=dsn)
+                resource = ExchangeResource(credentials=json.dumps(credentials(sim.exchange)),
+                                            api_base_url=sim.url, enable_rate_limit=False,
+                                            weight_limit_per_minute=10**9)
+                exchange_module.forget_process_state()  # a fresh process
+                for label in ("cold", "steady", "active"):
+                    if label == "active":
+                        _activity(sim, names)
+                    totals, weight, seconds = _cycle(resource, store, names, label, symbols)
+                    rows.append({
+                        "symbols": symbols, "accounts": n, "cycle": label,
+                        "requests_per_account": sum(totals.values()) / n,
+                        "weight_per_account": weight / n,
+                        "endpoints": ", ".join(f"{_short(k)} {v / n:g}" for k, v in sorted(totals.items())),
+                        "seconds": seconds})
+                pg.drop_database(db)
     finally:
         sim.stop()
         pg.stop()
         shutil.rmtree(base, ignore_errors=True)
 
-    header = (f"{'accounts':>8} {'cycle':>6} {'requests':>8} {'per acct':>8} {'minimum':>8} "
-              f"{'per-symbol loop':>15} {'weight/acct':>11} {'wall s':>7}  requests per account by endpoint")
-    print(f"exchange snapshot requests per cycle ({args.symbols} symbols per account, all with a position)")
+    usable = WEIGHT_LIMIT_PER_MINUTE * (1 - HEADROOM)
+    print(f"exchange snapshot: requests and weight per account and cycle (per-IP budget "
+          f"{WEIGHT_LIMIT_PER_MINUTE} a minute; income sweep every {interval_s} s)")
+    header = (f"{'symbols':>7} {'accounts':>8} {'cycle':>6} {'requests':>8} {'weight':>7} "
+              f"{'wall s':>7}  per account by endpoint")
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['accounts']:>8} {r['cycle']:>6} {r['requests']:>8} {r['per_account']:>8.2f} "
-              f"{r['minimum']:>8.2f} {r['per_symbol_loop']:>15} {r['weight_per_account']:>11.2f} "
-              f"{r['seconds']:>7.2f}  {r['endpoints']}")
+        print(f"{r['symbols']:>7} {r['accounts']:>8} {r['cycle']:>6} {r['requests_per_account']:>8.2f} "
+              f"{r['weight_per_account']:>7.2f} {r['seconds']:>7.2f}  {r['endpoints']}")
+    print()
+    print(f"one IP at a one-minute cycle (steady cycle + income sweep spread over its interval; "
+          f"{HEADROOM:.0%} headroom leaves {usable:.0f} a minute)")
+    header = (f"{'symbols':>7} {'accounts':>8} {'mode':>16} {'weight/acct/min':>15} "
+              f"{'all accts/min':>13} {'headroom':>8} {'accts per IP':>12}")
+    print(header)
+    print("-" * len(header))
+    sweep = INCOME_WEIGHT * 60 / interval_s if interval_s else 0.0
+    for r in rows:
+        if r["cycle"] != "steady":
+            continue
+        for mode, extra in (("shared process", 0), ("run per account", PER_PROCESS)):
+            per_min = r["weight_per_account"] + sweep + extra
+            total = per_min * r["accounts"]
+            print(f"{r['symbols']:>7} {r['accounts']:>8} {mode:>16} {per_min:>15.2f} {total:>13.0f} "
+                  f"{1 - total / WEIGHT_LIMIT_PER_MINUTE:>8.1%} {int(usable // per_min):>12}")
     return 0
 
 

@@ -855,7 +855,7 @@ class ExchangeResource(dg.ConfigurableResource):
     fills_max_skip_s: int = Field(
         default=900, description="Re-read a symbol's fills at least this often, even when unchanged.")
     income_sweep_interval_s: int = Field(
-        default=900, description="Read each account's income history (every symbol, weight 30) "
+        default=1200, description="Read each account's income history (every symbol, weight 30) "
                                  "this often, to find fills on symbols the snapshot does not "
                                  "otherwise consider; 0 turns the sweep off.")
     max_order_probes: int = Field(
