@@ -10,6 +10,7 @@ banned (418) for 2 minutes up to 3 days, longer for repeat offenders.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 WEIGHT_LIMIT_PER_MINUTE = 2400
 
@@ -50,3 +51,54 @@ def per_symbol_is_cheaper(symbols: int, path: str = "/fapi/v1/openOrders") -> bo
     """Whether reading open orders one symbol at a time costs less than one request for all:
     per symbol weighs 1 each, without a symbol 40."""
     return symbols * REQUEST_WEIGHTS[("GET", path)] < NO_SYMBOL_WEIGHTS[("GET", path)]
+
+
+# ---- spreading the cycles over the minute ----------------------------------------------------
+
+# The share of each egress's budget the cycles leave free: for the corrections' probes, the
+# trading app's own requests on the same IP, and a cycle heavier than its last one.
+CYCLE_PLAN_HEADROOM = 0.30
+# What a cycle is expected to weigh before one was ever measured (a cold cycle of an account
+# with a few symbols weighs about 70; see benchmarks/exchange_requests.py).
+UNMEASURED_CYCLE_WEIGHT = 120
+
+
+@dataclass(frozen=True)
+class AccountLoad:
+    """What the planner knows of one account: its egress and that egress's budget per minute,
+    the weight its last measured cycle spent (None: never measured), and when that cycle ran."""
+    account: str
+    egress: str
+    limit_per_minute: int
+    last_weight: int | None = None
+    last_cycle_ms: int | None = None
+
+
+def spread_cycles(loads: list[AccountLoad], headroom: float = CYCLE_PLAN_HEADROOM
+                  ) -> tuple[list[str], dict[str, list[str]]]:
+    """Which accounts' cycles start this minute: per egress, the accounts waiting longest
+    first (never measured first of all), while their expected weights (the last cycle's, or
+    the heaviest of the egress when unmeasured) fit the budget less `headroom`; at least one per
+    egress, so an account heavier than the budget still gets its cycle. The others wait for the
+    next minute, when they are the longest waiting. Returns (accounts to run, sorted; per egress
+    the accounts deferred)."""
+    by_egress: dict[str, list[AccountLoad]] = {}
+    for load in loads:
+        by_egress.setdefault(load.egress, []).append(load)
+    run: list[str] = []
+    deferred: dict[str, list[str]] = {}
+    for egress, group in sorted(by_egress.items()):
+        known = [g.last_weight for g in group if g.last_weight is not None]
+        unmeasured = max(known, default=UNMEASURED_CYCLE_WEIGHT)
+        room = min(g.limit_per_minute for g in group) * (1 - headroom)
+        spent = 0.0
+        order = sorted(group, key=lambda g: (g.last_cycle_ms is not None, g.last_cycle_ms or 0,
+                                             g.account))
+        for i, load in enumerate(order):
+            weight = load.last_weight if load.last_weight is not None else unmeasured
+            if i == 0 or spent + weight <= room:
+                run.append(load.account)
+                spent += weight
+            else:
+                deferred.setdefault(egress, []).append(load.account)
+    return sorted(run), deferred

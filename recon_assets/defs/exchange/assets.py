@@ -51,6 +51,9 @@ def exchange_snapshot(context: dg.AssetExecutionContext, exchange: ExchangeResou
         # and minute), and how often a read waited for the next minute's budget.
         "request_weight": latency["request_weight"],
         "budget_waits": latency["budget_waits"],
+        # The schedule spreads the cycles of one egress over the minute by these.
+        "egress": exchange.egress(context.partition_key),
+        "egress_weight_limit": exchange.weight_limit_per_minute,
     }
     if latency["clock_offset_ms"] is not None:  # our clock minus the exchange's, as measured
         common["clock_offset_ms"] = latency["clock_offset_ms"]

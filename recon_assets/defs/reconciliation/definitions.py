@@ -3,6 +3,7 @@
 import dagster as dg
 
 from recon_assets.core.cycle import interrupted
+from recon_assets.core.request_weights import WEIGHT_LIMIT_PER_MINUTE, AccountLoad, spread_cycles
 from recon_assets.defs.partitions import exchange_account_partitions
 from recon_assets.defs.reconciliation.assets import reconciliation_diff
 from recon_assets.defs.reconciliation.summary import (reconciliation_summary,
@@ -24,24 +25,50 @@ reconciliation_cycle_job = dg.define_asset_job(
 )
 
 
+def _account_load(instance: dg.DagsterInstance, account: str) -> AccountLoad:
+    """What the last measured cycle of `account` spent, from its exchange snapshot's metadata."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("exchange_positions"), asset_partitions=[account]),
+        limit=1).records
+    if not records:
+        return AccountLoad(account, "default", WEIGHT_LIMIT_PER_MINUTE)
+    metadata = records[0].asset_materialization.metadata
+
+    def value(name, default):
+        entry = metadata.get(name)
+        return entry.value if entry is not None else default
+
+    return AccountLoad(account, str(value("egress", "default")),
+                       int(value("egress_weight_limit", WEIGHT_LIMIT_PER_MINUTE)),
+                       value("request_weight", None), int(records[0].timestamp * 1000))
+
+
 def cycle_schedule(cron: str) -> dg.ScheduleDefinition:
     @dg.schedule(job=reconciliation_cycle_job, cron_schedule=cron, name="reconciliation_cycle_schedule",
                  default_status=dg.DefaultScheduleStatus.RUNNING,
                  description="Runs the reconciliation cycle for every exchange account, except an "
-                             "account whose previous cycle is still queued or running.")
+                             "account whose previous cycle is still queued or running; when the "
+                             "cycles of one egress would not fit its request-weight budget, the "
+                             "longest waiting run and the others wait for the next tick.")
     def _schedule(context: dg.ScheduleEvaluationContext):
         accounts = context.instance.get_dynamic_partitions(exchange_account_partitions.name)
         tick = context.scheduled_execution_time.isoformat()
-        requests, busy = [], []
+        ready, busy = [], []
         for account in sorted(accounts):
             waiting = pending_runs(context.instance, reconciliation_cycle_job.name, account)
             if waiting:  # one cycle per account in the queue: no pile-up behind a slow one
                 busy.append(f"{account} ({', '.join(waiting)})")
                 continue
-            requests.append(dg.RunRequest(run_key=f"{account}:{tick}", partition_key=account,
-                                          tags={"recon/account": account}))
+            ready.append(_account_load(context.instance, account))
+        run, deferred = spread_cycles(ready)
+        requests = [dg.RunRequest(run_key=f"{account}:{tick}", partition_key=account,
+                                  tags={"recon/account": account}) for account in run]
         if busy:
             context.log.info(f"skipped, a cycle is still queued or running: {'; '.join(busy)}")
+        spread = "; ".join(f"egress {egress}: {', '.join(names)}" for egress, names in deferred.items())
+        if spread:
+            context.log.info("deferred to the next tick, their egress's request-weight budget is "
+                             f"taken by the cycles of this one: {spread}")
         if not requests:
             return dg.SkipReason("no account to reconcile" if not busy else
                                  f"every account's previous cycle is still queued or running: "

@@ -39,3 +39,27 @@ def test_one_request_per_account_and_none_behind_a_queued_or_running_cycle():
         cycle_run(instance, "acct3", dg.DagsterRunStatus.STARTING)
         skipped = tick(instance)
         assert skipped.run_requests == [] and "still queued or running" in skipped.skip_message
+
+
+def measured(instance, account, weight, egress="default"):
+    instance.report_runless_asset_event(dg.AssetMaterialization(
+        asset_key="exchange_positions", partition=account,
+        metadata={"request_weight": weight, "egress": egress, "egress_weight_limit": 2400}))
+
+
+def test_cycles_that_would_not_fit_their_egress_budget_wait_for_the_next_tick():
+    """Three accounts whose last cycles weighed 1000 each share one IP (2400 a minute, 30 %
+    left free): one cycle a tick, the longest waiting first; another egress is not held back."""
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(exchange_account_partitions.name,
+                                        ["acct1", "acct2", "acct3", "acct4"])
+        for account in ("acct1", "acct2", "acct3"):
+            measured(instance, account, 1000)
+        measured(instance, "acct4", 1000, egress="ip-b")
+        first = tick(instance)
+        assert [r.partition_key for r in first.run_requests] == ["acct1", "acct4"]
+        measured(instance, "acct1", 1000)  # its cycle ran: now the most recent
+        measured(instance, "acct4", 1000, egress="ip-b")
+        assert [r.partition_key for r in tick(instance).run_requests] == ["acct2", "acct4"]
+        measured(instance, "acct2", 1000)
+        assert [r.partition_key for r in tick(instance).run_requests][0] == "acct3"
