@@ -15,7 +15,7 @@ import dagster as dg
 
 from recon_assets.resources.alerts import AlertWebhook
 from recon_assets.resources.database import PostgresStore
-from recon_assets.resources.exchange import ExchangeResource
+from recon_assets.resources.exchange import ExchangeResource, exchange_settings_from_env
 from recon_assets.resources.io_manager import PostgresFrameIOManager
 from recon_assets.settings import ReconSettings, SettingsError
 
@@ -64,8 +64,10 @@ def shared_resources() -> dict:
         "alert_webhook": AlertWebhook(url=dg.EnvVar("RECON_ALERT_WEBHOOK_URL"))
         if "RECON_ALERT_WEBHOOK_URL" in os.environ else AlertWebhook(),
         # Credentials JSON {account: {apiKey, secret}}; the base URL only for the simulator.
+        # Every other field from RECON_EXCHANGE_<FIELD> when set (docs/configuration.md).
         "exchange": ExchangeResource(
             credentials=dg.EnvVar("RECON_EXCHANGE_CREDENTIALS"),
+            **exchange_settings_from_env(os.environ),
             **({"api_base_url": dg.EnvVar("RECON_EXCHANGE_API_BASE_URL")}
                if "RECON_EXCHANGE_API_BASE_URL" in os.environ else {})),
     }

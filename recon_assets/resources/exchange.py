@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
+from collections.abc import Mapping
 from typing import Any, Optional
 from urllib.parse import parse_qsl, urlsplit
 
@@ -40,34 +41,19 @@ from pydantic import Field
 from recon_assets.core.fees import needs_price
 from recon_assets.core.request_weights import WEIGHT_LIMIT_PER_MINUTE, request_weight
 from recon_assets.core.rules import TRADES_QUERY_WINDOW_DAYS
+from recon_assets.resources.binance_usdm import (CONDITIONAL_CLIENT_ID, CONDITIONAL_ORDERS,
+                                                 INCOME_OF_TRADES, INCOME_PAGE_LIMIT,
+                                                 POSITION_LISTING, TRIGGERED_AS_ORDER,
+                                                 check_payload)
+from recon_assets.resources.exchange_errors import (ExchangeBudgetSpent, ExchangeCredentialsError,
+                                                    ExchangeFetchError, ExchangePayloadError)
 from recon_assets.resources.weight_budget import (LocalWeightBudget, PostgresWeightBudget,
                                                   WeightBudgetSpent)
 
-# The income history's entries that a fill leaves (a commission on every fill, a realised PnL on
-# a closing one), and its largest page.
-INCOME_OF_TRADES = frozenset({"COMMISSION", "REALIZED_PNL"})
-INCOME_PAGE_LIMIT = 1000
-
-
-class ExchangeFetchError(RuntimeError):
-    """A snapshot could not be read completely from the exchange; nothing may be written."""
-
-
-class ExchangePayloadError(ExchangeFetchError):
-    """The exchange answered with a body the snapshot cannot trust (names the field)."""
-
-
-class ExchangeBudgetSpent(ExchangeFetchError):
-    """The egress's request-weight budget forbids sending now (spent, Retry-After or ban):
-    nothing was sent; the cycle is reported failed and retried once the budget allows."""
-
-    def __init__(self, message: str, spent=None):
-        super().__init__(message)
-        self.spent = spent
-
-
-class ExchangeCredentialsError(ExchangeFetchError):
-    """RECON_EXCHANGE_CREDENTIALS does not hold usable credentials for an account."""
+# Re-exported: callers import the errors and the payload check from here.
+__all__ = ["ExchangeBudgetSpent", "ExchangeCredentialsError", "ExchangeFetchError",
+           "ExchangePayloadError", "ExchangeResource", "ExchangeSession", "RequestStats",
+           "check_payload"]
 
 
 class StaleResponseError(ccxt.NetworkError):
@@ -76,257 +62,6 @@ class StaleResponseError(ccxt.NetworkError):
 
 class _ClockSkew(Exception):
     """-1021: the exchange found our request's timestamp outside its recvWindow."""
-
-
-# ---- payload checks (plain functions) --------------------------------------------------------
-ORDER_STATUSES = {"NEW", "PARTIALLY_FILLED", "FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH",
-                  "REJECTED", "NEW_INSURANCE", "NEW_ADL"}
-_SIDES = {"BUY", "SELL"}
-
-
-class _Bad(Exception):
-    pass
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _decimal(item: dict, name: str, minimum: Decimal | None = None, positive: bool = False) -> Decimal:
-    if name not in item:
-        raise _Bad(f"field {name!r} is missing")
-    raw = item[name]
-    if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
-        raise _Bad(f"field {name!r} = {raw!r} is not a decimal")
-    try:
-        value = Decimal(str(raw))
-    except (InvalidOperation, ValueError):
-        raise _Bad(f"field {name!r} = {raw!r} is not a decimal") from None
-    if not value.is_finite():
-        raise _Bad(f"field {name!r} = {raw!r} is not a finite decimal")
-    if positive and value <= 0:
-        raise _Bad(f"field {name!r} = {raw!r} must be > 0")
-    if minimum is not None and value < minimum:
-        raise _Bad(f"field {name!r} = {raw!r} must be >= {minimum}")
-    return value
-
-
-def _integer(item: dict, name: str, minimum: int = 0) -> int:
-    if name not in item:
-        raise _Bad(f"field {name!r} is missing")
-    raw = item[name]
-    if isinstance(raw, str) and raw.isdigit():  # some Binance endpoints send ms times as strings
-        raw = int(raw)
-    if not _is_int(raw) or raw < minimum:
-        raise _Bad(f"field {name!r} = {raw!r} is not a whole number >= {minimum}")
-    return raw
-
-
-def _choice(item: dict, name: str, allowed: set[str], why: str = "") -> str:
-    if name not in item:
-        raise _Bad(f"field {name!r} is missing")
-    raw = item[name]
-    if raw not in allowed:
-        raise _Bad(f"field {name!r} = {raw!r} is not one of {sorted(allowed)}{why}")
-    return raw
-
-
-def _text(item: dict, name: str, optional: bool = False) -> str | None:
-    if name not in item:
-        if optional:
-            return None
-        raise _Bad(f"field {name!r} is missing")
-    raw = item[name]
-    if not isinstance(raw, str) or (not raw and not optional):
-        raise _Bad(f"field {name!r} = {raw!r} is not a non-empty string")
-    return raw
-
-
-def _symbol(item: dict, known: set[str] | None) -> str:
-    symbol = _text(item, "symbol")
-    if known is not None and symbol not in known:
-        raise _Bad(f"field 'symbol' = {symbol!r} is not a market listed by exchangeInfo")
-    return symbol
-
-
-_HEDGE = " (hedge-mode accounts are not supported: use one-way mode, positionSide BOTH)"
-
-
-def _check_order(item: dict, known: set[str] | None, with_time: bool = True) -> None:
-    _integer(item, "orderId", 1)
-    _symbol(item, known)
-    _text(item, "clientOrderId")
-    _choice(item, "side", _SIDES)
-    _text(item, "type")
-    _choice(item, "status", ORDER_STATUSES)
-    qty = _decimal(item, "origQty", positive=True)
-    executed = _decimal(item, "executedQty", minimum=Decimal(0))
-    if executed > qty:
-        raise _Bad(f"field 'executedQty' = {item['executedQty']!r} exceeds origQty {item['origQty']!r}")
-    _decimal(item, "price", minimum=Decimal(0))
-    _decimal(item, "avgPrice", minimum=Decimal(0))
-    _choice(item, "positionSide", {"BOTH"}, _HEDGE)
-    if with_time:
-        _integer(item, "time", 1)
-    _integer(item, "updateTime", 0)
-
-
-ALGO_STATUSES = {"NEW", "CANCELED", "TRIGGERING", "TRIGGERED", "FINISHED", "REJECTED", "EXPIRED"}
-
-
-def _check_algo_order(item: dict, known: set[str] | None) -> None:
-    _integer(item, "algoId", 1)
-    _symbol(item, known)
-    _text(item, "clientAlgoId")
-    _choice(item, "side", _SIDES)
-    _text(item, "orderType")
-    _choice(item, "algoStatus", ALGO_STATUSES)
-    _decimal(item, "quantity", positive=True)
-    _decimal(item, "triggerPrice", minimum=Decimal(0))
-    _decimal(item, "price", minimum=Decimal(0))
-    _choice(item, "positionSide", {"BOTH"}, _HEDGE)
-    _integer(item, "createTime", 1)
-
-
-def _check_position(item: dict, known: set[str] | None) -> None:
-    _symbol(item, known)
-    _choice(item, "positionSide", {"BOTH"}, _HEDGE)
-    amount = _decimal(item, "positionAmt")
-    entry = _decimal(item, "entryPrice", minimum=Decimal(0))
-    if amount != 0 and entry <= 0:
-        raise _Bad(f"field 'entryPrice' = {item['entryPrice']!r} must be > 0 for positionAmt {item['positionAmt']!r}")
-    _decimal(item, "markPrice", minimum=Decimal(0))
-    _decimal(item, "notional")
-    _integer(item, "updateTime", 0)
-
-
-def _check_trade(item: dict, known: set[str] | None) -> None:
-    _integer(item, "id", 1)
-    _integer(item, "orderId", 1)
-    _symbol(item, known)
-    _choice(item, "side", _SIDES)
-    _decimal(item, "price", positive=True)
-    _decimal(item, "qty", positive=True)
-    _decimal(item, "commission")
-    _text(item, "commissionAsset")
-    _integer(item, "time", 1)
-
-
-def _check_income(item: dict, _known) -> None:
-    # Not checked against the markets: a transfer has no symbol, and a delisted symbol's income
-    # stays in the history; the snapshot reports those instead of failing.
-    if not isinstance(item.get("symbol", ""), str):
-        raise _Bad(f"field 'symbol' = {item.get('symbol')!r} is not text")
-    _text(item, "incomeType")
-    _integer(item, "time", 1)
-
-
-def _check_market(item: dict, _known) -> None:
-    _text(item, "symbol")
-    _text(item, "baseAsset")
-    _text(item, "quoteAsset")
-    _text(item, "status")
-    filters = item.get("filters")
-    if not isinstance(filters, list):
-        raise _Bad("field 'filters' is missing or not a list")
-    lot = next((f for f in filters if isinstance(f, dict) and f.get("filterType") == "LOT_SIZE"), None)
-    if lot is None:
-        raise _Bad("field 'filters' has no LOT_SIZE filter")
-    try:
-        _decimal(lot, "stepSize", positive=True)
-    except _Bad as exc:
-        raise _Bad(f"LOT_SIZE {exc}") from None
-
-
-def _label(item: Any) -> str:
-    if isinstance(item, dict):
-        for key in ("orderId", "id", "symbol"):
-            if key in item:
-                return f"{key} {item[key]}"
-    return "?"
-
-
-def _check_list(endpoint: str, payload: Any, check, known, **kwargs) -> None:
-    if not isinstance(payload, list):
-        raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: expected a JSON list, "
-                                   f"got {type(payload).__name__}")
-    for i, item in enumerate(payload):
-        if not isinstance(item, dict):
-            raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: item {i} is "
-                                       f"{type(item).__name__}, not an object")
-        try:
-            check(item, known, **kwargs)
-        except _Bad as exc:
-            raise ExchangePayloadError(
-                f"malformed exchange payload from {endpoint}: item {i} ({_label(item)}): {exc}") from None
-
-
-def check_payload(method: str, path: str, payload: Any, known_symbols: set[str] | None = None) -> None:
-    """Raise ExchangePayloadError naming the field when a Binance USD-M payload cannot be
-    trusted; `known_symbols` (exchange ids) are the markets every item must belong to."""
-    endpoint = f"{method} {path}"
-    if isinstance(payload, dict) and "code" in payload and "msg" in payload and len(payload) <= 3:
-        return  # an error body: ccxt's own error handling raises for it
-    if path.endswith("/exchangeInfo"):
-        if not isinstance(payload, dict) or not isinstance(payload.get("symbols"), list):
-            raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: field 'symbols' "
-                                       "is missing or not a list")
-        if not payload["symbols"]:
-            raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: field 'symbols' is empty")
-        _check_list(endpoint, payload["symbols"], _check_market, None)
-    elif path.endswith("/openOrders"):
-        _check_list(endpoint, payload, _check_order, known_symbols)
-    elif path.endswith("/openAlgoOrders"):
-        _check_list(endpoint, payload, _check_algo_order, known_symbols)
-    elif path.endswith("/algoOrder") and method == "GET":
-        if not isinstance(payload, dict):
-            raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: expected a JSON object")
-        try:
-            _check_algo_order(payload, known_symbols)
-        except _Bad as exc:
-            raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: {exc}") from None
-    elif path.endswith("/positionRisk"):
-        _check_list(endpoint, payload, _check_position, known_symbols)
-    elif path.endswith("/userTrades"):
-        _check_list(endpoint, payload, _check_trade, known_symbols)
-    elif path.endswith("/income"):
-        _check_list(endpoint, payload, _check_income, None)
-    elif path.endswith("/order"):
-        if not isinstance(payload, dict):
-            raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: expected a JSON object")
-        try:
-            _check_order(payload, known_symbols, with_time=(method == "GET"))
-        except _Bad as exc:
-            raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: {exc}") from None
-    elif path.endswith("/premiumIndex"):
-        items = payload if isinstance(payload, list) else [payload]
-        for i, item in enumerate(items):
-            if not isinstance(item, dict):
-                raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: item {i} "
-                                           "is not an object")
-            try:
-                _symbol(item, known_symbols)
-                _decimal(item, "markPrice", positive=True)
-            except _Bad as exc:
-                raise ExchangePayloadError(
-                    f"malformed exchange payload from {endpoint}: item {i} ({_label(item)}): {exc}") from None
-    elif path.endswith("/klines"):
-        if not isinstance(payload, list):
-            raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: expected a JSON list")
-        for i, candle in enumerate(payload):
-            if not (isinstance(candle, list) and len(candle) >= 5 and _is_int(candle[0])):
-                raise ExchangePayloadError(
-                    f"malformed exchange payload from {endpoint}: candle {i} is not [openTime, "
-                    "open, high, low, close, ...]")
-            try:
-                _decimal({"close": candle[4]}, "close", positive=True)
-            except _Bad as exc:
-                raise ExchangePayloadError(
-                    f"malformed exchange payload from {endpoint}: candle {i}: {exc}") from None
-    elif path.endswith("/account"):
-        if not isinstance(payload, dict) or not isinstance(payload.get("assets"), list):
-            raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: field 'assets' "
-                                       "is missing or not a list")
 
 
 def response_age_s(headers: Any, now: float | None = None) -> float:
@@ -461,7 +196,7 @@ def _client_class(exchange_id: str) -> type:
                                          f"{self.recon_max_age_s:.0f} s)")
             known = set(self.markets_by_id) if self.markets_by_id else None
             check_payload(method, path, response, known)
-            if path.endswith("/positionRisk"):  # ccxt keeps only non-zero positions of it
+            if path.endswith(POSITION_LISTING):  # ccxt keeps only non-zero positions of it
                 self.recon_listed_ids = [item["symbol"] for item in response]
             now = time.time()
             stats.first_at = now if stats.first_at is None else stats.first_at
@@ -573,7 +308,8 @@ class ExchangeSession:
 
     def _scrub(self, exc: BaseException) -> str:
         return scrub_exchange_error(str(exc), getattr(self.client, "apiKey", None),
-                                    getattr(self.client, "secret", None))
+                                    getattr(self.client, "secret", None),
+                                    getattr(self.client, "password", None))
 
     # The retry policy.
     def call(self, label: str, fn, *args, **kwargs):
@@ -663,7 +399,7 @@ class ExchangeSession:
         """The open conditional orders (stop, take-profit, trailing), which Binance serves from
         the Algo Service (openAlgoOrders) apart from the regular ones: per symbol or, when
         `symbols` is None, all at once (same weights as open orders)."""
-        trigger = {"trigger": True}
+        trigger = CONDITIONAL_ORDERS
         if symbols is None:
             return self.call("fetch open conditional orders", self.client.fetch_open_orders,
                              None, None, None, trigger)
@@ -758,6 +494,26 @@ class ExchangeSession:
             start = stop + 1
         return sorted(fills.values(), key=lambda f: int(f["id"]))
 
+    def fetch_conditional_order(self, client_order_id: str, symbol: str, label: str) -> dict | None:
+        """The order as the Algo Service knows it (None when it does not): while it waits for
+        its trigger, or cancelled/expired before it, the conditional order itself; once
+        triggered, the regular order it became, under the conditional order's client id and
+        with `algoId` saying where it came from (core.corrections accepts that id for the
+        database's exchange order id)."""
+        try:
+            algo = self.call(f"{label} (conditional)", self.client.fetch_order, None, symbol,
+                             {**CONDITIONAL_ORDERS, CONDITIONAL_CLIENT_ID: client_order_id})
+        except ExchangeFetchError as exc:
+            if isinstance(exc.__context__, ccxt.OrderNotFound):
+                return None
+            raise
+        actual = (algo.get("info") or {}).get(TRIGGERED_AS_ORDER)
+        if not actual:
+            return {**algo, "algoId": str(algo["id"])}
+        triggered = self.call(f"{label} (triggered as order {actual})", self.client.fetch_order,
+                              str(actual), symbol)
+        return {**triggered, "clientOrderId": algo.get("clientOrderId"), "algoId": str(algo["id"])}
+
     def exchange_now_ms(self) -> int:
         """Now by the exchange's clock (ours less the measured offset)."""
         return int(time.time() * 1000) - int(self.client.options.get("timeDifference") or 0)
@@ -826,6 +582,12 @@ class ExchangeResource(dg.ConfigurableResource):
                     "EnvVar('RECON_EXCHANGE_CREDENTIALS'). Never logged.")
     api_base_url: Optional[str] = Field(
         default=None, description="Point every ccxt API URL at this host (e.g. the simulator).")
+    demo_trading: bool = Field(
+        default=False, description="Use the exchange's demo-trading environment (Binance: "
+                                   "demo-fapi.binance.com), through ccxt's enable_demo_trading.")
+    ccxt_options: str = Field(
+        default="{}", description="JSON object of extra ccxt options, merged over the project's "
+                                  "(e.g. {\"defaultType\": \"future\"}).")
     timeout_ms: int = Field(default=10_000, description="ccxt HTTP timeout per request (ms).")
     recv_window_ms: int = Field(default=10_000, description="Binance recvWindow for signed requests (ms).")
     max_attempts: int = Field(default=4, description="Attempts per read before the snapshot fails.")
@@ -865,7 +627,7 @@ class ExchangeResource(dg.ConfigurableResource):
     max_snapshot_spread_s: float = Field(
         default=30.0, description="Freshness check: first and last read further apart than this.")
 
-    def _credentials_for(self, account: str) -> tuple[str, str]:
+    def _credentials_for(self, account: str) -> tuple[str, str, str | None]:
         try:
             data = json.loads(self.credentials)
         except (TypeError, ValueError):
@@ -877,7 +639,22 @@ class ExchangeResource(dg.ConfigurableResource):
                 "apiKey") or not isinstance(entry.get("secret"), str) or not entry.get("secret"):
             raise ExchangeCredentialsError(
                 f"RECON_EXCHANGE_CREDENTIALS has no apiKey and secret for exchange account {account!r}")
-        return entry["apiKey"], entry["secret"]
+        password = entry.get("password")
+        if password is not None and (not isinstance(password, str) or not password):
+            raise ExchangeCredentialsError(
+                f"RECON_EXCHANGE_CREDENTIALS: the password (passphrase) of exchange account "
+                f"{account!r} must be non-empty text when given")
+        return entry["apiKey"], entry["secret"], password
+
+    def _ccxt_options(self) -> dict:
+        try:
+            options = json.loads(self.ccxt_options or "{}")
+        except ValueError:
+            options = None
+        if not isinstance(options, dict):
+            raise ValueError("ccxt_options (RECON_EXCHANGE_CCXT_OPTIONS) must be a JSON object of "
+                             "ccxt options, e.g. {\"defaultType\": \"future\"}")
+        return options
 
     def accounts(self) -> list[str]:
         """The accounts that have credentials (names only)."""
@@ -890,8 +667,8 @@ class ExchangeResource(dg.ConfigurableResource):
     def build_client(self, account: str, stats: RequestStats | None = None):
         """A ccxt client for `account`, counting into `stats`. Also for trading in the demo and
         tests (its writes are not retried: a blind retry of an order can place it twice)."""
-        api_key, secret = self._credentials_for(account)
-        client = _client_class(self.exchange_id)({
+        api_key, secret, password = self._credentials_for(account)
+        config = {
             "apiKey": api_key,
             "secret": secret,
             "timeout": self.timeout_ms,
@@ -905,8 +682,14 @@ class ExchangeResource(dg.ConfigurableResource):
                 # Leverage brackets only feed ccxt's margin estimates, which reconciliation does
                 # not use: skipping them saves a request per cycle.
                 "leverageBrackets": {},
+                **self._ccxt_options(),
             },
-        })
+        }
+        if password is not None:  # the passphrase some exchanges need (OKX, KuCoin, ...)
+            config["password"] = password
+        client = _client_class(self.exchange_id)(config)
+        if self.demo_trading:  # Binance's demo-trading environment (ccxt's urls["demo"])
+            client.enable_demo_trading(True)
         if self.api_base_url:
             client.urls["api"] = point_urls_at(client.urls["api"], self.api_base_url)
         client.recon_stats = stats if stats is not None else RequestStats()
@@ -945,6 +728,19 @@ class ExchangeResource(dg.ConfigurableResource):
         client.recon_budget = self.weight_budget(account, database)
         client.recon_max_budget_wait_s = self.max_budget_wait_s
         return ExchangeSession(self, account, client, stats, sleep)
+
+
+# Set through their own variables (secrets through EnvVar), not RECON_EXCHANGE_<FIELD>.
+_NOT_FROM_ENV = {"credentials", "api_base_url"}
+
+
+def exchange_settings_from_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The ExchangeResource fields set in the environment: RECON_EXCHANGE_<FIELD> for each
+    field (e.g. RECON_EXCHANGE_EXCHANGE_ID, RECON_EXCHANGE_DEMO_TRADING,
+    RECON_EXCHANGE_WEIGHT_LIMIT_PER_MINUTE); values are validated by the resource's types."""
+    return {name: environ[f"RECON_EXCHANGE_{name.upper()}"]
+            for name in ExchangeResource.model_fields
+            if name not in _NOT_FROM_ENV and f"RECON_EXCHANGE_{name.upper()}" in environ}
 
 
 def forget_process_state() -> None:

@@ -10,7 +10,8 @@ import pytest
 
 from recon_assets.resources.exchange import (ExchangeCredentialsError, ExchangeFetchError,
                                              ExchangePayloadError, ExchangeResource, check_payload,
-                                             point_urls_at, response_age_s)
+                                             exchange_settings_from_env, point_urls_at,
+                                             response_age_s)
 from recon_assets.simulator.state import SimExchange
 from recon_assets_tests.harness.exchange import running_simulator
 
@@ -93,6 +94,33 @@ def test_credentials_errors_never_echo_the_value():
     resource = ExchangeResource(credentials=json.dumps({"acct1": {"apiKey": "k3y", "secret": "s3cr3t"}}))
     assert resource.accounts() == ["acct1"]
     assert "s3cr3t" not in repr(resource) and "s3cr3t" not in str(resource)
+
+
+def test_the_exchange_is_configuration_not_code():
+    """Exchange id, demo trading, ccxt options and limits from RECON_EXCHANGE_<FIELD>; a
+    passphrase for the exchanges that need one; bad values are clear errors."""
+    settings = exchange_settings_from_env({
+        "RECON_EXCHANGE_EXCHANGE_ID": "okx", "RECON_EXCHANGE_DEMO_TRADING": "true",
+        "RECON_EXCHANGE_WEIGHT_LIMIT_PER_MINUTE": "1200",
+        "RECON_EXCHANGE_CCXT_OPTIONS": '{"defaultType": "swap"}',
+        "RECON_EXCHANGE_CREDENTIALS": "not taken from here", "UNRELATED": "x"})
+    assert settings == {"exchange_id": "okx", "demo_trading": "true",
+                        "weight_limit_per_minute": "1200", "ccxt_options": '{"defaultType": "swap"}'}
+    credentials = json.dumps({"acct1": {"apiKey": "k3y", "secret": "s3cr3t", "password": "pa55"}})
+    okx = ExchangeResource(credentials=credentials, **{k: v for k, v in settings.items()
+                                                       if k != "demo_trading"})
+    assert okx.weight_limit_per_minute == 1200
+    client = okx.build_client("acct1")
+    assert client.id == "okx" and client.password == "pa55"
+    assert client.options["defaultType"] == "swap"
+    assert "pa55" not in repr(okx)
+    binance = ExchangeResource(credentials=credentials, demo_trading=True)
+    assert "demo-fapi.binance.com" in binance.build_client("acct1").urls["api"]["fapiPrivate"]
+    with pytest.raises(ValueError, match="JSON object of ccxt options"):
+        ExchangeResource(credentials=credentials, ccxt_options="[1]").build_client("acct1")
+    blank = json.dumps({"acct1": {"apiKey": "k", "secret": "s", "password": ""}})
+    with pytest.raises(ExchangeCredentialsError, match="password"):
+        ExchangeResource(credentials=blank).build_client("acct1")
 
 
 def test_ccxt_debug_logs_never_carry_the_key(sim, caplog):

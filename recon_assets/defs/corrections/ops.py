@@ -66,7 +66,7 @@ def probe_order(session, order: dict) -> tuple[dict | ProbeFailure, list[dict]]:
         except ExchangeFetchError as exc:
             if not isinstance(exc.__context__, ccxt.OrderNotFound):
                 raise
-            probe = _conditional_probe(session, order, label)
+            probe = session.fetch_conditional_order(order["client_order_id"], symbol, label)
             if probe is None:
                 raise
         fills = []
@@ -82,27 +82,6 @@ def probe_order(session, order: dict) -> tuple[dict | ProbeFailure, list[dict]]:
             failure = dataclasses.replace(failure, beyond_retention=beyond)
         return failure, []
     return probe, fills
-
-
-def _conditional_probe(session, order: dict, label: str) -> dict | None:
-    """The order as the Algo Service knows it (None when it does not): while it waits for its
-    trigger, or cancelled/expired before it, the algo order itself; once triggered, the regular
-    order it became, under the algo order's client id and with `algoId` saying where it came
-    from (core.corrections accepts that id for the database's exchange order id)."""
-    try:
-        algo = session.call(f"{label} (conditional)", session.client.fetch_order, None,
-                            order["symbol"], {"trigger": True,
-                                              "clientAlgoId": order["client_order_id"]})
-    except ExchangeFetchError as exc:
-        if isinstance(exc.__context__, ccxt.OrderNotFound):
-            return None
-        raise
-    actual = (algo.get("info") or {}).get("actualOrderId")
-    if not actual:
-        return {**algo, "algoId": str(algo["id"])}
-    triggered = session.call(f"{label} (triggered as order {actual})", session.client.fetch_order,
-                             str(actual), order["symbol"])
-    return {**triggered, "clientOrderId": algo.get("clientOrderId"), "algoId": str(algo["id"])}
 
 
 def _correct_order(context, database, session, row, cycle_id, run_id, dry_run) -> dict:

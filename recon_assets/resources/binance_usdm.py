@@ -1,0 +1,280 @@
+"""What is Binance USD-M about the exchange side: the payload checks of each endpoint's answer
+(every response is checked before ccxt parses it), the raw statuses, the income history's
+entries, and the ccxt parameters that reach Binance-only endpoints. The request weights are in
+`core/request_weights.py`, the raw status mapping to the database's words in
+`core/exchange_snapshot.py`, the order/fill retention windows in `core/rules.py`.
+
+A second ccxt exchange needs its own module like this one (see docs/configuration.md, "Another
+exchange"), registered in `ADAPTERS`.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from recon_assets.resources.exchange_errors import ExchangePayloadError
+
+# The income history's entries that a fill leaves (a commission on every fill, a realised PnL on
+# a closing one), and its largest page.
+INCOME_OF_TRADES = frozenset({"COMMISSION", "REALIZED_PNL"})
+INCOME_PAGE_LIMIT = 1000
+# ccxt reaches the Algo Service's conditional orders (stop, take-profit, trailing) only with it;
+# one is looked up by its client id under this name, and names the order it became once
+# triggered in this field.
+CONDITIONAL_ORDERS = {"trigger": True}
+CONDITIONAL_CLIENT_ID = "clientAlgoId"
+TRIGGERED_AS_ORDER = "actualOrderId"
+# The endpoint whose answer lists every symbol with a position or open orders.
+POSITION_LISTING = "/positionRisk"
+
+
+# ---- payload checks (plain functions) --------------------------------------------------------
+ORDER_STATUSES = {"NEW", "PARTIALLY_FILLED", "FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH",
+                  "REJECTED", "NEW_INSURANCE", "NEW_ADL"}
+_SIDES = {"BUY", "SELL"}
+
+
+class _Bad(Exception):
+    pass
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _decimal(item: dict, name: str, minimum: Decimal | None = None, positive: bool = False) -> Decimal:
+    if name not in item:
+        raise _Bad(f"field {name!r} is missing")
+    raw = item[name]
+    if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
+        raise _Bad(f"field {name!r} = {raw!r} is not a decimal")
+    try:
+        value = Decimal(str(raw))
+    except (InvalidOperation, ValueError):
+        raise _Bad(f"field {name!r} = {raw!r} is not a decimal") from None
+    if not value.is_finite():
+        raise _Bad(f"field {name!r} = {raw!r} is not a finite decimal")
+    if positive and value <= 0:
+        raise _Bad(f"field {name!r} = {raw!r} must be > 0")
+    if minimum is not None and value < minimum:
+        raise _Bad(f"field {name!r} = {raw!r} must be >= {minimum}")
+    return value
+
+
+def _integer(item: dict, name: str, minimum: int = 0) -> int:
+    if name not in item:
+        raise _Bad(f"field {name!r} is missing")
+    raw = item[name]
+    if isinstance(raw, str) and raw.isdigit():  # some Binance endpoints send ms times as strings
+        raw = int(raw)
+    if not _is_int(raw) or raw < minimum:
+        raise _Bad(f"field {name!r} = {raw!r} is not a whole number >= {minimum}")
+    return raw
+
+
+def _choice(item: dict, name: str, allowed: set[str], why: str = "") -> str:
+    if name not in item:
+        raise _Bad(f"field {name!r} is missing")
+    raw = item[name]
+    if raw not in allowed:
+        raise _Bad(f"field {name!r} = {raw!r} is not one of {sorted(allowed)}{why}")
+    return raw
+
+
+def _text(item: dict, name: str, optional: bool = False) -> str | None:
+    if name not in item:
+        if optional:
+            return None
+        raise _Bad(f"field {name!r} is missing")
+    raw = item[name]
+    if not isinstance(raw, str) or (not raw and not optional):
+        raise _Bad(f"field {name!r} = {raw!r} is not a non-empty string")
+    return raw
+
+
+def _symbol(item: dict, known: set[str] | None) -> str:
+    symbol = _text(item, "symbol")
+    if known is not None and symbol not in known:
+        raise _Bad(f"field 'symbol' = {symbol!r} is not a market listed by exchangeInfo")
+    return symbol
+
+
+_HEDGE = " (hedge-mode accounts are not supported: use one-way mode, positionSide BOTH)"
+
+
+def _check_order(item: dict, known: set[str] | None, with_time: bool = True) -> None:
+    _integer(item, "orderId", 1)
+    _symbol(item, known)
+    _text(item, "clientOrderId")
+    _choice(item, "side", _SIDES)
+    _text(item, "type")
+    _choice(item, "status", ORDER_STATUSES)
+    qty = _decimal(item, "origQty", positive=True)
+    executed = _decimal(item, "executedQty", minimum=Decimal(0))
+    if executed > qty:
+        raise _Bad(f"field 'executedQty' = {item['executedQty']!r} exceeds origQty {item['origQty']!r}")
+    _decimal(item, "price", minimum=Decimal(0))
+    _decimal(item, "avgPrice", minimum=Decimal(0))
+    _choice(item, "positionSide", {"BOTH"}, _HEDGE)
+    if with_time:
+        _integer(item, "time", 1)
+    _integer(item, "updateTime", 0)
+
+
+ALGO_STATUSES = {"NEW", "CANCELED", "TRIGGERING", "TRIGGERED", "FINISHED", "REJECTED", "EXPIRED"}
+
+
+def _check_algo_order(item: dict, known: set[str] | None) -> None:
+    _integer(item, "algoId", 1)
+    _symbol(item, known)
+    _text(item, "clientAlgoId")
+    _choice(item, "side", _SIDES)
+    _text(item, "orderType")
+    _choice(item, "algoStatus", ALGO_STATUSES)
+    _decimal(item, "quantity", positive=True)
+    _decimal(item, "triggerPrice", minimum=Decimal(0))
+    _decimal(item, "price", minimum=Decimal(0))
+    _choice(item, "positionSide", {"BOTH"}, _HEDGE)
+    _integer(item, "createTime", 1)
+
+
+def _check_position(item: dict, known: set[str] | None) -> None:
+    _symbol(item, known)
+    _choice(item, "positionSide", {"BOTH"}, _HEDGE)
+    amount = _decimal(item, "positionAmt")
+    entry = _decimal(item, "entryPrice", minimum=Decimal(0))
+    if amount != 0 and entry <= 0:
+        raise _Bad(f"field 'entryPrice' = {item['entryPrice']!r} must be > 0 for positionAmt {item['positionAmt']!r}")
+    _decimal(item, "markPrice", minimum=Decimal(0))
+    _decimal(item, "notional")
+    _integer(item, "updateTime", 0)
+
+
+def _check_trade(item: dict, known: set[str] | None) -> None:
+    _integer(item, "id", 1)
+    _integer(item, "orderId", 1)
+    _symbol(item, known)
+    _choice(item, "side", _SIDES)
+    _decimal(item, "price", positive=True)
+    _decimal(item, "qty", positive=True)
+    _decimal(item, "commission")
+    _text(item, "commissionAsset")
+    _integer(item, "time", 1)
+
+
+def _check_income(item: dict, _known) -> None:
+    # Not checked against the markets: a transfer has no symbol, and a delisted symbol's income
+    # stays in the history; the snapshot reports those instead of failing.
+    if not isinstance(item.get("symbol", ""), str):
+        raise _Bad(f"field 'symbol' = {item.get('symbol')!r} is not text")
+    _text(item, "incomeType")
+    _integer(item, "time", 1)
+
+
+def _check_market(item: dict, _known) -> None:
+    _text(item, "symbol")
+    _text(item, "baseAsset")
+    _text(item, "quoteAsset")
+    _text(item, "status")
+    filters = item.get("filters")
+    if not isinstance(filters, list):
+        raise _Bad("field 'filters' is missing or not a list")
+    lot = next((f for f in filters if isinstance(f, dict) and f.get("filterType") == "LOT_SIZE"), None)
+    if lot is None:
+        raise _Bad("field 'filters' has no LOT_SIZE filter")
+    try:
+        _decimal(lot, "stepSize", positive=True)
+    except _Bad as exc:
+        raise _Bad(f"LOT_SIZE {exc}") from None
+
+
+def _label(item: Any) -> str:
+    if isinstance(item, dict):
+        for key in ("orderId", "id", "symbol"):
+            if key in item:
+                return f"{key} {item[key]}"
+    return "?"
+
+
+def _check_list(endpoint: str, payload: Any, check, known, **kwargs) -> None:
+    if not isinstance(payload, list):
+        raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: expected a JSON list, "
+                                   f"got {type(payload).__name__}")
+    for i, item in enumerate(payload):
+        if not isinstance(item, dict):
+            raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: item {i} is "
+                                       f"{type(item).__name__}, not an object")
+        try:
+            check(item, known, **kwargs)
+        except _Bad as exc:
+            raise ExchangePayloadError(
+                f"malformed exchange payload from {endpoint}: item {i} ({_label(item)}): {exc}") from None
+
+
+def check_payload(method: str, path: str, payload: Any, known_symbols: set[str] | None = None) -> None:
+    """Raise ExchangePayloadError naming the field when a Binance USD-M payload cannot be
+    trusted; `known_symbols` (exchange ids) are the markets every item must belong to."""
+    endpoint = f"{method} {path}"
+    if isinstance(payload, dict) and "code" in payload and "msg" in payload and len(payload) <= 3:
+        return  # an error body: ccxt's own error handling raises for it
+    if path.endswith("/exchangeInfo"):
+        if not isinstance(payload, dict) or not isinstance(payload.get("symbols"), list):
+            raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: field 'symbols' "
+                                       "is missing or not a list")
+        if not payload["symbols"]:
+            raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: field 'symbols' is empty")
+        _check_list(endpoint, payload["symbols"], _check_market, None)
+    elif path.endswith("/openOrders"):
+        _check_list(endpoint, payload, _check_order, known_symbols)
+    elif path.endswith("/openAlgoOrders"):
+        _check_list(endpoint, payload, _check_algo_order, known_symbols)
+    elif path.endswith("/algoOrder") and method == "GET":
+        if not isinstance(payload, dict):
+            raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: expected a JSON object")
+        try:
+            _check_algo_order(payload, known_symbols)
+        except _Bad as exc:
+            raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: {exc}") from None
+    elif path.endswith("/positionRisk"):
+        _check_list(endpoint, payload, _check_position, known_symbols)
+    elif path.endswith("/userTrades"):
+        _check_list(endpoint, payload, _check_trade, known_symbols)
+    elif path.endswith("/income"):
+        _check_list(endpoint, payload, _check_income, None)
+    elif path.endswith("/order"):
+        if not isinstance(payload, dict):
+            raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: expected a JSON object")
+        try:
+            _check_order(payload, known_symbols, with_time=(method == "GET"))
+        except _Bad as exc:
+            raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: {exc}") from None
+    elif path.endswith("/premiumIndex"):
+        items = payload if isinstance(payload, list) else [payload]
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: item {i} "
+                                           "is not an object")
+            try:
+                _symbol(item, known_symbols)
+                _decimal(item, "markPrice", positive=True)
+            except _Bad as exc:
+                raise ExchangePayloadError(
+                    f"malformed exchange payload from {endpoint}: item {i} ({_label(item)}): {exc}") from None
+    elif path.endswith("/klines"):
+        if not isinstance(payload, list):
+            raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: expected a JSON list")
+        for i, candle in enumerate(payload):
+            if not (isinstance(candle, list) and len(candle) >= 5 and _is_int(candle[0])):
+                raise ExchangePayloadError(
+                    f"malformed exchange payload from {endpoint}: candle {i} is not [openTime, "
+                    "open, high, low, close, ...]")
+            try:
+                _decimal({"close": candle[4]}, "close", positive=True)
+            except _Bad as exc:
+                raise ExchangePayloadError(
+                    f"malformed exchange payload from {endpoint}: candle {i}: {exc}") from None
+    elif path.endswith("/account"):
+        if not isinstance(payload, dict) or not isinstance(payload.get("assets"), list):
+            raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: field 'assets' "
+                                       "is missing or not a list")

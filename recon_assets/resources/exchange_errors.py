@@ -1,0 +1,23 @@
+"""The errors of the exchange side: what the snapshot, the probe and the budget raise when a read
+cannot be trusted or cannot happen. Plain classes, shared by `exchange` and the adapters."""
+
+
+class ExchangeFetchError(RuntimeError):
+    """A snapshot could not be read completely from the exchange; nothing may be written."""
+
+
+class ExchangePayloadError(ExchangeFetchError):
+    """The exchange answered with a body the snapshot cannot trust (names the field)."""
+
+
+class ExchangeBudgetSpent(ExchangeFetchError):
+    """The egress's request-weight budget forbids sending now (spent, Retry-After or ban):
+    nothing was sent; the cycle is reported failed and retried once the budget allows."""
+
+    def __init__(self, message: str, spent=None):
+        super().__init__(message)
+        self.spent = spent
+
+
+class ExchangeCredentialsError(ExchangeFetchError):
+    """RECON_EXCHANGE_CREDENTIALS does not hold usable credentials for an account."""
