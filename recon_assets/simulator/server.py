@@ -20,6 +20,8 @@ HMAC-SHA256 `signature` of the query string plus body (400, -1022).
 Control (loopback only; for tests and the demo): `GET /_control/state`, `GET /_control/requests`,
 `GET /_control/credentials`, and `POST /_control/<op>` with a JSON body, where op is one of
 `reset`, `scenario` {name}, `add_account`, `add_market`, `set_mark_price`, `set_fee_asset`,
+`set_position_mode` {account, dual_side} (hedge mode; refused with -4068/-4067 while the account
+holds a position or an open order),
 `set_rate_limits` {weight_per_minute, window_s, ban_base_s} (every request is charged its
 documented weight, core.request_weights: beyond the limit a 429 with Retry-After, a request
 before it ended a 418 ban, doubling per ban), `set_clock_offset` {offset_ms} (the exchange's clock ahead of this machine's; Date headers,
@@ -64,7 +66,7 @@ _SIGNED = {
 }
 _CONTROL_OPS = {
     "reset", "scenario", "add_account", "add_market", "set_mark_price", "set_fee_asset", "place_order",
-    "set_clock_offset", "set_rate_limits", "place_algo_order", "trigger_algo_order", "cancel_algo_order", "fill_order", "cancel_order", "expire_order", "close_position", "liquidate", "fault",
+    "set_clock_offset", "set_rate_limits", "set_position_mode", "place_algo_order", "trigger_algo_order", "cancel_algo_order", "fill_order", "cancel_order", "expire_order", "close_position", "liquidate", "fault",
     "clear_faults", "reset_requests",
 }
 
@@ -327,13 +329,11 @@ class _Handler(BaseHTTPRequestHandler):
                 if (params.get("type") or "").upper() in ALGO_ORDER_TYPES:
                     raise SimError(-4120, "Order type not supported for this endpoint. Please use "
                                           "the Algo Order API endpoints instead.")
-                position_side = params.get("positionSide", "BOTH")
-                if position_side != "BOTH":
-                    raise SimError(-4061, "Order's position side does not match user's setting.")
                 order = exchange.place_order(
                     account, symbol, params.get("side"), params.get("type"), params.get("quantity"),
                     params.get("price"), params.get("newClientOrderId"),
-                    _bool(params.get("reduceOnly")), params.get("timeInForce"))
+                    _bool(params.get("reduceOnly")), params.get("timeInForce"),
+                    position_side=params.get("positionSide"))
                 return exchange.order_payload(order, response=True)
         raise SimError(-1000, "Not found", 404)  # unreachable
 
@@ -401,6 +401,9 @@ def control(exchange: SimExchange, op: str, args: dict) -> Any:
         return {"ok": True}
     if op == "set_fee_asset":
         exchange.set_fee_asset(**args)
+        return {"ok": True}
+    if op == "set_position_mode":
+        exchange.set_position_mode(**args)
         return {"ok": True}
     if op == "place_order":
         return exchange.order_payload(exchange.place_order(**args))

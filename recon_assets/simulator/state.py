@@ -4,7 +4,8 @@ USD-M payloads.
 Every change of a position goes through a fill, so a position is always the signed sum of its
 account's fills on that symbol (`SimExchange.check_consistency` verifies it). Quantities and
 prices are `Decimal`; payloads render them as JSON strings, times as epoch milliseconds, sides as
-BUY/SELL and `positionSide` as BOTH (one-way mode), like Binance's documented responses.
+BUY/SELL and `positionSide` BOTH in one-way mode, LONG/SHORT per leg in hedge mode
+(`set_position_mode`), like Binance's documented responses.
 """
 
 from __future__ import annotations
@@ -131,6 +132,7 @@ class Order:
     status: str = "NEW"  # NEW / PARTIALLY_FILLED / FILLED / CANCELED / EXPIRED
     executed_qty: Decimal = ZERO
     cum_quote: Decimal = ZERO
+    position_side: str = "BOTH"  # BOTH (one-way mode), or the leg: LONG / SHORT (hedge mode)
 
     @property
     def remaining(self) -> Decimal:
@@ -189,6 +191,7 @@ class Trade:
     maker: bool
     time: int
     commission_asset: str = "USDT"
+    position_side: str = "BOTH"
 
 
 @dataclass
@@ -196,6 +199,20 @@ class Position:
     amt: Decimal = ZERO  # signed: > 0 long, < 0 short
     entry_price: Decimal = ZERO
     update_time: int = 0
+
+
+POSITION_SIDES = ("BOTH", "LONG", "SHORT")
+
+
+def leg_key(symbol: str, position_side: str = "BOTH") -> str:
+    """The key of a position in Account.positions: the symbol (one-way mode), or symbol:LEG."""
+    return symbol if position_side == "BOTH" else f"{symbol}:{position_side}"
+
+
+def leg_of(key: str) -> tuple[str, str]:
+    """(symbol, position side) of an Account.positions key."""
+    symbol, _, side = key.partition(":")
+    return symbol, side or "BOTH"
 
 
 @dataclass
@@ -214,6 +231,9 @@ class Account:
     # The asset commissions are paid in: USDT, or e.g. BNB ("pay fees with BNB"), charged at
     # the asset's price at the fill's time (1 USDT per unit when the exchange lists no price).
     fee_asset: str = "USDT"
+    # Hedge mode (Binance's dual-side position mode): a LONG and a SHORT leg per symbol, each
+    # order naming its leg (positionSide); one-way mode: one position per symbol (BOTH).
+    dual_side: bool = False
 
     @property
     def wallet_balance(self) -> Decimal:
@@ -446,9 +466,11 @@ class SimExchange:
     def place_order(self, account: str | Account, symbol: str, side: str, type: str = "LIMIT",
                     quantity=None, price=None, client_order_id: str | None = None,
                     reduce_only: bool = False, time_in_force: str | None = None,
-                    at_ms: int | None = None) -> Order:
+                    at_ms: int | None = None, position_side: str | None = None) -> Order:
         """Place an order as the exchange would: a MARKET order (or a LIMIT order that crosses
-        the mark price) fills at once; a LIMIT order otherwise rests as NEW."""
+        the mark price) fills at once; a LIMIT order otherwise rests as NEW. In hedge mode the
+        order names its leg (`position_side` LONG or SHORT): SELL on LONG and BUY on SHORT
+        close it (never past its size), and reduceOnly is not accepted, as on Binance."""
         with self.lock:
             acct = account if isinstance(account, Account) else self.account(account)
             market = self.market(symbol)
@@ -479,14 +501,23 @@ class SimExchange:
                                       "legal range is '^[\\.A-Z\\:/a-z0-9_-]{1,36}$'.")
             if any(o.client_order_id == client_order_id and o.is_open for o in acct.orders.values()):
                 raise SimError(-4116, "ClientOrderId is duplicated.")
-            position = acct.positions.get(symbol, Position())
-            if reduce_only:
+            leg = (position_side or ("" if acct.dual_side else "BOTH")).upper()
+            if leg not in POSITION_SIDES or (leg == "BOTH") == acct.dual_side:
+                raise SimError(-4061, "Order's position side does not match user's setting.")
+            position = acct.positions.get(leg_key(symbol, leg), Position())
+            if acct.dual_side:
+                if reduce_only:
+                    raise SimError(-1106, "Parameter 'reduceonly' sent when not required.")
+                closes = (leg == "LONG" and side == "SELL") or (leg == "SHORT" and side == "BUY")
+                if closes and qty > abs(position.amt):
+                    raise SimError(-2022, "ReduceOnly Order is rejected.")
+            elif reduce_only:
                 reduces = (position.amt > 0 and side == "SELL") or (position.amt < 0 and side == "BUY")
                 if not reduces or qty > abs(position.amt):
                     raise SimError(-2022, "ReduceOnly Order is rejected.")
             t = at_ms if at_ms is not None else now_ms()
             order = Order(next(self._order_ids), symbol, client_order_id, side, type, qty, limit,
-                          tif, reduce_only, t, t)
+                          tif, reduce_only, t, t, position_side=leg)
             acct.orders[order.order_id] = order
             crosses = type == "MARKET" or (side == "BUY" and limit >= market.mark_price) or (
                 side == "SELL" and limit <= market.mark_price)
@@ -663,17 +694,30 @@ class SimExchange:
             return order
 
     def close_position(self, account: str | Account, symbol: str, client_order_id: str | None = None,
-                       at_ms: int | None = None) -> Order | None:
-        """Close the whole position with a market order, e.g. from the web UI (`web_...`)."""
+                       at_ms: int | None = None, position_side: str = "BOTH") -> Order | None:
+        """Close the whole position (in hedge mode: the leg `position_side`) with a market
+        order, e.g. from the web UI (`web_...`)."""
         with self.lock:
             acct = account if isinstance(account, Account) else self.account(account)
-            position = acct.positions.get(symbol)
+            position = acct.positions.get(leg_key(symbol, position_side))
             if position is None or position.amt == 0:
                 return None
             side = "SELL" if position.amt > 0 else "BUY"
             return self.place_order(acct, symbol, side, "MARKET", abs(position.amt),
                                     client_order_id=client_order_id or "web_" + random_suffix(16),
-                                    reduce_only=True, at_ms=at_ms)
+                                    reduce_only=not acct.dual_side, at_ms=at_ms,
+                                    position_side=position_side)
+
+    def set_position_mode(self, account: str | Account, dual_side: bool) -> None:
+        """POST /fapi/v1/positionSide/dual: hedge mode on or off, refused (as on Binance) while
+        the account holds a position or an open order."""
+        with self.lock:
+            acct = account if isinstance(account, Account) else self.account(account)
+            if any(p.amt != 0 for p in acct.positions.values()):
+                raise SimError(-4068, "Position side cannot be changed if there exists position.")
+            if any(o.is_open for o in acct.orders.values()):
+                raise SimError(-4067, "Position side cannot be changed if there exists open orders.")
+            acct.dual_side = bool(dual_side)
 
     def liquidate(self, account: str | Account, symbol: str, price=None,
                   at_ms: int | None = None) -> Order | None:
@@ -685,22 +729,25 @@ class SimExchange:
             for order in acct.orders.values():
                 if order.symbol == symbol and order.is_open:
                     order.status, order.update_time = "CANCELED", t
-            position = acct.positions.get(symbol)
-            if position is None or position.amt == 0:
-                return None
             market = self.market(symbol)
             fill_price = D(str(price)) if price is not None else market.mark_price
-            side = "SELL" if position.amt > 0 else "BUY"
-            order = Order(next(self._order_ids), symbol, f"autoclose-{t}", side, "LIMIT",
-                          abs(position.amt), fill_price, "IOC", True, t, t)
-            acct.orders[order.order_id] = order
-            self._fill(acct, order, order.orig_qty, fill_price, t, maker=False)
+            order = None
+            for leg in ("BOTH", "LONG", "SHORT"):  # every leg of the symbol (hedge: two)
+                position = acct.positions.get(leg_key(symbol, leg))
+                if position is None or position.amt == 0:
+                    continue
+                side = "SELL" if position.amt > 0 else "BUY"
+                order = Order(next(self._order_ids), symbol, f"autoclose-{t}-{leg.lower()}", side,
+                              "LIMIT", abs(position.amt), fill_price, "IOC", leg == "BOTH", t, t,
+                              position_side=leg)
+                acct.orders[order.order_id] = order
+                self._fill(acct, order, order.orig_qty, fill_price, t, maker=False)
             return order
 
     def _fill(self, acct: Account, order: Order, qty: Decimal, price: Decimal, t: int,
               maker: bool) -> Trade:
         signed = qty if order.side == "BUY" else -qty
-        position = acct.positions.setdefault(order.symbol, Position())
+        position = acct.positions.setdefault(leg_key(order.symbol, order.position_side), Position())
         old = position.amt
         new = old + signed
         realized = ZERO
@@ -719,7 +766,8 @@ class SimExchange:
         rate = self.asset_price(acct.fee_asset, t) or D(1)
         commission = (commission_usdt / rate).quantize(D("0.00000001"))
         trade = Trade(next(self._trade_ids[order.symbol]), order.order_id, order.symbol, order.side,
-                      price, qty, commission, realized, maker, t, acct.fee_asset)
+                      price, qty, commission, realized, maker, t, acct.fee_asset,
+                      order.position_side)
         acct.trades.setdefault(order.symbol, []).append(trade)
         acct.realized_pnl += realized
         acct.commissions += commission * rate
@@ -735,10 +783,11 @@ class SimExchange:
         the sum of its fills. Raises AssertionError naming the first difference."""
         with self.lock:
             for acct in self.accounts.values():
-                for symbol, position in acct.positions.items():
+                for key, position in acct.positions.items():
+                    symbol, leg = leg_of(key)
                     total = sum((t.qty if t.side == "BUY" else -t.qty
-                                 for t in acct.trades.get(symbol, [])), ZERO)
-                    assert total == position.amt, f"{acct.name} {symbol}: position {position.amt} != fills {total}"
+                                 for t in acct.trades.get(symbol, []) if t.position_side == leg), ZERO)
+                    assert total == position.amt, f"{acct.name} {key}: position {position.amt} != fills {total}"
                 for order in acct.orders.values():
                     filled = sum((t.qty for t in acct.trades.get(order.symbol, [])
                                   if t.order_id == order.order_id), ZERO)
@@ -801,7 +850,7 @@ class SimExchange:
             "price": fmt(order.price),
             "reduceOnly": order.reduce_only,
             "side": order.side,
-            "positionSide": "BOTH",
+            "positionSide": order.position_side,
             "status": order.status,
             "stopPrice": "0",
             "closePosition": False,
@@ -834,20 +883,21 @@ class SimExchange:
             if symbol is not None:
                 self.market(symbol)
             with_orders = {o.symbol for o in acct.orders.values() if o.is_open}
+            # Hedge mode lists both legs of each symbol it lists.
+            legs = ("LONG", "SHORT") if acct.dual_side else ("BOTH",)
+            held = {leg_of(k)[0] for k, p in acct.positions.items() if p.amt != 0}
             rows = []
-            for sym in sorted(set(acct.positions) | with_orders):
+            for sym, leg in ((s_, l_) for s_ in sorted(held | with_orders) for l_ in legs):
                 if symbol is not None and sym != symbol:
                     continue
-                position = acct.positions.get(sym, Position())
-                if position.amt == 0 and sym not in with_orders:
-                    continue
+                position = acct.positions.get(leg_key(sym, leg), Position())
                 market = self.markets[sym]
                 notional = position.amt * market.mark_price
                 unrealized = (market.mark_price - position.entry_price) * position.amt
                 initial = abs(notional) / D(20)
                 maint = abs(notional) * market.maint_margin_ratio
                 rows.append({
-                    "symbol": sym, "positionSide": "BOTH", "positionAmt": fmt(position.amt),
+                    "symbol": sym, "positionSide": leg, "positionAmt": fmt(position.amt),
                     "entryPrice": fmt(position.entry_price.quantize(D("0.00000001")).normalize())
                     if position.amt else "0.0",
                     "breakEvenPrice": fmt((position.entry_price * (1 + (TAKER_FEE if position.amt > 0 else -TAKER_FEE))).quantize(D("0.00000001")))
@@ -916,7 +966,7 @@ class SimExchange:
                     "updateTime": acct.update_time,
                 }],
                 "positions": [{
-                    "symbol": p["symbol"], "positionSide": "BOTH", "positionAmt": p["positionAmt"],
+                    "symbol": p["symbol"], "positionSide": p["positionSide"], "positionAmt": p["positionAmt"],
                     "unrealizedProfit": p["unRealizedProfit"], "isolatedMargin": "0",
                     "notional": p["notional"], "isolatedWallet": "0",
                     "initialMargin": p["initialMargin"], "maintMargin": p["maintMargin"],
@@ -1042,7 +1092,7 @@ class SimExchange:
             "buyer": t.side == "BUY", "commission": fmt(t.commission), "commissionAsset": t.commission_asset,
             "id": t.trade_id, "maker": t.maker, "orderId": t.order_id, "price": fmt(t.price),
             "qty": fmt(t.qty), "quoteQty": fmt(t.qty * t.price), "realizedPnl": fmt(t.realized_pnl, 8),
-            "side": t.side, "positionSide": "BOTH", "symbol": t.symbol, "time": t.time,
+            "side": t.side, "positionSide": t.position_side, "symbol": t.symbol, "time": t.time,
         }
 
     def dump(self) -> dict:

@@ -23,6 +23,7 @@ from recon_assets.local_postgres import free_port
 from recon_assets.resources.exchange import point_urls_at
 from recon_assets.simulator import SimExchange
 from recon_assets.simulator.scenarios import SCENARIOS, build_scenario
+from recon_assets.simulator.state import SimError
 from recon_assets_tests.harness.exchange import running_simulator
 from recon_assets_tests.harness.examples import examples
 
@@ -356,3 +357,40 @@ def test_recon_simulator_runs_on_its_own():
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_hedge_mode_keeps_a_long_and_a_short_leg_per_symbol_like_binance(sim):
+    """Dual-side position mode: each order names its leg; positionRisk lists both legs of a
+    symbol; the mode cannot change while anything is open; orders must name a leg that
+    matches the mode; reduceOnly is refused and a close past the leg's size is rejected."""
+    sim.load_scenario("clean")
+    ex = sim.exchange
+    ex.add_account("hedged")
+    with pytest.raises(SimError) as err:  # one-way: a leg is refused
+        ex.place_order("hedged", "BTCUSDT", "BUY", "MARKET", "0.010", position_side="LONG")
+    assert err.value.code == -4061
+    _control(sim, "set_position_mode", account="hedged", dual_side=True)
+    client = _ccxt(sim, "hedged")
+    client.create_order("BTC/USDT:USDT", "market", "buy", 0.02, None, {"positionSide": "LONG"})
+    client.create_order("BTC/USDT:USDT", "market", "sell", 0.01, None, {"positionSide": "SHORT"})
+    _, rows = _signed_get(sim, "/fapi/v3/positionRisk", {}, account="hedged")
+    assert [(r["positionSide"], Decimal(r["positionAmt"])) for r in rows] == [
+        ("LONG", Decimal("0.02")), ("SHORT", Decimal("-0.01"))]
+    trades = client.fetch_my_trades("BTC/USDT:USDT")
+    assert [t["info"]["positionSide"] for t in trades] == ["LONG", "SHORT"]
+    for bad, code in (({}, -4061), ({"positionSide": "BOTH"}, -4061),
+                      ({"positionSide": "LONG", "reduceOnly": True}, -1106)):
+        with pytest.raises(ccxt.BaseError) as err:
+            client.create_order("BTC/USDT:USDT", "market", "sell", 0.01, None, bad)
+        assert str(code) in str(err.value)
+    with pytest.raises(SimError) as err:  # closing more than the leg holds
+        ex.place_order("hedged", "BTCUSDT", "SELL", "MARKET", "0.030", position_side="LONG")
+    assert err.value.code == -2022
+    with pytest.raises(SimError) as err:
+        ex.set_position_mode("hedged", False)
+    assert err.value.code == -4068
+    ex.close_position("hedged", "BTCUSDT", position_side="SHORT")
+    _, rows = _signed_get(sim, "/fapi/v3/positionRisk", {}, account="hedged")
+    assert [(r["positionSide"], Decimal(r["positionAmt"])) for r in rows] == [
+        ("LONG", Decimal("0.02")), ("SHORT", 0)]
+    ex.check_consistency()
