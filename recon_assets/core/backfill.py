@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from recon_assets.core.attribution import parse_client_order_id, tagged_sub_tag
-from recon_assets.core.frames import finite
+from recon_assets.core.frames import finite, is_hedged, leg_of, with_position_legs
 from recon_assets.core.rules import (BY_CLIENT_ORDER_ID, BY_SUB_TAG, BY_TRADE_ID_HINT, FLAT, GO,
                                      NO_GO, OPEN_SLICE_STATUS, QTY_ABS_TOL, QTY_UNIQUE, REJECT,
                                      SINGLE_OPEN_TRADE, STEP_SLACK, STRONG_MATCH_METHODS)
@@ -211,7 +211,10 @@ def exit_backfill_decisions(*, cycle_id: str, account: str, slices: pd.DataFrame
                 float(r.virtual_open_qty), _time(r.opened_at), float(r.virtual_open_qty),
                 _time(r.updated_at))
          for r in open_rows.itertuples()), key=lambda s: s.key)
-    positions = {r.symbol: r for r in exchange_positions.itertuples()}
+    # One-way: a side's slices against the symbol's position; hedge mode: against their leg.
+    hedged = is_hedged(exchange_positions)
+    positions = {(r.symbol, r.position_side): r
+                 for r in with_position_legs(exchange_positions).itertuples()}
     cutoff = (pd.Timestamp(db_read_at) - pd.Timedelta(seconds=float(recency_guard_s))
               if db_read_at is not None else None)
     held_slices: list[str] = []
@@ -224,7 +227,7 @@ def exit_backfill_decisions(*, cycle_id: str, account: str, slices: pd.DataFrame
     room: dict[tuple[str, str], float] = {}
     shortfall_rows = []
     for (symbol, side), members in sorted(groups.items()):
-        position = positions.get(symbol)
+        position = positions.get((symbol, leg_of(hedged, side)))
         if position is None:  # not checked this cycle: no shortfall can be known
             continue
         step = finite(position.min_qty_step) or QTY_ABS_TOL

@@ -27,15 +27,18 @@ Kinds (`core.rules.MISMATCH_KINDS`, exactly the CHECK of `recon.mismatches`):
   Notional = max(|qty difference|, |filled difference|) x price (the whole qty when sides differ).
 - ``price_drift``: a matched open order whose limit price differs. Notional = remaining qty x
   |price difference|. A price of 0 is read as "no price" (market orders), like null.
-- ``position_drift``: per account and symbol, the DB net qty (sum over every DB position row of
+- ``position_drift``: per account and symbol (in hedge mode, per symbol and leg: the DB's long
+  positions against the long leg, its short ones against the short leg;
+  `details.position_side`), the DB net qty (sum over every DB position row of
   the account, long +, short -) differs from the exchange net position by at least the market's
   `min_qty_step` (by more than the tolerance when the step is unknown). `profile_id` is null and
   `attributable` false (an account-level finding); `db_qty`/`exchange_qty` are the SIGNED nets;
   `details.profiles` lists each profile's part. Notional = |difference| x (mark price, else
   exchange entry price, else DB average price). Exchange rows with side ``flat`` (qty 0) are
-  a flat exchange; one-way and hedge-mode rows are summed.
+  a flat exchange (a flat leg in hedge mode).
 - ``ghost_slice``: an open slice (`status` ``open``) with `virtual_open_qty > 0` while the
-  account's exchange position on the symbol is effectively zero (gross |qty| below
+  account's exchange position on the symbol (in hedge mode: the leg of the slice's side) is
+  effectively zero (gross |qty| below
   `min_qty_step`, or no row at all). One row per slice, with its profile and trade;
   `attributable` = every order of its trade carries its profile's sub tag and the trade id in
   its client order id (`core.attribution.slice_attribution`; a profile having a sub tag proves
@@ -87,9 +90,11 @@ from recon_assets.core.frames import (
     EXCHANGE_POSITIONS,
     SnapshotShapeError,
     require_columns,
+    with_position_legs,
 )
-from recon_assets.core.rules import (FLAT, MISMATCH_KINDS, OPEN_ORDER_STATUSES, OPEN_SLICE_STATUS,
-                                     POSITION_SIDES, QTY_ABS_TOL, sql_list)
+from recon_assets.core.rules import (FLAT, MISMATCH_KINDS, ONE_WAY, OPEN_ORDER_STATUSES,
+                                     OPEN_SLICE_STATUS, POSITION_LEGS, POSITION_SIDES, QTY_ABS_TOL,
+                                     sql_list)
 
 MISMATCH_COLUMNS = (
     "cycle_id", "kind", "profile_id", "exchange_account", "symbol", "client_order_id",
@@ -371,46 +376,59 @@ ORDER BY CASE kind {' '.join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(MISMAT
 # Stage 2 also, over positions and slices (run beside the orders' part: kinds sort first, and
 # the order kinds come first, so the two results one after the other are in the final order).
 _ACCOUNT_FINDINGS_SQL = f"""
--- Positions: the exchange per account and symbol (one-way or hedge rows summed).
-WITH ex AS (
+-- Positions: a one-way account by its net position per symbol; a hedge-mode account (its
+-- exchange rows are legs) per symbol and leg, so a long and a short leg cannot hide each
+-- other's drift.
+WITH hedged AS (
+    SELECT DISTINCT CAST(account AS VARCHAR) AS account FROM exchange_positions
+    WHERE position_side IN ('long', 'short')
+),
+ex_symbol AS (
     SELECT CAST(account AS VARCHAR) AS account, CAST(symbol AS VARCHAR) AS symbol,
+           max(CASE WHEN min_qty_step > 0 THEN min_qty_step END) AS step,
+           max(CASE WHEN mark_price > 0 THEN mark_price END) AS mark
+    FROM exchange_positions GROUP BY ALL
+),
+ex AS (
+    SELECT CAST(account AS VARCHAR) AS account, CAST(symbol AS VARCHAR) AS symbol,
+           CAST(position_side AS VARCHAR) AS leg,
            sum(qty * CASE side WHEN 'long' THEN 1.0 WHEN 'short' THEN -1.0 ELSE 0.0 END)
              AS ex_net,
            sum(abs(qty)) AS ex_gross,
-           max(CASE WHEN min_qty_step > 0 THEN min_qty_step END) AS step,
-           max(CASE WHEN mark_price > 0 THEN mark_price END) AS mark,
            sum(CASE WHEN entry_price > 0 THEN abs(qty) * entry_price END)
              / nullif(sum(CASE WHEN entry_price > 0 THEN abs(qty) END), 0) AS ex_entry
     FROM exchange_positions GROUP BY ALL
 ),
 pos AS (
-    SELECT CAST(exchange_account AS VARCHAR) AS account, CAST(symbol AS VARCHAR) AS symbol,
-           CAST(profile_id AS VARCHAR) AS profile_id,
-           qty * CASE side WHEN 'long' THEN 1.0 ELSE -1.0 END AS net, abs(qty) AS q,
-           CASE WHEN avg_price > 0 THEN avg_price END AS avg_price, _recent AS recent
-    FROM db_positions
+    SELECT CAST(d.exchange_account AS VARCHAR) AS account, CAST(d.symbol AS VARCHAR) AS symbol,
+           CASE WHEN h.account IS NOT NULL THEN CAST(d.side AS VARCHAR) ELSE '{ONE_WAY}' END AS leg,
+           CAST(d.profile_id AS VARCHAR) AS profile_id,
+           d.qty * CASE d.side WHEN 'long' THEN 1.0 ELSE -1.0 END AS net, abs(d.qty) AS q,
+           CASE WHEN d.avg_price > 0 THEN d.avg_price END AS avg_price, d._recent AS recent
+    FROM db_positions d LEFT JOIN hedged h ON h.account = CAST(d.exchange_account AS VARCHAR)
 ),
 parts AS (
-    SELECT account, symbol, profile_id, sum(net) AS net FROM pos GROUP BY ALL
+    SELECT account, symbol, leg, profile_id, sum(net) AS net FROM pos GROUP BY ALL
 ),
 db AS (
-    SELECT account, symbol, sum(net) AS db_net, bool_or(recent) AS recent,
+    SELECT account, symbol, leg, sum(net) AS db_net, bool_or(recent) AS recent,
            sum(q * avg_price) / nullif(sum(CASE WHEN avg_price IS NOT NULL THEN q END), 0)
              AS db_price
     FROM pos GROUP BY ALL
 ),
 db_parts AS (
-    SELECT account, symbol,
+    SELECT account, symbol, leg,
            list({{'profile_id': profile_id, 'net_qty': net}} ORDER BY profile_id NULLS FIRST)
              AS parts
     FROM parts GROUP BY ALL
 ),
 both_sides AS (
-    SELECT account, symbol, coalesce(db_net, 0.0) AS db_net,
-           coalesce(ex_net, 0.0) AS ex_net, ex_gross, step, mark, ex_entry, db_price,
+    SELECT account, symbol, leg, coalesce(db_net, 0.0) AS db_net,
+           coalesce(ex_net, 0.0) AS ex_net, ex_gross, y.step, y.mark, ex_entry, db_price,
            coalesce(recent, false) AS recent,
            coalesce(db_net, 0.0) - coalesce(ex_net, 0.0) AS diff
-    FROM db FULL OUTER JOIN ex USING (account, symbol)
+    FROM db FULL OUTER JOIN ex USING (account, symbol, leg)
+    LEFT JOIN ex_symbol y USING (account, symbol)
 ),
 positions AS (
     SELECT 'position_drift' AS kind, CAST(NULL AS VARCHAR) AS profile_id, b.account, b.symbol,
@@ -420,8 +438,8 @@ positions AS (
            recent, NULL AS slice_no,
            json_object('profiles', coalesce(p.parts, []), 'difference', diff,
                        'min_qty_step', step, 'exchange_row', ex_gross IS NOT NULL,
-                       'exchange_gross_qty', coalesce(ex_gross, 0.0))
-    FROM both_sides b LEFT JOIN db_parts p USING (account, symbol)
+                       'exchange_gross_qty', coalesce(ex_gross, 0.0), 'position_side', b.leg)
+    FROM both_sides b LEFT JOIN db_parts p USING (account, symbol, leg)
     WHERE CASE WHEN step IS NOT NULL THEN abs(diff) >= step * (1 - {REL_TOL!r})
                ELSE {_differs('db_net', 'ex_net')} END
 ),
@@ -429,13 +447,13 @@ positions AS (
 ghosts AS (
     SELECT 'ghost_slice' AS kind, s.profile_id, s.account, s.symbol, NULL, NULL, s.trade_id,
            s.attributed, s.virtual_open_qty, coalesce(x.ex_gross, 0.0),
-           s.status, NULL, s.entry_price, x.mark,
-           s.virtual_open_qty * coalesce(x.mark, s.entry_price, 0.0),
+           s.status, NULL, s.entry_price, y.mark,
+           s.virtual_open_qty * coalesce(y.mark, s.entry_price, 0.0),
            s.recent, s.slice_no,
            json_object('slice_no', s.slice_no, 'side', s.side, 'entry_qty', s.entry_qty,
-                       'exit_qty', s.exit_qty, 'min_qty_step', x.step,
+                       'exit_qty', s.exit_qty, 'min_qty_step', y.step,
                        'exchange_row', x.ex_gross IS NOT NULL,
-                       'price_source', CASE WHEN x.mark IS NOT NULL THEN 'mark_price'
+                       'price_source', CASE WHEN y.mark IS NOT NULL THEN 'mark_price'
                                             WHEN s.entry_price IS NOT NULL THEN 'entry_price'
                                        END)
     FROM (
@@ -450,9 +468,12 @@ ghosts AS (
         FROM db_trade_slices
         WHERE status = '{OPEN_SLICE_STATUS}' AND virtual_open_qty > 0
     ) s
-    LEFT JOIN ex x USING (account, symbol)
+    LEFT JOIN hedged h USING (account)
+    LEFT JOIN ex x ON x.account = s.account AND x.symbol = s.symbol
+                  AND x.leg = CASE WHEN h.account IS NOT NULL THEN s.side ELSE '{ONE_WAY}' END
+    LEFT JOIN ex_symbol y ON y.account = s.account AND y.symbol = s.symbol
     WHERE x.ex_gross IS NULL
-       OR (CASE WHEN x.step IS NOT NULL THEN x.ex_gross < x.step
+       OR (CASE WHEN y.step IS NOT NULL THEN x.ex_gross < y.step
                 ELSE x.ex_gross <= {ABS_TOL!r} END)
 ),
 found(kind, profile_id, account, symbol, client_order_id, exchange_order_id, trade_id, attributable, db_qty, exchange_qty, db_status, exchange_status, db_price, exchange_price, notional_usd, suppressed, slice_no, details) AS (
@@ -605,7 +626,7 @@ def reconciliation_diff(*, profiles: pd.DataFrame, db_orders: pd.DataFrame,
     ex_orders = _numbers(require_columns(exchange_open_orders, EXCHANGE_OPEN_ORDERS,
                                          "exchange_open_orders"), "exchange_open_orders",
                          ("qty", "filled_qty", "price", "notional_usd"))
-    ex_positions = _numbers(require_columns(exchange_positions, EXCHANGE_POSITIONS,
+    ex_positions = _numbers(require_columns(with_position_legs(exchange_positions), EXCHANGE_POSITIONS,
                                             "exchange_positions"), "exchange_positions",
                             ("qty", "entry_price", "mark_price", "notional_usd", "min_qty_step"))
     # The exchange reports a symbol that matters but holds nothing as side "flat", qty 0.
@@ -613,6 +634,11 @@ def reconciliation_diff(*, profiles: pd.DataFrame, db_orders: pd.DataFrame,
                                (ex_positions, "exchange_positions", POSITION_SIDES + (FLAT,))):
         _require_sides(frame, name, sides)
         _require_present(frame, name, "qty")
+    bad_legs = ex_positions.loc[~ex_positions["position_side"].isin(POSITION_LEGS)]
+    if len(bad_legs):
+        raise SnapshotShapeError(
+            f"exchange_positions.position_side must be one of {', '.join(POSITION_LEGS)}; found "
+            f"{bad_legs['position_side'].head(3).tolist()!r}")
     flat_with_qty = ex_positions.loc[(ex_positions["side"] == FLAT) & (ex_positions["qty"] != 0)]
     if len(flat_with_qty):
         raise SnapshotShapeError(

@@ -23,7 +23,8 @@ import pandas as pd
 from recon_assets.core.frames import (EXCHANGE_FILLS, EXCHANGE_OPEN_ORDERS, EXCHANGE_POSITIONS,
                                       empty_frame)
 from recon_assets.core.fees import fee_of
-from recon_assets.core.rules import FLAT, OPEN_ORDER_STATUSES, OPEN_SLICE_STATUS
+from recon_assets.core.rules import (FLAT, ONE_WAY, OPEN_ORDER_STATUSES, OPEN_SLICE_STATUS,
+                                     POSITION_SIDES)
 
 # Binance's raw order status -> the trading database's word for it (core.rules.ORDER_STATUSES).
 BINANCE_TO_DB_STATUS = {
@@ -62,15 +63,17 @@ def exchange_symbols(open_orders: Iterable[dict], positions: Iterable[dict]) -> 
 
 
 def activity_key(symbol: str, open_orders: Iterable[dict], positions: Iterable[dict]) -> str | None:
-    """A fingerprint of what the exchange shows for `symbol` (the position's amount and update
-    time, each open order's id, executed qty and update time). Every fill moves the position's
-    update time, so while the fingerprint is unchanged no new fill can exist. None when the
-    exchange lists no position for the symbol: then nothing can be concluded."""
-    position = next((p for p in positions if p["symbol"] == symbol and _positive(p.get("contracts"))), None)
-    if position is None:
+    """A fingerprint of what the exchange shows for `symbol` (each position's amount and update
+    time, both legs in hedge mode; each open order's id, executed qty and update time). Every
+    fill moves its position's update time, so while the fingerprint is unchanged no new fill can
+    exist. None when the exchange lists no position for the symbol: then nothing can be
+    concluded."""
+    held = [p for p in positions if p["symbol"] == symbol and _positive(p.get("contracts"))]
+    if not held:
         return None
-    info = position.get("info") or {}
-    parts = [f"position:{info.get('positionAmt')}:{info.get('updateTime')}"]
+    parts = sorted(f"position:{(p.get('info') or {}).get('positionSide')}:"
+                   f"{(p.get('info') or {}).get('positionAmt')}:{(p.get('info') or {}).get('updateTime')}"
+                   for p in held)
     parts += sorted(f"order:{o['id']}:{(o.get('info') or {}).get('executedQty')}:"
                     f"{(o.get('info') or {}).get('updateTime')}"
                     for o in open_orders if o["symbol"] == symbol)
@@ -176,19 +179,24 @@ def flat_symbols(symbols: Iterable[str], positions: Iterable[dict]) -> list[str]
 
 def positions_frame(account: str, symbols: Iterable[str], positions: list[dict],
                     steps: dict[str, float], fetched_at: pd.Timestamp,
-                    flat_marks: dict[str, float] | None = None) -> pd.DataFrame:
-    """EXCHANGE_POSITIONS: one row per symbol that matters, qty 0 and side `flat` when the
-    exchange holds no position (with its mark price from `flat_marks`), with the market's
+                    flat_marks: dict[str, float] | None = None, hedged: bool = False) -> pd.DataFrame:
+    """EXCHANGE_POSITIONS: one row per symbol that matters (in hedge mode, `hedged`: one per
+    leg, long and short), qty 0 and side `flat` when the exchange holds nothing there (with the
+    mark price from `flat_marks` when no leg of the symbol gives one), with the market's
     quantity step."""
-    by_symbol = {p["symbol"]: p for p in positions if _positive(p.get("contracts"))}
+    legs = POSITION_SIDES if hedged else (ONE_WAY,)
+    held = {(p["symbol"], p.get("side") if hedged else ONE_WAY): p
+            for p in positions if _positive(p.get("contracts"))}
+    marks = {symbol: _num(p.get("markPrice")) for (symbol, _), p in held.items()}
     rows = []
-    for symbol in sorted(set(symbols) | set(by_symbol)):
-        p = by_symbol.get(symbol)
+    for symbol, leg in ((s, g) for s in sorted(set(symbols) | {s for s, _ in held}) for g in legs):
+        p = held.get((symbol, leg))
         if p is None:
+            mark = marks.get(symbol, (flat_marks or {}).get(symbol, math.nan))
             rows.append({"account": account, "symbol": symbol, "side": FLAT, "qty": 0.0,
-                         "entry_price": math.nan,
-                         "mark_price": (flat_marks or {}).get(symbol, math.nan), "notional_usd": 0.0,
-                         "min_qty_step": steps.get(symbol, math.nan), "fetched_at": fetched_at})
+                         "entry_price": math.nan, "mark_price": mark, "notional_usd": 0.0,
+                         "min_qty_step": steps.get(symbol, math.nan), "fetched_at": fetched_at,
+                         "position_side": leg})
             continue
         qty = _num(p.get("contracts")) * (_num(p.get("contractSize")) if p.get("contractSize") else 1.0)
         mark = _num(p.get("markPrice"))
@@ -196,7 +204,7 @@ def positions_frame(account: str, symbols: Iterable[str], positions: list[dict],
         rows.append({"account": account, "symbol": symbol, "side": p.get("side"), "qty": qty,
                      "entry_price": _num(p.get("entryPrice")), "mark_price": mark,
                      "notional_usd": notional, "min_qty_step": steps.get(symbol, math.nan),
-                     "fetched_at": fetched_at})
+                     "fetched_at": fetched_at, "position_side": leg})
     if not rows:
         return typed(empty_frame(EXCHANGE_POSITIONS), EXCHANGE_POSITIONS)
     return typed(pd.DataFrame(rows, columns=list(EXCHANGE_POSITIONS)), EXCHANGE_POSITIONS)

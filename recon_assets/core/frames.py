@@ -10,16 +10,20 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from recon_assets.core.rules import ONE_WAY, POSITION_SIDES
+
 EXCHANGE_OPEN_ORDERS = (
     "account", "symbol", "exchange_order_id", "client_order_id", "side", "order_type", "status",
     "qty", "filled_qty", "price", "notional_usd", "created_at", "fetched_at",
 )
 # One row per symbol that matters to the account (open slices, open orders, recent activity),
 # side "flat" and qty 0 when the exchange holds no position, with the market's minimum quantity step so that
-# "effectively zero" can be decided without another request.
+# "effectively zero" can be decided without another request. position_side says which position
+# the row is (core.rules.POSITION_LEGS): "both" in one-way mode; in hedge mode one row per leg
+# ("long", "short") of each symbol.
 EXCHANGE_POSITIONS = (
     "account", "symbol", "side", "qty", "entry_price", "mark_price", "notional_usd",
-    "min_qty_step", "fetched_at",
+    "min_qty_step", "fetched_at", "position_side",
 )
 EXCHANGE_FILLS = (
     "account", "symbol", "exchange_fill_id", "exchange_order_id", "client_order_id", "side",
@@ -54,6 +58,25 @@ def require_columns(frame: pd.DataFrame, columns: Sequence[str], name: str) -> p
     if missing:
         raise SnapshotShapeError(f"{name} is missing column(s): {', '.join(missing)}")
     return frame.loc[:, list(columns)]
+
+
+def with_position_legs(positions: pd.DataFrame) -> pd.DataFrame:
+    """Exchange positions with `position_side` filled in: a frame without it (written before
+    hedge mode was supported, or built by hand) is one-way."""
+    if "position_side" not in positions.columns:
+        return positions.assign(position_side=ONE_WAY)
+    return positions.assign(position_side=positions["position_side"].fillna(ONE_WAY))
+
+
+def is_hedged(positions: pd.DataFrame) -> bool:
+    """Whether these exchange positions are of a hedge-mode account (rows per leg)."""
+    return "position_side" in positions.columns and bool(
+        positions["position_side"].isin(POSITION_SIDES).any())
+
+
+def leg_of(hedged: bool, side: str) -> str:
+    """The exchange position a slice or DB position of `side` is held in."""
+    return side if hedged else ONE_WAY
 
 
 def empty_frame(columns: Sequence[str]) -> pd.DataFrame:

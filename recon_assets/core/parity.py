@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from recon_assets.core.attribution import slice_attribution
-from recon_assets.core.frames import finite
+from recon_assets.core.frames import finite, is_hedged, leg_of, with_position_legs
 from recon_assets.core.rules import (AMBIGUOUS, BACKFILL, BLOCKED, CLEARED, CONFIRMING, FLAT, HELD,
                                      OPEN_SLICE_STATUS, QTY_ABS_TOL, QUARANTINE, STEP_SLACK,
                                      SYNTHETIC_EXIT)
@@ -142,12 +142,16 @@ def parity_checks(*, cycle_id: str, account: str, previous_cycle_id: str | None,
         changed = pd.to_datetime(open_slices["updated_at"], utc=True) > cutoff
         recent = {(r.profile_id, r.trade_id, int(r.slice_no))
                   for r in open_slices[changed.fillna(False).to_numpy()].itertuples()}
-    positions = {row.symbol: row for row in exchange_positions.itertuples()}
+    # One-way: the slices of a symbol against its net position; hedge mode: against their leg.
+    hedged = is_hedged(exchange_positions)
+    positions = {(row.symbol, row.position_side): row
+                 for row in with_position_legs(exchange_positions).itertuples()}
+    legs = open_slices.assign(_leg=[leg_of(hedged, side) for side in open_slices["side"]])
     rows: list[dict] = []
-    for symbol, group in open_slices.groupby("symbol", sort=True):
+    for (symbol, leg), group in legs.groupby(["symbol", "_leg"], sort=True):
         keyed = {(r.profile_id, r.trade_id, int(r.slice_no)): r for r in group.itertuples()}
         signed = {k: _signed(r.side, float(r.virtual_open_qty)) for k, r in keyed.items()}
-        position = positions.get(symbol)
+        position = positions.get((symbol, leg))
         if position is None:
             exchange, step, mark = None, None, None
             ghosts, ambiguous, why = set(), set(), ""

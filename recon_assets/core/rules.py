@@ -22,6 +22,12 @@ ORDER_SIDES = ("buy", "sell")
 POSITION_SIDES = ("long", "short")
 # The exchange side of a symbol that matters but holds nothing (exchange snapshots only).
 FLAT = "flat"
+# Which position an exchange row is (exchange snapshots' position_side): the one position of a
+# symbol in one-way mode (Binance BOTH), or in hedge mode (dual-side) one of its two legs, named
+# like the sides. The diff, the parity heartbeat and the EXIT backfill compare a hedge account
+# leg by leg, a one-way account by its net position.
+ONE_WAY = "both"
+POSITION_LEGS = (ONE_WAY, *POSITION_SIDES)
 SLICE_STATUSES = ("open", "closed")
 OPEN_SLICE_STATUS = "open"
 

@@ -27,6 +27,9 @@ CONDITIONAL_CLIENT_ID = "clientAlgoId"
 TRIGGERED_AS_ORDER = "actualOrderId"
 # The endpoint whose answer lists every symbol with a position or open orders.
 POSITION_LISTING = "/positionRisk"
+# positionSide: BOTH in one-way mode; in hedge mode (dual-side) each leg.
+POSITION_SIDES = {"BOTH", "LONG", "SHORT"}
+HEDGE_LEGS = {"LONG", "SHORT"}
 
 
 # ---- payload checks (plain functions) --------------------------------------------------------
@@ -100,7 +103,6 @@ def _symbol(item: dict, known: set[str] | None) -> str:
     return symbol
 
 
-_HEDGE = " (hedge-mode accounts are not supported: use one-way mode, positionSide BOTH)"
 
 
 def _check_order(item: dict, known: set[str] | None, with_time: bool = True) -> None:
@@ -116,7 +118,7 @@ def _check_order(item: dict, known: set[str] | None, with_time: bool = True) -> 
         raise _Bad(f"field 'executedQty' = {item['executedQty']!r} exceeds origQty {item['origQty']!r}")
     _decimal(item, "price", minimum=Decimal(0))
     _decimal(item, "avgPrice", minimum=Decimal(0))
-    _choice(item, "positionSide", {"BOTH"}, _HEDGE)
+    _choice(item, "positionSide", POSITION_SIDES)
     if with_time:
         _integer(item, "time", 1)
     _integer(item, "updateTime", 0)
@@ -135,14 +137,17 @@ def _check_algo_order(item: dict, known: set[str] | None) -> None:
     _decimal(item, "quantity", positive=True)
     _decimal(item, "triggerPrice", minimum=Decimal(0))
     _decimal(item, "price", minimum=Decimal(0))
-    _choice(item, "positionSide", {"BOTH"}, _HEDGE)
+    _choice(item, "positionSide", POSITION_SIDES)
     _integer(item, "createTime", 1)
 
 
 def _check_position(item: dict, known: set[str] | None) -> None:
     _symbol(item, known)
-    _choice(item, "positionSide", {"BOTH"}, _HEDGE)
+    leg = _choice(item, "positionSide", POSITION_SIDES)
     amount = _decimal(item, "positionAmt")
+    if (leg == "LONG" and amount < 0) or (leg == "SHORT" and amount > 0):
+        raise _Bad(f"field 'positionAmt' = {item['positionAmt']!r} has the wrong sign for the "
+                   f"{leg} leg")
     entry = _decimal(item, "entryPrice", minimum=Decimal(0))
     if amount != 0 and entry <= 0:
         raise _Bad(f"field 'entryPrice' = {item['entryPrice']!r} must be > 0 for positionAmt {item['positionAmt']!r}")

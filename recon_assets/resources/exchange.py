@@ -42,9 +42,9 @@ from recon_assets.core.fees import needs_price
 from recon_assets.core.request_weights import WEIGHT_LIMIT_PER_MINUTE, request_weight
 from recon_assets.core.rules import TRADES_QUERY_WINDOW_DAYS
 from recon_assets.resources.binance_usdm import (CONDITIONAL_CLIENT_ID, CONDITIONAL_ORDERS,
-                                                 INCOME_OF_TRADES, INCOME_PAGE_LIMIT,
-                                                 POSITION_LISTING, TRIGGERED_AS_ORDER,
-                                                 check_payload)
+                                                 HEDGE_LEGS, INCOME_OF_TRADES,
+                                                 INCOME_PAGE_LIMIT, POSITION_LISTING,
+                                                 TRIGGERED_AS_ORDER, check_payload)
 from recon_assets.resources.exchange_errors import (ExchangeBudgetSpent, ExchangeCredentialsError,
                                                     ExchangeFetchError, ExchangePayloadError)
 from recon_assets.resources.weight_budget import (LocalWeightBudget, PostgresWeightBudget,
@@ -148,6 +148,7 @@ def _client_class(exchange_id: str) -> type:
         recon_max_budget_wait_s: float = 0.0
         recon_used_weight: int = 0
         recon_listed_ids: list = []  # the symbols (exchange ids) the last positionRisk listed
+        recon_position_sides: set = set()  # and the position sides it named (BOTH, or legs)
 
         def _charge(self, method: str, url: str) -> None:
             """Charge the request's documented weight to the shared budget before sending it;
@@ -198,6 +199,7 @@ def _client_class(exchange_id: str) -> type:
             check_payload(method, path, response, known)
             if path.endswith(POSITION_LISTING):  # ccxt keeps only non-zero positions of it
                 self.recon_listed_ids = [item["symbol"] for item in response]
+                self.recon_position_sides = {item.get("positionSide") for item in response}
             now = time.time()
             stats.first_at = now if stats.first_at is None else stats.first_at
             stats.last_at = now
@@ -407,14 +409,17 @@ class ExchangeSession:
                 for o in self.call(f"fetch open conditional orders of {symbol}",
                                    self.client.fetch_open_orders, symbol, None, None, trigger)]
 
-    def fetch_positions(self) -> tuple[list[dict], set[str]]:
-        """Every non-zero position of the account, in one request, and the symbols the exchange
-        listed: positionRisk names each symbol with a position or open orders, and ccxt keeps
-        only the non-zero positions, so the listing is read from the raw answer."""
+    def fetch_positions(self) -> tuple[list[dict], set[str], bool]:
+        """Every non-zero position of the account, in one request; the symbols the exchange
+        listed (positionRisk names each symbol with a position or open orders, and ccxt keeps
+        only the non-zero positions, so the listing is read from the raw answer); and whether
+        the account is in hedge mode (its rows are LONG and SHORT legs)."""
         positions = self.call("fetch positions", self.client.fetch_positions)
         listed = {self.client.safe_symbol(market_id, None, None, "contract")
                   for market_id in self.client.recon_listed_ids}
-        return positions, listed | {p["symbol"] for p in positions}
+        hedged = bool(self.client.recon_position_sides & HEDGE_LEGS) or any(
+            p.get("hedged") for p in positions)
+        return positions, listed | {p["symbol"] for p in positions}, hedged
 
     def fetch_traded_symbols(self, since_ms: int, max_pages: int | None = None
                              ) -> tuple[set[str], set[str], int | None, bool]:

@@ -49,6 +49,7 @@ class ExchangeSnapshot:
     read_started: float = 0.0  # wall-clock time before the positions were read
     read_finished: float = 0.0  # and after the open orders were
     orders_read_per_symbol: bool = True  # open orders read one symbol at a time (cheaper)
+    hedged: bool = False  # the account is in hedge mode: positions are per leg
     # The income sweep: "read", "not_due", "off" or "deferred" (the egress budget was spent),
     # the symbols it named that the cycle would not have read, and symbols it named that are
     # not markets (reported: their fills cannot be read).
@@ -94,7 +95,7 @@ def _read(resource, database, account, run_id, session, db) -> ExchangeSnapshot:
     read_started = time.time()  # the picture: positions and open orders, read back to back
     # Positions first: positionRisk names every symbol with a position or open orders, so the
     # open orders can be read per symbol (weight 1 each, where all at once weighs 40).
-    positions, listed = session.fetch_positions()
+    positions, listed, hedged = session.fetch_positions()
     positions_at = pd.Timestamp.now(tz="UTC")
     order_symbols = sorted(db_symbols(db) | listed)
     _require_markets(resource, account, order_symbols, markets)
@@ -203,7 +204,9 @@ def _read(resource, database, account, run_id, session, db) -> ExchangeSnapshot:
     return ExchangeSnapshot(
         account=account,
         open_orders=open_orders_frame(account, orders, mark_prices, orders_at),
-        positions=positions_frame(account, symbols, positions, steps, positions_at, flat_marks),
+        positions=positions_frame(account, symbols, positions, steps, positions_at, flat_marks,
+                                  hedged),
+        hedged=hedged,
         fills=fills_frame(account, window, finished_at),
         stats=stats, symbols=sorted(symbols), fill_reads=to_read, incomplete=incomplete,
         new_fills=new_fills, probes=probes, probe_errors=probe_errors,

@@ -26,7 +26,8 @@ test keys are `simkey<account>` / `simsecret<account>` (simulator-only credentia
 | unattributed_ghost | ghost slice of a trade whose orders carry no sub-tag attribution (quarantine) |
 | systemic_glitch | the exchange reports no positions at all (integrity watchdog pause, no mass close) |
 | conditional_orders | a DB-open stop-loss resting on the Algo Service (in sync); another one triggered and filled behind the DB's back (missing_from_exchange; reconcileExitFill) |
-| demo | all of the above except the glitch and the conditional orders, on acct1 and acct2 |
+| hedge_mode | `acct3` in hedge mode: `delta` long and `epsilon` short on BTC, one leg each; epsilon's EXIT filled behind the DB's back (missing_from_exchange, ghost_slice and position_drift of the short leg, which a net comparison would hide; reconcileExitFill) |
+| demo | all of the above except the glitch, the conditional orders and hedge mode, on acct1 and acct2 |
 | lifecycle | a filled entry, a filled exit and a cancel the database missed (the three handlers) |
 """
 
@@ -123,8 +124,11 @@ class _Builder:
         p = self.profiles[profile]
         cid = client_order_id or make_client_order_id(p["sub_tag"], trade_id, intent, seq)
         t = self.tick()
+        leg = None  # hedge mode: an ENTRY opens the leg of its side, an EXIT closes it
+        if self.ex.accounts[p["exchange_account"]].dual_side:
+            leg = "LONG" if (intent == "ENTRY") == (side.upper() == "BUY") else "SHORT"
         order = self.ex.place_order(p["exchange_account"], symbol, side, "LIMIT", qty, price,
-                                    client_order_id=cid, at_ms=t)
+                                    client_order_id=cid, at_ms=t, position_side=leg)
         row = None
         if in_db:
             row = {"profile_id": profile, "trade_id": trade_id, "intent": intent,
@@ -375,6 +379,22 @@ def _systemic_glitch(b: _Builder, _base: dict) -> None:
                      note="systemic glitch: integrity watchdog pause, no synthetic exit")
 
 
+def _hedge_mode(b: _Builder, _base: dict) -> None:
+    b.profile("delta", "acct3", "DLT", "20000")
+    b.profile("epsilon", "acct3", "EPS", "20000")
+    b.ex.set_position_mode("acct3", True)
+    b.trade("delta", "t-d1", "BTCUSDT", "BUY", "0.010", "59000.0", "65000.0")
+    _, exit_ref = b.trade("epsilon", "t-e1", "BTCUSDT", "SELL", "0.010", "61000.0", "56000.0")
+    b.fill(exit_ref, in_sync=False)  # the short leg is closed; the long leg stays open
+    b.expect("missing_from_exchange", "acct3", "BTCUSDT", client_order_id=exit_ref.order.client_order_id,
+             trade_id="t-e1", handler="reconcile_exit_fill")
+    b.expect("ghost_slice", "acct3", "BTCUSDT", trade_id="t-e1", profile_id="epsilon",
+             attributable=True, backfill="lifecycle",
+             evidence=f"exit fill of {exit_ref.order.client_order_id}, an order the database holds")
+    b.expect("position_drift", "acct3", "BTCUSDT", attributable=False, note=_DB_KEEPS_POSITION,
+             position_side="short")
+
+
 _PIECES: dict[str, Callable[[_Builder, dict], None]] = {
     "entry_filled_behind_db": _entry_filled_behind_db,
     "entry_partially_filled": _entry_partially_filled,
@@ -389,7 +409,10 @@ _PIECES: dict[str, Callable[[_Builder, dict], None]] = {
     "position_drift": _position_drift,
     "unattributed_ghost": _unattributed_ghost,
     "systemic_glitch": _systemic_glitch,
+    "hedge_mode": _hedge_mode,
 }
+
+
 def _conditional_orders(b: _Builder, _base: dict) -> None:
     b.stop_loss("beta", "t-b1", "ETHUSDT", "BUY", "0.500", "3300.00")  # rests: no finding
     stop = b.stop_loss("gamma", "t-g1", "BTCUSDT", "SELL", "0.002", "58000.0")
@@ -408,7 +431,7 @@ def _conditional_orders(b: _Builder, _base: dict) -> None:
 _PIECES["conditional_orders"] = _conditional_orders
 # Scenarios made of several pieces; every other scenario is one piece (or none, "clean").
 _COMBOS: dict[str, list[str]] = {
-    "demo": [p for p in _PIECES if p not in ("systemic_glitch", "conditional_orders")],
+    "demo": [p for p in _PIECES if p not in ("systemic_glitch", "conditional_orders", "hedge_mode")],
     "lifecycle": ["entry_filled_behind_db", "exit_filled_behind_db", "cancelled_behind_db"],
 }
 SCENARIOS = ("clean", *_PIECES, *_COMBOS)

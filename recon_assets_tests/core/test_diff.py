@@ -365,6 +365,45 @@ def test_position_difference_below_the_step_is_not_drift_and_at_the_step_is():
         "kind"]) == ["position_drift"]
 
 
+def _leg(qty: float, leg: str, **kw) -> dict:
+    row = ex_position(qty, side=leg if qty else "flat", **kw)
+    return {**row, "position_side": leg}
+
+
+def test_a_hedge_mode_account_is_compared_leg_by_leg_where_its_net_would_hide_the_drift():
+    """DB: p1 long 1, p2 short 1 (net 0). Exchange in hedge mode: long leg 2, short leg 2 (net
+    0). Both legs drifted by 1; compared net, nothing would show."""
+    base = dict(profiles=[profile("p1"), profile("p2")],
+                db_positions=[db_position("p1", 1.0), db_position("p2", 1.0, side="short")])
+    hedged = diff(snapshot(**base, exchange_positions=[_leg(2.0, "long"), _leg(2.0, "short")]))
+    drifts = hedged[hedged["kind"] == "position_drift"]
+    assert sorted(details(r)["position_side"] for r in drifts.to_dict("records")) == ["long", "short"]
+    assert sorted(drifts["db_qty"]) == [-1.0, 1.0] and sorted(drifts["exchange_qty"]) == [-2.0, 2.0]
+    # The same exchange quantities as one-way rows (netted): no drift to see.
+    netted = diff(snapshot(**base, exchange_positions=[ex_position(0.0, side="flat")]))
+    assert netted.empty
+    # In sync leg by leg: nothing.
+    assert diff(snapshot(**base, exchange_positions=[_leg(1.0, "long"), _leg(1.0, "short")])).empty
+
+
+def test_a_slice_on_a_flat_leg_is_a_ghost_though_the_other_leg_is_open():
+    snap = snapshot(profiles=[profile("p1"), profile("p2")],
+                    db_positions=[db_position("p1", 1.0), db_position("p2", 1.0, side="short")],
+                    db_trade_slices=[trade_slice("p1", "t1", 1.0),
+                                     trade_slice("p2", "t2", 1.0, side="short")],
+                    exchange_positions=[_leg(1.0, "long"), _leg(0.0, "short")])
+    found = diff(snap)
+    assert sorted(found["kind"]) == ["ghost_slice", "position_drift"]
+    ghost = found[found["kind"] == "ghost_slice"].iloc[0]
+    assert (ghost["profile_id"], ghost["trade_id"]) == ("p2", "t2")
+    assert details(found[found["kind"] == "position_drift"].iloc[0])["position_side"] == "short"
+
+
+def test_an_unknown_position_side_is_a_clear_error():
+    with pytest.raises(SnapshotShapeError, match="position_side"):
+        diff(snapshot(exchange_positions=[{**_leg(1.0, "long"), "position_side": "sideways"}]))
+
+
 def test_short_on_the_exchange_against_long_in_the_db_is_drift():
     snap = snapshot(db_positions=[db_position("p1", 1.0)],
                     exchange_positions=[ex_position(1.0, side="short")])
@@ -372,7 +411,8 @@ def test_short_on_the_exchange_against_long_in_the_db_is_drift():
     assert (row["db_qty"], row["exchange_qty"]) == (1.0, -1.0)
 
 
-def test_hedge_mode_rows_are_netted():
+def test_one_way_rows_of_a_symbol_are_netted():
+    """Rows without a leg (position_side "both", or none given) are one-way: summed."""
     snap = snapshot(db_positions=[db_position("p1", 0.5)],
                     exchange_positions=[ex_position(2.0), ex_position(1.5, side="short")])
     assert diff(snap).empty

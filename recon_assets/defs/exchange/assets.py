@@ -61,7 +61,8 @@ def exchange_snapshot(context: dg.AssetExecutionContext, exchange: ExchangeResou
         # Per symbol (weight 1 each) while cheaper than all at once (40).
         "exchange_open_orders": {"orders_read": "per symbol" if snap.orders_read_per_symbol
                                  else "all symbols at once"},
-        "exchange_positions": {"flat_symbols": int((snap.positions["side"] == "flat").sum())},
+        "exchange_positions": {"flat_symbols": int((snap.positions["side"] == "flat").sum()),
+                               "position_mode": "hedge" if snap.hedged else "one-way"},
         "exchange_fills": {"new_fills": snap.new_fills, "symbols_read": len(snap.fill_reads),
                            "order_lookups": snap.probes,
                            "unattributed_fills": int(snap.fills["client_order_id"].isna().sum()),

@@ -406,6 +406,25 @@ def test_a_stop_order_triggered_behind_the_database_is_found_by_the_probe_and_bo
     assert diff_rows(run_scheduled_cycles(defs, instance)) == []
 
 
+def test_a_hedge_mode_account_is_reconciled_leg_by_leg(sim, pg_dsn, instance):
+    """Issue 15: acct3 in hedge mode, a long leg (delta) and a short leg (epsilon) on BTC.
+    epsilon's EXIT filled behind the database: found on the short leg (a net comparison of the
+    two legs would hide it), booked by reconcileExitFill; the long leg is untouched, and the
+    next cycle finds nothing. Before, the snapshot refused a hedge-mode account outright."""
+    defs = after_first_cycle(sim, pg_dsn, instance, "hedge_mode")
+    tick = evaluate_correction_sensor(defs, instance)
+    assert [r.tags["recon/profile"] for r in tick.run_requests] == ["epsilon"]
+    assert all(r.success for r in run_corrections(defs, instance, tick.run_requests))
+    assert query(pg_dsn, "SELECT handler, outcome FROM recon.corrections WHERE NOT dry_run") == [
+        ("reconcile_exit_fill", "applied")]
+    acct3 = "profile_id IN ('delta', 'epsilon')"
+    assert query(pg_dsn, f"SELECT trade_id, status FROM trade_history WHERE {acct3} "
+                         "ORDER BY trade_id") == [("t-d1", "open"), ("t-e1", "closed")]
+    assert query(pg_dsn, f"SELECT profile_id, side, qty::text FROM positions WHERE {acct3} "
+                         "ORDER BY profile_id") == [("delta", "long", "0.010")]
+    assert diff_rows(run_scheduled_cycles(defs, instance)) == []
+
+
 DAY_MS = 86_400_000
 
 
