@@ -39,7 +39,7 @@ def _order(**overrides):
 @pytest.mark.parametrize("overrides,field", [
     ({"origQty": "abc"}, "'origQty'"), ({"origQty": "0"}, "'origQty'"), ({"executedQty": "0.002"}, "'executedQty'"),
     ({"orderId": "abc"}, "'orderId'"), ({"side": "buy"}, "'side'"), ({"status": "OPEN"}, "'status'"),
-    ({"price": None}, "'price'"), ({"positionSide": "SHORT"}, "hedge-mode"), ({"time": -1}, "'time'"),
+    ({"price": None}, "'price'"), ({"positionSide": "SIDEWAYS"}, "'positionSide'"), ({"time": -1}, "'time'"),
     ({"clientOrderId": 7}, "'clientOrderId'"), ({"origQty": "NaN"}, "'origQty'"),
 ])
 def test_bad_order_fields_are_named(overrides, field):
@@ -64,6 +64,11 @@ def test_missing_fields_and_wrong_shapes_are_named():
     with pytest.raises(ExchangePayloadError, match="LOT_SIZE"):
         check_payload("GET", "/fapi/v1/exchangeInfo", {"symbols": [{
             "symbol": "X", "baseAsset": "X", "quoteAsset": "USDT", "status": "TRADING", "filters": []}]})
+    leg = {"symbol": "BTCUSDT", "positionSide": "SHORT", "positionAmt": "0.5", "entryPrice": "1",
+           "markPrice": "1", "notional": "1", "updateTime": 1}
+    with pytest.raises(ExchangePayloadError, match="wrong sign for the SHORT leg"):
+        check_payload("GET", "/fapi/v3/positionRisk", [leg])
+    check_payload("GET", "/fapi/v3/positionRisk", [{**leg, "positionAmt": "-0.5"}])  # hedge mode
     check_payload("GET", "/fapi/v1/openOrders", [])  # an empty list is a valid answer
     check_payload("GET", "/fapi/v1/openOrders", [_order()], {"BTCUSDT"})
 

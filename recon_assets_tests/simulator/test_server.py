@@ -273,7 +273,8 @@ def test_every_scenario_builds_and_seeds_the_real_database(name, pg_dsn):
     with psycopg.connect(pg_dsn) as conn:
         (profiles,) = conn.execute("SELECT count(*) FROM profiles").fetchone()
         snapshot = conn.execute("SELECT recon_snapshot_account('acct1')").fetchone()[0]
-    assert profiles == 3 and snapshot["trade_slices"]
+    # acct1 and acct2 with alpha, beta, gamma; hedge_mode adds acct3 with delta and epsilon.
+    assert profiles == (5 if name == "hedge_mode" else 3) and snapshot["trade_slices"]
     assert (name == "clean") == (scenario.expected == [])
     for finding in scenario.expected:
         assert finding["kind"] in {"missing_from_exchange", "missing_in_db", "qty_drift", "status_drift",
