@@ -13,7 +13,7 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from recon_assets.resources.exchange_errors import ExchangePayloadError
+from recon_assets.resources.exchange_errors import ExchangePayloadError, ExchangeUnknownMarket
 
 # The income history's entries that a fill leaves (a commission on every fill, a realised PnL on
 # a closing one), and its largest page.
@@ -40,6 +40,14 @@ _SIDES = {"BUY", "SELL"}
 
 class _Bad(Exception):
     pass
+
+
+class _UnknownMarket(_Bad):
+    """A symbol the loaded markets do not list (a listing newer than them, or a bad symbol)."""
+
+
+def _error_for(exc: _Bad) -> type[ExchangePayloadError]:
+    return ExchangeUnknownMarket if isinstance(exc, _UnknownMarket) else ExchangePayloadError
 
 
 def _is_int(value: Any) -> bool:
@@ -99,7 +107,7 @@ def _text(item: dict, name: str, optional: bool = False) -> str | None:
 def _symbol(item: dict, known: set[str] | None) -> str:
     symbol = _text(item, "symbol")
     if known is not None and symbol not in known:
-        raise _Bad(f"field 'symbol' = {symbol!r} is not a market listed by exchangeInfo")
+        raise _UnknownMarket(f"field 'symbol' = {symbol!r} is not a market listed by exchangeInfo")
     return symbol
 
 
@@ -213,7 +221,7 @@ def _check_list(endpoint: str, payload: Any, check, known, **kwargs) -> None:
         try:
             check(item, known, **kwargs)
         except _Bad as exc:
-            raise ExchangePayloadError(
+            raise _error_for(exc)(
                 f"malformed exchange payload from {endpoint}: item {i} ({_label(item)}): {exc}") from None
 
 
@@ -240,7 +248,7 @@ def check_payload(method: str, path: str, payload: Any, known_symbols: set[str] 
         try:
             _check_algo_order(payload, known_symbols)
         except _Bad as exc:
-            raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: {exc}") from None
+            raise _error_for(exc)(f"malformed exchange payload from {endpoint}: {exc}") from None
     elif path.endswith("/positionRisk"):
         _check_list(endpoint, payload, _check_position, known_symbols)
     elif path.endswith("/userTrades"):
@@ -253,7 +261,7 @@ def check_payload(method: str, path: str, payload: Any, known_symbols: set[str] 
         try:
             _check_order(payload, known_symbols, with_time=(method == "GET"))
         except _Bad as exc:
-            raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: {exc}") from None
+            raise _error_for(exc)(f"malformed exchange payload from {endpoint}: {exc}") from None
     elif path.endswith("/premiumIndex"):
         items = payload if isinstance(payload, list) else [payload]
         for i, item in enumerate(items):
@@ -264,7 +272,7 @@ def check_payload(method: str, path: str, payload: Any, known_symbols: set[str] 
                 _symbol(item, known_symbols)
                 _decimal(item, "markPrice", positive=True)
             except _Bad as exc:
-                raise ExchangePayloadError(
+                raise _error_for(exc)(
                     f"malformed exchange payload from {endpoint}: item {i} ({_label(item)}): {exc}") from None
     elif path.endswith("/klines"):
         if not isinstance(payload, list):
@@ -277,7 +285,7 @@ def check_payload(method: str, path: str, payload: Any, known_symbols: set[str] 
             try:
                 _decimal({"close": candle[4]}, "close", positive=True)
             except _Bad as exc:
-                raise ExchangePayloadError(
+                raise _error_for(exc)(
                     f"malformed exchange payload from {endpoint}: candle {i}: {exc}") from None
     elif path.endswith("/account"):
         if not isinstance(payload, dict) or not isinstance(payload.get("assets"), list):

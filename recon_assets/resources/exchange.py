@@ -46,7 +46,8 @@ from recon_assets.resources.binance_usdm import (CONDITIONAL_CLIENT_ID, CONDITIO
                                                  INCOME_PAGE_LIMIT, POSITION_LISTING,
                                                  TRIGGERED_AS_ORDER, check_payload)
 from recon_assets.resources.exchange_errors import (ExchangeBudgetSpent, ExchangeCredentialsError,
-                                                    ExchangeFetchError, ExchangePayloadError)
+                                                    ExchangeFetchError, ExchangePayloadError,
+                                                    ExchangeUnknownMarket)
 from recon_assets.resources.weight_budget import (LocalWeightBudget, PostgresWeightBudget,
                                                   WeightBudgetSpent)
 
@@ -279,6 +280,7 @@ class ExchangeSession:
         self._sleep = sleep
         self._prices: dict[tuple[str, int], Decimal | None] = {}
         self._clock_known = False
+        self._markets_reloaded = False
 
     def close(self) -> None:
         """End the session (its connection to the shared weight budget)."""
@@ -321,16 +323,35 @@ class ExchangeSession:
         if not self._clock_known:
             self.sync_clock()
         try:
-            return self._with_retries(label, fn, *args, **kwargs)
+            return self._call_knowing_markets(label, fn, *args, **kwargs)
         except _ClockSkew:
             self.sync_clock(force=True)
             try:
-                return self._with_retries(label, fn, *args, **kwargs)
+                return self._call_knowing_markets(label, fn, *args, **kwargs)
             except _ClockSkew as exc:
                 raise ExchangeFetchError(
                     f"{self.account}: {label} failed: the exchange still rejects our timestamps "
                     f"after a clock resync (offset {self.stats.clock_offset_ms} ms): "
                     f"{exc}") from None
+
+    def _call_knowing_markets(self, label: str, fn, *args, **kwargs):
+        """An answer naming a symbol the loaded markets do not list (a listing newer than the
+        process's markets) reloads the markets once, then the read is retried once."""
+        try:
+            return self._with_retries(label, fn, *args, **kwargs)
+        except ExchangeUnknownMarket:
+            if not self.reload_markets_once():
+                raise
+            return self._with_retries(label, fn, *args, **kwargs)
+
+    def reload_markets_once(self) -> bool:
+        """Read the markets again (a listing newer than the process's cache), once per
+        session; False when they were reloaded already (or never loaded)."""
+        if self._markets_reloaded or not self.client.markets:
+            return False
+        self._markets_reloaded = True
+        self.load_markets(force=True)
+        return True
 
     def _with_retries(self, label: str, fn, *args, **kwargs):
         res = self.resource
@@ -343,8 +364,8 @@ class ExchangeSession:
                 raise _ClockSkew(self._scrub(exc)) from None
             except WeightBudgetSpent as exc:
                 raise ExchangeBudgetSpent(f"{self.account}: {label}: {exc}", exc) from None
-            except ExchangePayloadError as exc:
-                raise ExchangePayloadError(f"{self.account}: {label}: {exc}") from None
+            except ExchangePayloadError as exc:  # (its kind kept: an unknown market is retried)
+                raise type(exc)(f"{self.account}: {label}: {exc}") from None
             except ccxt.AuthenticationError as exc:
                 raise ExchangeFetchError(
                     f"{self.account}: {label}: the exchange rejected the credentials "
@@ -375,12 +396,13 @@ class ExchangeSession:
                 self.stats.retries += 1
                 self._sleep(wait)
 
-    def load_markets(self) -> dict:
-        """Markets (exchangeInfo), shared by every session of this process for `markets_ttl_s`."""
+    def load_markets(self, force: bool = False) -> dict:
+        """Markets (exchangeInfo), shared by every session of this process for `markets_ttl_s`
+        (`force`: read them again now)."""
         key = (self.resource.exchange_id, self.resource.api_base_url or "")
         with _MARKETS_LOCK:
             cached = _MARKETS_CACHE.get(key)
-            if cached and time.monotonic() - cached[0] < self.resource.markets_ttl_s:
+            if cached and not force and time.monotonic() - cached[0] < self.resource.markets_ttl_s:
                 self.client.set_markets(cached[1])
                 return self.client.markets
         markets = self.call("load markets (GET exchangeInfo)", self.client.load_markets, True)

@@ -10,6 +10,11 @@ class ExchangePayloadError(ExchangeFetchError):
     """The exchange answered with a body the snapshot cannot trust (names the field)."""
 
 
+class ExchangeUnknownMarket(ExchangePayloadError):
+    """An answer names a symbol the loaded markets do not list: markets are reloaded once (a
+    new listing) before this is an error."""
+
+
 class ExchangeBudgetSpent(ExchangeFetchError):
     """The egress's request-weight budget forbids sending now (spent, Retry-After or ban):
     nothing was sent; the cycle is reported failed and retried once the budget allows."""

@@ -82,23 +82,28 @@ def read_exchange_snapshot(resource: ExchangeResource, database: PostgresStore, 
             session.close()
 
 
-def _require_markets(resource, account: str, symbols, markets) -> None:
-    unknown = sorted(s for s in symbols if s not in markets)
+def _require_markets(session: ExchangeSession, account: str, symbols) -> None:
+    """Every symbol that matters is a market: markets loaded before a new listing are read
+    again once, then an unknown symbol fails the snapshot."""
+    unknown = sorted(s for s in symbols if s not in session.client.markets)
+    if unknown:
+        session.reload_markets_once()
+        unknown = sorted(s for s in symbols if s not in session.client.markets)
     if unknown:
         raise ExchangeFetchError(
-            f"{account}: symbol(s) {', '.join(unknown)} are not markets of {resource.exchange_id}; "
-            "the snapshot cannot say whether they are flat")
+            f"{account}: symbol(s) {', '.join(unknown)} are not markets of "
+            f"{session.resource.exchange_id}; the snapshot cannot say whether they are flat")
 
 
 def _read(resource, database, account, run_id, session, db) -> ExchangeSnapshot:
-    markets = session.load_markets()
+    session.load_markets()  # (reloaded once by the session if an answer names a newer listing)
     read_started = time.time()  # the picture: positions and open orders, read back to back
     # Positions first: positionRisk names every symbol with a position or open orders, so the
     # open orders can be read per symbol (weight 1 each, where all at once weighs 40).
     positions, listed, hedged = session.fetch_positions()
     positions_at = pd.Timestamp.now(tz="UTC")
     order_symbols = sorted(db_symbols(db) | listed)
-    _require_markets(resource, account, order_symbols, markets)
+    _require_markets(session, account, order_symbols)
     per_symbol = per_symbol_is_cheaper(len(order_symbols))
     plan = order_symbols if per_symbol else None
     # Regular and conditional (Algo Service) orders are one picture for the diff.
@@ -107,7 +112,7 @@ def _read(resource, database, account, run_id, session, db) -> ExchangeSnapshot:
     read_finished = time.time()
 
     symbols = db_symbols(db) | exchange_symbols(orders, positions)
-    _require_markets(resource, account, symbols, markets)
+    _require_markets(session, account, symbols)
     flat_marks = session.fetch_mark_prices(flat_symbols(symbols, positions))
 
     now_ms = int(time.time() * 1000)
@@ -198,6 +203,7 @@ def _read(resource, database, account, run_id, session, db) -> ExchangeSnapshot:
                                                    window_start, income_cursor)
     finished_at = pd.Timestamp.now(tz="UTC")
     mark_prices = {p["symbol"]: float(p["markPrice"]) for p in positions if p.get("markPrice")}
+    markets = session.client.markets
     steps = {s: float(markets[s]["precision"]["amount"]) for s in symbols
              if markets[s].get("precision", {}).get("amount") is not None}
     stats = session.stats

@@ -190,6 +190,22 @@ def test_open_orders_are_read_per_symbol_until_all_at_once_is_cheaper(sim, pg_ds
     assert {f"T{i:02d}/USDT:USDT" for i in range(40)} <= set(orders["symbol"])
 
 
+def test_a_symbol_listed_after_the_markets_were_loaded_reloads_them_once(sim, pg_dsn, instance):
+    """The process loaded the markets; then the exchange lists a new symbol and the account
+    trades it. Before, every cycle of that process failed ('not a market listed by
+    exchangeInfo') until the markets' TTL ran out; now they are read again once."""
+    sim.scenario.seed_database(pg_dsn)
+    assert _run(instance, _resources(sim, pg_dsn)).success  # markets cached in this process
+    sim.exchange.add_market("NEWUSDT", "NEW", "2.000", "1", "0.001")
+    sim.exchange.place_order("acct1", "NEWUSDT", "BUY", "MARKET", "10", client_order_id="web_new")
+    sim.exchange.reset_request_counts()
+    result = _run(instance, _resources(sim, pg_dsn))
+    assert result.success, _error(result)
+    assert sim.exchange.reset_request_counts()["GET /fapi/v1/exchangeInfo"] == 1
+    positions = result.output_for_node("exchange_snapshot", "exchange_positions")
+    assert "NEW/USDT:USDT" in set(positions["symbol"])
+
+
 # ---- every fill seen -----------------------------------------------------------------------
 
 def _round_trip(sim, account, symbol, qty):
