@@ -261,6 +261,33 @@ def test_a_foreign_round_trip_on_an_untracked_symbol_is_found_through_the_income
     assert len(fills[fills["symbol"] == xrp]) == 2  # stored once, not read twice
 
 
+def test_an_order_the_database_thinks_cancelled_that_filled_and_closed_is_found(
+        sim, pg_dsn, instance):
+    """The DB recorded gamma's DOGE ENTRY as cancelled, but it filled, and the position was
+    closed again within the cycle: nothing is open on DOGE on either side, so only the income
+    history points at its fills."""
+    sim.scenario.seed_database(pg_dsn)
+    assert _run(instance, _resources(sim, pg_dsn), "acct2").success  # first sweep done
+    entry = sim.exchange.place_order("acct2", "DOGEUSDT", "BUY", "LIMIT", "1000", "0.100000",
+                                     client_order_id="rc.GAM.t-g9.E1")
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("INSERT INTO orders (profile_id, trade_id, intent, symbol, side, "
+                     "client_order_id, exchange_order_id, status, qty, filled_qty, price) VALUES "
+                     "('gamma', 't-g9', 'ENTRY', 'DOGE/USDT:USDT', 'buy', 'rc.GAM.t-g9.E1', %s, "
+                     "'canceled', 1000, 0, 0.10)", (str(entry.order_id),))
+        conn.execute("UPDATE recon.exchange_income_cursors "
+                     "SET swept_at = swept_at - interval '1 hour'")
+    sim.exchange.fill_order("acct2", entry.order_id)
+    sim.exchange.close_position("acct2", "DOGEUSDT", client_order_id="web_doge_close")
+    result = _run(instance, _resources(sim, pg_dsn), "acct2")
+    assert result.success, _error(result)
+    meta = _metadata(result, "exchange_fills")
+    assert "DOGE/USDT:USDT" in meta["income_symbols"].split(", ")
+    fills = result.output_for_node("exchange_snapshot", "exchange_fills")
+    doge = fills[fills["symbol"] == "DOGE/USDT:USDT"]
+    assert sorted(doge["client_order_id"]) == ["rc.GAM.t-g9.E1", "web_doge_close"]
+
+
 def test_an_income_sweep_that_does_not_fit_the_budget_waits_and_the_cycle_goes_on(
         sim, pg_dsn, instance):
     sim.scenario.seed_database(pg_dsn)
