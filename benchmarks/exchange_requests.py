@@ -23,6 +23,9 @@ interval (`income_sweep_interval_s`), per account and minute:
                    exchangeInfo (1) and time (1) each new process reads
 
 and how many accounts one IP carries at that rate with 30 % of its budget left as headroom.
+The baseline is the plan before issue 15 (open orders and conditional orders read for all
+symbols at once, weight 40 each, in every cycle), computed from the same run's request counts:
+the steady cycle's weight with its per-symbol order reads replaced by those two requests.
 The simulator's and the project's weight limits are lifted for the run: this measures weight,
 not pacing. Times are wall clock on this machine and only indicative.
 
@@ -50,7 +53,8 @@ if str(ROOT) not in sys.path:
 import psycopg  # noqa: E402
 
 from recon_assets.core.attribution import make_client_order_id  # noqa: E402
-from recon_assets.core.request_weights import REQUEST_WEIGHTS, WEIGHT_LIMIT_PER_MINUTE  # noqa: E402
+from recon_assets.core.request_weights import (NO_SYMBOL_WEIGHTS, REQUEST_WEIGHTS,  # noqa: E402
+                                               WEIGHT_LIMIT_PER_MINUTE)
 from recon_assets.db.migrate import migrate  # noqa: E402
 from recon_assets.local_postgres import LocalPostgres  # noqa: E402
 from recon_assets.resources import exchange as exchange_module  # noqa: E402
@@ -64,6 +68,7 @@ ACTIVE_SYMBOLS = 5
 HEADROOM = 0.30
 PER_PROCESS = REQUEST_WEIGHTS[("GET", "/fapi/v1/exchangeInfo")] + REQUEST_WEIGHTS[("GET", "/fapi/v1/time")]
 INCOME_WEIGHT = REQUEST_WEIGHTS[("GET", "/fapi/v1/income")]
+NO_SYMBOL_ORDERS = NO_SYMBOL_WEIGHTS[("GET", "/fapi/v1/openOrders")]
 
 
 def _short(endpoint: str) -> str:
@@ -166,7 +171,11 @@ def main(argv: list[str] | None = None) -> int:
                     if label == "active":
                         _activity(sim, names)
                     totals, weight, seconds = _cycle(resource, store, names, label, symbols)
+                    per_symbol = sum(v for k, v in totals.items()
+                                     if k.endswith(("/openOrders", "/openAlgoOrders"))) \
+                        if symbols < NO_SYMBOL_ORDERS else 0
                     rows.append({
+                        "order_reads": per_symbol,
                         "symbols": symbols, "accounts": n, "cycle": label,
                         "requests_per_account": sum(totals.values()) / n,
                         "weight_per_account": weight / n,
@@ -192,18 +201,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"one IP at a one-minute cycle (steady cycle + income sweep spread over its interval; "
           f"{HEADROOM:.0%} headroom leaves {usable:.0f} a minute)")
     header = (f"{'symbols':>7} {'accounts':>8} {'mode':>16} {'weight/acct/min':>15} "
-              f"{'all accts/min':>13} {'headroom':>8} {'accts per IP':>12}")
+              f"{'all accts/min':>13} {'headroom':>8} {'accts per IP':>12} {'baseline':>8} "
+              f"{'ratio':>6}")
     print(header)
     print("-" * len(header))
     sweep = INCOME_WEIGHT * 60 / interval_s if interval_s else 0.0
     for r in rows:
         if r["cycle"] != "steady":
             continue
+        reads = r["order_reads"] / r["accounts"]  # per-symbol open-order reads, weight 1 each
+        all_at_once = r["weight_per_account"] - reads + (2 * NO_SYMBOL_ORDERS if reads else 0)
         for mode, extra in (("shared process", 0), ("run per account", PER_PROCESS)):
             per_min = r["weight_per_account"] + sweep + extra
+            base = all_at_once + extra
             total = per_min * r["accounts"]
             print(f"{r['symbols']:>7} {r['accounts']:>8} {mode:>16} {per_min:>15.2f} {total:>13.0f} "
-                  f"{1 - total / WEIGHT_LIMIT_PER_MINUTE:>8.1%} {int(usable // per_min):>12}")
+                  f"{1 - total / WEIGHT_LIMIT_PER_MINUTE:>8.1%} {int(usable // per_min):>12} "
+                  f"{base:>8.2f} {per_min / base:>6.2f}")
     return 0
 
 
