@@ -10,19 +10,16 @@ Postgres (`read_exchange_snapshot`, the function the Dagster assets call):
 
   cold    first cycle of a fresh process: no fill cursor, markets and clock not known yet,
           the first income sweep
-  steady  nothing happened on the exchange since (the income sweep is not due)
+  steady  nothing happened on the exchange since (the income sweep is not due), all
+          accounts read by one process
+  per-run the same, each account's read in a fresh process, as each Dagster run is today
+          (markets and clock from Postgres, where the first run left them)
   active  5 of the symbols got a fill behind the database's back
 
 The weight is what the exchange client charged to the egress budget (the documented weights
 of `core.request_weights`), equal to what the simulator counts. The budget columns take the
-steady cycle at a one-minute schedule, plus the income sweep (weight 30) spread over its
-interval (`income_sweep_interval_s`), per account and minute:
-
-  shared process   accounts read by one long-lived process (markets and clock measured once)
-  run per account  every account's cycle its own process, as Dagster runs are today: + the
-                   exchangeInfo (1) and time (1) each new process reads
-
-and how many accounts one IP carries at that rate with 30 % of its budget left as headroom.
+steady and per-run cycles at a one-minute schedule, plus the income sweep (weight 30) spread
+over its interval (`income_sweep_interval_s`), per account and minute, and how many accounts one IP carries at that rate with 30 % of its budget left as headroom.
 The baseline is the plan before issue 15 (open orders and conditional orders read for all
 symbols at once, weight 40 each, in every cycle), computed from the same run's request counts:
 the steady cycle's weight with its per-symbol order reads replaced by those two requests.
@@ -66,7 +63,6 @@ from recon_assets.simulator.server import credentials  # noqa: E402
 
 ACTIVE_SYMBOLS = 5
 HEADROOM = 0.30
-PER_PROCESS = REQUEST_WEIGHTS[("GET", "/fapi/v1/exchangeInfo")] + REQUEST_WEIGHTS[("GET", "/fapi/v1/time")]
 INCOME_WEIGHT = REQUEST_WEIGHTS[("GET", "/fapi/v1/income")]
 NO_SYMBOL_ORDERS = NO_SYMBOL_WEIGHTS[("GET", "/fapi/v1/openOrders")]
 
@@ -132,6 +128,8 @@ def _cycle(resource, store, names, label, symbols):
     weight = 0
     started = time.perf_counter()
     for name in names:
+        if label == "per-run":
+            exchange_module.forget_process_state()  # this account's run is a new process
         snap = read_exchange_snapshot(resource, store, name, run_id=f"bench-{label}")
         totals.update(snap.stats.by_endpoint)
         weight += snap.stats.weight
@@ -167,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                                             api_base_url=sim.url, enable_rate_limit=False,
                                             weight_limit_per_minute=10**9)
                 exchange_module.forget_process_state()  # a fresh process
-                for label in ("cold", "steady", "active"):
+                for label in ("cold", "steady", "per-run", "active"):
                     if label == "active":
                         _activity(sim, names)
                     totals, weight, seconds = _cycle(resource, store, names, label, symbols)
@@ -190,34 +188,32 @@ def main(argv: list[str] | None = None) -> int:
     usable = WEIGHT_LIMIT_PER_MINUTE * (1 - HEADROOM)
     print(f"exchange snapshot: requests and weight per account and cycle (per-IP budget "
           f"{WEIGHT_LIMIT_PER_MINUTE} a minute; income sweep every {interval_s} s)")
-    header = (f"{'symbols':>7} {'accounts':>8} {'cycle':>6} {'requests':>8} {'weight':>7} "
+    header = (f"{'symbols':>7} {'accounts':>8} {'cycle':>7} {'requests':>8} {'weight':>7} "
               f"{'wall s':>7}  per account by endpoint")
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['symbols']:>7} {r['accounts']:>8} {r['cycle']:>6} {r['requests_per_account']:>8.2f} "
+        print(f"{r['symbols']:>7} {r['accounts']:>8} {r['cycle']:>7} {r['requests_per_account']:>8.2f} "
               f"{r['weight_per_account']:>7.2f} {r['seconds']:>7.2f}  {r['endpoints']}")
     print()
     print(f"one IP at a one-minute cycle (steady cycle + income sweep spread over its interval; "
           f"{HEADROOM:.0%} headroom leaves {usable:.0f} a minute)")
-    header = (f"{'symbols':>7} {'accounts':>8} {'mode':>16} {'weight/acct/min':>15} "
+    header = (f"{'symbols':>7} {'accounts':>8} {'cycle':>7} {'weight/acct/min':>15} "
               f"{'all accts/min':>13} {'headroom':>8} {'accts per IP':>12} {'baseline':>8} "
               f"{'ratio':>6}")
     print(header)
     print("-" * len(header))
     sweep = INCOME_WEIGHT * 60 / interval_s if interval_s else 0.0
     for r in rows:
-        if r["cycle"] != "steady":
+        if r["cycle"] not in ("steady", "per-run"):
             continue
         reads = r["order_reads"] / r["accounts"]  # per-symbol open-order reads, weight 1 each
-        all_at_once = r["weight_per_account"] - reads + (2 * NO_SYMBOL_ORDERS if reads else 0)
-        for mode, extra in (("shared process", 0), ("run per account", PER_PROCESS)):
-            per_min = r["weight_per_account"] + sweep + extra
-            base = all_at_once + extra
-            total = per_min * r["accounts"]
-            print(f"{r['symbols']:>7} {r['accounts']:>8} {mode:>16} {per_min:>15.2f} {total:>13.0f} "
-                  f"{1 - total / WEIGHT_LIMIT_PER_MINUTE:>8.1%} {int(usable // per_min):>12} "
-                  f"{base:>8.2f} {per_min / base:>6.2f}")
+        base = r["weight_per_account"] - reads + (2 * NO_SYMBOL_ORDERS if reads else 0)
+        per_min = r["weight_per_account"] + sweep
+        total = per_min * r["accounts"]
+        print(f"{r['symbols']:>7} {r['accounts']:>8} {r['cycle']:>7} {per_min:>15.2f} {total:>13.0f} "
+              f"{1 - total / WEIGHT_LIMIT_PER_MINUTE:>8.1%} {int(usable // per_min):>12} "
+              f"{base:>8.2f} {per_min / base:>6.2f}")
     return 0
 
 

@@ -25,6 +25,7 @@ import json
 import logging
 import random
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -246,6 +247,7 @@ def _client_class(exchange_id: str) -> type:
 
 _MARKETS_CACHE: dict[tuple[str, str], tuple[float, Any]] = {}
 _MARKETS_LOCK = threading.Lock()
+_HOST = socket.gethostname()  # a measured clock offset holds for this machine's clock
 # The exchange's clock, measured once per process and `time_sync_ttl_s` and shared by every
 # session: (exchange id, base URL) -> (monotonic time measured, our clock minus the exchange's).
 _CLOCK_OFFSETS: dict[tuple[str, str], tuple[float, int]] = {}
@@ -293,18 +295,29 @@ class ExchangeSession:
         return (self.resource.exchange_id, self.resource.api_base_url or "")
 
     def sync_clock(self, force: bool = False) -> int:
-        """Our clock minus the exchange's (ms), measured (GET time) when this process has no
-        fresh measurement or `force`; ccxt signs every request with it (timeDifference)."""
+        """Our clock minus the exchange's (ms): this process's fresh measurement, else this
+        host's (shared through Postgres by every run on it), else measured now (GET time), as
+        when `force`; ccxt signs every request with it (timeDifference)."""
         key = self._clock_key()
+        ttl = self.resource.time_sync_ttl_s
+        budget = getattr(self.client, "recon_budget", None)
+        exchange = "|".join(key)
         with _MARKETS_LOCK:
             known = _CLOCK_OFFSETS.get(key)
-        if force or known is None or time.monotonic() - known[0] > self.resource.time_sync_ttl_s:
-            offset = int(self._with_retries("measure the exchange's clock (GET time)",
-                                            self.client.load_time_difference))
+        if not force and known is not None and time.monotonic() - known[0] <= ttl:
+            offset = known[1]
+        else:
+            shared = None if force or budget is None else budget.shared_clock_offset(
+                _HOST, exchange, ttl)
+            if shared is not None:
+                offset = shared
+            else:
+                offset = int(self._with_retries("measure the exchange's clock (GET time)",
+                                                self.client.load_time_difference))
+                if budget is not None:
+                    budget.share_clock_offset(_HOST, exchange, offset)
             with _MARKETS_LOCK:
                 _CLOCK_OFFSETS[key] = (time.monotonic(), offset)
-        else:
-            offset = known[1]
         self.client.options["timeDifference"] = offset
         self.stats.clock_offset_ms = offset
         self._clock_known = True
@@ -397,15 +410,24 @@ class ExchangeSession:
                 self._sleep(wait)
 
     def load_markets(self, force: bool = False) -> dict:
-        """Markets (exchangeInfo), shared by every session of this process for `markets_ttl_s`
-        (`force`: read them again now)."""
+        """Markets (exchangeInfo) for `markets_ttl_s`: this process's, else those any run
+        loaded (shared through Postgres), else read now, as when `force`."""
         key = (self.resource.exchange_id, self.resource.api_base_url or "")
+        ttl = self.resource.markets_ttl_s
+        budget = getattr(self.client, "recon_budget", None)
         with _MARKETS_LOCK:
             cached = _MARKETS_CACHE.get(key)
-            if cached and not force and time.monotonic() - cached[0] < self.resource.markets_ttl_s:
+            if cached and not force and time.monotonic() - cached[0] < ttl:
                 self.client.set_markets(cached[1])
                 return self.client.markets
-        markets = self.call("load markets (GET exchangeInfo)", self.client.load_markets, True)
+        shared = None if force or budget is None else budget.shared_markets("|".join(key), ttl)
+        if shared:
+            self.client.set_markets(shared)
+            markets = self.client.markets
+        else:
+            markets = self.call("load markets (GET exchangeInfo)", self.client.load_markets, True)
+            if budget is not None:
+                budget.share_markets("|".join(key), list(markets.values()))
         with _MARKETS_LOCK:
             _MARKETS_CACHE[key] = (time.monotonic(), list(markets.values()))
         return markets
@@ -627,7 +649,9 @@ class ExchangeResource(dg.ConfigurableResource):
     trades_page_limit: int = Field(default=1000, description="userTrades page size (Binance max 1000).")
     max_trade_pages: int = Field(
         default=20, description="Pages of fills read per symbol and cycle; beyond, the snapshot is incomplete.")
-    markets_ttl_s: int = Field(default=3600, description="How long loaded markets are reused in a process.")
+    markets_ttl_s: int = Field(
+        default=3600, description="How long loaded markets are reused, by every run "
+                                  "(recon.exchange_markets) and in a process.")
     weight_limit_per_minute: int = Field(
         default=WEIGHT_LIMIT_PER_MINUTE,
         description="Request weight one egress (IP) may spend per clock minute; Binance USD-M "
@@ -637,7 +661,8 @@ class ExchangeResource(dg.ConfigurableResource):
                                  "if it starts within this many seconds; else fail the read.")
     time_sync_ttl_s: int = Field(
         default=600, description="How long a measured offset from the exchange's clock is reused "
-                                 "in a process (a -1021 remeasures it at once).")
+                                 "by every run on this host (recon.exchange_clock) and in a "
+                                 "process (a -1021 remeasures it at once).")
     enable_rate_limit: bool = Field(default=True, description="ccxt's client-side rate limiter.")
     fills_window_hours: int = Field(
         default=72, description="The exchange_fills snapshot holds the account's fills of this many hours.")

@@ -2,7 +2,11 @@
 reads through one egress (`recon.exchange_weight_budget`, charged and noted by the SQL functions
 `recon_take_exchange_weight` / `recon_note_exchange_weight`). The exchange client charges each
 request its documented weight (core.request_weights) before sending it, and notes what the
-exchange answers: its used-weight header, a Retry-After (429), a ban (418)."""
+exchange answers: its used-weight header, a Retry-After (429), a ban (418).
+
+Over the same connection, what every run reads from the exchange alike (migration 0015): the
+exchange's clock as measured from this host (`recon.exchange_clock`) and the markets
+(`recon.exchange_markets`); one read serves every run while it is fresh."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import threading
 import time
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from recon_assets.resources.database import open_connection
 
@@ -67,6 +72,32 @@ class PostgresWeightBudget:
         self._call("SELECT public.recon_note_exchange_weight(%s, %s::integer, %s::numeric, %s::numeric)",
                    (self.egress, used, retry_after_s, banned_s))
 
+    def shared_clock_offset(self, host: str, exchange: str, max_age_s: float) -> int | None:
+        """The offset measured from `host` within `max_age_s`, or None."""
+        row = self._call("SELECT offset_ms FROM recon.exchange_clock WHERE host = %s AND "
+                         "exchange = %s AND measured_at > now() - make_interval(secs => %s)",
+                         (host, exchange, float(max_age_s)))
+        return int(row[0]) if row else None
+
+    def share_clock_offset(self, host: str, exchange: str, offset_ms: int) -> None:
+        self._call("INSERT INTO recon.exchange_clock (host, exchange, offset_ms, measured_at) "
+                   "VALUES (%s, %s, %s, now()) ON CONFLICT (host, exchange) DO UPDATE SET "
+                   "offset_ms = EXCLUDED.offset_ms, measured_at = EXCLUDED.measured_at "
+                   "RETURNING offset_ms", (host, exchange, int(offset_ms)))
+
+    def shared_markets(self, exchange: str, max_age_s: float) -> list | None:
+        """The markets (ccxt's parsed list) loaded by any run within `max_age_s`, or None."""
+        row = self._call("SELECT markets FROM recon.exchange_markets WHERE exchange = %s AND "
+                         "loaded_at > now() - make_interval(secs => %s)",
+                         (exchange, float(max_age_s)))
+        return row[0] if row else None
+
+    def share_markets(self, exchange: str, markets: list) -> None:
+        self._call("INSERT INTO recon.exchange_markets (exchange, markets, loaded_at) "
+                   "VALUES (%s, %s, now()) ON CONFLICT (exchange) DO UPDATE SET "
+                   "markets = EXCLUDED.markets, loaded_at = EXCLUDED.loaded_at RETURNING exchange",
+                   (exchange, Jsonb(markets)))
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
@@ -108,6 +139,18 @@ class LocalWeightBudget:
                 self._blocked_until = max(self._blocked_until, now + retry_after_s)
             if banned_s is not None:
                 self._banned_until = max(self._banned_until, now + banned_s)
+
+    def shared_clock_offset(self, host: str, exchange: str, max_age_s: float) -> int | None:
+        return None  # this process's own measurement (exchange._CLOCK_OFFSETS) is all there is
+
+    def share_clock_offset(self, host: str, exchange: str, offset_ms: int) -> None:
+        return None
+
+    def shared_markets(self, exchange: str, max_age_s: float) -> list | None:
+        return None  # this process's cache (exchange._MARKETS_CACHE) is all there is
+
+    def share_markets(self, exchange: str, markets: list) -> None:
+        return None
 
     def close(self) -> None:
         pass

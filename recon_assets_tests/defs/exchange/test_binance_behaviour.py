@@ -73,10 +73,19 @@ def test_a_clock_off_by_more_than_recv_window_is_measured_once_and_the_cycle_suc
     meta = _metadata(result, "exchange_positions")
     assert abs(meta["clock_offset_ms"] + offset_ms) < 2_000  # ours minus the exchange's
     assert meta["requests_by_endpoint"]["GET /fapi/v1/time"] == 1
-    # The offset is shared: the next cycle (and the other account) does not measure it again.
+    # The offset is shared: the next cycle (and the other account) does not measure it again,
+    # nor does a run in another process on this host (through recon.exchange_clock).
     sim.exchange.reset_request_counts()
     assert _run(instance, _resources(sim, pg_dsn), "acct2").success
+    exchange_module.forget_process_state()  # another run, another process
+    assert _run(instance, _resources(sim, pg_dsn), "acct1").success
     assert "GET /fapi/v1/time" not in sim.exchange.request_counts
+    # Past its TTL, it is measured again.
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("UPDATE recon.exchange_clock SET measured_at = measured_at - interval '1 hour'")
+    exchange_module.forget_process_state()
+    assert _run(instance, _resources(sim, pg_dsn), "acct1").success
+    assert sim.exchange.request_counts["GET /fapi/v1/time"] == 1
 
 
 def test_a_clock_that_moves_mid_process_is_resynced_once_and_the_read_retried(
@@ -204,6 +213,24 @@ def test_a_symbol_listed_after_the_markets_were_loaded_reloads_them_once(sim, pg
     assert sim.exchange.reset_request_counts()["GET /fapi/v1/exchangeInfo"] == 1
     positions = result.output_for_node("exchange_snapshot", "exchange_positions")
     assert "NEW/USDT:USDT" in set(positions["symbol"])
+
+
+def test_a_run_in_a_new_process_reuses_the_markets_and_clock_other_runs_read(
+        sim, pg_dsn, instance):
+    """exchangeInfo and time are the same for every account: one run reads them, the others
+    (each Dagster run is its own process) take them from Postgres while they are fresh."""
+    sim.scenario.seed_database(pg_dsn)
+    assert _run(instance, _resources(sim, pg_dsn), "acct1").success
+    exchange_module.forget_process_state()
+    sim.exchange.reset_request_counts()
+    result = _run(instance, _resources(sim, pg_dsn), "acct2")
+    assert result.success, _error(result)
+    counts = sim.exchange.reset_request_counts()
+    assert "GET /fapi/v1/exchangeInfo" not in counts and "GET /fapi/v1/time" not in counts
+    # Past the TTL, the next process reads them again.
+    exchange_module.forget_process_state()
+    assert _run(instance, _resources(sim, pg_dsn, markets_ttl_s=0), "acct2").success
+    assert sim.exchange.reset_request_counts()["GET /fapi/v1/exchangeInfo"] == 1
 
 
 # ---- every fill seen -----------------------------------------------------------------------
