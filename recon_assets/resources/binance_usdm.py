@@ -4,8 +4,8 @@ entries, and the ccxt parameters that reach Binance-only endpoints. The request 
 `core/request_weights.py`, the raw status mapping to the database's words in
 `core/exchange_snapshot.py`, the order/fill retention windows in `core/rules.py`.
 
-A second ccxt exchange needs its own module like this one (see docs/configuration.md, "Another
-exchange"), registered in `ADAPTERS`.
+A second ccxt exchange needs its own module like this one, chosen by `exchange_id` where
+`resources/exchange.py` imports this one (docs/configuration.md, "Another exchange").
 """
 
 from __future__ import annotations
