@@ -107,7 +107,7 @@ def plan_fill_reads(symbols: Iterable[str], keys: dict[str, str | None], cursors
 INCOME_SWEEP_OVERLAP_MS = 60_000
 
 
-def income_sweep_start(cursor_ms: int | None, now_ms: int, window_ms: int) -> int | None:
+def income_sweep_start(cursor_ms: int | None, now_ms: int, window_ms: int) -> int:
     """Where this cycle's income sweep starts reading (exchange time): from the cursor, less
     the overlap; the first sweep covers the fills window."""
     if cursor_ms is None:

@@ -28,10 +28,10 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
-from collections.abc import Mapping
 from typing import Any, Optional
 from urllib.parse import parse_qsl, urlsplit
 
@@ -248,8 +248,9 @@ def _client_class(exchange_id: str) -> type:
 _MARKETS_CACHE: dict[tuple[str, str], tuple[float, Any]] = {}
 _MARKETS_LOCK = threading.Lock()
 _HOST = socket.gethostname()  # a measured clock offset holds for this machine's clock
-# The exchange's clock, measured once per process and `time_sync_ttl_s` and shared by every
-# session: (exchange id, base URL) -> (monotonic time measured, our clock minus the exchange's).
+# The exchange's clock as this process knows it (measured, or taken from this host's shared
+# measurement) for `time_sync_ttl_s`, used by every session:
+# (exchange id, base URL) -> (monotonic time known, our clock minus the exchange's).
 _CLOCK_OFFSETS: dict[tuple[str, str], tuple[float, int]] = {}
 # Without a database, the sessions of one process share a budget per egress.
 _LOCAL_BUDGETS: dict[tuple[str, str, str], LocalWeightBudget] = {}
@@ -290,15 +291,17 @@ class ExchangeSession:
         if budget is not None:
             budget.close()
 
-    # The exchange's clock.
-    def _clock_key(self) -> tuple[str, str]:
+    def _exchange_key(self) -> tuple[str, str]:
+        """Which exchange this is, for what is shared per exchange (markets, the clock)."""
         return (self.resource.exchange_id, self.resource.api_base_url or "")
+
+    # The exchange's clock.
 
     def sync_clock(self, force: bool = False) -> int:
         """Our clock minus the exchange's (ms): this process's fresh measurement, else this
         host's (shared through Postgres by every run on it), else measured now (GET time), as
         when `force`; ccxt signs every request with it (timeDifference)."""
-        key = self._clock_key()
+        key = self._exchange_key()
         ttl = self.resource.time_sync_ttl_s
         budget = getattr(self.client, "recon_budget", None)
         exchange = "|".join(key)
@@ -412,7 +415,7 @@ class ExchangeSession:
     def load_markets(self, force: bool = False) -> dict:
         """Markets (exchangeInfo) for `markets_ttl_s`: this process's, else those any run
         loaded (shared through Postgres), else read now, as when `force`."""
-        key = (self.resource.exchange_id, self.resource.api_base_url or "")
+        key = self._exchange_key()
         ttl = self.resource.markets_ttl_s
         budget = getattr(self.client, "recon_budget", None)
         with _MARKETS_LOCK:
@@ -422,8 +425,7 @@ class ExchangeSession:
                 return self.client.markets
         shared = None if force or budget is None else budget.shared_markets("|".join(key), ttl)
         if shared:
-            self.client.set_markets(shared)
-            markets = self.client.markets
+            markets = self.client.set_markets(shared)
         else:
             markets = self.call("load markets (GET exchangeInfo)", self.client.load_markets, True)
             if budget is not None:
@@ -435,23 +437,21 @@ class ExchangeSession:
     def fetch_open_orders(self, symbols: list[str] | None = None) -> list[dict]:
         """The account's open orders: of `symbols`, one request each (weight 1 each), or, when
         `symbols` is None, every symbol in one request (weight 40)."""
-        if symbols is None:
-            return self.call("fetch open orders", self.client.fetch_open_orders)
-        return [o for symbol in symbols
-                for o in self.call(f"fetch open orders of {symbol}", self.client.fetch_open_orders,
-                                   symbol)]
+        return self._open_orders("open orders", symbols, {})
 
     def fetch_open_conditional_orders(self, symbols: list[str] | None = None) -> list[dict]:
         """The open conditional orders (stop, take-profit, trailing), which Binance serves from
         the Algo Service (openAlgoOrders) apart from the regular ones: per symbol or, when
         `symbols` is None, all at once (same weights as open orders)."""
-        trigger = CONDITIONAL_ORDERS
+        return self._open_orders("open conditional orders", symbols, CONDITIONAL_ORDERS)
+
+    def _open_orders(self, what: str, symbols: list[str] | None, params: dict) -> list[dict]:
         if symbols is None:
-            return self.call("fetch open conditional orders", self.client.fetch_open_orders,
-                             None, None, None, trigger)
+            return self.call(f"fetch {what}", self.client.fetch_open_orders, None, None, None,
+                             params)
         return [o for symbol in symbols
-                for o in self.call(f"fetch open conditional orders of {symbol}",
-                                   self.client.fetch_open_orders, symbol, None, None, trigger)]
+                for o in self.call(f"fetch {what} of {symbol}", self.client.fetch_open_orders,
+                                   symbol, None, None, params)]
 
     def fetch_positions(self) -> tuple[list[dict], set[str], bool]:
         """Every non-zero position of the account, in one request; the symbols the exchange
@@ -484,9 +484,8 @@ class ExchangeSession:
                 last_ms = max(last_ms or 0, int(entry["time"]))
                 if entry.get("incomeType") not in INCOME_OF_TRADES or not entry.get("symbol"):
                     continue
-                market = self.client.markets_by_id.get(entry["symbol"]) if self.client.markets_by_id else None
-                if market:
-                    markets.add(market[0]["symbol"] if isinstance(market, list) else market["symbol"])
+                if entry["symbol"] in (self.client.markets_by_id or {}):
+                    markets.add(self.client.safe_symbol(entry["symbol"], None, None, "contract"))
                 else:
                     strangers.add(entry["symbol"])
             if len(page) < INCOME_PAGE_LIMIT:

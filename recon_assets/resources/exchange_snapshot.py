@@ -102,7 +102,8 @@ def _read(resource, database, account, run_id, session, db) -> ExchangeSnapshot:
     # open orders can be read per symbol (weight 1 each, where all at once weighs 40).
     positions, listed, hedged = session.fetch_positions()
     positions_at = pd.Timestamp.now(tz="UTC")
-    order_symbols = sorted(db_symbols(db) | listed)
+    in_db = db_symbols(db)
+    order_symbols = sorted(in_db | listed)
     _require_markets(session, account, order_symbols)
     per_symbol = per_symbol_is_cheaper(len(order_symbols))
     plan = order_symbols if per_symbol else None
@@ -111,7 +112,7 @@ def _read(resource, database, account, run_id, session, db) -> ExchangeSnapshot:
     orders_at = pd.Timestamp.now(tz="UTC")
     read_finished = time.time()
 
-    symbols = db_symbols(db) | exchange_symbols(orders, positions)
+    symbols = in_db | exchange_symbols(orders, positions)
     _require_markets(session, account, symbols)
     flat_marks = session.fetch_mark_prices(flat_symbols(symbols, positions))
 

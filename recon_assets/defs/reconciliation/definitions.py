@@ -49,7 +49,7 @@ def cycle_schedule(cron: str) -> dg.ScheduleDefinition:
                  description="Runs the reconciliation cycle for every exchange account, except an "
                              "account whose previous cycle is still queued or running; when the "
                              "cycles of one egress would not fit its request-weight budget, the "
-                             "longest waiting run and the others wait for the next tick.")
+                             "longest waiting run now and the others at the next tick.")
     def _schedule(context: dg.ScheduleEvaluationContext):
         accounts = context.instance.get_dynamic_partitions(exchange_account_partitions.name)
         tick = context.scheduled_execution_time.isoformat()
