@@ -77,7 +77,11 @@ def build_defs(resources: dict) -> dg.Definitions:
     """Every domain's definitions bound to `resources` (tests and the demo pass their own)."""
     domain_defs = [importlib.import_module(f"recon_assets.defs.{name}.definitions").defs()
                    for name in domains()]
-    return dg.Definitions.merge(*domain_defs, dg.Definitions(resources=resources))
+    # Every job runs its steps in the run's own process: a step in a process of its own would
+    # import dagster, ccxt, pandas and duckdb again (about 4.5 s of CPU here) for work of
+    # milliseconds, which is what made cycles take a minute on a loaded machine (issue 16).
+    return dg.Definitions.merge(*domain_defs, dg.Definitions(resources=resources,
+                                                             executor=dg.in_process_executor))
 
 
 @dg.definitions

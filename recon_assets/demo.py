@@ -25,7 +25,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -41,7 +40,7 @@ from recon_assets.db.migrate import migrate
 from recon_assets.local_postgres import LocalPostgres, free_port
 from recon_assets.metrics.health import load_state
 from recon_assets.metrics.server import make_server
-from recon_assets.processes import reset_signals, stop_on_signals
+from recon_assets.processes import reset_signals, stop_on_signals, stop_process_group
 from recon_assets.simulator import SimulatorServer
 
 DEMO_DB = "recon_demo"
@@ -95,7 +94,7 @@ class DemoStack:
 
     def stop(self) -> None:
         if self.dagster is not None:
-            _stop_process_group(self.dagster)
+            stop_process_group(self.dagster)
         if self.drift is not None:
             self.drift.stop()
         if self.health is not None:
@@ -105,32 +104,6 @@ class DemoStack:
             self.sim.stop()
         if self.pg is not None:
             self.pg.stop()
-
-
-def _stop_process_group(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
-    """Stop `proc` (started in a session of its own) and everything in its process group: the
-    code server and run workers of `dagster dev` too, which may outlive it by a few seconds; what
-    is still there after the grace is killed."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace_s
-    try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        pass
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(proc.pid, 0)  # anyone left in the group?
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    proc.wait(10)
 
 
 def start_stack(base: Path, health_port: int = 0) -> DemoStack:

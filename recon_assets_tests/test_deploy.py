@@ -15,15 +15,22 @@ pytestmark = pytest.mark.integration
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_the_deployment_instance_loads_with_postgres_storage_limits_monitoring_and_retries(
-        pg_server, tmp_path, monkeypatch):
-    url = pg_server.create_database("dagster_deploy")
+def dagster_pg_env(url: str) -> dict[str, str]:
+    """The DAGSTER_PG_* variables deploy/dagster.yaml reads, for a database URL of the test's
+    PostgreSQL (trust authentication: the password is not checked)."""
     user_host, _, db = url.removeprefix("postgresql://").rpartition("/")
     user, _, host_port = user_host.partition("@")
     host, _, port = host_port.partition(":")
-    for name, value in (("USERNAME", user), ("PASSWORD", "unused-trust-auth"), ("HOST", host),
-                        ("DB", db), ("PORT", port)):
-        monkeypatch.setenv(f"DAGSTER_PG_{name}", value)
+    return {f"DAGSTER_PG_{name}": value for name, value in (
+        ("USERNAME", user), ("PASSWORD", "unused-trust-auth"), ("HOST", host), ("DB", db),
+        ("PORT", port))}
+
+
+def test_the_deployment_instance_loads_with_postgres_storage_limits_monitoring_and_retries(
+        pg_server, tmp_path, monkeypatch):
+    url = pg_server.create_database("dagster_deploy")
+    for name, value in dagster_pg_env(url).items():
+        monkeypatch.setenv(name, value)
     shutil.copy(REPO / "deploy" / "dagster.yaml", tmp_path / "dagster.yaml")
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
         assert isinstance(instance.run_storage, PostgresRunStorage)
