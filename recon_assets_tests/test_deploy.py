@@ -47,3 +47,62 @@ def test_the_deployment_instance_loads_with_postgres_storage_limits_monitoring_a
         assert instance.run_retries_enabled and instance.run_retries_max_retries == 1
         assert not instance.run_retries_retry_on_asset_or_op_failure
     pg_server.drop_database("dagster_deploy")
+
+
+# The Helm chart's camelCase keys for what deploy/helm/values.yaml sets, and the instance's
+# names they render to (the chart's _run-coordinator / run monitoring templates).
+HELM_INSTANCE_KEYS = {"enabled": "enabled", "maxConcurrentRuns": "max_concurrent_runs",
+                      "tagConcurrencyLimits": "tag_concurrency_limits",
+                      "startTimeoutSeconds": "start_timeout_seconds",
+                      "cancelTimeoutSeconds": "cancel_timeout_seconds",
+                      "pollIntervalSeconds": "poll_interval_seconds",
+                      "maxResumeRunAttempts": "max_resume_run_attempts",
+                      "maxRetries": "max_retries",
+                      "retryOnAssetOrOpFailure": "retry_on_asset_or_op_failure",
+                      "containerConfig": "container_config", "jobSpecConfig": "job_spec_config",
+                      "podSpecConfig": "pod_spec_config", "jobConfig": "job_config"}
+
+
+def _instance_names(values: dict, *keep: str) -> dict:
+    out = {}
+    for key, value in values.items():
+        if key in keep:
+            continue
+        assert key in HELM_INSTANCE_KEYS, f"deploy/helm/values.yaml: unmapped key {key}"
+        out[HELM_INSTANCE_KEYS[key]] = value
+    return out
+
+
+def test_the_helm_values_render_the_deployment_instance_and_a_valid_k8s_run_launcher():
+    """deploy/helm/values.yaml and deploy/dagster.yaml say the same about the queue, monitoring
+    and retries (one set of numbers in two formats), and the K8sRunLauncher part is accepted by
+    dagster-k8s's own config schema."""
+    import yaml
+    from dagster._config import process_config
+    from dagster_k8s import K8sRunLauncher
+
+    values = yaml.safe_load((REPO / "deploy" / "helm" / "values.yaml").read_text())
+    instance = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())
+    daemon = values["dagsterDaemon"]
+    assert daemon["runCoordinator"]["type"] == instance["run_coordinator"]["class"]
+    assert _instance_names(daemon["runCoordinator"]["config"]["queuedRunCoordinator"]) == \
+        instance["run_coordinator"]["config"]
+    assert _instance_names(daemon["runMonitoring"]) == instance["run_monitoring"]
+    assert _instance_names(daemon["runRetries"]) == instance["run_retries"]
+    assert values["postgresql"]["postgresqlScheme"] == instance["storage"]["postgres"][
+        "postgres_db"]["scheme"]
+
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+    config = {"instance_config_map": "recon-dagster-instance",  # the chart's own ConfigMap
+              "run_k8s_config": _instance_names(launcher["runK8sConfig"])}
+    result = process_config(K8sRunLauncher.config_type(), config)
+    assert result.success, [error.message for error in result.errors]
+
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    assert deployment["dagsterApiGrpcArgs"] == ["--module-name", "recon_assets.definitions",
+                                                "--attribute", "defs"]
+    assert [s["name"] for s in deployment["envSecrets"]] == ["recon-assets-secrets"]
+    # No secret's value in the values file: only the names of Kubernetes Secrets.
+    assert not {e["name"] for e in deployment.get("env", [])} & {
+        "RECON_DATABASE_URL", "RECON_EXCHANGE_CREDENTIALS", "RECON_ALERT_WEBHOOK_URL"}

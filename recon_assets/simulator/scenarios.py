@@ -84,12 +84,14 @@ class _OrderRef:
     db_row: dict | None  # None when the database never recorded it
 
 
-class _Builder:
+class ScenarioBuilder:
     """Acts on the exchange and (when in sync) on the database rows, with a clock that starts an
-    hour ago and advances a minute per action, so nothing is inside the recency window."""
+    hour ago and advances a minute per action (`step_ms`; the cycle benchmark's thousands of
+    actions take less), so nothing is inside the recency window."""
 
-    def __init__(self, exchange: SimExchange):
+    def __init__(self, exchange: SimExchange, step_ms: int = 60_000):
         self.ex = exchange
+        self.step_ms = step_ms
         self.clock = now_ms() - 3_600_000
         self.profiles: dict[str, dict] = {}
         self.orders: list[dict] = []
@@ -99,7 +101,7 @@ class _Builder:
         self.expected: list[dict] = []
 
     def tick(self) -> int:
-        self.clock += 60_000
+        self.clock += self.step_ms
         return self.clock
 
     def unified(self, symbol: str) -> str:
@@ -238,13 +240,13 @@ class _Builder:
 
 
 # ---- the pieces (each on its own symbols, so they combine) -----------------------------------
-def _accounts(b: _Builder) -> None:
+def _accounts(b: ScenarioBuilder) -> None:
     b.profile("alpha", "acct1", "ALP", "20000")
     b.profile("beta", "acct1", "BET", "10000")
     b.profile("gamma", "acct2", "GAM", "5000")
 
 
-def _baseline(b: _Builder) -> dict:
+def _baseline(b: ScenarioBuilder) -> dict:
     """alpha long 0.010 BTC with a resting EXIT; beta short 0.5 ETH; gamma long 0.002 BTC."""
     _, btc_exit = b.trade("alpha", "t-a1", "BTCUSDT", "BUY", "0.010", "59000.0", "65000.0")
     b.trade("beta", "t-b1", "ETHUSDT", "SELL", "0.500", "3100.00")
@@ -252,7 +254,7 @@ def _baseline(b: _Builder) -> dict:
     return {"btc_exit": btc_exit}
 
 
-def _entry_filled_behind_db(b: _Builder, _base: dict) -> None:
+def _entry_filled_behind_db(b: ScenarioBuilder, _base: dict) -> None:
     ref = b.order("alpha", "t-a3", "ENTRY", "SOLUSDT", "BUY", "10", "140.0000")
     b.fill(ref, in_sync=False)
     b.expect("missing_from_exchange", "acct1", "SOLUSDT", client_order_id=ref.order.client_order_id,
@@ -260,7 +262,7 @@ def _entry_filled_behind_db(b: _Builder, _base: dict) -> None:
     b.expect("position_drift", "acct1", "SOLUSDT", exchange_qty="10", db_qty="0")
 
 
-def _entry_partially_filled(b: _Builder, _base: dict) -> None:
+def _entry_partially_filled(b: ScenarioBuilder, _base: dict) -> None:
     ref = b.order("beta", "t-b3", "ENTRY", "BNBUSDT", "BUY", "2.00", "540.000")
     b.fill(ref, qty="0.80", in_sync=False)
     b.expect("qty_drift", "acct1", "BNBUSDT", client_order_id=ref.order.client_order_id,
@@ -268,7 +270,7 @@ def _entry_partially_filled(b: _Builder, _base: dict) -> None:
     b.expect("position_drift", "acct1", "BNBUSDT", exchange_qty="0.80", db_qty="0")
 
 
-def _cancelled_behind_db(b: _Builder, _base: dict) -> None:
+def _cancelled_behind_db(b: ScenarioBuilder, _base: dict) -> None:
     ref = b.order("alpha", "t-a4", "ENTRY", "XRPUSDT", "BUY", "1000.0", "0.5500")
     b.cancel(ref, in_sync=False)
     b.expect("missing_from_exchange", "acct1", "XRPUSDT", client_order_id=ref.order.client_order_id,
@@ -279,7 +281,7 @@ def _cancelled_behind_db(b: _Builder, _base: dict) -> None:
 _DB_KEEPS_POSITION = "the database still holds the position the exchange closed"
 
 
-def _exit_filled_behind_db(b: _Builder, _base: dict) -> None:
+def _exit_filled_behind_db(b: ScenarioBuilder, _base: dict) -> None:
     _, exit_ref = b.trade("alpha", "t-a5", "LINKUSDT", "BUY", "10.00", "14.500", "16.000")
     b.fill(exit_ref, in_sync=False)
     b.expect("missing_from_exchange", "acct1", "LINKUSDT", client_order_id=exit_ref.order.client_order_id,
@@ -290,7 +292,7 @@ def _exit_filled_behind_db(b: _Builder, _base: dict) -> None:
     b.expect("position_drift", "acct1", "LINKUSDT", attributable=False, note=_DB_KEEPS_POSITION)
 
 
-def _exit_order_lost(b: _Builder, _base: dict) -> None:
+def _exit_order_lost(b: ScenarioBuilder, _base: dict) -> None:
     b.trade("gamma", "t-g3", "LINKUSDT", "BUY", "20.00", "14.800")
     exit_ref = b.order("gamma", "t-g3", "EXIT", "LINKUSDT", "SELL", "20.00", "15.200", in_db=False)
     b.fill(exit_ref, in_sync=False)
@@ -300,7 +302,7 @@ def _exit_order_lost(b: _Builder, _base: dict) -> None:
     b.expect("position_drift", "acct2", "LINKUSDT", attributable=False, note=_DB_KEEPS_POSITION)
 
 
-def _closed_manually(b: _Builder, _base: dict) -> None:
+def _closed_manually(b: ScenarioBuilder, _base: dict) -> None:
     b.trade("beta", "t-b5", "ADAUSDT", "BUY", "2000", "0.42000")
     b.tick()
     order = b.ex.close_position("acct1", "ADAUSDT", client_order_id="web_" + random_suffix(16), at_ms=b.clock)
@@ -310,7 +312,7 @@ def _closed_manually(b: _Builder, _base: dict) -> None:
     b.expect("position_drift", "acct1", "ADAUSDT", attributable=False, note=_DB_KEEPS_POSITION)
 
 
-def _liquidated(b: _Builder, _base: dict) -> None:
+def _liquidated(b: ScenarioBuilder, _base: dict) -> None:
     _, exit_ref = b.trade("alpha", "t-a6", "DOGEUSDT", "BUY", "5000", "0.140000", "0.180000")
     b.tick()
     b.ex.set_mark_price("DOGEUSDT", "0.120000")
@@ -322,7 +324,7 @@ def _liquidated(b: _Builder, _base: dict) -> None:
     b.expect("position_drift", "acct1", "DOGEUSDT", attributable=False, note=_DB_KEEPS_POSITION)
 
 
-def _missing_in_db(b: _Builder, _base: dict) -> None:
+def _missing_in_db(b: ScenarioBuilder, _base: dict) -> None:
     ours = b.order("alpha", "t-a7", "ENTRY", "ETHUSDT", "BUY", "0.100", "2800.00", in_db=False)
     b.tick()
     foreign = b.ex.place_order("acct1", "BTCUSDT", "BUY", "LIMIT", "0.001", "50000.0",
@@ -333,21 +335,21 @@ def _missing_in_db(b: _Builder, _base: dict) -> None:
              attributable=False)
 
 
-def _status_drift(b: _Builder, _base: dict) -> None:
+def _status_drift(b: ScenarioBuilder, _base: dict) -> None:
     ref = b.order("alpha", "t-a8", "ENTRY", "ETHUSDT", "BUY", "0.200", "2700.00")
     ref.db_row.update(status="canceled", updated_at=_iso(b.tick()))  # the DB thinks it is gone
     b.expect("status_drift", "acct1", "ETHUSDT", client_order_id=ref.order.client_order_id,
              db_status="canceled", exchange_status="NEW")
 
 
-def _price_drift(b: _Builder, base: dict) -> None:
+def _price_drift(b: ScenarioBuilder, base: dict) -> None:
     ref = base["btc_exit"]
     ref.db_row["price"] = D("64000.0")
     b.expect("price_drift", "acct1", "BTCUSDT", client_order_id=ref.order.client_order_id,
              db_price="64000.0", exchange_price="65000.0")
 
 
-def _position_drift(b: _Builder, _base: dict) -> None:
+def _position_drift(b: ScenarioBuilder, _base: dict) -> None:
     b.tick()
     b.ex.place_order("acct1", "ETHUSDT", "BUY", "MARKET", "0.100",
                      client_order_id="web_" + random_suffix(16), at_ms=b.clock)
@@ -355,7 +357,7 @@ def _position_drift(b: _Builder, _base: dict) -> None:
              attributable=False)
 
 
-def _unattributed_ghost(b: _Builder, _base: dict) -> None:
+def _unattributed_ghost(b: ScenarioBuilder, _base: dict) -> None:
     entry = b.order("gamma", "t-g2", "ENTRY", "SOLUSDT", "SELL", "20", "160.0000",
                     client_order_id="legacy" + random_suffix(12))
     b.fill(entry)
@@ -366,7 +368,7 @@ def _unattributed_ghost(b: _Builder, _base: dict) -> None:
     b.expect("position_drift", "acct2", "SOLUSDT", attributable=False, note=_DB_KEEPS_POSITION)
 
 
-def _systemic_glitch(b: _Builder, _base: dict) -> None:
+def _systemic_glitch(b: ScenarioBuilder, _base: dict) -> None:
     b.trade("alpha", "t-a9", "SOLUSDT", "BUY", "30", "145.0000")
     b.trade("beta", "t-b9", "LINKUSDT", "SELL", "100.00", "15.500")
     # Until cleared, every account's positionRisk comes back empty (a 200 with []).
@@ -379,7 +381,7 @@ def _systemic_glitch(b: _Builder, _base: dict) -> None:
                      note="systemic glitch: integrity watchdog pause, no synthetic exit")
 
 
-def _hedge_mode(b: _Builder, _base: dict) -> None:
+def _hedge_mode(b: ScenarioBuilder, _base: dict) -> None:
     b.profile("delta", "acct3", "DLT", "20000")
     b.profile("epsilon", "acct3", "EPS", "20000")
     b.ex.set_position_mode("acct3", True)
@@ -395,7 +397,7 @@ def _hedge_mode(b: _Builder, _base: dict) -> None:
              position_side="short")
 
 
-_PIECES: dict[str, Callable[[_Builder, dict], None]] = {
+_PIECES: dict[str, Callable[[ScenarioBuilder, dict], None]] = {
     "entry_filled_behind_db": _entry_filled_behind_db,
     "entry_partially_filled": _entry_partially_filled,
     "cancelled_behind_db": _cancelled_behind_db,
@@ -413,7 +415,7 @@ _PIECES: dict[str, Callable[[_Builder, dict], None]] = {
 }
 
 
-def _conditional_orders(b: _Builder, _base: dict) -> None:
+def _conditional_orders(b: ScenarioBuilder, _base: dict) -> None:
     b.stop_loss("beta", "t-b1", "ETHUSDT", "BUY", "0.500", "3300.00")  # rests: no finding
     stop = b.stop_loss("gamma", "t-g1", "BTCUSDT", "SELL", "0.002", "58000.0")
     b.tick()
@@ -441,7 +443,7 @@ def build_scenario(exchange: SimExchange, name: str) -> Scenario:
     """Build `name` on a (fresh) exchange; return what the database should believe."""
     if name not in SCENARIOS:
         raise ValueError(f"unknown scenario {name!r}; one of {', '.join(SCENARIOS)}")
-    b = _Builder(exchange)
+    b = ScenarioBuilder(exchange)
     _accounts(b)
     base = _baseline(b)
     pieces = _COMBOS.get(name, [] if name == "clean" else [name])

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from recon_assets.settings import ReconSettings
-from recon_assets.simulator.scenarios import Scenario, _accounts, _Builder
+from recon_assets.simulator.scenarios import Scenario, ScenarioBuilder, _accounts
 from recon_assets_tests.harness.dagster_flow import (WATCHDOG_OUT_OF_THE_WAY, add_partitions,
                                                      evaluate_sensor, make_defs, query,
                                                      run_requests, run_scheduled_cycles)
@@ -35,7 +35,7 @@ def settings(**flags):
 def book(sim, dsn, instance, build):
     """A book of our own on both sides: the three profiles, then `build(builder)`."""
     sim.exchange.reset()
-    b = _Builder(sim.exchange)
+    b = ScenarioBuilder(sim.exchange)
     _accounts(b)
     build(b)
     sim.exchange.check_consistency()

@@ -1,0 +1,27 @@
+# The code-location image: the recon_assets package and its dependencies, nothing else. On
+# Kubernetes it runs as the gRPC code server of the official Dagster chart (see
+# deploy/helm/values.yaml) and, with the K8sRunLauncher, as every run's Job pod; the webserver
+# and the daemon use Dagster's own images. No secret is baked in: the database URL and the
+# exchange keys come from a Kubernetes Secret at run time (docs/deployment.md).
+#
+#   docker build -t registry.example.com/recon-assets:$(git rev-parse --short HEAD) .
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    DAGSTER_HOME=/opt/dagster/dagster_home
+WORKDIR /opt/dagster/app
+
+# Dependencies first (a layer that changes only with pyproject.toml), then the package.
+COPY pyproject.toml README.md ./
+RUN mkdir -p recon_assets && touch recon_assets/__init__.py \
+    && pip install . && pip uninstall -y recon-assets && rm -rf recon_assets
+COPY recon_assets ./recon_assets
+RUN pip install --no-deps . && mkdir -p "$DAGSTER_HOME" \
+    && useradd --system --uid 10001 --home-dir /opt/dagster recon \
+    && chown -R recon /opt/dagster
+USER recon
+
+EXPOSE 3030
+# What the chart's user deployment runs (its dagsterApiGrpcArgs give the module and attribute).
+CMD ["dagster", "api", "grpc", "-h", "0.0.0.0", "-p", "3030", \
+     "-m", "recon_assets.definitions", "-a", "defs"]

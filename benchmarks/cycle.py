@@ -1,0 +1,579 @@
+"""Benchmark of full reconciliation cycles (issue 16): snapshots, diff, decisions (EXIT backfill,
+parity heartbeat, watchdog) and corrections, against the simulator and a real PostgreSQL, for 1,
+10 and 100 accounts of a book of 1,000 profiles, 20,000 open orders and 2,000 open slices
+(100 accounts x 10 profiles; each profile 2 open slices with a resting EXIT each and 18 resting
+ENTRY orders, on 10 symbols per account).
+
+Two paths:
+
+  in-process  the cycle job of each account run by `execute_in_process` one after the other in
+              this process, then the correction sensor evaluated and its runs executed in this
+              process; a sampler (every 5 ms, this thread's stack) splits the cycle's time into
+              Dagster's own work and the project's (recon_assets and the libraries it calls),
+              and names where the project's time goes.
+  daemon      the deployed shape: `dagster code-server start` and `dagster-daemon run` with
+              deploy/dagster.yaml (Postgres storage, the queued run coordinator), the schedule
+              and sensors as shipped; each run is a process launched by the daemon. CPU is read
+              from /proc for the process trees (code server with its run workers, daemon), the
+              simulator and PostgreSQL separately.
+
+Each round injects one drift per reconciled account (the exchange cancels a resting ENTRY behind
+the database's back, 90 USD, under the watchdog's threshold) and measures the time from the
+injection to the correction booked (recon.corrections.applied_at). The simulator runs in a
+process of its own, so this process's CPU is the reconciler's.
+
+    .venv/bin/python benchmarks/cycle.py [--accounts 1,10,100] [--rounds 3]
+        [--daemon-accounts 1,10,100] [--daemon-minutes 3] [--skip-daemon]
+
+Starts its own PostgreSQL, simulator and Dagster processes, stops them by pid, writes nothing
+into the repository. Times are this machine's (2 cores) and only indicative.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime as dt
+import json
+import multiprocessing
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import psycopg  # noqa: E402
+
+from recon_assets.db.migrate import migrate  # noqa: E402
+from recon_assets.local_postgres import LocalPostgres, free_port  # noqa: E402
+from recon_assets.processes import reset_signals, stop_process_group  # noqa: E402
+from recon_assets.simulator import SimulatorServer  # noqa: E402
+from recon_assets.simulator.scenarios import Scenario, ScenarioBuilder  # noqa: E402
+from recon_assets.simulator.server import credentials  # noqa: E402
+from recon_assets.simulator.state import SimExchange  # noqa: E402
+
+ACCOUNTS = 100
+PROFILES_PER_ACCOUNT = 10
+SLICES_PER_PROFILE = 2
+RESTING_ENTRIES_PER_PROFILE = 18
+SYMBOLS_PER_ACCOUNT = 10
+CPU_TARGET_SHARE = 0.5  # of the machine's CPU over the minute
+CORES = os.cpu_count() or 1
+TICKS = os.sysconf("SC_CLK_TCK")
+BIN = Path(sys.executable).parent
+
+
+# ---- the book --------------------------------------------------------------------------------
+def account_name(a: int) -> str:
+    return f"acct{a:03d}"
+
+
+def build_book(exchange: SimExchange) -> tuple[Scenario, dict[str, list[str]]]:
+    """The book on the exchange and as the database believes it; per account, the client order
+    ids of its resting ENTRY orders (what the drifts cancel, one per round)."""
+    markets = [f"S{i:02d}USDT" for i in range(SYMBOLS_PER_ACCOUNT)]
+    for m in markets:
+        exchange.add_market(m, f"S{m[1:3]}", "100.00", "0.001", "0.01")
+    exchange.set_rate_limits(weight_per_minute=10**9)  # weight is measured, not paced
+    b = ScenarioBuilder(exchange, step_ms=50)  # 47,000 actions within the last hour
+    resting: dict[str, list[str]] = collections.defaultdict(list)
+    for a in range(ACCOUNTS):
+        account = account_name(a)
+        for p in range(PROFILES_PER_ACCOUNT):
+            profile = f"p{a:03d}x{p}"
+            b.profile(profile, account, f"P{a:03d}{p}", "100000")
+            for s in range(SLICES_PER_PROFILE):
+                symbol = markets[(p * SLICES_PER_PROFILE + s) % len(markets)]
+                b.trade(profile, f"t{a:03d}{p}s{s}", symbol, "BUY", "1.000", "99.00", "110.00")
+            for e in range(RESTING_ENTRIES_PER_PROFILE):
+                ref = b.order(profile, f"t{a:03d}{p}e{e}", "ENTRY", markets[(p + e) % len(markets)], "BUY",
+                              "1.000", "90.00")
+                resting[account].append(ref.order.client_order_id)
+    return Scenario("cycle-benchmark", "the cycle benchmark's book", db=b.rows()), resting
+
+
+def seed(dsn: str, book: Scenario, accounts: set[str]) -> None:
+    """The trading tables of `accounts` only (the daemon path's smaller books)."""
+    profiles = {p["id"] for p in book.db["profiles"] if p["exchange_account"] in accounts}
+    rows = {table: [r for r in book.db.get(table, [])
+                    if (r.get("id") if table == "profiles" else r.get("profile_id")) in profiles]
+            for table in book.db}
+    with psycopg.connect(dsn) as conn, conn.cursor() as cur:
+        for table in ("profiles", "orders", "trade_history", "positions", "applied_fills",
+                      "capital_ledger"):
+            if not rows.get(table):
+                continue
+            columns = sorted({c for r in rows[table] for c in r})
+            cur.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+                            f"({', '.join(['%s'] * len(columns))})",
+                            [[r.get(c) for c in columns] for r in rows[table]])
+
+
+# ---- the simulator in a process of its own ---------------------------------------------------
+def _serve(exchange: SimExchange, port: int) -> None:
+    server = SimulatorServer(port=port, exchange=exchange)
+    server.start()
+    threading.Event().wait()
+
+
+def control(url: str, op: str, args: dict | None = None):
+    request = urllib.request.Request(f"{url}/_control/{op}", data=json.dumps(args or {}).encode(),
+                                     method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+# ---- CPU of process trees, from /proc ---------------------------------------------------------
+def _proc_table() -> dict[int, tuple[int, float]]:
+    """pid -> (ppid, CPU seconds of the process and of its children it has waited for)."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # fields[0] is the state (field 3); ppid is field 4, utime..cstime fields 14-17.
+        table[int(entry)] = (int(fields[1]), sum(int(x) for x in fields[11:15]) / TICKS)
+    return table
+
+
+def tree_cpu(root: int, table: dict | None = None) -> float:
+    """CPU seconds of `root` and its live descendants (and of what they reaped)."""
+    table = table if table is not None else _proc_table()
+    children = collections.defaultdict(list)
+    for pid, (ppid, _) in table.items():
+        children[ppid].append(pid)
+    total, stack = 0.0, [root]
+    while stack:
+        pid = stack.pop()
+        if pid in table:
+            total += table[pid][1]
+        stack.extend(children.get(pid, []))
+    return total
+
+
+# ---- where the time goes: a stack sampler ----------------------------------------------------
+class Sampler:
+    """Samples one thread's stack every `every_s`: a sample is the project's when a frame of
+    recon_assets is on the stack (with what it called: ccxt, duckdb, pandas, psycopg), else
+    Dagster's; the project's samples are named by their innermost recon_assets function."""
+
+    def __init__(self, thread_id: int, every_s: float = 0.005):
+        self.thread_id, self.every_s = thread_id, every_s
+        self.counts: collections.Counter = collections.Counter()
+        self.where: collections.Counter = collections.Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        package = str(ROOT / "recon_assets")
+        while not self._stop.wait(self.every_s):
+            frame = sys._current_frames().get(self.thread_id)
+            ours = None
+            while frame is not None:
+                if frame.f_code.co_filename.startswith(package):
+                    ours = frame
+                    break
+                frame = frame.f_back
+            if ours is None:
+                self.counts["dagster"] += 1
+            else:
+                self.counts["project"] += 1
+                name = ours.f_code.co_filename.removeprefix(package + "/")
+                self.where[f"{name}:{ours.f_code.co_name}"] += 1
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def applied_at(dsn: str, cids: list[str]) -> dict[str, float]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT client_order_id, extract(epoch FROM applied_at) FROM "
+                            "recon.corrections WHERE client_order_id = ANY(%s) AND NOT dry_run "
+                            "AND outcome = 'applied'", (cids,)).fetchall()
+    return {cid: float(t) for cid, t in rows}
+
+
+def dagster_pg_env(url: str) -> dict[str, str]:
+    user_host, _, db = url.removeprefix("postgresql://").rpartition("/")
+    user, _, host_port = user_host.partition("@")
+    host, _, port = host_port.partition(":")
+    return {"DAGSTER_PG_USERNAME": user, "DAGSTER_PG_PASSWORD": "unused-trust-auth",
+            "DAGSTER_PG_HOST": host, "DAGSTER_PG_DB": db, "DAGSTER_PG_PORT": port}
+
+
+def dagster_home(base: Path, storage_url: str) -> Path:
+    home = base / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    os.environ.update(dagster_pg_env(storage_url))
+    return home
+
+
+# ---- the in-process path ---------------------------------------------------------------------
+def in_process(pg: LocalPostgres, sim_url: str, creds: dict, book: Scenario,
+               resting: dict[str, list[str]], counts: list[int], rounds: int) -> list[dict]:
+    import dagster as dg
+
+    from recon_assets.definitions import build_defs
+    from recon_assets.defs.partitions import exchange_account_partitions, profile_partitions
+    from recon_assets.resources.alerts import AlertWebhook
+    from recon_assets.resources.database import PostgresStore
+    from recon_assets.resources.exchange import ExchangeResource
+    from recon_assets.resources.io_manager import PostgresFrameIOManager
+    from recon_assets.settings import ReconSettings
+
+    dsn = pg.create_database("trading_inproc")
+    migrate(dsn)
+    seed(dsn, book, {account_name(a) for a in range(ACCOUNTS)})
+    storage = pg.create_database("dagster_inproc")
+    home = dagster_home(Path(tempfile.mkdtemp(prefix="recon-bench-home-")), storage)
+    store = PostgresStore(dsn=dsn)
+    defs = build_defs({
+        "settings": ReconSettings(), "database": store,
+        "io_manager": PostgresFrameIOManager(database=store), "alert_webhook": AlertWebhook(),
+        "exchange": ExchangeResource(credentials=json.dumps(creds), api_base_url=sim_url,
+                                     enable_rate_limit=False, weight_limit_per_minute=10**9)})
+    cycle_job = defs.resolve_job_def("reconciliation_cycle")
+    correction_job = defs.resolve_job_def("lifecycle_correction")
+    sensor = defs.get_sensor_def("lifecycle_correction_sensor")
+    out = []
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions(exchange_account_partitions.name,
+                                        [account_name(a) for a in range(ACCOUNTS)])
+        instance.add_dynamic_partitions(profile_partitions.name,
+                                        sorted(p["id"] for p in book.db["profiles"]))
+        cursor = None
+        drift_round = 0
+        # A warm-up round (the first cycle of a fresh process reads markets and the fill
+        # history from the start; the figures are of the steady state).
+        for n in [0, *counts]:
+            accounts = [account_name(a) for a in range(max(n, 1))]
+            per_round = []
+            for _ in range(rounds if n else 1):
+                cids = [resting[a][drift_round] for a in accounts]
+                drift_round += 1
+                injected = {}
+                for account, cid in zip(accounts, cids):
+                    control(sim_url, "cancel_order", {"account": account, "client_order_id": cid})
+                    injected[cid] = time.time()
+                control(sim_url, "reset_requests")
+                ru0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+                with Sampler(threading.get_ident()) as sampler:
+                    failed = 0
+                    for account in accounts:
+                        result = cycle_job.execute_in_process(
+                            instance=instance, partition_key=account,
+                            tags={"recon/account": account}, raise_on_error=False)
+                        failed += not result.success
+                ru1, wall1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+                requests = control(sim_url, "reset_requests")
+                with dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(),
+                                             cursor=cursor, definitions=defs,
+                                             resources={"database": store}) as context:
+                    tick = sensor.evaluate_tick(context)
+                cursor = tick.cursor
+                for r in tick.run_requests:
+                    correction_job.execute_in_process(
+                        run_config=r.run_config, instance=instance, tags=r.tags,
+                        partition_key=r.partition_key, raise_on_error=False)
+                ru2, wall2 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+                booked = applied_at(dsn, cids)
+                weights = [_request_weight(instance, a) for a in accounts]
+                per_round.append({
+                    "wall": wall1 - wall0, "cpu": _cpu(ru1) - _cpu(ru0),
+                    "correction_wall": wall2 - wall1, "correction_cpu": _cpu(ru2) - _cpu(ru1),
+                    "requests": sum(v for k, v in requests.items() if k.startswith(("GET", "POST", "PUT", "DELETE"))) if isinstance(requests, dict) else 0,
+                    "weight": sum(w for w in weights if w is not None),
+                    "samples": dict(sampler.counts), "where": sampler.where,
+                    "latencies": [booked[c] - injected[c] for c in cids if c in booked],
+                    "uncorrected": sum(c not in booked for c in cids), "failed": failed,
+                    "corrections": len(tick.run_requests)})
+            if not n:
+                continue  # the warm-up
+            out.append(_summary("in-process", n, per_round))
+    return out
+
+
+def _cpu(ru) -> float:
+    return ru.ru_utime + ru.ru_stime
+
+
+def _request_weight(instance, account: str) -> float | None:
+    import dagster as dg
+
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(
+        asset_key=dg.AssetKey("exchange_positions"), asset_partitions=[account]), limit=1).records
+    if not records:
+        return None
+    entry = records[0].asset_materialization.metadata.get("request_weight")
+    return float(entry.value) if entry is not None else None
+
+
+def _summary(path: str, n: int, rounds: list[dict]) -> dict:
+    samples = collections.Counter()
+    where = collections.Counter()
+    for r in rounds:
+        samples.update(r["samples"])
+        where.update(r["where"])
+    total = sum(samples.values()) or 1
+    latencies = [x for r in rounds for x in r["latencies"]]
+    k = len(rounds)
+    return {
+        "path": path, "accounts": n, "rounds": k,
+        "cycle_wall_s": sum(r["wall"] for r in rounds) / k,
+        "cycle_cpu_s": sum(r["cpu"] for r in rounds) / k,
+        "correction_wall_s": sum(r["correction_wall"] for r in rounds) / k,
+        "correction_cpu_s": sum(r["correction_cpu"] for r in rounds) / k,
+        "dagster_share": samples["dagster"] / total,
+        "largest": [(name, count / total) for name, count in where.most_common(6)],
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "requests_per_account": sum(r["requests"] for r in rounds) / (k * n),
+        "weight_per_account": sum(r["weight"] for r in rounds) / (k * n),
+        "latency_p50_s": percentile(latencies, 0.5), "latency_p95_s": percentile(latencies, 0.95),
+        "drifts": len(latencies) + sum(r["uncorrected"] for r in rounds),
+        "uncorrected": sum(r["uncorrected"] for r in rounds),
+        "failed_cycles": sum(r["failed"] for r in rounds),
+    }
+
+
+# ---- the daemon path -------------------------------------------------------------------------
+def daemon(pg: LocalPostgres, sim_url: str, sim_pid: int, creds: dict, book: Scenario,
+           resting: dict[str, list[str]], n: int, minutes: float, base: Path,
+           first_round: int) -> dict:
+    import dagster as dg
+
+    from recon_assets.defs.partitions import exchange_account_partitions, profile_partitions
+
+    accounts = [account_name(a) for a in range(n)]
+    dsn = pg.create_database(f"trading_daemon{n}")
+    migrate(dsn)
+    seed(dsn, book, set(accounts))
+    storage = pg.create_database(f"dagster_daemon{n}")
+    work = base / f"daemon{n}"
+    work.mkdir()
+    home = dagster_home(work, storage)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions(exchange_account_partitions.name, accounts)
+        instance.add_dynamic_partitions(profile_partitions.name, sorted(
+            p["id"] for p in book.db["profiles"] if p["exchange_account"] in accounts))
+    port = free_port()
+    (work / "workspace.yaml").write_text(
+        f"load_from:\n  - grpc_server:\n      host: 127.0.0.1\n      port: {port}\n"
+        "      location_name: recon_assets\n")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "RECON_DATABASE_URL": dsn,
+           "RECON_EXCHANGE_CREDENTIALS": json.dumps(creds), "RECON_EXCHANGE_API_BASE_URL": sim_url,
+           "RECON_EXCHANGE_ENABLE_RATE_LIMIT": "false",
+           "RECON_EXCHANGE_WEIGHT_LIMIT_PER_MINUTE": str(10**9)}
+    procs = {}
+    for name, argv in (
+            ("code-server", ["dagster", "code-server", "start", "-h", "127.0.0.1", "-p", str(port),
+                             "-m", "recon_assets.definitions", "-a", "defs",
+                             "--location-name", "recon_assets"]),
+            ("daemon", ["dagster-daemon", "run", "-w", str(work / "workspace.yaml")])):
+        log = open(work / f"{name}.log", "wb")
+        procs[name] = subprocess.Popen([str(BIN / argv[0]), *argv[1:]], env=env, stdout=log,
+                                       stderr=subprocess.STDOUT, preexec_fn=reset_signals,
+                                       start_new_session=True, cwd=work)
+        log.close()
+    injected: dict[str, float] = {}
+    try:
+        # Wait for the first scheduled cycle to finish: the location is loaded and warm.
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            deadline = time.time() + 300
+            while not _runs(instance, "reconciliation_cycle", finished=True):
+                if time.time() > deadline or any(p.poll() is not None for p in procs.values()):
+                    raise RuntimeError(f"no cycle finished; see {work}")
+                time.sleep(2)
+            # Measure from the next minute on, for `minutes` minutes.
+            now = time.time()
+            start = (int(now // 60) + 1) * 60 + 1
+            time.sleep(start - now)
+            before = _cpu_split(procs, sim_pid, pg)
+            seen = set(r.run_id for r in _runs(instance, "reconciliation_cycle"))
+            round_no = first_round
+            end = start + minutes * 60
+            while time.time() < end:
+                # One drift per account a few seconds after each tick (at most 10 a minute, so
+                # the corrections' runs do not swamp what is measured at 100 accounts).
+                for account in accounts[: min(n, 10)]:
+                    cid = resting[account][round_no]
+                    control(sim_url, "cancel_order", {"account": account, "client_order_id": cid})
+                    injected[cid] = time.time()
+                round_no += 1
+                next_tick = (int(time.time() // 60) + 1) * 60 + 1
+                time.sleep(max(0.0, min(next_tick, end) - time.time()))
+            after = _cpu_split(procs, sim_pid, pg)
+            runs = [r for r in _runs(instance, "reconciliation_cycle") if r.run_id not in seen]
+            done = [r for r in runs if r.status.value in ("SUCCESS", "FAILURE")]
+            waiting = [r for r in runs if r.status.value not in ("SUCCESS", "FAILURE", "CANCELED")]
+        # Corrections still on their way get a minute more (their latency is what it is).
+        deadline = time.time() + 90
+        while time.time() < deadline and len(applied_at(dsn, list(injected))) < len(injected):
+            time.sleep(2)
+        booked = applied_at(dsn, list(injected))
+    finally:
+        for proc in procs.values():
+            stop_process_group(proc)
+    latencies = [booked[c] - t for c, t in injected.items() if c in booked]
+    cpu = {k: after[k] - before[k] for k in after}
+    window = minutes * 60
+    return {"path": "daemon", "accounts": n, "minutes": minutes,
+            "cycles_done_per_min": len(done) / minutes,
+            "cycles_failed": sum(r.status.value == "FAILURE" for r in done),
+            "cycles_waiting_at_end": len(waiting),
+            "reconciler_cpu_per_min_s": cpu["reconciler"] / minutes,
+            "reconciler_cpu_share": cpu["reconciler"] / (window * CORES),
+            "postgres_cpu_per_min_s": cpu["postgres"] / minutes,
+            "simulator_cpu_per_min_s": cpu["simulator"] / minutes,
+            "cpu_per_cycle_s": cpu["reconciler"] / len(done) if done else float("nan"),
+            "latency_p50_s": percentile(latencies, 0.5), "latency_p95_s": percentile(latencies, 0.95),
+            "drifts": len(injected), "uncorrected": len(injected) - len(latencies)}
+
+
+def _runs(instance, job: str, finished: bool = False):
+    import dagster as dg
+
+    statuses = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE] if finished else None
+    return [r.dagster_run for r in instance.get_run_records(
+        dg.RunsFilter(job_name=job, statuses=statuses))]
+
+
+def _cpu_split(procs: dict, sim_pid: int, pg: LocalPostgres) -> dict[str, float]:
+    table = _proc_table()
+    return {"reconciler": sum(tree_cpu(p.pid, table) for p in procs.values()),
+            "simulator": tree_cpu(sim_pid, table), "postgres": tree_cpu(_postmaster(pg), table)}
+
+
+def _postmaster(pg: LocalPostgres) -> int:
+    return int((pg.data_dir / "postmaster.pid").read_text().split()[0])
+
+
+# ---- the report ------------------------------------------------------------------------------
+def report(rows: list[dict]) -> None:
+    print("\nin-process path: one cycle = every account's cycle run one after the other in this "
+          "process; then the correction sensor and its runs")
+    header = (f"{'accounts':>8} {'wall s':>8} {'cpu s':>8} {'cpu/acct':>8} {'dagster':>8} "
+              f"{'corr s':>7} {'req/acct':>8} {'wt/acct':>8} {'p50 s':>6} {'p95 s':>6} "
+              f"{'rss MiB':>7} {'fail':>4}")
+    print(header)
+    print("-" * len(header))
+    inproc = [r for r in rows if r["path"] == "in-process"]
+    for r in inproc:
+        print(f"{r['accounts']:>8} {r['cycle_wall_s']:>8.2f} {r['cycle_cpu_s']:>8.2f} "
+              f"{r['cycle_cpu_s'] / r['accounts']:>8.3f} {r['dagster_share']:>8.0%} "
+              f"{r['correction_wall_s']:>7.2f} {r['requests_per_account']:>8.1f} "
+              f"{r['weight_per_account']:>8.1f} {r['latency_p50_s']:>6.1f} "
+              f"{r['latency_p95_s']:>6.1f} {r['peak_rss_mib']:>7.0f} {r['failed_cycles']:>4}")
+    if inproc:
+        print("\nwhere the project's share of the largest in-process cycle goes (share of all "
+              "samples):")
+        for name, share in inproc[-1]["largest"]:
+            print(f"  {share:6.1%}  {name}")
+    daemon_rows = [r for r in rows if r["path"] == "daemon"]
+    if daemon_rows:
+        print(f"\ndaemon path: the schedule every minute, each run a process ({CORES} cores; "
+              f"target: 100 accounts a minute within {CPU_TARGET_SHARE:.0%} of the CPU)")
+        header = (f"{'accounts':>8} {'cycles/min':>10} {'waiting':>7} {'failed':>6} "
+                  f"{'cpu s/min':>9} {'cpu share':>9} {'cpu/cycle':>9} {'pg s/min':>8} "
+                  f"{'sim s/min':>9} {'p50 s':>6} {'p95 s':>6} {'drifts':>6} {'missed':>6}")
+        print(header)
+        print("-" * len(header))
+        for r in daemon_rows:
+            print(f"{r['accounts']:>8} {r['cycles_done_per_min']:>10.1f} "
+                  f"{r['cycles_waiting_at_end']:>7} {r['cycles_failed']:>6} "
+                  f"{r['reconciler_cpu_per_min_s']:>9.1f} {r['reconciler_cpu_share']:>9.0%} "
+                  f"{r['cpu_per_cycle_s']:>9.2f} {r['postgres_cpu_per_min_s']:>8.1f} "
+                  f"{r['simulator_cpu_per_min_s']:>9.1f} {r['latency_p50_s']:>6.1f} "
+                  f"{r['latency_p95_s']:>6.1f} {r['drifts']:>6} {r['uncorrected']:>6}")
+    print("\n" + json.dumps(rows, default=str))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--accounts", default="1,10,100")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--daemon-accounts", default="1,10,100")
+    parser.add_argument("--daemon-minutes", type=float, default=3)
+    parser.add_argument("--skip-daemon", action="store_true")
+    args = parser.parse_args(argv)
+    counts = [int(x) for x in args.accounts.split(",") if x]
+    daemon_counts = [] if args.skip_daemon else [int(x) for x in args.daemon_accounts.split(",") if x]
+
+    base = Path(tempfile.mkdtemp(prefix="recon-bench-cycle-"))
+    os.chmod(base, 0o755)
+    pg = LocalPostgres(str(base / "pg"))
+    exchange = SimExchange()
+    sim_proc = None
+    rows: list[dict] = []
+    try:
+        started = time.perf_counter()
+        book, resting = build_book(exchange)
+        creds = credentials(exchange)
+        port = free_port()
+        sim_proc = multiprocessing.get_context("fork").Process(
+            target=_serve, args=(exchange, port), daemon=True)
+        sim_proc.start()
+        sim_url = f"http://127.0.0.1:{port}"
+        pg.start()
+        for _ in range(100):
+            try:
+                control(sim_url, "reset_requests")
+                break
+            except OSError:
+                time.sleep(0.1)
+        print(f"book: {len(book.db['profiles'])} profiles, "
+              f"{sum(o['status'] == 'open' for o in book.db['orders'])} open orders, "
+              f"{sum(s['status'] == 'open' for s in book.db['trade_history'])} open slices, "
+              f"{ACCOUNTS} accounts (built in {time.perf_counter() - started:.1f} s)", flush=True)
+        if counts:
+            rows += in_process(pg, sim_url, creds, book, resting, counts, args.rounds)
+        first_round = 1 + args.rounds * len(counts)
+        for n in daemon_counts:
+            print(f"daemon path, {n} accounts, {args.daemon_minutes:g} minutes ...", flush=True)
+            rows.append(daemon(pg, sim_url, sim_proc.pid, creds, book, resting, n,
+                               args.daemon_minutes, base, first_round))
+            first_round += int(args.daemon_minutes) + 2
+    except Exception:
+        traceback.print_exc()
+        report(rows)
+        return 1
+    finally:
+        if sim_proc is not None:
+            sim_proc.kill()
+            sim_proc.join(10)
+        pg.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    report(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
