@@ -277,7 +277,8 @@ def in_process(pg: LocalPostgres, sim_url: str, creds: dict, book: Scenario,
         for n in [0, *counts]:
             accounts = [account_name(a) for a in range(max(n, 1))]
             per_round = []
-            for _ in range(rounds if n else 1):
+            # Rounds of the 100-account cycle take minutes each: as many as fit in 100 cycles.
+            for _ in range(max(1, min(rounds, 100 // n)) if n else 1):
                 cids = [resting[a][drift_round] for a in accounts]
                 drift_round += 1
                 injected = {}
@@ -555,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{ACCOUNTS} accounts (built in {time.perf_counter() - started:.1f} s)", flush=True)
         if counts:
             rows += in_process(pg, sim_url, creds, book, resting, counts, args.rounds)
-        first_round = 1 + args.rounds * len(counts)
+        first_round = 1 + sum(max(1, min(args.rounds, 100 // n)) for n in counts)
         for n in daemon_counts:
             print(f"daemon path, {n} accounts, {args.daemon_minutes:g} minutes ...", flush=True)
             rows.append(daemon(pg, sim_url, sim_proc.pid, creds, book, resting, n,
