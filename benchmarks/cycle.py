@@ -35,6 +35,7 @@ import argparse
 import collections
 import datetime as dt
 import json
+import math
 import multiprocessing
 import os
 import resource
@@ -221,6 +222,17 @@ def applied_at(dsn: str, cids: list[str]) -> dict[str, float]:
     return {cid: float(t) for cid, t in rows}
 
 
+def sessions(pg: LocalPostgres, *databases: str) -> dict[str, int]:
+    """Connections ever opened to each database (pg_stat_database.sessions; a backend reports
+    its session when it ends, so read after a short pause)."""
+    time.sleep(1.5)
+    with psycopg.connect(pg.dsn()) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        rows = conn.execute("SELECT datname, sessions FROM pg_stat_database WHERE datname = "
+                            "ANY(%s)", (list(databases),)).fetchall()
+    return {name: int(n) for name, n in rows}
+
+
 def dagster_pg_env(url: str) -> dict[str, str]:
     user_host, _, db = url.removeprefix("postgresql://").rpartition("/")
     user, _, host_port = user_host.partition("@")
@@ -281,6 +293,7 @@ def in_process(pg: LocalPostgres, sim_url: str, creds: dict, book: Scenario,
             for _ in range(max(1, min(rounds, 100 // n)) if n else 1):
                 cids = [resting[a][drift_round] for a in accounts]
                 drift_round += 1
+                conns0 = sessions(pg, "dagster_inproc", "trading_inproc")
                 injected = {}
                 for account, cid in zip(accounts, cids):
                     control(sim_url, "cancel_order", {"account": account, "client_order_id": cid})
@@ -307,16 +320,21 @@ def in_process(pg: LocalPostgres, sim_url: str, creds: dict, book: Scenario,
                         partition_key=r.partition_key, raise_on_error=False)
                 ru2, wall2 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
                 booked = applied_at(dsn, cids)
+                # Connections of the round: its cycles and its corrections.
+                conns1 = sessions(pg, "dagster_inproc", "trading_inproc")
                 weights = [_request_weight(instance, a) for a in accounts]
                 per_round.append({
                     "wall": wall1 - wall0, "cpu": _cpu(ru1) - _cpu(ru0),
                     "correction_wall": wall2 - wall1, "correction_cpu": _cpu(ru2) - _cpu(ru1),
-                    "requests": sum(v for k, v in requests.items() if k.startswith(("GET", "POST", "PUT", "DELETE"))) if isinstance(requests, dict) else 0,
+                    "requests": sum(v for k, v in requests.items() if not k.split(" ", 1)[-1]
+                                    .startswith("/_control")),
                     "weight": sum(w for w in weights if w is not None),
                     "samples": dict(sampler.counts), "where": sampler.where,
                     "latencies": [booked[c] - injected[c] for c in cids if c in booked],
                     "uncorrected": sum(c not in booked for c in cids), "failed": failed,
-                    "corrections": len(tick.run_requests)})
+                    "corrections": len(tick.run_requests),
+                    "dagster_connections": conns1["dagster_inproc"] - conns0["dagster_inproc"],
+                    "trading_connections": conns1["trading_inproc"] - conns0["trading_inproc"]})
             if not n:
                 continue  # the warm-up
             out.append(_summary("in-process", n, per_round))
@@ -362,6 +380,10 @@ def _summary(path: str, n: int, rounds: list[dict]) -> dict:
         "drifts": len(latencies) + sum(r["uncorrected"] for r in rounds),
         "uncorrected": sum(r["uncorrected"] for r in rounds),
         "failed_cycles": sum(r["failed"] for r in rounds),
+        "dagster_connections_per_account": sum(r["dagster_connections"] for r in rounds) / (k * n),
+        "trading_connections_per_account": sum(r["trading_connections"] for r in rounds) / (k * n),
+        "project_cpu_per_account_s": (sum(r["cpu"] for r in rounds) / (k * n))
+        * (1 - samples["dagster"] / total),
     }
 
 
@@ -417,6 +439,7 @@ def daemon(pg: LocalPostgres, sim_url: str, sim_pid: int, creds: dict, book: Sce
             now = time.time()
             start = (int(now // 60) + 1) * 60 + 1
             time.sleep(start - now)
+            conns0 = sessions(pg, f"dagster_daemon{n}", f"trading_daemon{n}")
             before = _cpu_split(procs, sim_pid, pg)
             seen = set(r.run_id for r in _runs(instance, "reconciliation_cycle"))
             round_no = first_round
@@ -432,6 +455,7 @@ def daemon(pg: LocalPostgres, sim_url: str, sim_pid: int, creds: dict, book: Sce
                 next_tick = (int(time.time() // 60) + 1) * 60 + 1
                 time.sleep(max(0.0, min(next_tick, end) - time.time()))
             after = _cpu_split(procs, sim_pid, pg)
+            conns1 = sessions(pg, f"dagster_daemon{n}", f"trading_daemon{n}")
             runs = [r for r in _runs(instance, "reconciliation_cycle") if r.run_id not in seen]
             done = [r for r in runs if r.status.value in ("SUCCESS", "FAILURE")]
             waiting = [r for r in runs if r.status.value not in ("SUCCESS", "FAILURE", "CANCELED")]
@@ -456,7 +480,11 @@ def daemon(pg: LocalPostgres, sim_url: str, sim_pid: int, creds: dict, book: Sce
             "simulator_cpu_per_min_s": cpu["simulator"] / minutes,
             "cpu_per_cycle_s": cpu["reconciler"] / len(done) if done else float("nan"),
             "latency_p50_s": percentile(latencies, 0.5), "latency_p95_s": percentile(latencies, 0.95),
-            "drifts": len(injected), "uncorrected": len(injected) - len(latencies)}
+            "drifts": len(injected), "uncorrected": len(injected) - len(latencies),
+            "dagster_connections_per_min": (conns1[f"dagster_daemon{n}"]
+                                            - conns0[f"dagster_daemon{n}"]) / minutes,
+            "trading_connections_per_min": (conns1[f"trading_daemon{n}"]
+                                            - conns0[f"trading_daemon{n}"]) / minutes}
 
 
 def _runs(instance, job: str, finished: bool = False):
@@ -483,7 +511,7 @@ def report(rows: list[dict]) -> None:
           "process; then the correction sensor and its runs")
     header = (f"{'accounts':>8} {'wall s':>8} {'cpu s':>8} {'cpu/acct':>8} {'dagster':>8} "
               f"{'corr s':>7} {'req/acct':>8} {'wt/acct':>8} {'p50 s':>6} {'p95 s':>6} "
-              f"{'rss MiB':>7} {'fail':>4}")
+              f"{'rss MiB':>7} {'fail':>4} {'dg conn':>7} {'db conn':>7}")
     print(header)
     print("-" * len(header))
     inproc = [r for r in rows if r["path"] == "in-process"]
@@ -492,7 +520,9 @@ def report(rows: list[dict]) -> None:
               f"{r['cycle_cpu_s'] / r['accounts']:>8.3f} {r['dagster_share']:>8.0%} "
               f"{r['correction_wall_s']:>7.2f} {r['requests_per_account']:>8.1f} "
               f"{r['weight_per_account']:>8.1f} {r['latency_p50_s']:>6.1f} "
-              f"{r['latency_p95_s']:>6.1f} {r['peak_rss_mib']:>7.0f} {r['failed_cycles']:>4}")
+              f"{r['latency_p95_s']:>6.1f} {r['peak_rss_mib']:>7.0f} {r['failed_cycles']:>4} "
+              f"{r['dagster_connections_per_account']:>7.0f} "
+              f"{r['trading_connections_per_account']:>7.0f}")
     if inproc:
         print("\nwhere the project's share of the largest in-process cycle goes (share of all "
               "samples):")
@@ -504,7 +534,8 @@ def report(rows: list[dict]) -> None:
               f"target: 100 accounts a minute within {CPU_TARGET_SHARE:.0%} of the CPU)")
         header = (f"{'accounts':>8} {'cycles/min':>10} {'waiting':>7} {'failed':>6} "
                   f"{'cpu s/min':>9} {'cpu share':>9} {'cpu/cycle':>9} {'pg s/min':>8} "
-                  f"{'sim s/min':>9} {'p50 s':>6} {'p95 s':>6} {'drifts':>6} {'missed':>6}")
+                  f"{'sim s/min':>9} {'p50 s':>6} {'p95 s':>6} {'drifts':>6} {'missed':>6} "
+                  f"{'dg conn/min':>11}")
         print(header)
         print("-" * len(header))
         for r in daemon_rows:
@@ -513,8 +544,47 @@ def report(rows: list[dict]) -> None:
                   f"{r['reconciler_cpu_per_min_s']:>9.1f} {r['reconciler_cpu_share']:>9.0%} "
                   f"{r['cpu_per_cycle_s']:>9.2f} {r['postgres_cpu_per_min_s']:>8.1f} "
                   f"{r['simulator_cpu_per_min_s']:>9.1f} {r['latency_p50_s']:>6.1f} "
-                  f"{r['latency_p95_s']:>6.1f} {r['drifts']:>6} {r['uncorrected']:>6}")
+                  f"{r['latency_p95_s']:>6.1f} {r['drifts']:>6} {r['uncorrected']:>6} "
+                  f"{r['dagster_connections_per_min']:>11.0f}")
+    model(inproc, daemon_rows)
     print("\n" + json.dumps(rows, default=str))
+
+
+IP_WEIGHT_BUDGET = 2400 * 0.7  # Binance USD-M per IP and minute, 30 % headroom
+
+
+def model(inproc: list[dict], daemon_rows: list[dict], accounts: int = 10_000) -> None:
+    """10,000 accounts a minute on Kubernetes, from the measured per-account costs: today's
+    shape (a run, so a pod, per account) and, as an estimate, runs over shards of accounts."""
+    if not inproc:
+        return
+    big = inproc[-1]
+    per_account_cpu = big["cycle_cpu_s"] / big["accounts"]
+    project_cpu = big["project_cpu_per_account_s"]
+    weight = big["weight_per_account"]
+    ips = math.ceil(accounts * weight / IP_WEIGHT_BUDGET)
+    print(f"\nmodel: {accounts:,} accounts a minute on Kubernetes (from the figures above)")
+    print(f"  exchange: {weight:.0f} weight per account and cycle -> {accounts * weight:,.0f} a "
+          f"minute -> at least {ips} egress IPs at {IP_WEIGHT_BUDGET:.0f} each "
+          f"({int(IP_WEIGHT_BUDGET // max(weight, 1))} accounts per IP)")
+    run_cpu = per_account_cpu
+    if daemon_rows and not math.isnan(daemon_rows[-1]["cpu_per_cycle_s"]):
+        run_cpu = daemon_rows[-1]["cpu_per_cycle_s"]  # with the run's own process start
+    per_run_conns = big["dagster_connections_per_account"]
+    print(f"  today (a run and a pod per account): {accounts:,} pods a minute at {run_cpu:.1f} "
+          f"CPU-s each = {accounts * run_cpu / 60:,.0f} cores busy; Dagster's database sees "
+          f"{accounts * per_run_conns / 60:,.0f} new connections a second "
+          f"({per_run_conns:.0f} per run); the trading database "
+          f"{accounts * big['trading_connections_per_account'] / 60:,.0f} a second")
+    fixed = max(run_cpu - project_cpu, 0.0)
+    for shard in (100, 500):
+        runs = math.ceil(accounts / shard)
+        cores = (accounts * project_cpu + runs * fixed) / 60
+        print(f"  estimate, shards of {shard} accounts per run (not built): {runs} runs and pods "
+              f"a minute; >= {cores:,.1f} cores ({project_cpu:.2f} CPU-s of reconciliation per "
+              f"account, {fixed:.1f} CPU-s of Dagster and process per run, Dagster's per-account "
+              f"events not counted); {runs * per_run_conns / 60:,.1f} new Dagster connections "
+              "a second plus the per-account events'")
 
 
 def main(argv: list[str] | None = None) -> int:
