@@ -5,18 +5,17 @@
 # exchange keys come from a Kubernetes Secret at run time (docs/deployment.md).
 #
 #   docker build -t registry.example.com/recon-assets:$(git rev-parse --short HEAD) .
+#
+# (Not built on the development machines: they have the Docker client but no engine.)
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     DAGSTER_HOME=/opt/dagster/dagster_home
 WORKDIR /opt/dagster/app
 
-# Dependencies first (a layer that changes only with pyproject.toml), then the package.
 COPY pyproject.toml README.md ./
-RUN mkdir -p recon_assets && touch recon_assets/__init__.py \
-    && pip install . && pip uninstall -y recon-assets && rm -rf recon_assets
 COPY recon_assets ./recon_assets
-RUN pip install --no-deps . && mkdir -p "$DAGSTER_HOME" \
+RUN pip install . && mkdir -p "$DAGSTER_HOME" \
     && useradd --system --uid 10001 --home-dir /opt/dagster recon \
     && chown -R recon /opt/dagster
 USER recon

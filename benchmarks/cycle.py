@@ -56,7 +56,7 @@ if str(ROOT) not in sys.path:
 import psycopg  # noqa: E402
 
 from recon_assets.db.migrate import migrate  # noqa: E402
-from recon_assets.local_postgres import LocalPostgres, free_port  # noqa: E402
+from recon_assets.local_postgres import LocalPostgres, dagster_pg_env, free_port  # noqa: E402
 from recon_assets.processes import reset_signals, stop_process_group  # noqa: E402
 from recon_assets.simulator import SimulatorServer  # noqa: E402
 from recon_assets.simulator.scenarios import Scenario, ScenarioBuilder  # noqa: E402
@@ -231,14 +231,6 @@ def sessions(pg: LocalPostgres, *databases: str) -> dict[str, int]:
         rows = conn.execute("SELECT datname, sessions FROM pg_stat_database WHERE datname = "
                             "ANY(%s)", (list(databases),)).fetchall()
     return {name: int(n) for name, n in rows}
-
-
-def dagster_pg_env(url: str) -> dict[str, str]:
-    user_host, _, db = url.removeprefix("postgresql://").rpartition("/")
-    user, _, host_port = user_host.partition("@")
-    host, _, port = host_port.partition(":")
-    return {"DAGSTER_PG_USERNAME": user, "DAGSTER_PG_PASSWORD": "unused-trust-auth",
-            "DAGSTER_PG_HOST": host, "DAGSTER_PG_DB": db, "DAGSTER_PG_PORT": port}
 
 
 def dagster_home(base: Path, storage_url: str) -> Path:

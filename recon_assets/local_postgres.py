@@ -157,3 +157,15 @@ class LocalPostgres:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def dagster_pg_env(url: str) -> dict[str, str]:
+    """The DAGSTER_PG_* variables deploy/dagster.yaml reads, for a database URL of a LocalPostgres
+    (trust authentication: the password is not checked), for the tests and benchmarks that run
+    the deployment's instance."""
+    user_host, _, db = url.removeprefix("postgresql://").rpartition("/")
+    user, _, host_port = user_host.partition("@")
+    host, _, port = host_port.partition(":")
+    return {f"DAGSTER_PG_{name}": value for name, value in (
+        ("USERNAME", user), ("PASSWORD", "unused-trust-auth"), ("HOST", host), ("DB", db),
+        ("PORT", port))}

@@ -10,20 +10,11 @@ import pytest
 from dagster._core.run_coordinator import QueuedRunCoordinator
 from dagster_postgres import PostgresRunStorage
 
+from recon_assets.local_postgres import dagster_pg_env
+
 pytestmark = pytest.mark.integration
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def dagster_pg_env(url: str) -> dict[str, str]:
-    """The DAGSTER_PG_* variables deploy/dagster.yaml reads, for a database URL of the test's
-    PostgreSQL (trust authentication: the password is not checked)."""
-    user_host, _, db = url.removeprefix("postgresql://").rpartition("/")
-    user, _, host_port = user_host.partition("@")
-    host, _, port = host_port.partition(":")
-    return {f"DAGSTER_PG_{name}": value for name, value in (
-        ("USERNAME", user), ("PASSWORD", "unused-trust-auth"), ("HOST", host), ("DB", db),
-        ("PORT", port))}
 
 
 def test_the_deployment_instance_loads_with_postgres_storage_limits_monitoring_and_retries(
@@ -106,3 +97,26 @@ def test_the_helm_values_render_the_deployment_instance_and_a_valid_k8s_run_laun
     # No secret's value in the values file: only the names of Kubernetes Secrets.
     assert not {e["name"] for e in deployment.get("env", [])} & {
         "RECON_DATABASE_URL", "RECON_EXCHANGE_CREDENTIALS", "RECON_ALERT_WEBHOOK_URL"}
+
+
+def test_the_code_location_image_installs_a_package_that_carries_its_sql(tmp_path):
+    """The Dockerfile installs the package non-editable (`pip install .`): the wheel must carry
+    the migrations and SQL functions the code location applies, and the Dockerfile must run the
+    code location the Helm values name. (No Docker engine runs here to build the image itself.)"""
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+                    "--disable-pip-version-check", "-w", str(tmp_path), str(REPO)],
+                   check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("recon_assets-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for folder in ("migrations", "functions"):
+        expected = {f"recon_assets/db/{folder}/{p.name}"
+                    for p in (REPO / "recon_assets" / "db" / folder).iterdir()
+                    if p.suffix == ".sql" or p.name == "ORDER"}
+        assert expected and expected <= names, sorted(expected - names)
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "RUN pip install ." in dockerfile
+    assert '"-m", "recon_assets.definitions", "-a", "defs"' in dockerfile

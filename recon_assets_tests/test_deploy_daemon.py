@@ -23,10 +23,9 @@ import pytest
 
 from recon_assets.core.attribution import make_client_order_id
 from recon_assets.defs.partitions import exchange_account_partitions, profile_partitions
-from recon_assets.local_postgres import free_port
+from recon_assets.local_postgres import dagster_pg_env, free_port
 from recon_assets.processes import reset_signals, stop_process_group
 from recon_assets_tests.harness.exchange import running_simulator
-from recon_assets_tests.test_deploy import dagster_pg_env
 
 pytestmark = pytest.mark.integration
 
