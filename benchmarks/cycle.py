@@ -433,7 +433,6 @@ def daemon(pg: LocalPostgres, sim_url: str, sim_pid: int, creds: dict, book: Sce
             time.sleep(start - now)
             conns0 = sessions(pg, f"dagster_daemon{n}", f"trading_daemon{n}")
             before = _cpu_split(procs, sim_pid, pg)
-            seen = set(r.run_id for r in _runs(instance, "reconciliation_cycle"))
             round_no = first_round
             end = start + minutes * 60
             while time.time() < end:
@@ -448,9 +447,12 @@ def daemon(pg: LocalPostgres, sim_url: str, sim_pid: int, creds: dict, book: Sce
                 time.sleep(max(0.0, min(next_tick, end) - time.time()))
             after = _cpu_split(procs, sim_pid, pg)
             conns1 = sessions(pg, f"dagster_daemon{n}", f"trading_daemon{n}")
-            runs = [r for r in _runs(instance, "reconciliation_cycle") if r.run_id not in seen]
-            done = [r for r in runs if r.status.value in ("SUCCESS", "FAILURE")]
-            waiting = [r for r in runs if r.status.value not in ("SUCCESS", "FAILURE", "CANCELED")]
+            # Cycles that finished inside the window, and what is still queued or running.
+            records = instance.get_run_records(dg.RunsFilter(job_name="reconciliation_cycle"))
+            done = [r.dagster_run for r in records
+                    if r.end_time is not None and start <= r.end_time < end]
+            waiting = [r.dagster_run for r in records if r.dagster_run.status.value
+                       not in ("SUCCESS", "FAILURE", "CANCELED")]
         # Corrections still on their way get a minute more (their latency is what it is).
         deadline = time.time() + 90
         while time.time() < deadline and len(applied_at(dsn, list(injected))) < len(injected):
@@ -560,8 +562,9 @@ def model(inproc: list[dict], daemon_rows: list[dict], accounts: int = 10_000) -
           f"minute -> at least {ips} egress IPs at {IP_WEIGHT_BUDGET:.0f} each "
           f"({int(IP_WEIGHT_BUDGET // max(weight, 1))} accounts per IP)")
     run_cpu = per_account_cpu
-    if daemon_rows and not math.isnan(daemon_rows[-1]["cpu_per_cycle_s"]):
-        run_cpu = daemon_rows[-1]["cpu_per_cycle_s"]  # with the run's own process start
+    measured = [r for r in daemon_rows if r["cycles_done_per_min"] > 0]
+    if measured:  # the daemon path's CPU per finished cycle (its process start, the sensors)
+        run_cpu = max(measured, key=lambda r: r["cycles_done_per_min"])["cpu_per_cycle_s"]
     per_run_conns = big["dagster_connections_per_account"]
     print(f"  today (a run and a pod per account): {accounts:,} pods a minute at {run_cpu:.1f} "
           f"CPU-s each = {accounts * run_cpu / 60:,.0f} cores busy; Dagster's database sees "
@@ -586,6 +589,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--daemon-accounts", default="1,10,100")
     parser.add_argument("--daemon-minutes", type=float, default=3)
     parser.add_argument("--skip-daemon", action="store_true")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the working folder (Dagster's logs of the daemon path)")
     args = parser.parse_args(argv)
     counts = [int(x) for x in args.accounts.split(",") if x]
     daemon_counts = [] if args.skip_daemon else [int(x) for x in args.daemon_accounts.split(",") if x]
@@ -633,7 +638,10 @@ def main(argv: list[str] | None = None) -> int:
             sim_proc.kill()
             sim_proc.join(10)
         pg.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        if args.keep:
+            print(f"kept {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
     report(rows)
     return 0
 
