@@ -233,17 +233,29 @@ def sessions(pg: LocalPostgres, *databases: str) -> dict[str, int]:
     return {name: int(n) for name, n in rows}
 
 
-def dagster_home(base: Path, storage_url: str) -> Path:
+STORAGES = ("stock", "pooled")
+
+
+def dagster_home(base: Path, storage_url: str, storage: str = "pooled") -> Path:
+    """$DAGSTER_HOME with deploy/dagster.yaml: its storage (`pooled`, PooledPostgresStorage), or
+    dagster-postgres's own with the same database settings (`stock`, the baseline)."""
+    import yaml
+
     home = base / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    config = yaml.safe_load((ROOT / "deploy" / "dagster.yaml").read_text())
+    if storage == "stock":
+        config["storage"] = {"postgres": {
+            "postgres_db": config["storage"]["custom"]["config"]["postgres_db"]}}
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
     os.environ.update(dagster_pg_env(storage_url))
     return home
 
 
 # ---- the in-process path ---------------------------------------------------------------------
 def in_process(pg: LocalPostgres, sim_url: str, creds: dict, book: Scenario,
-               resting: dict[str, list[str]], counts: list[int], rounds: int) -> list[dict]:
+               resting: dict[str, list[str]], counts: list[int], rounds: int,
+               storage: str, first_round: int = 0) -> list[dict]:
     import dagster as dg
 
     from recon_assets.definitions import build_defs
@@ -254,11 +266,12 @@ def in_process(pg: LocalPostgres, sim_url: str, creds: dict, book: Scenario,
     from recon_assets.resources.io_manager import PostgresFrameIOManager
     from recon_assets.settings import ReconSettings
 
-    dsn = pg.create_database("trading_inproc")
+    trading_db, dagster_db = f"trading_inproc_{storage}", f"dagster_inproc_{storage}"
+    dsn = pg.create_database(trading_db)
     migrate(dsn)
     seed(dsn, book, {account_name(a) for a in range(ACCOUNTS)})
-    storage = pg.create_database("dagster_inproc")
-    home = dagster_home(Path(tempfile.mkdtemp(prefix="recon-bench-home-")), storage)
+    home = dagster_home(Path(tempfile.mkdtemp(prefix="recon-bench-home-")),
+                        pg.create_database(dagster_db), storage)
     store = PostgresStore(dsn=dsn)
     defs = build_defs({
         "settings": ReconSettings(), "database": store,
@@ -275,7 +288,7 @@ def in_process(pg: LocalPostgres, sim_url: str, creds: dict, book: Scenario,
         instance.add_dynamic_partitions(profile_partitions.name,
                                         sorted(p["id"] for p in book.db["profiles"]))
         cursor = None
-        drift_round = 0
+        drift_round = first_round
         # A warm-up round (the first cycle of a fresh process reads markets and the fill
         # history from the start; the figures are of the steady state).
         for n in [0, *counts]:
@@ -285,7 +298,7 @@ def in_process(pg: LocalPostgres, sim_url: str, creds: dict, book: Scenario,
             for _ in range(max(1, min(rounds, 100 // n)) if n else 1):
                 cids = [resting[a][drift_round] for a in accounts]
                 drift_round += 1
-                conns0 = sessions(pg, "dagster_inproc", "trading_inproc")
+                conns0 = sessions(pg, dagster_db, trading_db)
                 injected = {}
                 for account, cid in zip(accounts, cids):
                     control(sim_url, "cancel_order", {"account": account, "client_order_id": cid})
@@ -313,7 +326,7 @@ def in_process(pg: LocalPostgres, sim_url: str, creds: dict, book: Scenario,
                 ru2, wall2 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
                 booked = applied_at(dsn, cids)
                 # Connections of the round: its cycles and its corrections.
-                conns1 = sessions(pg, "dagster_inproc", "trading_inproc")
+                conns1 = sessions(pg, dagster_db, trading_db)
                 weights = [_request_weight(instance, a) for a in accounts]
                 per_round.append({
                     "wall": wall1 - wall0, "cpu": _cpu(ru1) - _cpu(ru0),
@@ -325,11 +338,11 @@ def in_process(pg: LocalPostgres, sim_url: str, creds: dict, book: Scenario,
                     "latencies": [booked[c] - injected[c] for c in cids if c in booked],
                     "uncorrected": sum(c not in booked for c in cids), "failed": failed,
                     "corrections": len(tick.run_requests),
-                    "dagster_connections": conns1["dagster_inproc"] - conns0["dagster_inproc"],
-                    "trading_connections": conns1["trading_inproc"] - conns0["trading_inproc"]})
+                    "dagster_connections": conns1[dagster_db] - conns0[dagster_db],
+                    "trading_connections": conns1[trading_db] - conns0[trading_db]})
             if not n:
                 continue  # the warm-up
-            out.append(_summary("in-process", n, per_round))
+            out.append({**_summary("in-process", n, per_round), "storage": storage})
     return out
 
 
@@ -382,19 +395,19 @@ def _summary(path: str, n: int, rounds: list[dict]) -> dict:
 # ---- the daemon path -------------------------------------------------------------------------
 def daemon(pg: LocalPostgres, sim_url: str, sim_pid: int, creds: dict, book: Scenario,
            resting: dict[str, list[str]], n: int, minutes: float, base: Path,
-           first_round: int) -> dict:
+           first_round: int, storage: str) -> dict:
     import dagster as dg
 
     from recon_assets.defs.partitions import exchange_account_partitions, profile_partitions
 
     accounts = [account_name(a) for a in range(n)]
-    dsn = pg.create_database(f"trading_daemon{n}")
+    trading_db, dagster_db = f"trading_daemon{n}_{storage}", f"dagster_daemon{n}_{storage}"
+    dsn = pg.create_database(trading_db)
     migrate(dsn)
     seed(dsn, book, set(accounts))
-    storage = pg.create_database(f"dagster_daemon{n}")
-    work = base / f"daemon{n}"
+    work = base / f"daemon{n}_{storage}"
     work.mkdir()
-    home = dagster_home(work, storage)
+    home = dagster_home(work, pg.create_database(dagster_db), storage)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         instance.add_dynamic_partitions(exchange_account_partitions.name, accounts)
         instance.add_dynamic_partitions(profile_partitions.name, sorted(
@@ -431,7 +444,7 @@ def daemon(pg: LocalPostgres, sim_url: str, sim_pid: int, creds: dict, book: Sce
             now = time.time()
             start = (int(now // 60) + 1) * 60 + 1
             time.sleep(start - now)
-            conns0 = sessions(pg, f"dagster_daemon{n}", f"trading_daemon{n}")
+            conns0 = sessions(pg, dagster_db, trading_db)
             before = _cpu_split(procs, sim_pid, pg)
             round_no = first_round
             end = start + minutes * 60
@@ -446,7 +459,7 @@ def daemon(pg: LocalPostgres, sim_url: str, sim_pid: int, creds: dict, book: Sce
                 next_tick = (int(time.time() // 60) + 1) * 60 + 1
                 time.sleep(max(0.0, min(next_tick, end) - time.time()))
             after = _cpu_split(procs, sim_pid, pg)
-            conns1 = sessions(pg, f"dagster_daemon{n}", f"trading_daemon{n}")
+            conns1 = sessions(pg, dagster_db, trading_db)
             # Cycles that finished inside the window, and what is still queued or running.
             records = instance.get_run_records(dg.RunsFilter(job_name="reconciliation_cycle"))
             done = [r.dagster_run for r in records
@@ -464,7 +477,7 @@ def daemon(pg: LocalPostgres, sim_url: str, sim_pid: int, creds: dict, book: Sce
     latencies = [booked[c] - t for c, t in injected.items() if c in booked]
     cpu = {k: after[k] - before[k] for k in after}
     window = minutes * 60
-    return {"path": "daemon", "accounts": n, "minutes": minutes,
+    return {"path": "daemon", "storage": storage, "accounts": n, "minutes": minutes,
             "cycles_done_per_min": len(done) / minutes,
             "cycles_failed": sum(r.status.value == "FAILURE" for r in done),
             "cycles_waiting_at_end": len(waiting),
@@ -475,10 +488,8 @@ def daemon(pg: LocalPostgres, sim_url: str, sim_pid: int, creds: dict, book: Sce
             "cpu_per_cycle_s": cpu["reconciler"] / len(done) if done else float("nan"),
             "latency_p50_s": percentile(latencies, 0.5), "latency_p95_s": percentile(latencies, 0.95),
             "drifts": len(injected), "uncorrected": len(injected) - len(latencies),
-            "dagster_connections_per_min": (conns1[f"dagster_daemon{n}"]
-                                            - conns0[f"dagster_daemon{n}"]) / minutes,
-            "trading_connections_per_min": (conns1[f"trading_daemon{n}"]
-                                            - conns0[f"trading_daemon{n}"]) / minutes}
+            "dagster_connections_per_min": (conns1[dagster_db] - conns0[dagster_db]) / minutes,
+            "trading_connections_per_min": (conns1[trading_db] - conns0[trading_db]) / minutes}
 
 
 def _runs(instance, job: str, finished: bool = False):
@@ -503,14 +514,14 @@ def _postmaster(pg: LocalPostgres) -> int:
 def report(rows: list[dict]) -> None:
     print("\nin-process path: one cycle = every account's cycle run one after the other in this "
           "process; then the correction sensor and its runs")
-    header = (f"{'accounts':>8} {'wall s':>8} {'cpu s':>8} {'cpu/acct':>8} {'dagster':>8} "
+    header = (f"{'storage':>7} {'accounts':>8} {'wall s':>8} {'cpu s':>8} {'cpu/acct':>8} {'dagster':>8} "
               f"{'corr s':>7} {'req/acct':>8} {'wt/acct':>8} {'p50 s':>6} {'p95 s':>6} "
               f"{'rss MiB':>7} {'fail':>4} {'dg conn':>7} {'db conn':>7}")
     print(header)
     print("-" * len(header))
     inproc = [r for r in rows if r["path"] == "in-process"]
     for r in inproc:
-        print(f"{r['accounts']:>8} {r['cycle_wall_s']:>8.2f} {r['cycle_cpu_s']:>8.2f} "
+        print(f"{r['storage']:>7} {r['accounts']:>8} {r['cycle_wall_s']:>8.2f} {r['cycle_cpu_s']:>8.2f} "
               f"{r['cycle_cpu_s'] / r['accounts']:>8.3f} {r['dagster_share']:>8.0%} "
               f"{r['correction_wall_s']:>7.2f} {r['requests_per_account']:>8.1f} "
               f"{r['weight_per_account']:>8.1f} {r['latency_p50_s']:>6.1f} "
@@ -526,22 +537,49 @@ def report(rows: list[dict]) -> None:
     if daemon_rows:
         print(f"\ndaemon path: the schedule every minute, each run a process ({CORES} cores; "
               f"target: 100 accounts a minute within {CPU_TARGET_SHARE:.0%} of the CPU)")
-        header = (f"{'accounts':>8} {'cycles/min':>10} {'waiting':>7} {'failed':>6} "
+        header = (f"{'storage':>7} {'accounts':>8} {'cycles/min':>10} {'waiting':>7} {'failed':>6} "
                   f"{'cpu s/min':>9} {'cpu share':>9} {'cpu/cycle':>9} {'pg s/min':>8} "
                   f"{'sim s/min':>9} {'p50 s':>6} {'p95 s':>6} {'drifts':>6} {'missed':>6} "
                   f"{'dg conn/min':>11}")
         print(header)
         print("-" * len(header))
         for r in daemon_rows:
-            print(f"{r['accounts']:>8} {r['cycles_done_per_min']:>10.1f} "
+            print(f"{r['storage']:>7} {r['accounts']:>8} {r['cycles_done_per_min']:>10.1f} "
                   f"{r['cycles_waiting_at_end']:>7} {r['cycles_failed']:>6} "
                   f"{r['reconciler_cpu_per_min_s']:>9.1f} {r['reconciler_cpu_share']:>9.0%} "
                   f"{r['cpu_per_cycle_s']:>9.2f} {r['postgres_cpu_per_min_s']:>8.1f} "
                   f"{r['simulator_cpu_per_min_s']:>9.1f} {r['latency_p50_s']:>6.1f} "
                   f"{r['latency_p95_s']:>6.1f} {r['drifts']:>6} {r['uncorrected']:>6} "
                   f"{r['dagster_connections_per_min']:>11.0f}")
-    model(inproc, daemon_rows)
+    ratios(inproc, daemon_rows)
+    # The model from the deployed storage's figures (the baseline's when only it was measured).
+    deployed = [r for r in inproc if r["storage"] == "pooled"] or inproc
+    model(deployed, [r for r in daemon_rows if r["storage"] == "pooled"] or daemon_rows)
     print("\n" + json.dumps(rows, default=str))
+
+
+def ratios(inproc: list[dict], daemon_rows: list[dict]) -> None:
+    """The pooled storage against the stock one (the baseline), where both were measured."""
+    lines = []
+    for rows, label, figures in (
+            (inproc, "in-process", (("cycle_wall_s", "wall"), ("cycle_cpu_s", "CPU"),
+                                    ("dagster_connections_per_account", "Dagster connections"))),
+            (daemon_rows, "daemon", (("cycles_done_per_min", "cycles/min"),
+                                     ("cpu_per_cycle_s", "CPU per cycle"),
+                                     ("postgres_cpu_per_min_s", "PostgreSQL CPU/min"),
+                                     ("latency_p95_s", "p95 drift to correction"),
+                                     ("dagster_connections_per_min", "Dagster connections/min")))):
+        by = {(r["storage"], r["accounts"]): r for r in rows}
+        for (storage, n), pooled in sorted(by.items()):
+            stock = by.get(("stock", n))
+            if storage != "pooled" or stock is None:
+                continue
+            parts = [f"{name} {pooled[key] / stock[key]:.2f}x ({stock[key]:.1f} -> {pooled[key]:.1f})"
+                     for key, name in figures if stock[key]]
+            lines.append(f"  {label}, {n} accounts: " + "; ".join(parts))
+    if lines:
+        print("\npooled storage against the stock dagster-postgres storage (pooled / stock):")
+        print("\n".join(lines))
 
 
 IP_WEIGHT_BUDGET = 2400 * 0.7  # Binance USD-M per IP and minute, 30 % headroom
@@ -589,11 +627,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--daemon-accounts", default="1,10,100")
     parser.add_argument("--daemon-minutes", type=float, default=3)
     parser.add_argument("--skip-daemon", action="store_true")
+    parser.add_argument("--storage", default="pooled",
+                        help="Dagster storages to measure, of: stock (dagster-postgres's, the "
+                             "baseline), pooled (deploy/dagster.yaml's); e.g. stock,pooled")
     parser.add_argument("--keep", action="store_true",
                         help="keep the working folder (Dagster's logs of the daemon path)")
     args = parser.parse_args(argv)
     counts = [int(x) for x in args.accounts.split(",") if x]
     daemon_counts = [] if args.skip_daemon else [int(x) for x in args.daemon_accounts.split(",") if x]
+    storages = [x for x in args.storage.split(",") if x]
+    if not storages or set(storages) - set(STORAGES):
+        parser.error(f"--storage takes {', '.join(STORAGES)}, comma-separated")
 
     base = Path(tempfile.mkdtemp(prefix="recon-bench-cycle-"))
     os.chmod(base, 0o755)
@@ -621,14 +665,20 @@ def main(argv: list[str] | None = None) -> int:
               f"{sum(o['status'] == 'open' for o in book.db['orders'])} open orders, "
               f"{sum(s['status'] == 'open' for s in book.db['trade_history'])} open slices, "
               f"{ACCOUNTS} accounts (built in {time.perf_counter() - started:.1f} s)", flush=True)
-        if counts:
-            rows += in_process(pg, sim_url, creds, book, resting, counts, args.rounds)
-        first_round = 1 + sum(max(1, min(args.rounds, 100 // n)) for n in counts)
+        # Each path drifts resting orders of its own (every path has its own trading database,
+        # but the simulator is shared).
+        first_round = 0
+        for storage in storages if counts else ():
+            rows += in_process(pg, sim_url, creds, book, resting, counts, args.rounds, storage,
+                               first_round)
+            first_round += 1 + sum(max(1, min(args.rounds, 100 // n)) for n in counts)
         for n in daemon_counts:
-            print(f"daemon path, {n} accounts, {args.daemon_minutes:g} minutes ...", flush=True)
-            rows.append(daemon(pg, sim_url, sim_proc.pid, creds, book, resting, n,
-                               args.daemon_minutes, base, first_round))
-            first_round += int(args.daemon_minutes) + 2
+            for storage in storages:
+                print(f"daemon path, {storage} storage, {n} accounts, {args.daemon_minutes:g} "
+                      "minutes ...", flush=True)
+                rows.append(daemon(pg, sim_url, sim_proc.pid, creds, book, resting, n,
+                                   args.daemon_minutes, base, first_round, storage))
+                first_round += int(args.daemon_minutes) + 2
     except Exception:
         traceback.print_exc()
         report(rows)

@@ -7,9 +7,12 @@ import shutil
 
 import dagster as dg
 import pytest
+import sqlalchemy
+import yaml
 from dagster._core.run_coordinator import QueuedRunCoordinator
 from dagster_postgres import PostgresRunStorage
 
+from recon_assets.dagster_storage import PooledPostgresStorage
 from recon_assets.local_postgres import dagster_pg_env
 
 pytestmark = pytest.mark.integration
@@ -24,6 +27,7 @@ def test_the_deployment_instance_loads_with_postgres_storage_limits_monitoring_a
         monkeypatch.setenv(name, value)
     shutil.copy(REPO / "deploy" / "dagster.yaml", tmp_path / "dagster.yaml")
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert isinstance(instance.get_ref().storage, PooledPostgresStorage)
         assert isinstance(instance.run_storage, PostgresRunStorage)
         instance.add_dynamic_partitions("exchange_accounts", ["acct1"])  # the storage works
         assert instance.get_dynamic_partitions("exchange_accounts") == ["acct1"]
@@ -38,6 +42,51 @@ def test_the_deployment_instance_loads_with_postgres_storage_limits_monitoring_a
         assert instance.run_retries_enabled and instance.run_retries_max_retries == 1
         assert not instance.run_retries_retry_on_asset_or_op_failure
     pg_server.drop_database("dagster_deploy")
+
+
+def _new_connections(instance, work) -> int:
+    """How many database connections the instance's storage opens for `work` (SQLAlchemy's
+    connect event on each of its engines: a connection taken from the pool again is not new)."""
+    opened = []
+    engines = [s._engine for s in (instance.run_storage, instance.event_log_storage,
+                                   instance.schedule_storage)]
+    for engine in engines:
+        sqlalchemy.event.listen(engine, "connect", lambda *_: opened.append(1))
+    work()
+    return len(opened)
+
+
+@pytest.mark.parametrize("kind", ["stock", "pooled"])
+def test_the_deployment_storage_holds_its_connections_where_dagster_postgres_reconnects(
+        pg_server, tmp_path, monkeypatch, kind):
+    """deploy/dagster.yaml's storage (PooledPostgresStorage) serves a run's worth of storage
+    calls over the connection it holds; dagster-postgres's own storage, with the same database
+    settings, opens one per call (what made a cycle cost 484 new connections)."""
+    url = pg_server.create_database(f"dagster_pool_{kind}")
+    for name, value in dagster_pg_env(url).items():
+        monkeypatch.setenv(name, value)
+    config = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())
+    if kind == "stock":
+        config["storage"] = {"postgres": {
+            "postgres_db": config["storage"]["custom"]["config"]["postgres_db"]}}
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(config))
+    calls = 30
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        run = instance.create_run_for_job(dg.GraphDefinition("noop").to_job(), run_id=None)
+
+        def work():
+            for i in range(calls):
+                instance.report_engine_event(f"event {i}", run)
+                assert instance.get_run_by_id(run.run_id) is not None
+
+        opened = _new_connections(instance, work)
+        logged = instance.all_logs(run.run_id)
+    assert sum(1 for e in logged if e.message.startswith("event ")) == calls
+    if kind == "pooled":
+        assert opened <= 2, f"{opened} connections for {2 * calls} calls"
+    else:
+        assert opened >= 2 * calls, opened  # the baseline the pooled storage is measured against
+    pg_server.drop_database(f"dagster_pool_{kind}")
 
 
 # The Helm chart's camelCase keys for what deploy/helm/values.yaml sets, and the instance's
@@ -68,7 +117,6 @@ def test_the_helm_values_render_the_deployment_instance_and_a_valid_k8s_run_laun
     """deploy/helm/values.yaml and deploy/dagster.yaml say the same about the queue, monitoring
     and retries (one set of numbers in two formats), and the K8sRunLauncher part is accepted by
     dagster-k8s's own config schema."""
-    import yaml
     from dagster._config import process_config
     from dagster_k8s import K8sRunLauncher
 
@@ -80,7 +128,7 @@ def test_the_helm_values_render_the_deployment_instance_and_a_valid_k8s_run_laun
         instance["run_coordinator"]["config"]
     assert _instance_names(daemon["runMonitoring"]) == instance["run_monitoring"]
     assert _instance_names(daemon["runRetries"]) == instance["run_retries"]
-    assert values["postgresql"]["postgresqlScheme"] == instance["storage"]["postgres"][
+    assert values["postgresql"]["postgresqlScheme"] == instance["storage"]["custom"]["config"][
         "postgres_db"]["scheme"]
 
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
