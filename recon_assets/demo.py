@@ -311,9 +311,11 @@ def run_once(stack: DemoStack) -> dict:
         schedule = defs.get_schedule_def("reconciliation_cycle_schedule")
 
         def cycle(label: str) -> None:
-            tick = schedule.evaluate_tick(dg.build_schedule_context(
-                instance=instance, scheduled_execution_time=dt.datetime.now(dt.timezone.utc),
-                repository_def=defs.get_repository_def()))
+            with dg.build_schedule_context(
+                    instance=instance, scheduled_execution_time=dt.datetime.now(dt.timezone.utc),
+                    repository_def=defs.get_repository_def(),
+                    resources={"settings": defs.resources["settings"]}) as context:
+                tick = schedule.evaluate_tick(context)
             for request in tick.run_requests:
                 # A run whose blocking integrity_watchdog check fails is a failed run with a
                 # good diff: its findings stand, the profiles it tripped are paused.

@@ -72,7 +72,15 @@ FLAGS: tuple[Flag, ...] = (
          "a whole number of minutes >= 0", lambda v: v >= 0,
          "Reject fills older than the slice's start minus this grace (minutes)."),
 )
-FLAGS_BY_FIELD = {flag.field: flag for flag in FLAGS}
+# Deployment settings with an environment variable that are not runbook flags.
+DEPLOYMENT_FLAGS: tuple[Flag, ...] = (
+    Flag("RECON_CYCLE_SHARD_SIZE", "cycle_shard_size", int, 1, "a whole number >= 1",
+         lambda v: v >= 1,
+         "Accounts per cycle run: 1 = one run per account (reconciliation_cycle_schedule); "
+         "more = shard runs of that many accounts (reconciliation_shard_schedule), each "
+         "account's cycle still its own run."),
+)
+FLAGS_BY_FIELD = {flag.field: flag for flag in FLAGS + DEPLOYMENT_FLAGS}
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -143,6 +151,7 @@ class ReconSettings(dg.ConfigurableResource):
     evidence_max_apart_seconds: float = 30.0  # ... and a database and exchange read further apart
     # A reconciling gate older than this is stale even while its run still looks alive.
     reconciling_max_age_seconds: float = 1800.0
+    cycle_shard_size: int = 1  # RECON_CYCLE_SHARD_SIZE (DEPLOYMENT_FLAGS)
 
     @model_validator(mode="before")
     @classmethod
@@ -156,5 +165,5 @@ class ReconSettings(dg.ConfigurableResource):
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "ReconSettings":
         """Settings from the runbook's environment variables; unset ones take the default."""
         env = os.environ if environ is None else environ
-        raw = {flag.field: env[flag.env] for flag in FLAGS if flag.env in env}
+        raw = {flag.field: env[flag.env] for flag in FLAGS + DEPLOYMENT_FLAGS if flag.env in env}
         return cls(**_validated(raw, "environment"))

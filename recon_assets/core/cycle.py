@@ -112,3 +112,21 @@ def reconciling_gate_verdict(owner_status: str | None, age_s: float,
         return GateVerdict(True, f"it is {age_s:.0f} s old (bound {max_age_s:g} s) while its run "
                                  f"is still {owner_status}")
     return GateVerdict(False, f"its run is {owner_status}")
+
+
+def account_shards(accounts: Sequence[str], size: int) -> list[list[str]]:
+    """The accounts cut into shards of at most `size`, in the order given (the schedule's
+    order: the longest waiting first), each account in exactly one shard. One shard is one
+    Dagster run whose cycles run one after the other in its process (issue 16): the run's
+    process start is paid once per shard instead of once per account."""
+    if size < 1:
+        raise ValueError(f"a shard holds at least one account, not {size}")
+    ordered = list(dict.fromkeys(accounts))  # an account named twice is cycled once
+    return [ordered[i:i + size] for i in range(0, len(ordered), size)]
+
+
+def orphaned_cycle(shard_run_status: str | None) -> bool:
+    """Whether a cycle run of a shard that Dagster still shows as running is an orphan: its
+    shard run (whose process ran it) is over or unknown, so nothing is running it any more and
+    it must not hold the account's next cycle back."""
+    return shard_run_status is None or shard_run_status not in LIVE_RUN_STATUSES

@@ -4,6 +4,12 @@ running. The rules themselves are in `core.cycle`."""
 
 import dagster as dg
 
+from recon_assets.core.cycle import orphaned_cycle
+
+# On a cycle run that a shard run executes in its own process: the shard run's id.
+SHARD_RUN_TAG = "recon/shard_run"
+SHARD_OP = "reconcile_shard"  # the shard job's op; its config names the shard's accounts
+
 
 def run_status(instance: dg.DagsterInstance, run_id: str | None) -> str | None:
     """The status name of run `run_id` (e.g. STARTED, FAILURE), None when the instance has no
@@ -16,11 +22,55 @@ def run_status(instance: dg.DagsterInstance, run_id: str | None) -> str | None:
 
 def other_running_runs(instance: dg.DagsterInstance, job_name: str, partition_key: str,
                        own_run_id: str) -> list[str]:
-    """Ids of the job's other runs of `partition_key` that are starting or running."""
+    """Ids of the job's other runs of `partition_key` that are starting or running (a shard's
+    cycle whose shard run is over is not running: see `orphans`)."""
     records = instance.get_run_records(dg.RunsFilter(
         job_name=job_name, tags={"dagster/partition": partition_key},
         statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]))
-    return sorted(r.dagster_run.run_id for r in records if r.dagster_run.run_id != own_run_id)
+    return sorted(r.dagster_run.run_id for r in _not_orphans(instance, records)
+                  if r.dagster_run.run_id != own_run_id)
+
+
+def _is_orphan(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
+    shard_run = run.tags.get(SHARD_RUN_TAG)
+    return bool(shard_run) and orphaned_cycle(run_status(instance, shard_run))
+
+
+def _not_orphans(instance: dg.DagsterInstance, records) -> list:
+    return [r for r in records if not _is_orphan(instance, r.dagster_run)]
+
+
+def end_orphans(instance: dg.DagsterInstance, job_name: str, partition_key: str) -> list[str]:
+    """Marks canceled the job's runs of `partition_key` that Dagster shows as starting or
+    running but whose shard run is over (its process was killed mid-cycle, so no run worker
+    will ever finish them); returns their ids. Like any interrupted cycle, they stay in the
+    account's history: a confirmation streak that spans one is broken."""
+    records = instance.get_run_records(dg.RunsFilter(
+        job_name=job_name, tags={"dagster/partition": partition_key},
+        statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]))
+    ended = []
+    for record in records:
+        run = record.dagster_run
+        if _is_orphan(instance, run):
+            instance.report_run_canceled(run, message=(
+                f"canceled: its shard run {run.tags[SHARD_RUN_TAG]} is over, so nothing runs "
+                "this cycle any more"))
+            ended.append(run.run_id)
+    return sorted(ended)
+
+
+def pending_shard_accounts(instance: dg.DagsterInstance, job_name: str) -> dict[str, str]:
+    """Account -> id of the shard run (of `job_name`) that holds it and is queued, starting or
+    running: while it is there, the schedule requests no other cycle of the account."""
+    records = instance.get_run_records(dg.RunsFilter(
+        job_name=job_name, statuses=[dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
+                                     dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]))
+    held = {}
+    for record in records:
+        config = (record.dagster_run.run_config or {}).get("ops", {}).get(SHARD_OP, {})
+        for account in config.get("config", {}).get("accounts", []):
+            held[account] = record.dagster_run.run_id
+    return held
 
 
 def pending_runs(instance: dg.DagsterInstance, job_name: str, partition_key: str) -> list[str]:
@@ -30,7 +80,7 @@ def pending_runs(instance: dg.DagsterInstance, job_name: str, partition_key: str
         job_name=job_name, tags={"dagster/partition": partition_key},
         statuses=[dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
                   dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]))
-    return sorted(r.dagster_run.run_id for r in records)
+    return sorted(r.dagster_run.run_id for r in _not_orphans(instance, records))
 
 
 def previous_run_id(instance: dg.DagsterInstance, job_name: str, partition_key: str,

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from recon_assets.core.cycle import (LIVE_RUN_STATUSES, SnapshotStamp, evidence_problems,
+from recon_assets.core.cycle import (LIVE_RUN_STATUSES, SnapshotStamp, account_shards,
+                                     evidence_problems, orphaned_cycle,
                                      evidence_time, reconciling_gate_verdict)
 
 pytestmark = pytest.mark.unit
@@ -84,3 +85,25 @@ def test_a_run_stopped_from_outside_is_interrupted_not_failed():
     assert interrupted(None, "Detected run worker status FAILED. Marking run x as failed.")
     for reason in ("STEP_FAILURE", "RUN_EXCEPTION", "JOB_INITIALIZATION_FAILURE", None):
         assert not interrupted(reason, "Execution of run failed. Steps failed: ['exchange_snapshot'].")
+
+
+@given(st.lists(st.sampled_from([f"acct{i}" for i in range(30)]), max_size=60),
+       st.integers(min_value=1, max_value=12))
+def test_every_account_is_in_exactly_one_shard_of_at_most_the_size_in_order(accounts, size):
+    shards = account_shards(accounts, size)
+    flat = [a for shard in shards for a in shard]
+    assert flat == list(dict.fromkeys(accounts))  # each once, the schedule's order kept
+    assert all(1 <= len(shard) <= size for shard in shards)
+    assert all(len(shard) == size for shard in shards[:-1])  # only the last one is short
+
+
+def test_a_shard_of_no_account_is_refused():
+    with pytest.raises(ValueError, match="at least one account"):
+        account_shards(["acct1"], 0)
+
+
+@pytest.mark.parametrize("status,orphan", [
+    ("STARTED", False), ("STARTING", False), ("CANCELING", False),
+    ("SUCCESS", True), ("FAILURE", True), ("CANCELED", True), (None, True)])
+def test_a_cycle_is_orphaned_once_its_shard_run_is_over_or_unknown(status, orphan):
+    assert orphaned_cycle(status) is orphan

@@ -46,9 +46,11 @@ def after_first_cycle(sim, dsn, instance, scenario="lifecycle", settings=None):
 def run_scheduled_cycles(defs, instance, expect_success=True):
     """Evaluate the schedule like the daemon does and execute every run it requests."""
     schedule = defs.get_schedule_def("reconciliation_cycle_schedule")
-    tick = schedule.evaluate_tick(dg.build_schedule_context(
-        instance=instance, scheduled_execution_time=dt.datetime.now(dt.timezone.utc),
-        repository_def=defs.get_repository_def()))
+    with dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=dt.datetime.now(dt.timezone.utc),
+            repository_def=defs.get_repository_def(),
+            resources={"settings": defs.resources["settings"]}) as context:
+        tick = schedule.evaluate_tick(context)
     job = defs.resolve_job_def("reconciliation_cycle")
     results = {}
     for request in tick.run_requests:

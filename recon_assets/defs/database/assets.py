@@ -10,7 +10,7 @@ from recon_assets.core.escalation import stale_reconciling
 from recon_assets.core.frames import db_snapshot_frames
 from recon_assets.core.rules import OPEN_ORDER_STATUSES
 from recon_assets.defs.partitions import exchange_account_partitions, profile_partitions
-from recon_assets.defs.runs import other_running_runs, run_status
+from recon_assets.defs.runs import end_orphans, other_running_runs, run_status
 from recon_assets.resources.alerts import AlertWebhook, raise_alert
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.recon_store import ReconStore
@@ -40,6 +40,10 @@ def cycle_start(context: dg.AssetExecutionContext, settings: ReconSettings,
                         database: PostgresStore, alert_webhook: AlertWebhook) -> dg.Output[pd.DataFrame]:
     """The cycle's start: no other cycle of the account runs, and profiles a dead run left reconciling trade again."""
     account, run_id = context.partition_key, context.run.run_id
+    orphans = end_orphans(context.instance, CYCLE_JOB, account)
+    if orphans:
+        context.log.warning(f"canceled cycle(s) {', '.join(orphans)} of {account}: their shard "
+                            "run is over, nothing was running them")
     others = other_running_runs(context.instance, CYCLE_JOB, account, run_id)
     if others:
         raise dg.Failure(f"cycle {', '.join(others)} of {account} is already running; this one "
