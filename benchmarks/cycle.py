@@ -24,6 +24,7 @@ process of its own, so this process's CPU is the reconciler's.
 
     .venv/bin/python benchmarks/cycle.py [--accounts 1,10,100] [--rounds 3]
         [--daemon-accounts 1,10,100] [--daemon-minutes 3] [--skip-daemon]
+        [--storage stock,pooled] [--shard-size 1,50] [--keep]
 
 Starts its own PostgreSQL, simulator and Dagster processes, stops them by pid, writes nothing
 into the repository. Times are this machine's (2 cores) and only indicative.
@@ -395,17 +396,18 @@ def _summary(path: str, n: int, rounds: list[dict]) -> dict:
 # ---- the daemon path -------------------------------------------------------------------------
 def daemon(pg: LocalPostgres, sim_url: str, sim_pid: int, creds: dict, book: Scenario,
            resting: dict[str, list[str]], n: int, minutes: float, base: Path,
-           first_round: int, storage: str) -> dict:
+           first_round: int, storage: str, shard_size: int = 1) -> dict:
     import dagster as dg
 
     from recon_assets.defs.partitions import exchange_account_partitions, profile_partitions
 
     accounts = [account_name(a) for a in range(n)]
-    trading_db, dagster_db = f"trading_daemon{n}_{storage}", f"dagster_daemon{n}_{storage}"
+    trading_db = f"trading_daemon{n}_{storage}_s{shard_size}"
+    dagster_db = f"dagster_daemon{n}_{storage}_s{shard_size}"
     dsn = pg.create_database(trading_db)
     migrate(dsn)
     seed(dsn, book, set(accounts))
-    work = base / f"daemon{n}_{storage}"
+    work = base / f"daemon{n}_{storage}_s{shard_size}"
     work.mkdir()
     home = dagster_home(work, pg.create_database(dagster_db), storage)
     with dg.DagsterInstance.from_config(str(home)) as instance:
@@ -419,7 +421,9 @@ def daemon(pg: LocalPostgres, sim_url: str, sim_pid: int, creds: dict, book: Sce
     env = {**os.environ, "DAGSTER_HOME": str(home), "RECON_DATABASE_URL": dsn,
            "RECON_EXCHANGE_CREDENTIALS": json.dumps(creds), "RECON_EXCHANGE_API_BASE_URL": sim_url,
            "RECON_EXCHANGE_ENABLE_RATE_LIMIT": "false",
-           "RECON_EXCHANGE_WEIGHT_LIMIT_PER_MINUTE": str(10**9)}
+           "RECON_EXCHANGE_WEIGHT_LIMIT_PER_MINUTE": str(10**9),
+           # 1: a run (a process) per account; more: shard runs of that many accounts.
+           "RECON_CYCLE_SHARD_SIZE": str(shard_size)}
     procs = {}
     for name, argv in (
             ("code-server", ["dagster", "code-server", "start", "-h", "127.0.0.1", "-p", str(port),
@@ -466,6 +470,11 @@ def daemon(pg: LocalPostgres, sim_url: str, sim_pid: int, creds: dict, book: Sce
                     if r.end_time is not None and start <= r.end_time < end]
             waiting = [r.dagster_run for r in records if r.dagster_run.status.value
                        not in ("SUCCESS", "FAILURE", "CANCELED")]
+            shard_runs = instance.get_run_records(dg.RunsFilter(job_name="reconciliation_shard"))
+            waiting_shards = [r for r in shard_runs if r.dagster_run.status.value
+                              not in ("SUCCESS", "FAILURE", "CANCELED")]
+            shards_done = [r for r in shard_runs
+                           if r.end_time is not None and start <= r.end_time < end]
         # Corrections still on their way get a minute more (their latency is what it is).
         deadline = time.time() + 90
         while time.time() < deadline and len(applied_at(dsn, list(injected))) < len(injected):
@@ -477,7 +486,9 @@ def daemon(pg: LocalPostgres, sim_url: str, sim_pid: int, creds: dict, book: Sce
     latencies = [booked[c] - t for c, t in injected.items() if c in booked]
     cpu = {k: after[k] - before[k] for k in after}
     window = minutes * 60
-    return {"path": "daemon", "storage": storage, "accounts": n, "minutes": minutes,
+    return {"path": "daemon", "storage": storage, "shard_size": shard_size, "accounts": n,
+            "minutes": minutes, "shard_runs_per_min": len(shards_done) / minutes,
+            "shards_waiting_at_end": len(waiting_shards),
             "cycles_done_per_min": len(done) / minutes,
             "cycles_failed": sum(r.status.value == "FAILURE" for r in done),
             "cycles_waiting_at_end": len(waiting),
@@ -537,15 +548,17 @@ def report(rows: list[dict]) -> None:
     if daemon_rows:
         print(f"\ndaemon path: the schedule every minute, each run a process ({CORES} cores; "
               f"target: 100 accounts a minute within {CPU_TARGET_SHARE:.0%} of the CPU)")
-        header = (f"{'storage':>7} {'accounts':>8} {'cycles/min':>10} {'waiting':>7} {'failed':>6} "
+        header = (f"{'storage':>7} {'shard':>5} {'accounts':>8} {'cycles/min':>10} {'waiting':>7} {'failed':>6} "
                   f"{'cpu s/min':>9} {'cpu share':>9} {'cpu/cycle':>9} {'pg s/min':>8} "
                   f"{'sim s/min':>9} {'p50 s':>6} {'p95 s':>6} {'drifts':>6} {'missed':>6} "
                   f"{'dg conn/min':>11}")
         print(header)
         print("-" * len(header))
         for r in daemon_rows:
-            print(f"{r['storage']:>7} {r['accounts']:>8} {r['cycles_done_per_min']:>10.1f} "
-                  f"{r['cycles_waiting_at_end']:>7} {r['cycles_failed']:>6} "
+            print(f"{r['storage']:>7} {r['shard_size']:>5} {r['accounts']:>8} "
+                  f"{r['cycles_done_per_min']:>10.1f} "
+                  f"{r['cycles_waiting_at_end'] + r['shards_waiting_at_end']:>7} "
+                  f"{r['cycles_failed']:>6} "
                   f"{r['reconciler_cpu_per_min_s']:>9.1f} {r['reconciler_cpu_share']:>9.0%} "
                   f"{r['cpu_per_cycle_s']:>9.2f} {r['postgres_cpu_per_min_s']:>8.1f} "
                   f"{r['simulator_cpu_per_min_s']:>9.1f} {r['latency_p50_s']:>6.1f} "
@@ -569,7 +582,7 @@ def ratios(inproc: list[dict], daemon_rows: list[dict]) -> None:
                                      ("postgres_cpu_per_min_s", "PostgreSQL CPU/min"),
                                      ("latency_p95_s", "p95 drift to correction"),
                                      ("dagster_connections_per_min", "Dagster connections/min")))):
-        by = {(r["storage"], r["accounts"]): r for r in rows}
+        by = {(r["storage"], r["accounts"]): r for r in rows if r.get("shard_size", 1) == 1}
         for (storage, n), pooled in sorted(by.items()):
             stock = by.get(("stock", n))
             if storage != "pooled" or stock is None:
@@ -579,6 +592,23 @@ def ratios(inproc: list[dict], daemon_rows: list[dict]) -> None:
             lines.append(f"  {label}, {n} accounts: " + "; ".join(parts))
     if lines:
         print("\npooled storage against the stock dagster-postgres storage (pooled / stock):")
+        print("\n".join(lines))
+    lines = []
+    by = {(r["storage"], r["accounts"], r["shard_size"]): r for r in daemon_rows}
+    for (storage, n, size), sharded in sorted(by.items()):
+        single = by.get((storage, n, 1))
+        if size == 1 or single is None:
+            continue
+        parts = [f"{name} {sharded[key] / single[key]:.2f}x ({single[key]:.1f} -> {sharded[key]:.1f})"
+                 for key, name in (("cycles_done_per_min", "cycles/min"),
+                                   ("cpu_per_cycle_s", "CPU per cycle"),
+                                   ("reconciler_cpu_share", "CPU share"),
+                                   ("latency_p95_s", "p95 drift to correction"))
+                 if single[key] and single[key] == single[key]]
+        lines.append(f"  daemon, {storage} storage, {n} accounts, shards of {size}: "
+                     + "; ".join(parts))
+    if lines:
+        print("\nshard runs against a run per account (the baseline; shard / per-account):")
         print("\n".join(lines))
 
 
@@ -600,7 +630,7 @@ def model(inproc: list[dict], daemon_rows: list[dict], accounts: int = 10_000) -
           f"minute -> at least {ips} egress IPs at {IP_WEIGHT_BUDGET:.0f} each "
           f"({int(IP_WEIGHT_BUDGET // max(weight, 1))} accounts per IP)")
     run_cpu = per_account_cpu
-    measured = [r for r in daemon_rows if r["cycles_done_per_min"] > 0]
+    measured = [r for r in daemon_rows if r["cycles_done_per_min"] > 0 and r["shard_size"] == 1]
     if measured:  # the daemon path's CPU per finished cycle (its process start, the sensors)
         run_cpu = max(measured, key=lambda r: r["cycles_done_per_min"])["cpu_per_cycle_s"]
     per_run_conns = big["dagster_connections_per_account"]
@@ -613,11 +643,17 @@ def model(inproc: list[dict], daemon_rows: list[dict], accounts: int = 10_000) -
     for shard in (100, 500):
         runs = math.ceil(accounts / shard)
         cores = (accounts * project_cpu + runs * fixed) / 60
-        print(f"  estimate, shards of {shard} accounts per run (not built): {runs} runs and pods "
+        print(f"  estimate, shards of {shard} accounts per run: {runs} runs and pods "
               f"a minute; >= {cores:,.1f} cores ({project_cpu:.2f} CPU-s of reconciliation per "
               f"account, {fixed:.1f} CPU-s of Dagster and process per run, Dagster's per-account "
               f"events not counted); {runs * per_run_conns / 60:,.1f} new Dagster connections "
               "a second plus the per-account events'")
+    for r in (r for r in daemon_rows if r["shard_size"] > 1 and r["cycles_done_per_min"] > 0):
+        per_cycle = r["cpu_per_cycle_s"]
+        print(f"  measured, shards of {r['shard_size']} through the daemon ({r['accounts']} "
+              f"accounts): {per_cycle:.2f} CPU-s per account cycle, corrections and sensors "
+              f"included -> {accounts * per_cycle / 60:,.0f} cores for {accounts:,} accounts "
+              f"a minute, {math.ceil(accounts / r['shard_size'])} shard runs and pods a minute")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -630,12 +666,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage", default="pooled",
                         help="Dagster storages to measure, of: stock (dagster-postgres's, the "
                              "baseline), pooled (deploy/dagster.yaml's); e.g. stock,pooled")
+    parser.add_argument("--shard-size", default="1",
+                        help="RECON_CYCLE_SHARD_SIZE values for the daemon path: 1 = a run per "
+                             "account (the baseline), more = shard runs; e.g. 1,50")
     parser.add_argument("--keep", action="store_true",
                         help="keep the working folder (Dagster's logs of the daemon path)")
     args = parser.parse_args(argv)
     counts = [int(x) for x in args.accounts.split(",") if x]
     daemon_counts = [] if args.skip_daemon else [int(x) for x in args.daemon_accounts.split(",") if x]
     storages = [x for x in args.storage.split(",") if x]
+    shard_sizes = [int(x) for x in args.shard_size.split(",") if x]
     if not storages or set(storages) - set(STORAGES):
         parser.error(f"--storage takes {', '.join(STORAGES)}, comma-separated")
 
@@ -674,11 +714,12 @@ def main(argv: list[str] | None = None) -> int:
             first_round += 1 + sum(max(1, min(args.rounds, 100 // n)) for n in counts)
         for n in daemon_counts:
             for storage in storages:
-                print(f"daemon path, {storage} storage, {n} accounts, {args.daemon_minutes:g} "
-                      "minutes ...", flush=True)
-                rows.append(daemon(pg, sim_url, sim_proc.pid, creds, book, resting, n,
-                                   args.daemon_minutes, base, first_round, storage))
-                first_round += int(args.daemon_minutes) + 2
+                for size in shard_sizes:
+                    print(f"daemon path, {storage} storage, shard size {size}, {n} accounts, "
+                          f"{args.daemon_minutes:g} minutes ...", flush=True)
+                    rows.append(daemon(pg, sim_url, sim_proc.pid, creds, book, resting, n,
+                                       args.daemon_minutes, base, first_round, storage, size))
+                    first_round += int(args.daemon_minutes) + 2
     except Exception:
         traceback.print_exc()
         report(rows)
