@@ -23,7 +23,7 @@ def run_status(instance: dg.DagsterInstance, run_id: str | None) -> str | None:
 def other_running_runs(instance: dg.DagsterInstance, job_name: str, partition_key: str,
                        own_run_id: str) -> list[str]:
     """Ids of the job's other runs of `partition_key` that are starting or running (a shard's
-    cycle whose shard run is over is not running: see `orphans`)."""
+    cycle whose shard run is over is not running: see `end_orphans`)."""
     records = instance.get_run_records(dg.RunsFilter(
         job_name=job_name, tags={"dagster/partition": partition_key},
         statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]))

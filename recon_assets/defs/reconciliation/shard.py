@@ -17,12 +17,13 @@ import time
 import dagster as dg
 import pandas as pd
 
+from recon_assets.defs.database.assets import CYCLE_JOB
 from recon_assets.defs.metadata import md_table
+from recon_assets.defs.partitions import exchange_account_partitions
 from recon_assets.defs.runs import SHARD_OP, SHARD_RUN_TAG
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.recon_store import ReconStore
 
-CYCLE_JOB = "reconciliation_cycle"
 SHARD_JOB = "reconciliation_shard"
 OUTCOME_COLUMNS = ["account", "cycle_run", "status", "seconds", "reason"]
 # Dagster's step logs of each cycle stay in that cycle's run; the shard's log gets one line each.
@@ -57,7 +58,7 @@ def _cycle_job(shard_job: dg.JobDefinition) -> dg.JobDefinition:
                    "other, each its own run; one account's failed cycle does not stop the others.")
 def reconcile_shard(context: dg.OpExecutionContext, config: ShardConfig, database: PostgresStore):
     cycle_job = _cycle_job(context.job_def)
-    known = set(context.instance.get_dynamic_partitions("exchange_account"))
+    known = set(context.instance.get_dynamic_partitions(exchange_account_partitions.name))
     rows = []
     for account in config.accounts:
         started = time.perf_counter()
