@@ -65,11 +65,13 @@ UNMEASURED_CYCLE_WEIGHT = 120
 
 @dataclass(frozen=True)
 class AccountLoad:
-    """What the planner knows of one account: its egress and that egress's budget per minute,
-    the weight its last measured cycle spent (None: never measured), and when that cycle ran."""
+    """What the planner knows of one account: its egress and that egress's budget per minute
+    as its last snapshot saw it (None: no snapshot yet, so its egress's budget is what the
+    others' snapshots say), the weight its last measured cycle spent (None: never measured),
+    and when that cycle ran."""
     account: str
     egress: str
-    limit_per_minute: int
+    limit_per_minute: int | None
     last_weight: int | None = None
     last_cycle_ms: int | None = None
 
@@ -90,7 +92,9 @@ def spread_cycles(loads: list[AccountLoad], headroom: float = CYCLE_PLAN_HEADROO
     for egress, group in sorted(by_egress.items()):
         known = [g.last_weight for g in group if g.last_weight is not None]
         unmeasured = max(known, default=UNMEASURED_CYCLE_WEIGHT)
-        room = min(g.limit_per_minute for g in group) * (1 - headroom)
+        # An account not cycled yet does not know its egress's budget: the measured ones do.
+        limits = [g.limit_per_minute for g in group if g.limit_per_minute is not None]
+        room = min(limits, default=WEIGHT_LIMIT_PER_MINUTE) * (1 - headroom)
         spent = 0.0
         order = sorted(group, key=lambda g: (g.last_cycle_ms is not None, g.last_cycle_ms or 0,
                                              g.account))
