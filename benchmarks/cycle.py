@@ -56,6 +56,8 @@ if str(ROOT) not in sys.path:
 
 import psycopg  # noqa: E402
 
+from recon_assets.core.request_weights import (CYCLE_PLAN_HEADROOM,  # noqa: E402
+                                               WEIGHT_LIMIT_PER_MINUTE)
 from recon_assets.db.migrate import migrate  # noqa: E402
 from recon_assets.local_postgres import LocalPostgres, dagster_pg_env, free_port  # noqa: E402
 from recon_assets.processes import reset_signals, stop_process_group  # noqa: E402
@@ -612,7 +614,8 @@ def ratios(inproc: list[dict], daemon_rows: list[dict]) -> None:
         print("\n".join(lines))
 
 
-IP_WEIGHT_BUDGET = 2400 * 0.7  # Binance USD-M per IP and minute, 30 % headroom
+# Binance USD-M's budget per IP and minute, less the headroom the cycle spread leaves.
+IP_WEIGHT_BUDGET = WEIGHT_LIMIT_PER_MINUTE * (1 - CYCLE_PLAN_HEADROOM)
 
 
 def model(inproc: list[dict], daemon_rows: list[dict], accounts: int = 10_000) -> None:
