@@ -7,7 +7,10 @@ and the reconciliation lock is an advisory lock. The DSN carries a password, so 
 
 
 import json
+import os
 import re
+import threading
+import time
 from contextlib import contextmanager
 from collections.abc import Iterator
 from typing import Any, Protocol, runtime_checkable
@@ -82,6 +85,84 @@ def open_connection(dsn: str, **kwargs: Any) -> psycopg.Connection:
         raise connection_failure(dsn, exc) from None
 
 
+class _IdleConnections:
+    """Connections a PostgresStore gave back, kept for its next call in this process.
+
+    A cycle makes some 70 store calls; a new connection for each was the largest item of the
+    project's own CPU in a cycle (16 % of its samples) and a PostgreSQL backend forked per call
+    (issue 16). A few are kept, newest first, for at most MAX_IDLE_S; each is checked with an
+    empty query before reuse (a connection the server ended is replaced, not handed out), and a
+    forked child starts with none of its parent's. Not psycopg_pool: its background connection
+    retries would turn "database down" into a wait for a pool timeout instead of the immediate
+    `DatabaseUnavailable` the callers report.
+    """
+
+    MAX = 8
+    MAX_IDLE_S = 60.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._idle: list[tuple[tuple, float, psycopg.Connection]] = []  # oldest first
+
+    def _mine(self) -> list:
+        if self._pid != os.getpid():  # forked: the parent's sockets are not ours to use or close
+            self._pid, self._idle = os.getpid(), []
+        return self._idle
+
+    def take(self, key: tuple) -> psycopg.Connection | None:
+        while True:
+            with self._lock:
+                idle = self._mine()
+                found = next((i for i in range(len(idle) - 1, -1, -1) if idle[i][0] == key), None)
+                if found is None:
+                    return None
+                _, since, conn = idle.pop(found)
+            if time.monotonic() - since <= self.MAX_IDLE_S and _alive(conn):
+                return conn
+            _close_quietly(conn)
+
+    def give(self, key: tuple, conn: psycopg.Connection) -> None:
+        if conn.closed or conn.broken or (
+                conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE):
+            _close_quietly(conn)
+            return
+        with self._lock:
+            idle = self._mine()
+            idle.append((key, time.monotonic(), conn))
+            evicted, idle[:] = idle[:-self.MAX], idle[-self.MAX:]
+        for _, _, old in evicted:
+            _close_quietly(old)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._mine())
+
+
+def _alive(conn: psycopg.Connection) -> bool:
+    try:
+        conn.autocommit = True  # the empty query opens no transaction
+        conn.execute("")
+        return True
+    except psycopg.Error:
+        return False
+
+
+def _close_quietly(conn: psycopg.Connection) -> None:
+    try:
+        conn.close()
+    except psycopg.Error:
+        pass
+
+
+_IDLE = _IdleConnections()
+
+
+def idle_connections() -> int:
+    """How many trading-database connections this process keeps for reuse."""
+    return len(_IDLE)
+
+
 @runtime_checkable
 class TradingStore(Protocol):
     """What callers use of the trading database, whichever backend reaches it: `PostgresStore`
@@ -126,14 +207,34 @@ class PostgresStore(dg.ConfigurableResource):
 
     @contextmanager
     def connect(self, autocommit: bool = False) -> Iterator[psycopg.Connection]:
-        """A connection with dict rows; errors never echo the DSN."""
-        conn = open_connection(
-            self.dsn, autocommit=autocommit, row_factory=dict_row,
-            connect_timeout=self.connect_timeout_s, application_name="recon-assets",
-            options=f"-c statement_timeout={self.statement_timeout_ms} "
-                    f"-c lock_timeout={self.lock_timeout_ms}")
-        with conn:
+        """A connection with dict rows, committed on success and rolled back on error (like
+        psycopg's `with conn`), then kept for this process's next call (`_IdleConnections`)
+        rather than closed. Errors never echo the DSN."""
+        options = (f"-c statement_timeout={self.statement_timeout_ms} "
+                   f"-c lock_timeout={self.lock_timeout_ms}")
+        key = (self.dsn, options, self.connect_timeout_s)
+        conn = _IDLE.take(key) or open_connection(
+            self.dsn, row_factory=dict_row, connect_timeout=self.connect_timeout_s,
+            application_name="recon-assets", options=options,
+            # No server-side prepared statements: a long-lived connection would otherwise
+            # prepare repeated queries, which Supabase's transaction pooler does not support.
+            prepare_threshold=None)
+        try:
+            conn.autocommit = autocommit
             yield conn
+        except BaseException:
+            try:
+                conn.rollback()
+            except psycopg.Error:
+                pass  # broken: `give` closes it
+            _IDLE.give(key, conn)
+            raise
+        try:
+            conn.commit()
+        except BaseException:
+            _close_quietly(conn)
+            raise
+        _IDLE.give(key, conn)
 
     def snapshot_account(self, account: str) -> dict:
         """The account's profiles, orders, positions and open trade slices, read in one statement
