@@ -1,7 +1,7 @@
 # The code-location image: the recon_assets package and its dependencies, nothing else. On
 # Kubernetes it runs as the gRPC code server of the official Dagster chart (see
-# deploy/helm/values.yaml) and, with the K8sRunLauncher, as every run's Job pod; the webserver
-# and the daemon use Dagster's own images. No secret is baked in: the database URL and the
+# deploy/helm/values.yaml), with the K8sRunLauncher as every run's Job pod, and as the webserver
+# and the daemon (they load the instance's launcher class, recon_assets.k8s_launcher). No secret is baked in: the database URL and the
 # exchange keys come from a Kubernetes Secret at run time (docs/deployment.md).
 #
 #   docker build -t registry.example.com/recon-assets:$(git rev-parse --short HEAD) .

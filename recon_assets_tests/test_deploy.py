@@ -2,6 +2,7 @@
 real PostgreSQL: its storage, the run queue's limits, run monitoring and run retries are what
 docs/configuration.md says."""
 
+import importlib
 import pathlib
 import shutil
 
@@ -113,7 +114,8 @@ def _instance_names(values: dict, *keep: str) -> dict:
     return out
 
 
-def test_the_helm_values_render_the_deployment_instance_and_a_valid_k8s_run_launcher():
+def test_the_helm_values_render_the_deployment_instance_and_a_valid_k8s_run_launcher(
+        monkeypatch):
     """deploy/helm/values.yaml and deploy/dagster.yaml say the same about the queue, monitoring
     and retries (one set of numbers in two formats), and the K8sRunLauncher part is accepted by
     dagster-k8s's own config schema."""
@@ -131,14 +133,30 @@ def test_the_helm_values_render_the_deployment_instance_and_a_valid_k8s_run_laun
     assert values["postgresql"]["postgresqlScheme"] == instance["storage"]["custom"]["config"][
         "postgres_db"]["scheme"]
 
-    assert values["runLauncher"]["type"] == "K8sRunLauncher"
-    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
-    config = {"instance_config_map": "recon-dagster-instance",  # the chart's own ConfigMap
-              "run_k8s_config": _instance_names(launcher["runK8sConfig"])}
-    result = process_config(K8sRunLauncher.config_type(), config)
+    # The launcher: dagster-k8s's K8sRunLauncher as recon_assets.k8s_launcher's subclass (run
+    # monitoring of shard runs), its config accepted by dagster-k8s's own schema once the
+    # chart's environment variables are resolved.
+    assert values["runLauncher"]["type"] == "CustomRunLauncher"
+    custom = values["runLauncher"]["config"]["customRunLauncher"]
+    launcher_class = getattr(importlib.import_module(custom["module"]), custom["class"])
+    assert issubclass(launcher_class, K8sRunLauncher)
+    for name, value in (("DAGSTER_HOME", "/opt/dagster/dagster_home"),  # as the chart sets them
+                        ("DAGSTER_K8S_INSTANCE_CONFIG_MAP", "recon-dagster-instance"),
+                        ("DAGSTER_K8S_PG_PASSWORD_SECRET", "dagster-postgresql-secret"),
+                        ("DAGSTER_K8S_PIPELINE_RUN_ENV_CONFIGMAP", "recon-dagster-pipeline-env")):
+        monkeypatch.setenv(name, value)
+    result = process_config(launcher_class.config_type(), custom["config"])
     assert result.success, [error.message for error in result.errors]
-
+    assert {key: value for key, value in custom["config"].items() if isinstance(value, dict)
+            and "env" in value} == {  # the variables the chart's own K8sRunLauncher uses
+        "dagster_home": {"env": "DAGSTER_HOME"},
+        "instance_config_map": {"env": "DAGSTER_K8S_INSTANCE_CONFIG_MAP"},
+        "postgres_password_secret": {"env": "DAGSTER_K8S_PG_PASSWORD_SECRET"}}
+    # The daemon and the webserver import that class: they run the code-location image.
     (deployment,) = values["dagster-user-deployments"]["deployments"]
+    assert values["dagsterDaemon"]["image"] == values["dagsterWebserver"]["image"] == \
+        deployment["image"]
+
     assert deployment["dagsterApiGrpcArgs"] == ["--module-name", "recon_assets.definitions",
                                                 "--attribute", "defs"]
     assert [s["name"] for s in deployment["envSecrets"]] == ["recon-assets-secrets"]
