@@ -2,9 +2,9 @@
 -- CREATE OR REPLACE keeps a function's privileges but a DROP + CREATE (a changed signature)
 -- starts again from PostgreSQL's default (EXECUTE for PUBLIC).
 --
--- The handlers change money state, so PUBLIC may not call them (on Supabase neither may anon /
--- authenticated, to whom the default privileges of schema public would otherwise give EXECUTE
--- through the Data API). The owner (the role that migrates) keeps EXECUTE. Where Supabase's
+-- The handlers change money state and the reads return the reconciler's records, so PUBLIC may
+-- not call them (on Supabase neither may anon / authenticated, to whom the default privileges of
+-- schema public would otherwise give EXECUTE through the Data API). The owner (the role that migrates) keeps EXECUTE. Where Supabase's
 -- service_role exists (the role supabase-py's rpc() runs as with the service key), it gets
 -- EXECUTE; the functions are SECURITY INVOKER, so they run with the caller's privileges (the
 -- table grants they need are in migration 0005).
@@ -13,19 +13,14 @@ DECLARE
     fn text;
     r text;
 BEGIN
+    -- Every function of this project in schema public (the handlers, the recorders, and the
+    -- reads the store makes through rpc() on the Supabase path): named recon_*. Except
+    -- recon_profile_lock_key, a pure function of a profile id that the trading bots call to
+    -- take the same advisory lock.
     FOR fn IN
         SELECT p.oid::regprocedure::text FROM pg_catalog.pg_proc p
-         WHERE p.pronamespace = 'public'::regnamespace
-           AND p.proname IN ('recon_reconcile_entry_fill', 'recon_reconcile_exit_fill',
-                             'recon_reconcile_cancel', 'recon_recalculate_capital',
-                             'recon_begin_reconciling', 'recon_end_reconciling',
-                             'recon_record_refused_correction', 'recon_synthetic_exit',
-                             'recon_record_parity_checks', 'recon_resolve_quarantine',
-                             'recon_record_watchdog', 'recon_pause_profile',
-                             'recon_resume_profile', 'recon_auto_resume', 'recon_may_trade',
-                             'recon_exit_backfill', 'recon_record_backfill_decisions',
-                             'recon_review_backfill', 'recon_add_exit_fill_hint',
-                             'recon_take_exchange_weight', 'recon_note_exchange_weight')
+         WHERE p.pronamespace = 'public'::regnamespace AND p.prokind = 'f'
+           AND p.proname LIKE 'recon\_%' AND p.proname <> 'recon_profile_lock_key'
     LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
         FOREACH r IN ARRAY ARRAY['anon', 'authenticated'] LOOP
