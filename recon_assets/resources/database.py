@@ -6,6 +6,7 @@ and the reconciliation lock is an advisory lock. The DSN carries a password, so 
 """
 
 
+import datetime as dt
 import json
 import os
 import re
@@ -177,6 +178,14 @@ class TradingStore(Protocol):
     def call(self, function: str, params: dict[str, Any] | None = None) -> Any:
         """Call the SQL function `public.<function>` with named arguments, shaped as PostgREST
         shapes an rpc() result: a list for a set-returning function, else the single value."""
+
+
+def as_datetime(value: Any) -> dt.datetime | None:
+    """A timestamp as `call()` returns it (JSON: PostgreSQL's ISO text, on both backends) back
+    as an aware datetime; None and datetimes pass through."""
+    if value is None or isinstance(value, dt.datetime):
+        return value
+    return dt.datetime.fromisoformat(value)
 
 
 def _sql_argument(value: Any) -> str | None:

@@ -1,0 +1,149 @@
+"""ReconStore answers the same over both backends (issue 17): `PostgresStore` (psycopg) and
+`SupabaseStore` (supabase-py over HTTP to the PostgREST stand-in, on the same real PostgreSQL;
+PostgREST itself cannot be installed here, see recon_assets_tests/harness/postgrest_standin.py).
+Every ReconStore method is one SQL function called through `call()`; this seeds one history with
+the recording functions and reads it back through each backend, with the Python types the
+callers rely on."""
+
+import datetime as dt
+
+import psycopg
+import pytest
+
+from recon_assets.core.escalation import MISMATCH_IDENTITY
+from recon_assets.resources.database import PostgresStore
+from recon_assets.resources.recon_store import ESCALATION_COLUMNS, ReconStore
+from recon_assets.resources.supabase_store import SupabaseStore
+from recon_assets_tests.harness.postgrest_standin import PostgrestStandIn
+
+pytestmark = pytest.mark.integration
+
+SERVICE_KEY = "test-service-role-key-recon-store"
+KINDS = ("missing_from_exchange", "status_drift")
+
+
+def _seed(dsn: str) -> None:
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "INSERT INTO profiles (id, exchange_account, sub_tag, allocated_capital_usd) VALUES "
+            "('alpha', 'acct1', 'ALP', 10000), ('beta', 'acct1', 'BET', 5000)")
+        conn.execute(
+            "INSERT INTO orders (profile_id, trade_id, intent, symbol, side, client_order_id,"
+            " exchange_order_id, status, qty, filled_qty, price) VALUES "
+            "('alpha', 't1', 'ENTRY', 'BTC/USDT:USDT', 'buy', 'rc.ALP.t1.E1', '9001', 'open',"
+            " 2, 0.5, 100.25)")
+    store = ReconStore(PostgresStore(dsn=dsn))
+    store.record_cycle("c1", "acct1", "2026-12-01T00:00:00+00:00", [
+        {"kind": "missing_from_exchange", "profile_id": "alpha", "symbol": "BTC/USDT:USDT",
+         "client_order_id": "rc.ALP.t1.E1", "exchange_order_id": "9001", "trade_id": "t1",
+         "notional_usd": "150.375"},
+        {"kind": "qty_drift", "profile_id": "beta", "symbol": "ETH/USDT:USDT"}], {})
+    store.record_cycle("c0", "acct1", "2026-11-30T23:59:00+00:00", [], {})
+    store.record_failed_cycle("c2", "acct2", "the exchange timed out")
+    store.record_lock_contention("alpha", "c1", 250, "reconciliation_lock", None)
+    store.record_alert("k1", "persistent_mismatch", "acct1", "alpha", "drift on alpha",
+                       {"cycles": 3}, "pending")
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SELECT public.recon_begin_reconciling('alpha', 'run-1')")
+
+
+@pytest.fixture
+def backends(pg_dsn):
+    _seed(pg_dsn)
+    with PostgrestStandIn(pg_dsn, SERVICE_KEY) as standin:
+        yield {"postgres": ReconStore(PostgresStore(dsn=pg_dsn)),
+               "supabase": ReconStore(SupabaseStore(url=standin.url, service_key=SERVICE_KEY))}
+
+
+def _reads(store: ReconStore) -> dict:
+    history = store.escalation_history(runs=5)
+    return {
+        "created_at": store.created_at(),
+        "latest": store.latest_succeeded_cycle("acct1"),
+        "latest_c0": store.latest_succeeded_cycle("acct1", "c0"),
+        "latest_none": store.latest_succeeded_cycle("acct9"),
+        "actionable": store.actionable_mismatches("c1", "alpha", KINDS),
+        "profiles": store.profiles_with_mismatches("c1", "acct1", ("missing_from_exchange",
+                                                                   "qty_drift")),
+        "succeeded": (store.cycle_succeeded("c1", "acct1"), store.cycle_succeeded("c2", "acct2")),
+        "parity_state": store.parity_state("acct1", "c1"),
+        "parity_history": store.parity_history([("alpha", "t1", 1)]),
+        "parity_decisions": store.parity_decisions("c1", "alpha", "GO"),
+        "parity_profiles": store.profiles_with_parity_decision("c1", "acct1", "GO"),
+        "sessions": store.reconciling_sessions("acct1"),
+        "owner": store.reconciling_owner("alpha"),
+        "no_owner": store.reconciling_owner("beta"),
+        "history": {name: frame.to_dict("records") for name, frame in history.items()},
+        "history_columns": {name: list(frame.columns) for name, frame in history.items()},
+        "alerts": store.alerts_to_deliver(),
+    }
+
+
+def _without_clock(reads: dict) -> dict:
+    """The reads less what the database clock makes differ between two reads (ages, now)."""
+    out = dict(reads)
+    out["latest"] = {k: v for k, v in reads["latest"].items() if k != "age_s"}
+    out["latest_c0"] = {k: v for k, v in reads["latest_c0"].items() if k != "age_s"}
+    out["sessions"] = [{k: v for k, v in r.items() if k != "age_s"} for r in reads["sessions"]]
+    out["owner"] = {k: v for k, v in reads["owner"].items() if k != "age_s"}
+    out["alerts"] = [{k: v for k, v in r.items() if k != "now"} for r in reads["alerts"]]
+    return out
+
+
+def test_every_read_is_the_same_over_psycopg_and_over_the_data_api(backends):
+    over_postgres = _reads(backends["postgres"])
+    over_supabase = _reads(backends["supabase"])
+    assert _without_clock(over_postgres) == _without_clock(over_supabase)
+
+    reads = over_postgres
+    assert isinstance(reads["created_at"], dt.datetime) and reads["created_at"].tzinfo
+    assert reads["latest"]["cycle_id"] == "c0"  # the later of the two succeeded cycles
+    assert isinstance(reads["latest"]["finished_at"], dt.datetime)
+    assert reads["latest"]["age_s"] >= 0
+    assert reads["latest_c0"]["cycle_id"] == "c0" and reads["latest_none"] is None
+    (mismatch,) = reads["actionable"]
+    assert (mismatch["client_order_id"], mismatch["qty"], mismatch["filled_qty"],
+            mismatch["price"]) == ("rc.ALP.t1.E1", "2", "0.5", "100.25")  # exact text
+    assert reads["profiles"] == ["alpha", "beta"]
+    assert reads["succeeded"] == (True, False)
+    assert reads["parity_state"] == {"streaks": {}, "quarantined": frozenset(),
+                                     "approved": frozenset(), "backfill_go": frozenset()}
+    assert reads["parity_history"] == [] and reads["parity_decisions"] == []
+    (session,) = reads["sessions"]
+    assert (session["profile_id"], session["owner"]) == ("alpha", "run-1")
+    assert isinstance(session["started_at"], dt.datetime)
+    assert reads["owner"]["owner"] == "run-1" and reads["no_owner"] is None
+    (alert,) = reads["alerts"]
+    assert (alert["dedup_key"], alert["details"], alert["attempts"]) == ("k1", {"cycles": 3}, 0)
+    assert isinstance(alert["now"], dt.datetime)
+
+
+def test_escalation_history_has_the_columns_the_rules_read(backends):
+    frames = backends["supabase"].escalation_history(runs=5)
+    assert {name: list(f.columns) for name, f in frames.items()} == ESCALATION_COLUMNS
+    assert ESCALATION_COLUMNS["mismatches"] == ["cycle_id", *MISMATCH_IDENTITY, "notional_usd"]
+    assert sorted(frames["cycles"]["cycle_id"]) == ["c0", "c1"]
+    assert str(frames["cycles"]["finished_at"].dtype).startswith("datetime64")
+    found = frames["mismatches"].set_index("kind")
+    assert found.loc["missing_from_exchange", "notional_usd"] == pytest.approx(150.375)
+    assert found.loc["missing_from_exchange", "client_order_id"] == "rc.ALP.t1.E1"
+    assert list(frames["failed"]["cycle_id"]) == ["c2"]
+    assert list(frames["contention"]["waited_ms"]) == [250]
+    assert list(frames["clean"]["cycle_id"]) == ["c0"]
+
+
+def test_the_records_are_written_over_the_data_api(backends, pg_dsn):
+    store = backends["supabase"]
+    new_id = store.record_alert("k2", "lock_contention", "acct1", None, "waits", {}, "pending")
+    assert isinstance(new_id, int)
+    assert store.record_alert("k2", "lock_contention", "acct1", None, "waits", {}, "pending") \
+        is None  # recorded once by its dedup key
+    later = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
+    store.record_delivery_attempt(new_id, "pending", "HTTP 503", later)
+    store.record_lock_contention("beta", "c1", 10_000, "row_lock", "beta")
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT attempts, delivery_error, next_attempt_at FROM recon.alerts "
+                            "WHERE id = %s", (new_id,)).fetchone() == (1, "HTTP 503", later)
+        assert conn.execute("SELECT count(*) FROM recon.lock_contention").fetchone()[0] == 2
+    assert [a["dedup_key"] for a in store.alerts_to_deliver([new_id])] == ["k2"]
+    assert [a["dedup_key"] for a in store.alerts_to_deliver()] == ["k1"]  # k2 is not due
