@@ -2,10 +2,12 @@
 
 Local-filesystem pickles do not survive a multi-machine deployment; this stores DataFrames as
 parquet bytes in the same Postgres, keyed by asset and partition, so any run on any machine reads
-the same snapshot.
+the same snapshot. Through two SQL functions (`recon_store_asset_value`, `recon_asset_value`), so
+it works over either backend of the trading database; the bytes travel as base64.
 """
 
 
+import base64
 import io
 
 import dagster as dg
@@ -35,13 +37,9 @@ class PostgresFrameIOManager(dg.ConfigurableIOManager):
         buffer = io.BytesIO()
         obj.to_parquet(buffer, index=False)
         asset_key, partition = self._keys(context)
-        with self.database.connect() as conn:
-            conn.execute(
-                """INSERT INTO recon.asset_values (asset_key, partition_key, run_id, payload)
-                   VALUES (%s, %s, %s, %s)
-                   ON CONFLICT (asset_key, partition_key) DO UPDATE
-                   SET run_id = EXCLUDED.run_id, payload = EXCLUDED.payload, stored_at = now()""",
-                (asset_key, partition, context.run_id, buffer.getvalue()))
+        self.database.call("recon_store_asset_value", {
+            "p_asset_key": asset_key, "p_partition_key": partition, "p_run_id": context.run_id,
+            "p_payload_base64": base64.b64encode(buffer.getvalue()).decode("ascii")})
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
         asset_key, partition = self._keys(context)
@@ -54,8 +52,6 @@ class PostgresFrameIOManager(dg.ConfigurableIOManager):
 
 def load_stored_frame(database: PostgresStore, asset_key: str, partition: str = "") -> pd.DataFrame | None:
     """The latest stored value of an asset partition, or None if it was never materialized."""
-    with database.connect() as conn:
-        row = conn.execute(
-            "SELECT payload FROM recon.asset_values WHERE asset_key = %s AND partition_key = %s",
-            (asset_key, partition)).fetchone()
-    return None if row is None else pd.read_parquet(io.BytesIO(row["payload"]))
+    payload = database.call("recon_asset_value", {"p_asset_key": asset_key,
+                                                  "p_partition_key": partition})
+    return None if payload is None else pd.read_parquet(io.BytesIO(base64.b64decode(payload)))
