@@ -14,7 +14,7 @@ import threading
 import time
 from contextlib import contextmanager
 from collections.abc import Iterator
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 from urllib.parse import urlsplit
 
 import dagster as dg
@@ -164,20 +164,25 @@ def idle_connections() -> int:
     return len(_IDLE)
 
 
-@runtime_checkable
-class TradingStore(Protocol):
-    """What callers use of the trading database, whichever backend reaches it: `PostgresStore`
-    (psycopg, primary) or `SupabaseStore` (supabase-py through PostgREST, in supabase_store.py)."""
+class TradingStore(dg.ConfigurableResource):
+    """What the code location uses of the trading database, whichever backend reaches it:
+    `PostgresStore` (psycopg; Supabase's direct connection or session pooler) or `SupabaseStore`
+    (supabase-py through the Data API, in supabase_store.py). Every read and write the stores of
+    resources/ make is one SQL function called through `call`, so both answer the same; the
+    code location picks one from its configuration (`definitions.trading_database`)."""
 
     def describe(self) -> str:
         """Where the store points, without any secret (for logs and metadata)."""
+        raise NotImplementedError
 
     def snapshot_account(self, account: str) -> dict:
         """The JSON of `recon_snapshot_account(account)`; raises rather than return a partial one."""
+        raise NotImplementedError
 
     def call(self, function: str, params: dict[str, Any] | None = None) -> Any:
         """Call the SQL function `public.<function>` with named arguments, shaped as PostgREST
         shapes an rpc() result: a list for a set-returning function, else the single value."""
+        raise NotImplementedError
 
 
 def as_datetime(value: Any) -> dt.datetime | None:
@@ -201,7 +206,7 @@ def _sql_argument(value: Any) -> str | None:
     return str(value)
 
 
-class PostgresStore(dg.ConfigurableResource):
+class PostgresStore(TradingStore):
     """The trading database (Supabase Postgres) over psycopg 3."""
 
     dsn: str = Field(description="Postgres URL; set it through EnvVar('RECON_DATABASE_URL').")

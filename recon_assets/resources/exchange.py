@@ -49,7 +49,7 @@ from recon_assets.resources.binance_usdm import (CONDITIONAL_CLIENT_ID, CONDITIO
 from recon_assets.resources.exchange_errors import (ExchangeBudgetSpent, ExchangeCredentialsError,
                                                     ExchangeFetchError, ExchangePayloadError,
                                                     ExchangeUnknownMarket)
-from recon_assets.resources.weight_budget import (LocalWeightBudget, PostgresWeightBudget,
+from recon_assets.resources.weight_budget import (LocalWeightBudget, SharedWeightBudget,
                                                   WeightBudgetSpent)
 
 # Re-exported: callers import the errors and the payload check from here.
@@ -758,11 +758,11 @@ class ExchangeResource(dg.ConfigurableResource):
         return name if isinstance(name, str) and name else "default"
 
     def weight_budget(self, account: str, database=None):
-        """The account's egress budget: shared through Postgres when `database` (a
-        PostgresStore) is given, else by the sessions of this process only."""
+        """The account's egress budget: shared through the trading database when `database` (a
+        TradingStore, either backend) is given, else by the sessions of this process only."""
         egress = self.egress(account)
-        if database is not None and hasattr(database, "dsn"):
-            return PostgresWeightBudget(database, egress, self.weight_limit_per_minute)
+        if database is not None:
+            return SharedWeightBudget(database, egress, self.weight_limit_per_minute)
         with _MARKETS_LOCK:
             key = (self.exchange_id, self.api_base_url or "", egress)
             budget = _LOCAL_BUDGETS.get(key)

@@ -1,7 +1,7 @@
 """The trading database through supabase-py: Supabase's Data API (PostgREST), for deployments
 that hold only a project URL and a service key.
 
-It offers what callers use of `PostgresStore` (the `TradingStore` protocol in database.py):
+It offers what callers use of `PostgresStore` (the `TradingStore` base class in database.py):
 - `snapshot_account(account)` calls `rpc('recon_snapshot_account', {'p_account': account})`, the
   same SQL function (db/functions/public.recon_snapshot_account.sql) `PostgresStore` runs with SELECT, so both backends see the
   same snapshot, read in one statement;
@@ -30,6 +30,8 @@ from postgrest.exceptions import APIError
 from pydantic import Field
 from supabase import ClientOptions, create_client
 
+from recon_assets.resources.database import TradingStore
+
 SNAPSHOT_PARTS = ("profiles", "orders", "positions", "trade_slices")
 
 
@@ -41,14 +43,14 @@ class SupabaseUnavailableError(SupabaseStoreError, ConnectionError):
     """The Data API could not be reached (connection refused or dropped, timeout)."""
 
 
-class SupabaseStore(dg.ConfigurableResource):
+class SupabaseStore(TradingStore):
     """The trading database (Supabase) through supabase-py and PostgREST's rpc()."""
 
     url: str = Field(description="Supabase project URL, e.g. https://<ref>.supabase.co; set it "
-                                 "through EnvVar('SUPABASE_URL').")
+                                 "through EnvVar('RECON_SUPABASE_URL').")
     service_key: str = Field(repr=False,
                              description="Supabase service-role key; set it through "
-                                         "EnvVar('SUPABASE_SERVICE_KEY'). Never logged.")
+                                         "EnvVar('RECON_SUPABASE_SERVICE_ROLE_KEY'). Never logged.")
     schema_name: str = Field(default="public", description="Schema the SQL functions live in; "
                                                            "must be exposed by the Data API.")
     timeout_s: float = Field(default=30.0, description="HTTP timeout of one rpc() call, seconds.")
@@ -120,7 +122,7 @@ class SupabaseStore(dg.ConfigurableResource):
         hint = f" (hint: {self._scrub(str(exc.hint))})" if exc.hint else ""
         if status in (401, 403):
             return (f"{where}: the Data API refused the service key (HTTP {status}{code}: "
-                    f"{message}){hint}; check SUPABASE_SERVICE_KEY")
+                    f"{message}){hint}; check RECON_SUPABASE_SERVICE_ROLE_KEY")
         return f"{where} failed (HTTP {status}{code}): {message}{hint}"
 
     def call(self, function: str, params: dict[str, Any] | None = None) -> Any:

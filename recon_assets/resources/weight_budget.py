@@ -4,21 +4,17 @@ reads through one egress (`recon.exchange_weight_budget`, charged and noted by t
 request its documented weight (core.request_weights) before sending it, and notes what the
 exchange answers: its used-weight header, a Retry-After (429), a ban (418).
 
-Over the same connection, what every run reads from the exchange alike (migration 0015): the
+Through the same store, what every run reads from the exchange alike (migration 0015): the
 exchange's clock as measured from this host (`recon.exchange_clock`) and the markets
-(`recon.exchange_markets`); one read serves every run while it is fresh."""
+(`recon.exchange_markets`); one read serves every run while it is fresh. Every access is a SQL
+function called through the store's `call`, so it works over either backend."""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import threading
 import time
 
-import psycopg
-from psycopg.types.json import Jsonb
-
-from recon_assets.resources.database import open_connection
 
 
 class WeightBudgetSpent(RuntimeError):
@@ -36,32 +32,17 @@ class WeightBudgetSpent(RuntimeError):
         return max(0.0, self.until.timestamp() - (time.time() if now is None else now))
 
 
-class PostgresWeightBudget:
-    """One egress's budget in Postgres (`database`: a PostgresStore), over one connection
-    held for the session (`close` ends it)."""
+class SharedWeightBudget:
+    """One egress's budget in the trading database (`database`: a TradingStore, either backend),
+    through its SQL functions."""
 
     def __init__(self, database, egress: str, limit: int):
         self.database, self.egress, self.limit = database, egress, limit
-        self._conn = None
-
-    def _call(self, sql: str, params: tuple):
-        for attempt in (1, 2):
-            if self._conn is None or self._conn.closed:
-                self._conn = open_connection(  # errors never echo the DSN
-                    self.database.dsn, autocommit=True,
-                    connect_timeout=self.database.connect_timeout_s,
-                    application_name="recon-assets-weight-budget")
-            try:
-                return self._conn.execute(sql, params).fetchone()
-            except psycopg.OperationalError:
-                self.close()  # a dropped connection: once more on a new one
-                if attempt == 2:
-                    raise
 
     def take(self, weight: int) -> int:
         """Charge `weight`; the weight used this minute, or WeightBudgetSpent."""
-        (answer,) = self._call("SELECT public.recon_take_exchange_weight(%s, %s::integer, %s::integer)",
-                               (self.egress, weight, self.limit))
+        answer = self.database.call("recon_take_exchange_weight", {
+            "p_egress": self.egress, "p_weight": int(weight), "p_limit": int(self.limit)})
         if answer["granted"]:
             return int(answer["used"])
         raise WeightBudgetSpent(self.egress, answer["reason"],
@@ -69,39 +50,30 @@ class PostgresWeightBudget:
 
     def note(self, used: int | None = None, retry_after_s: float | None = None,
              banned_s: float | None = None) -> None:
-        self._call("SELECT public.recon_note_exchange_weight(%s, %s::integer, %s::numeric, %s::numeric)",
-                   (self.egress, used, retry_after_s, banned_s))
+        self.database.call("recon_note_exchange_weight", {
+            "p_egress": self.egress, "p_used": used, "p_retry_after_s": retry_after_s,
+            "p_banned_s": banned_s})
 
     def shared_clock_offset(self, host: str, exchange: str, max_age_s: float) -> int | None:
         """The offset measured from `host` within `max_age_s`, or None."""
-        row = self._call("SELECT offset_ms FROM recon.exchange_clock WHERE host = %s AND "
-                         "exchange = %s AND measured_at > now() - make_interval(secs => %s)",
-                         (host, exchange, float(max_age_s)))
-        return int(row[0]) if row else None
+        offset = self.database.call("recon_shared_clock_offset", {
+            "p_host": host, "p_exchange": exchange, "p_max_age_s": float(max_age_s)})
+        return None if offset is None else int(offset)
 
     def share_clock_offset(self, host: str, exchange: str, offset_ms: int) -> None:
-        self._call("INSERT INTO recon.exchange_clock (host, exchange, offset_ms, measured_at) "
-                   "VALUES (%s, %s, %s, now()) ON CONFLICT (host, exchange) DO UPDATE SET "
-                   "offset_ms = EXCLUDED.offset_ms, measured_at = EXCLUDED.measured_at "
-                   "RETURNING offset_ms", (host, exchange, int(offset_ms)))
+        self.database.call("recon_share_clock_offset", {
+            "p_host": host, "p_exchange": exchange, "p_offset_ms": int(offset_ms)})
 
     def shared_markets(self, exchange: str, max_age_s: float) -> list | None:
         """The markets (ccxt's parsed list) loaded by any run within `max_age_s`, or None."""
-        row = self._call("SELECT markets FROM recon.exchange_markets WHERE exchange = %s AND "
-                         "loaded_at > now() - make_interval(secs => %s)",
-                         (exchange, float(max_age_s)))
-        return row[0] if row else None
+        return self.database.call("recon_shared_markets", {
+            "p_exchange": exchange, "p_max_age_s": float(max_age_s)})
 
     def share_markets(self, exchange: str, markets: list) -> None:
-        self._call("INSERT INTO recon.exchange_markets (exchange, markets, loaded_at) "
-                   "VALUES (%s, %s, now()) ON CONFLICT (exchange) DO UPDATE SET "
-                   "markets = EXCLUDED.markets, loaded_at = EXCLUDED.loaded_at RETURNING exchange",
-                   (exchange, Jsonb(markets)))
+        self.database.call("recon_share_markets", {"p_exchange": exchange, "p_markets": markets})
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-        self._conn = None
+        """Nothing to release: the store keeps (or does not keep) its own connections."""
 
 
 class LocalWeightBudget:

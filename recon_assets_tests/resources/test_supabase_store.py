@@ -215,7 +215,7 @@ def test_a_wrong_service_key_is_a_clear_error_that_never_echoes_a_key(standin):
         store.snapshot_account("acct1")
     error = caught.value
     assert "refused the service key (HTTP 401: Invalid API key)" in str(error)
-    assert "SUPABASE_SERVICE_KEY" in str(error)
+    assert "RECON_SUPABASE_SERVICE_ROLE_KEY" in str(error)
     for text in (str(error), repr(error), repr(store), str(store), store.describe()):
         assert wrong_key not in text and SERVICE_KEY not in text
     assert error.__cause__ is None and error.__context__ is None
@@ -258,8 +258,8 @@ def test_a_malformed_snapshot_is_rejected(seeded_dsn, standin):
 
 def test_inside_dagster_the_key_comes_from_envvar_and_stays_out_of_events(
         monkeypatch, standin):
-    monkeypatch.setenv("SUPABASE_URL", standin.url)
-    monkeypatch.setenv("SUPABASE_SERVICE_KEY", SERVICE_KEY)
+    monkeypatch.setenv("RECON_SUPABASE_URL", standin.url)
+    monkeypatch.setenv("RECON_SUPABASE_SERVICE_ROLE_KEY", SERVICE_KEY)
 
     @dg.asset
     def profile_count(context: dg.AssetExecutionContext, database: SupabaseStore) -> dg.Output:
@@ -267,7 +267,7 @@ def test_inside_dagster_the_key_comes_from_envvar_and_stays_out_of_events(
         context.log.info(f"read {database.describe()} ({database!r})")
         return dg.Output(len(snapshot["profiles"]), metadata={"source": database.describe()})
 
-    store = SupabaseStore(url=dg.EnvVar("SUPABASE_URL"), service_key=dg.EnvVar("SUPABASE_SERVICE_KEY"))
+    store = SupabaseStore(url=dg.EnvVar("RECON_SUPABASE_URL"), service_key=dg.EnvVar("RECON_SUPABASE_SERVICE_ROLE_KEY"))
     with dg.instance_for_test() as instance:
         result = dg.materialize([profile_count], resources={"database": store}, instance=instance)
         assert result.success
