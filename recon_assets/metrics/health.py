@@ -1,8 +1,9 @@
 """The runbook's health numbers, computed from the state persisted in the database.
 
-Everything here is read from Postgres on each request (nothing is kept in memory), so the numbers
-survive a restart of the metrics server and agree across replicas. One read-only REPEATABLE READ
-transaction per request, so every number of one answer comes from the same moment.
+Everything here is read from the database on each request (nothing is kept in memory), so the
+numbers survive a restart of the metrics server and agree across replicas. One call of the SQL
+function `recon_health_state` per request (one statement, so one snapshot: every number of one
+answer comes from the same moment), through either backend of the trading database.
 
 Which accounts count ("watched accounts"): the exchange accounts named in `profiles`; an account
 whose profiles are gone stops counting. If `profiles` is empty, every account in `recon.cycles`.
@@ -54,13 +55,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 
 from recon_assets.core.rules import (ALERT_GIVEN_UP, ALERT_PENDING, APPLIED, CYCLE_FAILED,
                                      CYCLE_SUCCEEDED, MISSING_FROM_EXCHANGE, MISSING_IN_DB, PAUSED,
                                      SYNTHETIC_EXIT, WATCHDOG_PAUSE_SOURCE)
-from recon_assets.resources.database import (DatabaseUnavailable, connection_failure,
-                                             open_connection, redact_dsn)
+from recon_assets.resources.database import (DatabaseUnavailable, PostgresStore, TradingStore,
+                                             as_datetime, connection_failure)
+from recon_assets.resources.supabase_store import SupabaseStoreError
 
 # The runbook's /internal/health fields, in the runbook's order.
 RUNBOOK_FIELDS = (
@@ -97,114 +98,9 @@ class ReconState:
     alerts: list[dict] = field(default_factory=list)
 
 
-_ACCOUNTS_SQL = f"""
-WITH prof AS (SELECT DISTINCT exchange_account FROM public.profiles),
-watched AS (
-    SELECT exchange_account FROM prof
-    UNION
-    SELECT DISTINCT exchange_account FROM recon.cycles WHERE NOT EXISTS (SELECT 1 FROM prof)
-),
-last_finished AS (
-    SELECT DISTINCT ON (c.exchange_account) c.exchange_account, c.cycle_id, c.status,
-           c.finished_at, c.error
-    FROM recon.cycles c JOIN watched USING (exchange_account)
-    WHERE c.status IN ('{CYCLE_SUCCEEDED}', '{CYCLE_FAILED}')
-    ORDER BY c.exchange_account, c.finished_at DESC NULLS LAST, c.started_at DESC
-),
-last_success AS (
-    SELECT DISTINCT ON (c.exchange_account) c.exchange_account, c.cycle_id, c.finished_at
-    FROM recon.cycles c JOIN watched USING (exchange_account)
-    WHERE c.status = '{CYCLE_SUCCEEDED}'
-    ORDER BY c.exchange_account, c.finished_at DESC NULLS LAST, c.started_at DESC
-)
-SELECT w.exchange_account AS account,
-       lf.cycle_id AS last_cycle_id, lf.status AS last_status, lf.finished_at AS last_finished_at,
-       ls.cycle_id AS success_cycle_id, ls.finished_at AS success_finished_at,
-       EXTRACT(EPOCH FROM (now() - ls.finished_at))::float8 AS success_age_s,
-       COALESCE(m.mismatches, 0) AS mismatches,
-       COALESCE(m.missing_from_exchange, 0) AS missing_from_exchange,
-       COALESCE(m.missing_in_db, 0) AS missing_in_db,
-       COALESCE(g.ghost_trades, 0) AS ghost_trades,
-       COALESCE(g.ghost_max_usd, 0)::float8 AS ghost_max_usd,
-       COALESCE(g.ghost_total_usd, 0)::float8 AS ghost_total_usd
-FROM watched w
-LEFT JOIN last_finished lf USING (exchange_account)
-LEFT JOIN last_success ls USING (exchange_account)
-LEFT JOIN LATERAL (
-    SELECT count(*) AS mismatches,
-           count(*) FILTER (WHERE kind = '{MISSING_FROM_EXCHANGE}') AS missing_from_exchange,
-           count(*) FILTER (WHERE kind = '{MISSING_IN_DB}') AS missing_in_db
-    FROM recon.mismatches mm
-    WHERE mm.cycle_id = ls.cycle_id AND mm.exchange_account = ls.exchange_account
-) m ON true
--- The parity heartbeat's ghosts of that same cycle (none while the heartbeat is off).
-LEFT JOIN LATERAL (
-    SELECT count(DISTINCT (profile_id, trade_id)) AS ghost_trades,
-           max(mismatch_notional_usd) AS ghost_max_usd,
-           sum(mismatch_notional_usd) AS ghost_total_usd
-    FROM recon.parity_checks pc
-    WHERE pc.cycle_id = ls.cycle_id AND pc.exchange_account = ls.exchange_account AND pc.ghost
-) g ON true
-ORDER BY w.exchange_account
-"""
-
-_GLOBAL_SQL = f"""
-SELECT now() AS checked_at,
-       (SELECT count(*) FROM recon.quarantine WHERE released_at IS NULL) AS quarantined,
-       (SELECT count(*) FROM recon.corrections
-         WHERE handler = '{SYNTHETIC_EXIT}' AND outcome = '{APPLIED}' AND NOT dry_run)
-           AS auto_closed,
-       EXISTS (SELECT 1 FROM public.profiles
-                WHERE trading_state = '{PAUSED}' AND pause_source = '{WATCHDOG_PAUSE_SOURCE}')
-           AS watchdog
-"""
-
-_PROFILES_SQL = f"""
-SELECT p.id, p.exchange_account, p.trading_state, p.pause_source, p.paused_at,
-       p.last_auto_resume_at, w.mismatch_notional_usd::float8 AS notional,
-       w.threshold_usd::float8 AS threshold, w.resume_held_back_by, w.resume_earliest_at,
-       p.trading_state = '{PAUSED}' AND p.pause_source = '{WATCHDOG_PAUSE_SOURCE}' AS triggered
-FROM public.profiles p LEFT JOIN recon.watchdog_state w ON w.profile_id = p.id
-ORDER BY p.exchange_account, p.id
-"""
-
-# The findings of each account's latest succeeded cycle, per profile (none for account-level
-# findings such as foreign orders or position drift) and kind, with the notional at stake.
-_BREAKDOWN_SQL = f"""
-WITH last_success AS (
-    SELECT DISTINCT ON (exchange_account) exchange_account, cycle_id
-    FROM recon.cycles WHERE status = '{CYCLE_SUCCEEDED}'
-    ORDER BY exchange_account, finished_at DESC NULLS LAST, started_at DESC
-)
-SELECT m.exchange_account AS account, m.profile_id, m.kind, count(*) AS findings,
-       round(COALESCE(sum(m.notional_usd), 0), 2)::float8 AS notional_usd
-FROM recon.mismatches m JOIN last_success ls
-  ON ls.cycle_id = m.cycle_id AND ls.exchange_account = m.exchange_account
-GROUP BY m.exchange_account, m.profile_id, m.kind
-ORDER BY 1, 2 NULLS FIRST, 3
-"""
-
-# Alerts per account and profile: raised in the last day, and not delivered (still retrying, or
-# given up); and per reason, all time (the Prometheus counter).
-_ALERTS_SQL = f"""
-SELECT exchange_account AS account, profile_id, reason,
-       count(*) AS raised,
-       count(*) FILTER (WHERE raised_at > now() - interval '1 day') AS last_day,
-       count(*) FILTER (WHERE delivery_status IN ('{ALERT_PENDING}', '{ALERT_GIVEN_UP}'))
-           AS undelivered
-FROM recon.alerts GROUP BY 1, 2, 3 ORDER BY 1 NULLS FIRST, 2 NULLS FIRST, 3
-"""
-
-_CUMULATIVE_SQL = f"""
-SELECT count(*) AS mismatch,
-       count(*) FILTER (WHERE kind = '{MISSING_FROM_EXCHANGE}') AS missing_from_exchange,
-       count(*) FILTER (WHERE kind = '{MISSING_IN_DB}') AS missing_in_db,
-       (SELECT count(*) FROM recon.lock_contention) AS lock_contention
-FROM recon.mismatches
-"""
-
-
-def _iso(value: datetime | None) -> str | None:
+def _iso(value: datetime | str | None) -> str | None:
+    """A timestamp (a datetime, or the ISO text it travels as in JSON) in ISO-8601, UTC."""
+    value = as_datetime(value)
     return value.astimezone(timezone.utc).isoformat() if value is not None else None
 
 
@@ -251,16 +147,21 @@ def _profile_gate(row: dict) -> dict[str, Any]:
     }
 
 
-def read_state(conn: psycopg.Connection, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> ReconState:
-    """The health fields and the cumulative counters, read through `conn` (dict rows, inside the
-    caller's transaction)."""
-    accounts = [_account_health(row, stale_after_s)
-                for row in conn.execute(_ACCOUNTS_SQL).fetchall()]
-    glob = conn.execute(_GLOBAL_SQL).fetchone()
-    profiles = [_profile_gate(row) for row in conn.execute(_PROFILES_SQL).fetchall()]
-    cumulative = conn.execute(_CUMULATIVE_SQL).fetchone()
-    breakdown = conn.execute(_BREAKDOWN_SQL).fetchall()
-    alerts = conn.execute(_ALERTS_SQL).fetchall()
+def read_state(store: TradingStore, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> ReconState:
+    """The health fields and the cumulative counters, from one call of `recon_health_state` (one
+    statement, so one snapshot) through `store`, either backend."""
+    parts = store.call("recon_health_state", {
+        "p_succeeded": CYCLE_SUCCEEDED, "p_failed": CYCLE_FAILED,
+        "p_missing_from_exchange": MISSING_FROM_EXCHANGE, "p_missing_in_db": MISSING_IN_DB,
+        "p_synthetic_exit": SYNTHETIC_EXIT, "p_applied": APPLIED, "p_paused": PAUSED,
+        "p_watchdog_source": WATCHDOG_PAUSE_SOURCE, "p_alert_pending": ALERT_PENDING,
+        "p_alert_given_up": ALERT_GIVEN_UP})
+    accounts = [_account_health(row, stale_after_s) for row in parts["accounts"]]
+    glob = parts["global"]
+    profiles = [_profile_gate(row) for row in parts["profiles"]]
+    cumulative = parts["cumulative"]
+    breakdown = parts["breakdown"]
+    alerts = parts["alerts"]
     for holder, key in [(a, ("account", a["account"], None)) for a in accounts] + \
             [(p, ("profile", p["account"], p["profileId"])) for p in profiles]:
         _attach_breakdown(holder, key, breakdown, alerts)
@@ -314,23 +215,24 @@ def _attach_breakdown(holder: dict, key: tuple, breakdown: list[dict], alerts: l
     holder["alertsUndelivered"] = sum(int(r["undelivered"]) for r in raised)
 
 
-def load_state(dsn: str, stale_after_s: float = DEFAULT_STALE_AFTER_S,
+def load_state(source: "str | TradingStore", stale_after_s: float = DEFAULT_STALE_AFTER_S,
                connect_timeout_s: int = 5, statement_timeout_ms: int = 10_000) -> ReconState:
-    """Read the state in one read-only REPEATABLE READ transaction; raises `HealthUnavailable`
-    (never with the DSN's user or password) when the database cannot be read."""
+    """Read the state through `source`: a trading-database store (either backend), or a
+    Postgres DSN (a `PostgresStore` with the health server's short timeouts). Raises
+    `HealthUnavailable` (never with a password, user or key) when it cannot be read."""
+    store = source if isinstance(source, TradingStore) else PostgresStore(
+        dsn=source, connect_timeout_s=connect_timeout_s,
+        statement_timeout_ms=statement_timeout_ms)
     try:
-        with open_connection(dsn, row_factory=dict_row, connect_timeout=connect_timeout_s,
-                             application_name="recon-health",
-                             options=f"-c statement_timeout={statement_timeout_ms}") as conn:
-            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            conn.read_only = True
-            return read_state(conn, stale_after_s)
+        return read_state(store, stale_after_s)
     except DatabaseUnavailable as exc:
         raise HealthUnavailable(str(exc)) from None
     except psycopg.Error as exc:
         raise HealthUnavailable(
-            f"cannot read the reconciliation state from {redact_dsn(dsn)}: "
-            f"{connection_failure(dsn, exc).reason}") from None
+            f"cannot read the reconciliation state from {store.describe()}: "
+            f"{connection_failure(store.dsn, exc).reason}") from None
+    except SupabaseStoreError as exc:  # already names the host and never the key
+        raise HealthUnavailable(f"cannot read the reconciliation state: {exc}") from None
 
 
 def unavailable_health(error: str, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """`recon health`: serves the runbook's `/internal/health` (JSON) and `/metrics` (Prometheus).
 
-    recon health [--host 127.0.0.1] [--port 9187] [--dsn URL | $RECON_DATABASE_URL]
-                 [--stale-after-s 300]
+    recon health [--host 127.0.0.1] [--port 9187] [--stale-after-s 300]
+                 [--dsn URL | $RECON_DATABASE_URL
+                  | $RECON_SUPABASE_URL + $RECON_SUPABASE_SERVICE_ROLE_KEY]
 
 Both endpoints read the persisted state in the `recon` schema on every request (see
 `recon_assets.metrics.health` for what each number means), so they survive restarts and any
@@ -46,6 +47,7 @@ from recon_assets.metrics.health import (
 )
 from recon_assets.processes import stop_on_signals
 from recon_assets.resources.database import redact_dsn
+from recon_assets.resources.supabase_store import SupabaseStore
 
 DEFAULT_PORT = 9187
 
@@ -90,13 +92,13 @@ COUNTERS = (
 class ReconStateCollector:
     """A prometheus_client collector that reads the persisted state on each scrape."""
 
-    def __init__(self, dsn: str, stale_after_s: float = DEFAULT_STALE_AFTER_S):
-        self.dsn = dsn
+    def __init__(self, source, stale_after_s: float = DEFAULT_STALE_AFTER_S):
+        self.source = source  # a Postgres DSN or a TradingStore (load_state takes either)
         self.stale_after_s = stale_after_s
 
     def collect(self) -> Iterator[Metric]:
         try:
-            state: ReconState | None = load_state(self.dsn, self.stale_after_s)
+            state: ReconState | None = load_state(self.source, self.stale_after_s)
         except HealthUnavailable:
             state = None
         yield GaugeMetricFamily("reconciliation_state_up",
@@ -202,16 +204,16 @@ def breakdown_metrics(state: ReconState) -> Iterator[Metric]:
     yield from (mismatches, notional, raised, undelivered, contention)
 
 
-def build_registry(dsn: str, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> CollectorRegistry:
+def build_registry(source, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ReconStateCollector(dsn, stale_after_s))
+    registry.register(ReconStateCollector(source, stale_after_s))
     return registry
 
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "recon-health"
     protocol_version = "HTTP/1.1"
-    dsn: str
+    source: object  # a Postgres DSN or a TradingStore
     stale_after_s: float
     registry: CollectorRegistry
 
@@ -235,7 +237,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path.rstrip("/") or "/"
         if path == "/internal/health":
             try:
-                state = load_state(self.dsn, self.stale_after_s)
+                state = load_state(self.source, self.stale_after_s)
             except HealthUnavailable as exc:
                 return self._json(503, unavailable_health(str(exc), self.stale_after_s))
             except Exception as exc:  # noqa: BLE001 - never a crash, never a traceback with secrets
@@ -259,12 +261,34 @@ class _Handler(BaseHTTPRequestHandler):
     do_HEAD = do_GET
 
 
-def make_server(dsn: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+def _database_from(dsn: str | None, environ) -> tuple:
+    """(source, where, problem): the database to read, from --dsn, RECON_DATABASE_URL, or
+    RECON_SUPABASE_URL + RECON_SUPABASE_SERVICE_ROLE_KEY (the Data API); `where` names it without
+    a secret, `problem` says what is missing or contradictory (never a value)."""
+    dsn = dsn or environ.get("RECON_DATABASE_URL")
+    url, key = environ.get("RECON_SUPABASE_URL"), environ.get("RECON_SUPABASE_SERVICE_ROLE_KEY")
+    if dsn and (url or key):
+        return None, None, ("give a Postgres URL (--dsn or RECON_DATABASE_URL) or "
+                            "RECON_SUPABASE_URL and RECON_SUPABASE_SERVICE_ROLE_KEY, not both")
+    if dsn:
+        return dsn, redact_dsn(dsn), None
+    if url and key:
+        store = SupabaseStore(url=url, service_key=key, timeout_s=10.0)
+        return store, store.describe(), None
+    if url or key:
+        missing = "RECON_SUPABASE_SERVICE_ROLE_KEY" if url else "RECON_SUPABASE_URL"
+        return None, None, f"{missing} is not set (the Data API path needs both)"
+    return None, None, ("give --dsn, or set RECON_DATABASE_URL, or RECON_SUPABASE_URL and "
+                        "RECON_SUPABASE_SERVICE_ROLE_KEY")
+
+
+def make_server(source, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
                 stale_after_s: float = DEFAULT_STALE_AFTER_S) -> ThreadingHTTPServer:
-    """A bound (not yet serving) HTTP server; call `serve_forever()`, later `shutdown()`."""
+    """A bound (not yet serving) HTTP server reading through `source` (a Postgres DSN or a
+    TradingStore, either backend); call `serve_forever()`, later `shutdown()`."""
     handler = type("ReconHealthHandler", (_Handler,), {
-        "dsn": dsn, "stale_after_s": stale_after_s,
-        "registry": build_registry(dsn, stale_after_s)})
+        "source": source, "stale_after_s": stale_after_s,
+        "registry": build_registry(source, stale_after_s)})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server
@@ -285,16 +309,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    dsn = args.dsn or os.environ.get("RECON_DATABASE_URL")
-    if not dsn:
-        print("recon health: give --dsn or set RECON_DATABASE_URL", file=sys.stderr)
+    source, where, problem = _database_from(args.dsn, os.environ)
+    if problem:
+        print(f"recon health: {problem}", file=sys.stderr)
         return 2
     if args.stale_after_s <= 0:
         print(f"recon health: --stale-after-s must be > 0, got {args.stale_after_s:g}",
               file=sys.stderr)
         return 2
     try:
-        server = make_server(dsn, args.host, args.port, args.stale_after_s)
+        server = make_server(source, args.host, args.port, args.stale_after_s)
     except OSError as exc:
         print(f"recon health: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
               file=sys.stderr)
@@ -306,7 +330,7 @@ def main(argv: list[str]) -> int:
     with stop_on_signals() as stop:
         thread.start()
         print(f"recon health: serving http://{host}:{port}/internal/health and /metrics from "
-              f"{redact_dsn(dsn)} (stale after {args.stale_after_s:g}s)", flush=True)
+              f"{where} (stale after {args.stale_after_s:g}s)", flush=True)
         try:
             while not stop.wait(0.5):  # a short wait, so the signal handler gets to run
                 pass

@@ -341,9 +341,23 @@ def test_a_database_that_is_down_gives_503_without_the_password():
 
 
 def test_recon_health_without_a_database_url_says_so(monkeypatch, capsys):
-    monkeypatch.delenv("RECON_DATABASE_URL", raising=False)
+    for name in ("RECON_DATABASE_URL", "RECON_SUPABASE_URL", "RECON_SUPABASE_SERVICE_ROLE_KEY"):
+        monkeypatch.delenv(name, raising=False)
     assert health_main([]) == 2
-    assert "give --dsn or set RECON_DATABASE_URL" in capsys.readouterr().err
+    assert "give --dsn, or set RECON_DATABASE_URL, or RECON_SUPABASE_URL and " \
+           "RECON_SUPABASE_SERVICE_ROLE_KEY" in capsys.readouterr().err
+
+
+def test_recon_health_refuses_half_or_both_database_configurations(monkeypatch, capsys):
+    secret = "service-key-never-printed"
+    monkeypatch.delenv("RECON_DATABASE_URL", raising=False)
+    monkeypatch.delenv("RECON_SUPABASE_URL", raising=False)
+    monkeypatch.setenv("RECON_SUPABASE_SERVICE_ROLE_KEY", secret)
+    assert health_main([]) == 2
+    assert "RECON_SUPABASE_URL is not set" in capsys.readouterr().err
+    assert health_main(["--dsn", "postgresql://u:pw@127.0.0.1:1/db"]) == 2
+    err = capsys.readouterr().err
+    assert "not both" in err and secret not in err and "pw@" not in err
 
 
 def _reset_signals() -> None:

@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from recon_assets.core.escalation import MISMATCH_IDENTITY
+from recon_assets.metrics.health import HealthUnavailable, load_state
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.recon_store import ESCALATION_COLUMNS, ReconStore
 from recon_assets.resources.supabase_store import SupabaseStore
@@ -48,11 +49,16 @@ def _seed(dsn: str) -> None:
 
 
 @pytest.fixture
-def backends(pg_dsn):
+def standin(pg_dsn):
     _seed(pg_dsn)
-    with PostgrestStandIn(pg_dsn, SERVICE_KEY) as standin:
-        yield {"postgres": ReconStore(PostgresStore(dsn=pg_dsn)),
-               "supabase": ReconStore(SupabaseStore(url=standin.url, service_key=SERVICE_KEY))}
+    with PostgrestStandIn(pg_dsn, SERVICE_KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def backends(pg_dsn, standin):
+    return {"postgres": ReconStore(PostgresStore(dsn=pg_dsn)),
+            "supabase": ReconStore(SupabaseStore(url=standin.url, service_key=SERVICE_KEY))}
 
 
 def _reads(store: ReconStore) -> dict:
@@ -147,3 +153,27 @@ def test_the_records_are_written_over_the_data_api(backends, pg_dsn):
         assert conn.execute("SELECT count(*) FROM recon.lock_contention").fetchone()[0] == 2
     assert [a["dedup_key"] for a in store.alerts_to_deliver([new_id])] == ["k2"]
     assert [a["dedup_key"] for a in store.alerts_to_deliver()] == ["k1"]  # k2 is not due
+
+
+def test_the_health_state_is_the_same_over_psycopg_and_over_the_data_api(pg_dsn, standin):
+    def without_clock(health: dict) -> dict:
+        return {**health, "checkedAt": None}
+
+    over_postgres = load_state(pg_dsn).health
+    over_supabase = load_state(SupabaseStore(url=standin.url, service_key=SERVICE_KEY)).health
+    assert without_clock(over_postgres) == without_clock(over_supabase)
+    assert over_postgres["reconciliationMismatchCount"] == 0  # c0, the latest success, is clean
+    assert over_postgres["reconciliationLastRun"] is not None
+    assert {a["account"]: a["lastCycleStatus"] for a in over_postgres["accounts"]} == {
+        "acct1": "succeeded"}
+    assert [p["profileId"] for p in over_postgres["profiles"]] == ["alpha", "beta"]
+    assert over_postgres["checkedAt"].endswith("+00:00")
+
+
+def test_a_wrong_service_key_is_a_clear_health_error_without_the_key(standin):
+    wrong = "wrong-service-key-3c1d"
+    with pytest.raises(HealthUnavailable) as error:
+        load_state(SupabaseStore(url=standin.url, service_key=wrong))
+    message = str(error.value)
+    assert "refused the service key" in message and "RECON_SUPABASE_SERVICE_ROLE_KEY" in message
+    assert wrong not in message and SERVICE_KEY not in message

@@ -7,7 +7,7 @@ import pandas as pd
 
 from recon_assets.defs.metadata import md_table
 from recon_assets.metrics.health import HealthUnavailable, load_state
-from recon_assets.resources.database import PostgresStore
+from recon_assets.resources.database import TradingStore
 
 SUMMARY_KEY = dg.AssetKey("reconciliation_summary")
 DIFF_KEY = dg.AssetKey("reconciliation_diff")
@@ -53,7 +53,7 @@ def summary_metadata(health: dict) -> dict:
            description="After each new reconciliation_diff materialization, records the "
                        "reconciliation_summary: every account's numbers (one plotted series "
                        "per account) and every profile's trading gate.")
-def reconciliation_summary_sensor(context: dg.SensorEvaluationContext, database: PostgresStore):
+def reconciliation_summary_sensor(context: dg.SensorEvaluationContext, database: TradingStore):
     after = int(context.cursor) if context.cursor else None
     records = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=DIFF_KEY, after_storage_id=after), limit=100,
@@ -61,7 +61,7 @@ def reconciliation_summary_sensor(context: dg.SensorEvaluationContext, database:
     if not records:
         return dg.SkipReason("no new reconciliation_diff materialization")
     try:
-        health = load_state(database.dsn).health
+        health = load_state(database).health
     except HealthUnavailable as exc:
         return dg.SkipReason(f"the reconciliation state cannot be read: {exc}")
     return dg.SensorResult(
