@@ -14,9 +14,10 @@ import pkgutil
 import dagster as dg
 
 from recon_assets.resources.alerts import AlertWebhook
-from recon_assets.resources.database import PostgresStore
+from recon_assets.resources.database import PostgresStore, TradingStore
 from recon_assets.resources.exchange import ExchangeResource, exchange_settings_from_env
 from recon_assets.resources.io_manager import PostgresFrameIOManager
+from recon_assets.resources.supabase_store import SupabaseStore
 from recon_assets.settings import ReconSettings, SettingsError
 
 
@@ -29,11 +30,11 @@ def domains() -> list[str]:
 
 
 def check_exchange_credentials() -> None:
-    """A deployment (RECON_DATABASE_URL set) without usable RECON_EXCHANGE_CREDENTIALS fails at
+    """A deployment (RECON_DATABASE_URL or RECON_SUPABASE_URL set) without usable RECON_EXCHANGE_CREDENTIALS fails at
     load, naming the variable (never its value), instead of every cycle failing at its tick. With
     nothing set the code location still loads, so `dagster dev` and `dagster definitions
     validate` work in a fresh clone."""
-    if not os.environ.get("RECON_DATABASE_URL"):
+    if not (os.environ.get("RECON_DATABASE_URL") or os.environ.get("RECON_SUPABASE_URL")):
         return
     expected = '{"<account>": {"apiKey": "...", "secret": "..."}}'
     raw = os.environ.get("RECON_EXCHANGE_CREDENTIALS")
@@ -53,9 +54,33 @@ def check_exchange_credentials() -> None:
                             + (f"; not so for: {', '.join(bad)}" if bad else ""))
 
 
+SUPABASE_VARIABLES = ("RECON_SUPABASE_URL", "RECON_SUPABASE_SERVICE_ROLE_KEY")
+
+
+def trading_database() -> TradingStore:
+    """The trading database's store, from the configuration: `RECON_DATABASE_URL` (psycopg:
+    Supabase's direct connection or session pooler, or any Postgres), or `RECON_SUPABASE_URL` +
+    `RECON_SUPABASE_SERVICE_ROLE_KEY` (supabase-py through the Data API). Both, or half of the
+    Supabase pair, is an error naming the variables (never their values): nothing falls back
+    from one path to the other. With none set, the psycopg store (its variable is read when a
+    run uses it), so the code location still loads in a fresh clone."""
+    supabase = [name for name in SUPABASE_VARIABLES if os.environ.get(name)]
+    if supabase and os.environ.get("RECON_DATABASE_URL"):
+        raise SettingsError("set either RECON_DATABASE_URL (Postgres) or RECON_SUPABASE_URL and "
+                            "RECON_SUPABASE_SERVICE_ROLE_KEY (the Supabase Data API), not both")
+    if supabase:
+        missing = [name for name in SUPABASE_VARIABLES if name not in supabase]
+        if missing:
+            raise SettingsError(f"{missing[0]} is not set: the Supabase Data API path needs "
+                                "both RECON_SUPABASE_URL and RECON_SUPABASE_SERVICE_ROLE_KEY")
+        return SupabaseStore(url=dg.EnvVar("RECON_SUPABASE_URL"),
+                             service_key=dg.EnvVar("RECON_SUPABASE_SERVICE_ROLE_KEY"))
+    return PostgresStore(dsn=dg.EnvVar("RECON_DATABASE_URL"))
+
+
 def shared_resources() -> dict:
     check_exchange_credentials()
-    store = PostgresStore(dsn=dg.EnvVar("RECON_DATABASE_URL"))
+    store = trading_database()
     return {
         "settings": ReconSettings.from_env(),
         "database": store,

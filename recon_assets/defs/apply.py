@@ -21,7 +21,7 @@ from recon_assets.core.cycle import reconciling_gate_verdict
 from recon_assets.defs.metadata import md_table
 from recon_assets.defs.partitions import profile_partitions
 from recon_assets.defs.runs import run_status
-from recon_assets.resources.database import PostgresStore
+from recon_assets.resources.database import TradingStore
 from recon_assets.resources.recon_store import ReconStore
 from recon_assets.resources.trading_tables import TradingTables
 
@@ -37,7 +37,7 @@ class StaleCycleError(RuntimeError):
     """The cycle's snapshots are too old to act on."""
 
 
-def resolve_cycle(database: PostgresStore, profile_id: str, cycle_id: str, max_age_s: float) -> dict:
+def resolve_cycle(database: TradingStore, profile_id: str, cycle_id: str, max_age_s: float) -> dict:
     """The cycle a job acts from (the profile's account's latest succeeded one, or `cycle_id`),
     refused when its evidence is older than `max_age_s`."""
     profile = TradingTables(database).profile(profile_id)
@@ -59,7 +59,7 @@ class LockContention(RuntimeError):
     """A lock a correction needs was held longer than the store's lock_timeout."""
 
 
-def call_under_lock(database: PostgresStore, function: str, params: dict, profile_id: str,
+def call_under_lock(database: TradingStore, function: str, params: dict, profile_id: str,
                     cycle_id: str) -> dict:
     """Call a SQL function that takes the profile's reconciliation lock; a lock wait that times
     out is recorded in recon.lock_contention with the lock it waited for (the reconciliation
@@ -77,7 +77,7 @@ def call_under_lock(database: PostgresStore, function: str, params: dict, profil
                              "recorded as contention, retried next cycle") from None
 
 
-def begin_gate(context: dg.OpExecutionContext, database: PostgresStore, profile: str,
+def begin_gate(context: dg.OpExecutionContext, database: TradingStore, profile: str,
                run_id: str, max_age_s: float) -> dict:
     """Own the profile's reconciling gate, taking it over only from an owner that is gone."""
     params = {"p_profile_id": profile, "p_cycle_id": run_id}
@@ -105,7 +105,7 @@ def begin_gate(context: dg.OpExecutionContext, database: PostgresStore, profile:
     return took
 
 
-def end_gate(context: dg.OpExecutionContext, database: PostgresStore, profile: str,
+def end_gate(context: dg.OpExecutionContext, database: TradingStore, profile: str,
              run_id: str) -> None:
     """Give the gate back (only the owner's end restores trading)."""
     try:
@@ -115,7 +115,7 @@ def end_gate(context: dg.OpExecutionContext, database: PostgresStore, profile: s
         context.log.warning(f"{exc}; the next cycle restores the trading state")
 
 
-def record_refusal(context: dg.OpExecutionContext, database: PostgresStore, run_id: str,
+def record_refusal(context: dg.OpExecutionContext, database: TradingStore, run_id: str,
                    profile: str, handler: str, refusal: Refusal, trade_id: str | None,
                    client_order_id: str | None, dry_run: bool, evidence: dict) -> None:
     """A decision a check refused or an error stopped: recorded (and so escalated), logged."""
@@ -153,7 +153,7 @@ class Application:
     evidence: dict = field(default_factory=dict)
 
 
-def apply_each(context: dg.OpExecutionContext, database: PostgresStore, *, profile: str,
+def apply_each(context: dg.OpExecutionContext, database: TradingStore, *, profile: str,
                dry_run: bool, max_age_s: float, handler: str, rows: Sequence[dict],
                application: Callable[[dict], Application],
                outcome: Callable[[dict], dict]) -> list[dict]:
@@ -207,7 +207,7 @@ def report_outcomes(context: dg.OpExecutionContext, profile: str, outcomes: list
 
 
 def decisions_sensor(*, name: str, asset: str, job: dg.JobDefinition, op_name: str,
-                     profiles: Callable[[PostgresStore, str, str], list[str]],
+                     profiles: Callable[[TradingStore, str, str], list[str]],
                      description: str) -> dg.SensorDefinition:
     """A sensor that, on each new materialization of `asset` (one cycle of one account), launches
     `job` for every profile `profiles(database, cycle_id, account)` names, from that cycle (the
@@ -216,7 +216,7 @@ def decisions_sensor(*, name: str, asset: str, job: dg.JobDefinition, op_name: s
 
     @dg.sensor(name=name, job=job, minimum_interval_seconds=15,
                default_status=dg.DefaultSensorStatus.RUNNING, description=description)
-    def _sensor(context: dg.SensorEvaluationContext, database: PostgresStore):
+    def _sensor(context: dg.SensorEvaluationContext, database: TradingStore):
         after = int(context.cursor) if context.cursor else None
         result = context.instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=asset_key, after_storage_id=after), limit=100,

@@ -15,7 +15,7 @@ from recon_assets.core.escalation import Alert, after_delivery_attempt, slack_pa
 from recon_assets.core.rules import ALERT_NOT_CONFIGURED, ALERT_PENDING
 
 if TYPE_CHECKING:
-    from recon_assets.resources.database import PostgresStore
+    from recon_assets.resources.database import TradingStore
 
 
 class AlertDeliveryError(RuntimeError):
@@ -51,7 +51,7 @@ class AlertWebhook(dg.ConfigurableResource):
             raise AlertDeliveryError(f"alert webhook unreachable: {type(reason).__name__}") from None
 
 
-def deliver(database: PostgresStore, webhook: AlertWebhook,
+def deliver(database: TradingStore, webhook: AlertWebhook,
             alert_ids: list[int] | None = None) -> list[dict]:
     """Post the pending alerts that are due (or those of `alert_ids`), each once per call; record
     each attempt (delivered on 2xx, else retried later with backoff, or given up). Returns one
@@ -77,7 +77,7 @@ def deliver(database: PostgresStore, webhook: AlertWebhook,
     return attempts
 
 
-def raise_alert(database: PostgresStore, webhook: AlertWebhook,
+def raise_alert(database: TradingStore, webhook: AlertWebhook,
                 alert: Alert) -> tuple[bool, str, str | None]:
     """Record the alert once (its dedup key), then post it: (is_new, delivery status, error).
     The row exists before the post, so a crash in between leaves it pending, and the escalation

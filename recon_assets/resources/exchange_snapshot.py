@@ -27,7 +27,7 @@ from recon_assets.core.exchange_snapshot import (activity_key, db_symbols, evalu
                                                  open_orders_frame, plan_fill_reads,
                                                  positions_frame, utc_from_ms)
 from recon_assets.core.request_weights import per_symbol_is_cheaper
-from recon_assets.resources.database import PostgresStore
+from recon_assets.resources.database import TradingStore
 from recon_assets.resources.exchange import (ExchangeBudgetSpent, ExchangeFetchError,
                                              ExchangeResource, ExchangeSession, RequestStats)
 from recon_assets.resources.fill_store import FillStore
@@ -70,7 +70,7 @@ class ExchangeSnapshot:
             incomplete_symbols=self.incomplete if asset == "exchange_fills" else ())
 
 
-def read_exchange_snapshot(resource: ExchangeResource, database: PostgresStore, account: str,
+def read_exchange_snapshot(resource: ExchangeResource, database: TradingStore, account: str,
                            run_id: str, session: ExchangeSession | None = None) -> ExchangeSnapshot:
     db = database.snapshot_account(account)
     own_session = session is None

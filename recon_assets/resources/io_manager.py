@@ -13,13 +13,13 @@ import io
 import dagster as dg
 import pandas as pd
 
-from recon_assets.resources.database import PostgresStore
+from recon_assets.resources.database import TradingStore
 
 
 class PostgresFrameIOManager(dg.ConfigurableIOManager):
     """Stores pandas DataFrames (parquet) in recon.asset_values."""
 
-    database: dg.ResourceDependency[PostgresStore]
+    database: dg.ResourceDependency[TradingStore]
 
     @staticmethod
     def _keys(context: dg.OutputContext | dg.InputContext) -> tuple[str, str]:
@@ -50,7 +50,7 @@ class PostgresFrameIOManager(dg.ConfigurableIOManager):
         return frame
 
 
-def load_stored_frame(database: PostgresStore, asset_key: str, partition: str = "") -> pd.DataFrame | None:
+def load_stored_frame(database: TradingStore, asset_key: str, partition: str = "") -> pd.DataFrame | None:
     """The latest stored value of an asset partition, or None if it was never materialized."""
     payload = database.call("recon_asset_value", {"p_asset_key": asset_key,
                                                   "p_partition_key": partition})

@@ -17,7 +17,7 @@ import pandas as pd
 
 from recon_assets.core.escalation import MISMATCH_IDENTITY
 from recon_assets.core.rules import APPLIED, CYCLE_FAILED, CYCLE_SUCCEEDED
-from recon_assets.resources.database import PostgresStore, as_datetime
+from recon_assets.resources.database import TradingStore, as_datetime
 
 
 # The columns of each part of `escalation_history` (`recon_escalation_history`'s JSON).
@@ -40,7 +40,7 @@ def _with_datetimes(row: dict, *columns: str) -> dict:
 class ReconStore:
     """Reads and writes recon.cycles, recon.mismatches, recon.lock_contention and recon.alerts."""
 
-    def __init__(self, database: PostgresStore):
+    def __init__(self, database: TradingStore):
         self.database = database
 
     # --- cycles and their findings -----------------------------------------------------------

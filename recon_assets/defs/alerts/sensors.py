@@ -9,13 +9,13 @@ from recon_assets.core.escalation import (Alert, failed_cycles, lock_contention,
 from recon_assets.core.rules import ALERT_DELIVERED, ESCALATION_PERSISTENCE_RUNS
 from recon_assets.defs.partitions import exchange_account_partitions
 from recon_assets.resources.alerts import AlertWebhook, deliver, raise_alert
-from recon_assets.resources.database import PostgresStore
+from recon_assets.resources.database import TradingStore
 from recon_assets.resources.io_manager import load_stored_frame
 from recon_assets.resources.recon_store import ReconStore
 from recon_assets.resources.trading_tables import TradingTables
 
 
-def find_alerts(database: PostgresStore, accounts: list[str]) -> tuple[list[Alert], list[str]]:
+def find_alerts(database: TradingStore, accounts: list[str]) -> tuple[list[Alert], list[str]]:
     """Every escalation due now, and what could not be checked: each rule and each account's
     unknown-fill check runs on its own, so one failure never hides the other alerts."""
     alerts: list[Alert] = []
@@ -40,14 +40,14 @@ def find_alerts(database: PostgresStore, accounts: list[str]) -> tuple[list[Aler
     return alerts, problems
 
 
-def _unknown_fills(database: PostgresStore, account: str) -> list[Alert]:
+def _unknown_fills(database: TradingStore, account: str) -> list[Alert]:
     fills = load_stored_frame(database, "exchange_fills", account)
     if fills is None or not len(fills):
         return []
     return unknown_fills(fills, _known_order_ids(database, fills), account)
 
 
-def _known_order_ids(database: PostgresStore, fills: pd.DataFrame) -> set[str]:
+def _known_order_ids(database: TradingStore, fills: pd.DataFrame) -> set[str]:
     """Which of the fills' order ids (client or exchange) the database has."""
     ids = sorted({str(v) for v in pd.concat([fills["client_order_id"], fills["exchange_order_id"]])
                   .dropna()})
@@ -59,7 +59,7 @@ def _known_order_ids(database: PostgresStore, fills: pd.DataFrame) -> set[str]:
                        "contention, unknown fills), on failed cycles and on refused or failed "
                        "corrections: records each alert once in recon.alerts and posts it to "
                        "the alert webhook; a failed post is retried on later ticks with backoff.")
-def escalation_sensor(context: dg.SensorEvaluationContext, database: PostgresStore,
+def escalation_sensor(context: dg.SensorEvaluationContext, database: TradingStore,
                       alert_webhook: AlertWebhook):
     accounts = context.instance.get_dynamic_partitions(exchange_account_partitions.name)
     events = []

@@ -11,7 +11,7 @@ from recon_assets.core.rules import BACKFILL_MATCH_METHODS, GO, NO_GO
 from recon_assets.defs.metadata import md_table
 from recon_assets.defs.partitions import exchange_account_partitions
 from recon_assets.resources.backfill_store import BackfillStore
-from recon_assets.resources.database import PostgresStore
+from recon_assets.resources.database import TradingStore
 from recon_assets.resources.recon_store import ReconStore
 from recon_assets.settings import ReconSettings
 
@@ -29,7 +29,7 @@ def backfill_policy(settings: ReconSettings) -> BackfillPolicy:
 @dg.asset(partitions_def=exchange_account_partitions, group_name="backfill",
           kinds={"pandas", "postgres"}, deps=["reconciliation_diff"])
 def exit_backfill_candidates(context: dg.AssetExecutionContext, settings: ReconSettings,
-                             database: PostgresStore, db_profiles: pd.DataFrame,
+                             database: TradingStore, db_profiles: pd.DataFrame,
                              db_orders: pd.DataFrame, db_trade_slices: pd.DataFrame,
                              exchange_positions: pd.DataFrame,
                              exchange_fills: pd.DataFrame) -> dg.Output[pd.DataFrame]:

@@ -8,7 +8,7 @@ from recon_assets.core.rules import APPROVE, EXIT_BACKFILL, GO, REJECT
 from recon_assets.defs.apply import (Application, ProfileCycleConfig, apply_each, check_partition,
                                      profile_partitioned_config, report_outcomes, resolve_cycle)
 from recon_assets.resources.backfill_store import BackfillStore
-from recon_assets.resources.database import PostgresStore
+from recon_assets.resources.database import TradingStore
 from recon_assets.settings import ReconSettings
 
 OUTCOME_COLUMNS = ["decision_id", "trade_id", "slice_no", "exchange_fill_id", "fill_qty",
@@ -38,7 +38,7 @@ def _outcome(row: dict) -> dict:
                    "once, under the profile's reconciliation lock.",
        tags={"kind": "postgres"})
 def apply_exit_backfill(context: dg.OpExecutionContext, config: ProfileCycleConfig,
-                        settings: ReconSettings, database: PostgresStore) -> dict:
+                        settings: ReconSettings, database: TradingStore) -> dict:
     check_partition(context, config.profile_id)
     cycle = resolve_cycle(database, config.profile_id, config.cycle_id,
                           settings.correction_max_cycle_age_seconds)
@@ -71,7 +71,7 @@ class ReviewBackfillConfig(dg.Config):
     note: str  # why: recorded with the call
 
 
-def _review(context: dg.OpExecutionContext, database: PostgresStore, verdict: str,
+def _review(context: dg.OpExecutionContext, database: TradingStore, verdict: str,
             config: ReviewBackfillConfig) -> dict:
     try:
         review = BackfillStore(database).review(config.decision_id, verdict, config.note,
@@ -95,7 +95,7 @@ def _review(context: dg.OpExecutionContext, database: PostgresStore, verdict: st
                    "books it.",
        tags={"kind": "postgres"})
 def approve_backfill_op(context: dg.OpExecutionContext, config: ReviewBackfillConfig,
-                        settings: ReconSettings, database: PostgresStore) -> dict:
+                        settings: ReconSettings, database: TradingStore) -> dict:
     review = _review(context, database, APPROVE, config)
     decision = review["decision"]
     profile, dry_run = decision["profile_id"], settings.position_parity_dry_run
@@ -128,7 +128,7 @@ def approve_backfill_op(context: dg.OpExecutionContext, config: ReviewBackfillCo
                    "slice it names): later cycles keep the pair NO_GO, naming the review.",
        tags={"kind": "postgres"})
 def reject_backfill_op(context: dg.OpExecutionContext, config: ReviewBackfillConfig,
-                       database: PostgresStore) -> dict:
+                       database: TradingStore) -> dict:
     review = _review(context, database, REJECT, config)
     context.add_output_metadata({"decision_id": config.decision_id,
                                  "review_id": review["review_id"], "note": config.note,

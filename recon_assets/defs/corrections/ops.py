@@ -31,7 +31,7 @@ from recon_assets.core.rules import ACTIONABLE_KINDS
 from recon_assets.defs.apply import (LockContention, ProfileCycleConfig, begin_gate,
                                      call_under_lock, check_partition, end_gate,
                                      profile_partitioned_config, record_refusal, resolve_cycle)
-from recon_assets.resources.database import PostgresStore
+from recon_assets.resources.database import TradingStore
 from recon_assets.resources.exchange import ExchangeFetchError, ExchangeResource
 from recon_assets.resources.recon_store import ReconStore
 from recon_assets.settings import ReconSettings
@@ -124,7 +124,7 @@ def _correct_order(context, database, session, row, cycle_id, run_id, dry_run) -
                    "recorded and escalated, and the others go on.",
        tags={"kind": "postgres"})
 def correct_profile(context: dg.OpExecutionContext, config: ProfileCycleConfig,
-                    settings: ReconSettings, database: PostgresStore,
+                    settings: ReconSettings, database: TradingStore,
                     exchange: ExchangeResource) -> dict:
     check_partition(context, config.profile_id)
     cycle = resolve_cycle(database, config.profile_id, config.cycle_id,

@@ -8,13 +8,13 @@ from recon_assets.core.rules import ACTIONABLE_KINDS
 from recon_assets.defs.corrections.ops import lifecycle_correction
 from recon_assets.defs.partitions import profile_partitions
 from recon_assets.resources.alerts import AlertWebhook, raise_alert
-from recon_assets.resources.database import PostgresStore
+from recon_assets.resources.database import TradingStore
 from recon_assets.resources.recon_store import ReconStore
 
 DIFF_KEY = dg.AssetKey("reconciliation_diff")
 
 
-def correction_run_requests(database: PostgresStore, cycle_id: str, account: str) -> list[dg.RunRequest]:
+def correction_run_requests(database: TradingStore, cycle_id: str, account: str) -> list[dg.RunRequest]:
     """One run per profile with actionable mismatches in the cycle, as that profile's partition;
     the run key makes a cycle's profile launch once, however often the sensor sees the event."""
     profiles = ReconStore(database).profiles_with_mismatches(cycle_id, account, ACTIONABLE_KINDS)
@@ -30,7 +30,7 @@ def correction_run_requests(database: PostgresStore, cycle_id: str, account: str
            default_status=dg.DefaultSensorStatus.RUNNING,
            description="On each new reconciliation_diff materialization, launches the lifecycle "
                        "correction job for every profile with orders missing from the exchange.")
-def lifecycle_correction_sensor(context: dg.SensorEvaluationContext, database: PostgresStore):
+def lifecycle_correction_sensor(context: dg.SensorEvaluationContext, database: TradingStore):
     after = int(context.cursor) if context.cursor else None
     result = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=DIFF_KEY, after_storage_id=after), limit=100, ascending=True)
@@ -56,7 +56,7 @@ def lifecycle_correction_sensor(context: dg.SensorEvaluationContext, database: P
                        default_status=dg.DefaultSensorStatus.RUNNING,
                        description="Escalates a lifecycle correction run that failed as a whole "
                                    "(stale evidence, a busy gate or lock, an unexpected error).")
-def failed_correction_run_sensor(context: dg.RunFailureSensorContext, database: PostgresStore,
+def failed_correction_run_sensor(context: dg.RunFailureSensorContext, database: TradingStore,
                                  alert_webhook: AlertWebhook):
     run = context.dagster_run
     profile = run.tags.get("recon/profile") or run.tags.get("dagster/partition")

@@ -12,7 +12,7 @@ from recon_assets.core.rules import OPEN_ORDER_STATUSES
 from recon_assets.defs.partitions import exchange_account_partitions, profile_partitions
 from recon_assets.defs.runs import end_orphans, other_running_runs, run_status
 from recon_assets.resources.alerts import AlertWebhook, raise_alert
-from recon_assets.resources.database import PostgresStore
+from recon_assets.resources.database import TradingStore
 from recon_assets.resources.recon_store import ReconStore
 from recon_assets.settings import ReconSettings
 from recon_assets.resources.trading_tables import TradingTables
@@ -37,7 +37,7 @@ GATE_COLUMNS = ["profile_id", "owner", "owner_status", "age_s", "stale", "why", 
 @dg.asset(partitions_def=exchange_account_partitions, group_name="database",
           kinds={"postgres"})
 def cycle_start(context: dg.AssetExecutionContext, settings: ReconSettings,
-                        database: PostgresStore, alert_webhook: AlertWebhook) -> dg.Output[pd.DataFrame]:
+                        database: TradingStore, alert_webhook: AlertWebhook) -> dg.Output[pd.DataFrame]:
     """The cycle's start: no other cycle of the account runs, and profiles a dead run left reconciling trade again."""
     account, run_id = context.partition_key, context.run.run_id
     orphans = end_orphans(context.instance, CYCLE_JOB, account)
@@ -105,7 +105,7 @@ def _snapshot_metadata(name: str, frame: pd.DataFrame) -> dict:
     # Read after the cycle's start, which restores stale reconciling gates first.
     deps=["cycle_start"],
 )
-def db_snapshot(context: dg.AssetExecutionContext, database: PostgresStore):
+def db_snapshot(context: dg.AssetExecutionContext, database: TradingStore):
     """Reads the account's database state in one statement, so the four snapshots agree."""
     account = context.partition_key
     read_at, frames = db_snapshot_frames(database.snapshot_account(account))
@@ -121,7 +121,7 @@ def db_snapshot(context: dg.AssetExecutionContext, database: PostgresStore):
 @dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Keeps the exchange_account partitions equal to the accounts named in "
                        "the profiles table, and the profile partitions equal to its profiles.")
-def partitions_sensor(context: dg.SensorEvaluationContext, database: PostgresStore):
+def partitions_sensor(context: dg.SensorEvaluationContext, database: TradingStore):
     tables = TradingTables(database)
     requests = []
     for partitions, wanted in ((exchange_account_partitions, tables.exchange_accounts()),

@@ -8,7 +8,7 @@ import pandas as pd
 
 from recon_assets.core.exchange_snapshot import preview
 from recon_assets.defs.partitions import exchange_account_partitions
-from recon_assets.resources.database import PostgresStore
+from recon_assets.resources.database import TradingStore
 from recon_assets.resources.exchange import ExchangeResource
 from recon_assets.resources.exchange_snapshot import read_exchange_snapshot
 
@@ -36,7 +36,7 @@ _CHECK_DESCRIPTION = ("Blocks downstream use unless the snapshot is fresh (read 
     deps=["cycle_start"],  # read after the cycle's start, like the database snapshot
 )
 def exchange_snapshot(context: dg.AssetExecutionContext, exchange: ExchangeResource,
-                      database: PostgresStore):
+                      database: TradingStore):
     """Reads one exchange account's open orders, positions and new fills in one pass."""
     snap = read_exchange_snapshot(exchange, database, context.partition_key, context.run.run_id)
     latency = snap.stats.as_metadata()

@@ -13,7 +13,7 @@ from recon_assets.defs.parity import watchdog
 from recon_assets.defs.partitions import exchange_account_partitions
 from recon_assets.defs.runs import previous_run_id
 from recon_assets.resources.alerts import AlertWebhook
-from recon_assets.resources.database import PostgresStore
+from recon_assets.resources.database import TradingStore
 from recon_assets.resources.recon_store import ReconStore
 from recon_assets.settings import ReconSettings
 
@@ -26,7 +26,7 @@ SHOWN_COLUMNS = ["profile_id", "trade_id", "slice_no", "symbol", "virtual_open_q
 @dg.asset(partitions_def=exchange_account_partitions, group_name="parity",
           kinds={"pandas", "postgres"}, deps=["reconciliation_diff", "exit_backfill_candidates"])
 def position_parity_heartbeat(context: dg.AssetExecutionContext, settings: ReconSettings,
-                              database: PostgresStore, alert_webhook: AlertWebhook,
+                              database: TradingStore, alert_webhook: AlertWebhook,
                               db_profiles: pd.DataFrame, db_trade_slices: pd.DataFrame,
                               exchange_positions: pd.DataFrame) -> dg.Output[pd.DataFrame]:
     """One check per open slice per cycle: ghosts confirmed N consecutive cycles are closed at the mark price, or quarantined when unattributed; the integrity watchdog pauses a profile whose drift exceeds its share of capital, and auto-resume lifts that pause."""

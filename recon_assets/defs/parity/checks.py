@@ -19,7 +19,7 @@ import pandas as pd
 from recon_assets.core.rules import PAUSED
 from recon_assets.core.watchdog import threshold_usd
 from recon_assets.defs.parity.assets import position_parity_heartbeat
-from recon_assets.resources.database import PostgresStore
+from recon_assets.resources.database import TradingStore
 from recon_assets.resources.watchdog_store import WatchdogStore
 from recon_assets.settings import ReconSettings
 
@@ -47,7 +47,7 @@ def _md(rows: list[dict], columns: list[str], empty: str) -> dg.MetadataValue:
                             "percent of its allocated capital; that profile is paused (source "
                             "parity_watchdog) and gets no synthetic exit this cycle.")
 def integrity_watchdog(context: dg.AssetCheckExecutionContext, settings: ReconSettings,
-                       database: PostgresStore) -> dg.AssetCheckResult:
+                       database: TradingStore) -> dg.AssetCheckResult:
     account, cycle_id = _account(context), context.run.run_id
     verdicts = WatchdogStore(database).verdicts(cycle_id, account)
     pct = settings.position_parity_max_notional_pct
@@ -86,7 +86,7 @@ def integrity_watchdog(context: dg.AssetCheckExecutionContext, settings: ReconSe
                             "cooldown) hold its resume back and until when; warns while a "
                             "profile stays paused.")
 def watchdog_auto_resume(context: dg.AssetCheckExecutionContext,
-                         database: PostgresStore) -> dg.AssetCheckResult:
+                         database: TradingStore) -> dg.AssetCheckResult:
     account = _account(context)
     rows = WatchdogStore(database).resume_outlook(account)
     paused = [r for r in rows if r["trading_state"] == PAUSED]

@@ -6,7 +6,7 @@ import dagster as dg
 from recon_assets.core.rules import QUARANTINE_RESOLUTIONS, SYNTHETIC_EXIT
 from recon_assets.defs.apply import (Application, ProfileCycleConfig, apply_each, check_partition,
                                      profile_partitioned_config, report_outcomes, resolve_cycle)
-from recon_assets.resources.database import PostgresStore
+from recon_assets.resources.database import TradingStore
 from recon_assets.resources.recon_store import ReconStore
 from recon_assets.settings import ReconSettings
 
@@ -16,7 +16,7 @@ from recon_assets.settings import ReconSettings
                    "snapshot's mark price, exactly once, under the profile's reconciliation lock.",
        tags={"kind": "postgres"})
 def apply_parity(context: dg.OpExecutionContext, config: ProfileCycleConfig,
-                 settings: ReconSettings, database: PostgresStore) -> dict:
+                 settings: ReconSettings, database: TradingStore) -> dict:
     check_partition(context, config.profile_id)
     cycle = resolve_cycle(database, config.profile_id, config.cycle_id,
                           settings.correction_max_cycle_age_seconds)
@@ -77,7 +77,7 @@ class ResolveQuarantineConfig(dg.Config):
                    "attributes the slice; the heartbeat may close it once confirmed).",
        tags={"kind": "postgres"})
 def resolve_quarantine_op(context: dg.OpExecutionContext, config: ResolveQuarantineConfig,
-                          database: PostgresStore) -> dict:
+                          database: TradingStore) -> dict:
     if config.resolution not in QUARANTINE_RESOLUTIONS:
         raise dg.Failure(f"resolution must be one of {', '.join(QUARANTINE_RESOLUTIONS)}, not "
                          f"{config.resolution!r}")

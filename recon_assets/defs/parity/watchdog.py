@@ -17,12 +17,12 @@ from recon_assets.core.watchdog import (GateState, ResumeDecision, ResumePolicy,
                                         watchdog_verdicts)
 from recon_assets.defs.runs import started_runs
 from recon_assets.resources.alerts import AlertWebhook, raise_alert
-from recon_assets.resources.database import PostgresStore
+from recon_assets.resources.database import TradingStore
 from recon_assets.resources.watchdog_store import WatchdogStore
 from recon_assets.settings import ReconSettings
 
 
-def judge(*, account: str, cycle_id: str, settings: ReconSettings, database: PostgresStore,
+def judge(*, account: str, cycle_id: str, settings: ReconSettings, database: TradingStore,
           profiles: pd.DataFrame, checks: pd.DataFrame, heartbeat_checked: bool) -> pd.DataFrame:
     """The watchdog's verdict per profile of the account in this cycle (not yet recorded)."""
     mismatches = WatchdogStore(database).cycle_mismatches(cycle_id, account)
@@ -32,7 +32,7 @@ def judge(*, account: str, cycle_id: str, settings: ReconSettings, database: Pos
 
 
 def record(context: dg.AssetExecutionContext, *, account: str, cycle_id: str,
-           database: PostgresStore, webhook: AlertWebhook, verdicts: pd.DataFrame) -> dict:
+           database: TradingStore, webhook: AlertWebhook, verdicts: pd.DataFrame) -> dict:
     """Record the verdicts, pause each profile that tripped (one transaction), alert each pause."""
     result = WatchdogStore(database).record_watchdog(cycle_id, account, json_records(verdicts),
                                                      context.run.run_id)
@@ -64,7 +64,7 @@ def outlook(decision: ResumeDecision) -> dict:
 
 
 def auto_resume(context: dg.AssetExecutionContext, *, account: str, cycle_id: str,
-                settings: ReconSettings, database: PostgresStore,
+                settings: ReconSettings, database: TradingStore,
                 webhook: AlertWebhook) -> list[dict]:
     """Judge every paused profile of the account by the auto-resume rule, with the database's
     clock and the account's cycle history (Dagster's runs, their recorded verdicts); resume

@@ -9,7 +9,7 @@ from recon_assets.core.cycle import evidence_problems, evidence_time, frame_stam
 from recon_assets.core.diff import reconciliation_diff as compute_diff
 from recon_assets.core.rules import MISMATCH_KINDS, MISSING_FROM_EXCHANGE, MISSING_IN_DB
 from recon_assets.defs.partitions import exchange_account_partitions
-from recon_assets.resources.database import PostgresStore
+from recon_assets.resources.database import TradingStore
 from recon_assets.resources.recon_store import ReconStore
 from recon_assets.settings import ReconSettings
 
@@ -61,7 +61,7 @@ def diff_metadata(diff: pd.DataFrame, cycle_id: str) -> dict:
 def reconciliation_diff(
     context: dg.AssetExecutionContext,
     settings: ReconSettings,
-    database: PostgresStore,
+    database: TradingStore,
     db_profiles: pd.DataFrame,
     db_orders: pd.DataFrame,
     db_positions: pd.DataFrame,

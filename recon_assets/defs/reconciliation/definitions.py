@@ -11,7 +11,7 @@ from recon_assets.defs.reconciliation.summary import (reconciliation_summary,
                                                       reconciliation_summary_sensor)
 from recon_assets.defs.reconciliation.shard import SHARD_JOB, reconciliation_shard_job
 from recon_assets.defs.runs import SHARD_OP, pending_runs, pending_shard_accounts
-from recon_assets.resources.database import PostgresStore
+from recon_assets.resources.database import TradingStore
 from recon_assets.resources.recon_store import ReconStore
 from recon_assets.settings import ReconSettings
 
@@ -126,7 +126,7 @@ def shard_schedule(cron: str) -> dg.ScheduleDefinition:
                        description="Records a failed reconciliation cycle in recon.cycles, so "
                                    "/internal/health reports the loop unhealthy (a run "
                                    "interrupted by a shutdown or restart is not a failure).")
-def failed_cycle_sensor(context: dg.RunFailureSensorContext, database: PostgresStore):
+def failed_cycle_sensor(context: dg.RunFailureSensorContext, database: TradingStore):
     run = context.dagster_run
     account = run.tags.get("dagster/partition")
     if not account:

@@ -21,7 +21,7 @@ from recon_assets.defs.database.assets import CYCLE_JOB
 from recon_assets.defs.metadata import md_table
 from recon_assets.defs.partitions import exchange_account_partitions
 from recon_assets.defs.runs import SHARD_OP, SHARD_RUN_TAG
-from recon_assets.resources.database import PostgresStore
+from recon_assets.resources.database import TradingStore
 from recon_assets.resources.recon_store import ReconStore
 
 SHARD_JOB = "reconciliation_shard"
@@ -56,7 +56,7 @@ def _cycle_job(shard_job: dg.JobDefinition) -> dg.JobDefinition:
 @dg.op(name=SHARD_OP, out=dg.Out(dg.Nothing),
        description="Runs the reconciliation cycle of each account of the shard, one after the "
                    "other, each its own run; one account's failed cycle does not stop the others.")
-def reconcile_shard(context: dg.OpExecutionContext, config: ShardConfig, database: PostgresStore):
+def reconcile_shard(context: dg.OpExecutionContext, config: ShardConfig, database: TradingStore):
     cycle_job = _cycle_job(context.job_def)
     known = set(context.instance.get_dynamic_partitions(exchange_account_partitions.name))
     rows = []

@@ -4,7 +4,7 @@ never auto-resumed: only `resume_profile` lifts it."""
 
 import dagster as dg
 
-from recon_assets.resources.database import PostgresStore
+from recon_assets.resources.database import TradingStore
 from recon_assets.resources.watchdog_store import WatchdogStore
 
 
@@ -35,7 +35,7 @@ def _reason(config: TradingGateConfig) -> None:
                    "too, which the operator then owns): no new ENTRY/EXIT flow, never "
                    "auto-resumed.", tags={"kind": "postgres"})
 def pause_profile_op(context: dg.OpExecutionContext, config: TradingGateConfig,
-                     database: PostgresStore) -> dict:
+                     database: TradingStore) -> dict:
     _reason(config)
     return _change(context, config,
                    WatchdogStore(database).pause(config.profile_id, config.reason, context.run.run_id))
@@ -45,7 +45,7 @@ def pause_profile_op(context: dg.OpExecutionContext, config: TradingGateConfig,
                    "active again, or reconciling while a correction is running.",
        tags={"kind": "postgres"})
 def resume_profile_op(context: dg.OpExecutionContext, config: TradingGateConfig,
-                      database: PostgresStore) -> dict:
+                      database: TradingStore) -> dict:
     _reason(config)
     return _change(context, config,
                    WatchdogStore(database).resume(config.profile_id, config.reason, context.run.run_id))
