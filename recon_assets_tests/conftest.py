@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import threading
 
+import psycopg
 import pytest
 
 from recon_assets.db.migrate import migrate
@@ -19,6 +20,7 @@ from recon_assets.local_postgres import LocalPostgres
 from recon_assets_tests.harness.exchange import running_simulator
 
 TEMPLATE_DB = "recon_template"
+SUPABASE_ROLES = ("anon", "authenticated", "service_role")
 # Every test is in exactly one tier (pyproject.toml describes them); `make test-fast` runs
 # `unit` and `db`, `make test` runs everything.
 TIERS = ("unit", "db", "integration", "browser")
@@ -73,6 +75,13 @@ def pg_server():
     server = LocalPostgres(os.path.join(base, "data"))
     try:
         server.start()
+        # Supabase's API roles, so the migrations grant to them as on Supabase and the PostgREST
+        # stand-in can run a call as the key's role (NOLOGIN: nobody connects as them).
+        with psycopg.connect(server.dsn(), autocommit=True) as conn:
+            for role in SUPABASE_ROLES:
+                if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
+                                    (role,)).fetchone():
+                    conn.execute(f"CREATE ROLE {role} NOLOGIN")
         server.create_database(TEMPLATE_DB)
         migrate(server.dsn(TEMPLATE_DB))
         yield server

@@ -120,6 +120,10 @@ class SupabaseStore(TradingStore):
         code = f", code {exc.code}" if exc.code and str(exc.code) != str(status) else ""
         message = self._scrub(str(exc.message or "no message"))
         hint = f" (hint: {self._scrub(str(exc.hint))})" if exc.hint else ""
+        if str(exc.code) == "42501":  # the key was accepted; its role lacks a privilege
+            return (f"{where}: permission denied for the key's role (HTTP {status}{code}: "
+                    f"{message}){hint}; RECON_SUPABASE_SERVICE_ROLE_KEY must be the "
+                    "service-role key, and the database migrated by `recon migrate`")
         if status in (401, 403):
             return (f"{where}: the Data API refused the service key (HTTP {status}{code}: "
                     f"{message}){hint}; check RECON_SUPABASE_SERVICE_ROLE_KEY")

@@ -23,7 +23,12 @@ behaviour for functions:
 - The API gateway's key check: `apikey` must be the configured key (401 "Invalid API key"
   otherwise, as Supabase's gateway answers) and `Authorization` must be `Bearer <that key>`
   (401 PGRST301 otherwise). The key is compared, never logged or echoed.
-Not implemented: table endpoints, GET/HEAD rpc, filters, `Prefer` options, JWT role switching.
+- Role switching (`switch_roles=True`): the key's role (service key: `service_role`, anon key:
+  `anon`) is set with `SET LOCAL ROLE` for the call, as PostgREST does from the JWT's role
+  claim, so a missing grant is a `42501` (403; 401 for anon) here as there. The roles must exist
+  in the cluster (the test harness creates them, NOLOGIN, before migrating).
+Not implemented: table endpoints, GET/HEAD rpc, filters, `Prefer` options, JWTs (keys are
+compared as opaque strings).
 """
 
 import hmac
@@ -77,10 +82,16 @@ class PostgrestStandIn:
     supabase-py (it appends /rest/v1 itself).
     """
 
-    def __init__(self, dsn: str, service_key: str, schema: str = "public", port: int = 0):
+    def __init__(self, dsn: str, service_key: str, schema: str = "public", port: int = 0,
+                 anon_key: str | None = None, switch_roles: bool = False):
         self.dsn = dsn
         self.schema = schema
         self._key = service_key
+        # The role each key's JWT claims (Supabase: the service key is role service_role, the
+        # anon key role anon). With switch_roles, a call runs under `SET LOCAL ROLE <role>` in
+        # its transaction, as PostgREST does, so missing grants fail here as they would there.
+        self._roles = {service_key: "service_role", **({anon_key: "anon"} if anon_key else {})}
+        self.switch_roles = switch_roles
         self._port = port
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -125,21 +136,26 @@ class PostgrestStandIn:
 
     # --- what a request does ----------------------------------------------------------------
 
-    def authorize(self, apikey: str | None, authorization: str | None) -> tuple[int, dict] | None:
+    def authorize(self, apikey: str | None,
+                  authorization: str | None) -> tuple[int, dict] | str:
+        """The role the request runs as, or the (status, body) refusing it."""
         if not apikey:
             return 401, {"message": "No API key found in request",
                          "hint": "No `apikey` request header or url param was found."}
-        if not hmac.compare_digest(apikey.encode(), self._key.encode()):
+        key = next((k for k in self._roles if hmac.compare_digest(apikey.encode(), k.encode())),
+                   None)
+        if key is None:
             return 401, {"message": "Invalid API key",
                          "hint": "Double check your Supabase `anon` or `service_role` API key."}
-        expected = f"Bearer {self._key}"
+        expected = f"Bearer {key}"
         if not authorization or not hmac.compare_digest(authorization.encode(), expected.encode()):
             return 401, {"code": "PGRST301", "message": "No suitable key or wrong key type",
                          "details": None, "hint": None}
-        return None
+        return self._roles[key]
 
-    def rpc(self, function: str, args: dict) -> tuple[int, str | None]:
-        """(status, JSON text or None for no body) of calling `function` with `args`."""
+    def rpc(self, function: str, args: dict, role: str = "service_role") -> tuple[int, str | None]:
+        """(status, JSON text or None for no body) of calling `function` with `args`, as
+        `role` when the stand-in switches roles."""
         if not _IDENTIFIER.fullmatch(function) or not all(_IDENTIFIER.fullmatch(k) for k in args):
             return 404, json.dumps(self._not_found(function, args))
         try:
@@ -149,6 +165,8 @@ class PostgrestStandIn:
                 if signature is None:
                     return 404, json.dumps(self._not_found(function, args))
                 query = self._call_sql(function, args, signature)
+                if self.switch_roles:
+                    conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
                 row = conn.execute(query, (json.dumps(args),)).fetchone()
         except psycopg.OperationalError as exc:
             if getattr(exc, "sqlstate", None):
@@ -156,7 +174,10 @@ class PostgrestStandIn:
             return 503, json.dumps({"code": "PGRST000", "message": "Database client error. "
                                     "Retrying the connection.", "details": None, "hint": None})
         except psycopg.Error as exc:
-            return self._pg_error(exc)
+            status, body = self._pg_error(exc)
+            if status == 403 and role == "anon":  # PostgREST: 401 for anon, 403 when signed in
+                status = 401
+            return status, body
         body = row[0]
         if signature["retset"]:
             return 200, body if body is not None else "[]"
@@ -243,9 +264,9 @@ class _RpcHandler(BaseHTTPRequestHandler):
         match = _RPC_PATH.match(self.path)
         if not match:
             return self._send(404, json.dumps({"message": "no Route matched with those values"}))
-        denied = self.owner.authorize(self.headers.get("apikey"), self.headers.get("Authorization"))
-        if denied:
-            return self._send(denied[0], json.dumps(denied[1]))
+        role = self.owner.authorize(self.headers.get("apikey"), self.headers.get("Authorization"))
+        if not isinstance(role, str):
+            return self._send(role[0], json.dumps(role[1]))
         try:
             args = json.loads(raw or b"{}")
         except ValueError:
@@ -254,7 +275,7 @@ class _RpcHandler(BaseHTTPRequestHandler):
             return self._send(400, json.dumps({
                 "code": "PGRST102", "message": "Empty or invalid json", "details": None,
                 "hint": None}))
-        status, body = self.owner.rpc(match.group(1), args)
+        status, body = self.owner.rpc(match.group(1), args, role)
         self.owner.requests_served += 1
         self._send(status, body)
 

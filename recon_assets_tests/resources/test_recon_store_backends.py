@@ -14,12 +14,13 @@ from recon_assets.core.escalation import MISMATCH_IDENTITY
 from recon_assets.metrics.health import HealthUnavailable, load_state
 from recon_assets.resources.database import PostgresStore
 from recon_assets.resources.recon_store import ESCALATION_COLUMNS, ReconStore
-from recon_assets.resources.supabase_store import SupabaseStore
+from recon_assets.resources.supabase_store import SupabaseStore, SupabaseStoreError
 from recon_assets_tests.harness.postgrest_standin import PostgrestStandIn
 
 pytestmark = pytest.mark.integration
 
 SERVICE_KEY = "test-service-role-key-recon-store"
+ANON_KEY = "test-anon-key-recon-store"
 KINDS = ("missing_from_exchange", "status_drift")
 
 
@@ -51,7 +52,9 @@ def _seed(dsn: str) -> None:
 @pytest.fixture
 def standin(pg_dsn):
     _seed(pg_dsn)
-    with PostgrestStandIn(pg_dsn, SERVICE_KEY) as server:
+    # As PostgREST: each call runs as the key's role (service_role), so a grant the functions
+    # need and the migrations do not give fails here.
+    with PostgrestStandIn(pg_dsn, SERVICE_KEY, anon_key=ANON_KEY, switch_roles=True) as server:
         yield server
 
 
@@ -177,3 +180,29 @@ def test_a_wrong_service_key_is_a_clear_health_error_without_the_key(standin):
     message = str(error.value)
     assert "refused the service key" in message and "RECON_SUPABASE_SERVICE_ROLE_KEY" in message
     assert wrong not in message and SERVICE_KEY not in message
+
+
+def test_the_anon_key_can_call_no_recon_function_and_not_read_the_recon_schema(standin, pg_dsn):
+    anon = SupabaseStore(url=standin.url, service_key=ANON_KEY)  # a valid key, the wrong role
+    for function, params in (("recon_escalation_history", {
+            "p_runs": 5, "p_succeeded": "succeeded", "p_failed": "failed", "p_applied": "applied"}),
+            ("recon_reconcile_cancel", {"p_profile_id": "alpha", "p_cycle_id": "c1",
+                                        "p_idempotency_key": "k", "p_client_order_id": "x"}),
+            ("recon_record_alert", {"p_dedup_key": "x", "p_reason": "persistent_mismatch",
+                                    "p_exchange_account": None, "p_profile_id": None,
+                                    "p_summary": "s", "p_details": {},
+                                    "p_delivery_status": "pending"})):
+        with pytest.raises(SupabaseStoreError) as error:
+            anon.call(function, params)
+        message = str(error.value)
+        assert "HTTP 401, code 42501" in message and "permission denied for function" in message
+        assert ANON_KEY not in message and SERVICE_KEY not in message
+    with psycopg.connect(pg_dsn) as conn:
+        for role in ("anon", "authenticated"):
+            assert conn.execute("SELECT has_schema_privilege(%s, 'recon', 'USAGE')",
+                                (role,)).fetchone()[0] is False
+        open_to_anon = conn.execute(
+            "SELECT p.proname FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace "
+            "AND p.proname LIKE 'recon\\_%%' AND has_function_privilege('anon', p.oid, 'EXECUTE')"
+        ).fetchall()
+    assert open_to_anon == [("recon_profile_lock_key",)]  # a pure hash, for the trading bots

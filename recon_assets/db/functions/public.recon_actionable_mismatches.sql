@@ -8,6 +8,7 @@ RETURNS TABLE (mismatch_id bigint, kind text, profile_id text, trade_id text, in
                status text, qty text, filled_qty text, avg_fill_price text, price text,
                created_at_ms bigint)
 LANGUAGE sql STABLE
+SECURITY DEFINER
 SET search_path = ''
 AS $$
     SELECT m.id, m.kind, o.profile_id, o.trade_id, o.intent::text, o.symbol, o.side::text,

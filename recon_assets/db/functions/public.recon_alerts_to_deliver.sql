@@ -5,6 +5,7 @@ CREATE OR REPLACE FUNCTION public.recon_alerts_to_deliver(p_alert_ids jsonb DEFA
 RETURNS TABLE (id bigint, dedup_key text, reason text, exchange_account text, profile_id text,
                summary text, details jsonb, attempts integer, now timestamptz)
 LANGUAGE sql STABLE
+SECURITY DEFINER
 SET search_path = ''
 AS $$
     SELECT a.id, a.dedup_key, a.reason, a.exchange_account, a.profile_id, a.summary, a.details,

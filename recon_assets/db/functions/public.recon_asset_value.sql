@@ -8,6 +8,7 @@ CREATE OR REPLACE FUNCTION public.recon_store_asset_value(
     p_asset_key text, p_partition_key text, p_run_id text, p_payload_base64 text)
 RETURNS void
 LANGUAGE sql
+SECURITY DEFINER
 SET search_path = ''
 AS $$
     INSERT INTO recon.asset_values (asset_key, partition_key, run_id, payload)
@@ -19,6 +20,7 @@ $$;
 CREATE OR REPLACE FUNCTION public.recon_asset_value(p_asset_key text, p_partition_key text)
 RETURNS text
 LANGUAGE sql STABLE
+SECURITY DEFINER
 SET search_path = ''
 AS $$
     SELECT encode(v.payload, 'base64') FROM recon.asset_values v

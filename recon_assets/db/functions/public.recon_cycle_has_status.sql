@@ -4,6 +4,7 @@ CREATE OR REPLACE FUNCTION public.recon_cycle_has_status(
     p_cycle_id text, p_account text, p_status text)
 RETURNS boolean
 LANGUAGE sql STABLE
+SECURITY DEFINER
 SET search_path = ''
 AS $$
     SELECT EXISTS (SELECT 1 FROM recon.cycles c WHERE c.cycle_id = p_cycle_id

@@ -3,6 +3,7 @@
 CREATE OR REPLACE FUNCTION public.recon_database_created_at()
 RETURNS timestamptz
 LANGUAGE sql STABLE
+SECURITY DEFINER
 SET search_path = ''
 AS $$
     SELECT min(applied_at) FROM recon.schema_migrations WHERE kind = 'versioned';

@@ -9,6 +9,7 @@ CREATE OR REPLACE FUNCTION public.recon_escalation_history(
     p_runs integer, p_succeeded text, p_failed text, p_applied text)
 RETURNS jsonb
 LANGUAGE sql STABLE
+SECURITY DEFINER
 SET search_path = ''
 AS $$
     WITH recent AS (

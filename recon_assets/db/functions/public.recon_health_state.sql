@@ -16,6 +16,7 @@ CREATE OR REPLACE FUNCTION public.recon_health_state(
     p_alert_pending text, p_alert_given_up text)
 RETURNS jsonb
 LANGUAGE sql STABLE
+SECURITY DEFINER
 SET search_path = ''
 AS $$
 WITH prof AS (SELECT DISTINCT exchange_account FROM public.profiles),

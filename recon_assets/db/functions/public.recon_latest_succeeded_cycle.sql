@@ -7,6 +7,7 @@ CREATE OR REPLACE FUNCTION public.recon_latest_succeeded_cycle(
 RETURNS TABLE (cycle_id text, exchange_account text, finished_at timestamptz,
                db_read_at timestamptz, exchange_read_at timestamptz, age_s double precision)
 LANGUAGE sql STABLE
+SECURITY DEFINER
 SET search_path = ''
 AS $$
     SELECT c.cycle_id, c.exchange_account, c.finished_at, c.db_read_at, c.exchange_read_at,

@@ -7,6 +7,7 @@ RETURNS TABLE (check_id bigint, cycle_id text, exchange_account text, profile_id
                price_source text, streak integer, streak_started_cycle text,
                idempotency_key text, reason text, checked_at timestamptz)
 LANGUAGE sql STABLE
+SECURITY DEFINER
 SET search_path = ''
 AS $$
     SELECT c.id, c.cycle_id, c.exchange_account, c.profile_id, c.trade_id, c.slice_no,

@@ -6,6 +6,7 @@ RETURNS TABLE (profile_id text, trade_id text, slice_no integer, cycle_id text,
                checked_at timestamptz, db_qty double precision, exchange_qty double precision,
                mark_price double precision, streak integer, decision text, n bigint)
 LANGUAGE sql STABLE
+SECURITY DEFINER
 SET search_path = ''
 AS $$
     SELECT * FROM (

@@ -6,6 +6,7 @@
 CREATE OR REPLACE FUNCTION public.recon_parity_state(p_account text, p_cycle_id text)
 RETURNS jsonb
 LANGUAGE sql STABLE
+SECURITY DEFINER
 SET search_path = ''
 AS $$
     SELECT jsonb_build_object(

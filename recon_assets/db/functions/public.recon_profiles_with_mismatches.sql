@@ -4,6 +4,7 @@ CREATE OR REPLACE FUNCTION public.recon_profiles_with_mismatches(
     p_cycle_id text, p_account text, p_kinds jsonb)
 RETURNS SETOF text
 LANGUAGE sql STABLE
+SECURITY DEFINER
 SET search_path = ''
 AS $$
     SELECT DISTINCT m.profile_id FROM recon.mismatches m

@@ -4,6 +4,7 @@ CREATE OR REPLACE FUNCTION public.recon_profiles_with_parity_decision(
     p_cycle_id text, p_account text, p_decision text)
 RETURNS SETOF text
 LANGUAGE sql STABLE
+SECURITY DEFINER
 SET search_path = ''
 AS $$
     SELECT DISTINCT c.profile_id FROM recon.parity_checks c

@@ -6,6 +6,7 @@ CREATE OR REPLACE FUNCTION public.recon_reconciling_sessions(
 RETURNS TABLE (profile_id text, owner text, started_at timestamptz, trading_state text,
                age_s double precision)
 LANGUAGE sql STABLE
+SECURITY DEFINER
 SET search_path = ''
 AS $$
     SELECT r.profile_id, r.cycle_id, r.started_at, p.trading_state::text,

@@ -6,6 +6,7 @@ CREATE OR REPLACE FUNCTION public.recon_record_alert(
     p_summary text, p_details jsonb, p_delivery_status text)
 RETURNS bigint
 LANGUAGE sql
+SECURITY DEFINER
 SET search_path = ''
 AS $$
     INSERT INTO recon.alerts (dedup_key, reason, exchange_account, profile_id, summary, details,

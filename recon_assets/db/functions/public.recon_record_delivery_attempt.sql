@@ -4,6 +4,7 @@ CREATE OR REPLACE FUNCTION public.recon_record_delivery_attempt(
     p_alert_id bigint, p_status text, p_error text, p_next_attempt_at timestamptz)
 RETURNS void
 LANGUAGE sql
+SECURITY DEFINER
 SET search_path = ''
 AS $$
     UPDATE recon.alerts

@@ -5,6 +5,7 @@ CREATE OR REPLACE FUNCTION public.recon_record_lock_contention(
     p_lock_object text DEFAULT NULL)
 RETURNS void
 LANGUAGE sql
+SECURITY DEFINER
 SET search_path = ''
 AS $$
     INSERT INTO recon.lock_contention (profile_id, cycle_id, waited_ms, lock_kind, lock_object)

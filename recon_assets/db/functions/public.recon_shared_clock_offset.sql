@@ -6,6 +6,7 @@ CREATE OR REPLACE FUNCTION public.recon_shared_clock_offset(
     p_host text, p_exchange text, p_max_age_s double precision)
 RETURNS integer
 LANGUAGE sql STABLE
+SECURITY DEFINER
 SET search_path = ''
 AS $$
     SELECT c.offset_ms FROM recon.exchange_clock c
@@ -17,6 +18,7 @@ CREATE OR REPLACE FUNCTION public.recon_share_clock_offset(
     p_host text, p_exchange text, p_offset_ms integer)
 RETURNS void
 LANGUAGE sql
+SECURITY DEFINER
 SET search_path = ''
 AS $$
     INSERT INTO recon.exchange_clock (host, exchange, offset_ms, measured_at)

@@ -6,6 +6,7 @@ CREATE OR REPLACE FUNCTION public.recon_shared_markets(
     p_exchange text, p_max_age_s double precision)
 RETURNS jsonb
 LANGUAGE sql STABLE
+SECURITY DEFINER
 SET search_path = ''
 AS $$
     SELECT m.markets FROM recon.exchange_markets m
@@ -15,6 +16,7 @@ $$;
 CREATE OR REPLACE FUNCTION public.recon_share_markets(p_exchange text, p_markets jsonb)
 RETURNS void
 LANGUAGE sql
+SECURITY DEFINER
 SET search_path = ''
 AS $$
     INSERT INTO recon.exchange_markets (exchange, markets, loaded_at)
