@@ -285,16 +285,18 @@ def local_resources(dsn: str, sim: SimulatorServer, settings=None, **exchange_co
     }
 
 
-def run_once(stack: DemoStack) -> dict:
+def run_once(stack: DemoStack, resources: dict | None = None) -> dict:
     """One full cycle headless, through the same definitions the UI runs: snapshots and diff per
-    account, the correction sensor and its jobs, then a second diff. Returns the summary."""
+    account, the correction sensor and its jobs, then a second diff. Returns the summary.
+    `resources` replaces `local_resources(stack.dsn, stack.sim)` (a test runs the same flow over
+    the Supabase Data API store)."""
     import warnings
 
     import dagster as dg
 
     from recon_assets.definitions import build_defs
 
-    resources = local_resources(stack.dsn, stack.sim)
+    resources = resources or local_resources(stack.dsn, stack.sim)
     store = resources["database"]
     defs = build_defs(resources)
     # A readable summary: Dagster's step logs stay in the run history, not on the terminal.
@@ -374,7 +376,7 @@ def run_once(stack: DemoStack) -> dict:
                                       "apply_exit_backfill")
         cycle("after corrections")
         summarize()
-    summary["health"] = load_state(stack.dsn).health
+    summary["health"] = load_state(store).health
     return summary
 
 

@@ -21,6 +21,16 @@ from recon_assets_tests.harness.exchange import running_simulator
 
 TEMPLATE_DB = "recon_template"
 SUPABASE_ROLES = ("anon", "authenticated", "service_role")
+# What a Supabase project grants its API roles in schema public by default (so tables the
+# trading app creates there are reachable through the Data API, and functions callable, unless
+# revoked): the migrated test databases start from the same, and grants.sql must close the
+# recon functions again.
+SUPABASE_DEFAULT_PRIVILEGES = """
+GRANT USAGE ON SCHEMA public TO anon, authenticated, service_role;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO anon, authenticated, service_role;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON SEQUENCES TO anon, authenticated, service_role;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT EXECUTE ON FUNCTIONS TO anon, authenticated, service_role;
+"""
 # Every test is in exactly one tier (pyproject.toml describes them); `make test-fast` runs
 # `unit` and `db`, `make test` runs everything.
 TIERS = ("unit", "db", "integration", "browser")
@@ -83,6 +93,8 @@ def pg_server():
                                     (role,)).fetchone():
                     conn.execute(f"CREATE ROLE {role} NOLOGIN")
         server.create_database(TEMPLATE_DB)
+        with psycopg.connect(server.dsn(TEMPLATE_DB), autocommit=True) as conn:
+            conn.execute(SUPABASE_DEFAULT_PRIVILEGES)
         migrate(server.dsn(TEMPLATE_DB))
         yield server
     finally:

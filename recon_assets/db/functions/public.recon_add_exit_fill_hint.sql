@@ -7,6 +7,7 @@ CREATE OR REPLACE FUNCTION public.recon_add_exit_fill_hint(
     p_added_by text)
 RETURNS jsonb
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = ''
 AS $$
 DECLARE

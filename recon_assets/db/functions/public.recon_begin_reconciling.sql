@@ -20,6 +20,7 @@ CREATE OR REPLACE FUNCTION public.recon_begin_reconciling(
     p_profile_id text, p_cycle_id text DEFAULT NULL, p_take_over_from text DEFAULT NULL)
 RETURNS jsonb
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = ''
 AS $$
 DECLARE
@@ -67,6 +68,7 @@ $$;
 CREATE OR REPLACE FUNCTION public.recon_end_reconciling(p_profile_id text, p_cycle_id text DEFAULT NULL)
 RETURNS jsonb
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = ''
 AS $$
 DECLARE

@@ -20,6 +20,7 @@ LEFT JOIN recon.watchdog_state w ON w.profile_id = p.id;
 CREATE OR REPLACE FUNCTION public.recon_may_trade(p_profile_id text)
 RETURNS boolean
 LANGUAGE sql
+SECURITY DEFINER
 SET search_path = ''
 AS $$
     SELECT COALESCE((SELECT trading_state = 'active' FROM public.profiles

@@ -6,6 +6,7 @@ CREATE OR REPLACE FUNCTION public.recon_note_exchange_weight(
     p_banned_s numeric DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = ''
 AS $$
 DECLARE

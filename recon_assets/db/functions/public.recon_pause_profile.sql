@@ -13,6 +13,7 @@ CREATE OR REPLACE FUNCTION public.recon_pause_profile(
     p_profile_id text, p_reason text, p_run_id text DEFAULT NULL)
 RETURNS jsonb
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = ''
 AS $$
 DECLARE
@@ -38,6 +39,7 @@ CREATE OR REPLACE FUNCTION public.recon_resume_profile(
     p_profile_id text, p_reason text, p_run_id text DEFAULT NULL)
 RETURNS jsonb
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = ''
 AS $$
 DECLARE
@@ -62,6 +64,7 @@ CREATE OR REPLACE FUNCTION public.recon_auto_resume(
     p_expect_last_auto_resume_at timestamptz, p_evidence jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = ''
 AS $$
 DECLARE

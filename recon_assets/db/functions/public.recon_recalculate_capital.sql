@@ -4,6 +4,7 @@
 CREATE OR REPLACE FUNCTION public.recon_recalculate_capital(p_profile_id text)
 RETURNS jsonb
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = ''
 AS $$
 DECLARE

@@ -14,6 +14,7 @@ CREATE OR REPLACE FUNCTION public.recon_reconcile_exit_fill(
     p_evidence jsonb DEFAULT '{}'::jsonb)
 RETURNS jsonb
 LANGUAGE sql
+SECURITY DEFINER
 SET search_path = ''
 AS $$
     SELECT recon._run_correction(

@@ -5,6 +5,7 @@ CREATE OR REPLACE FUNCTION public.recon_record_backfill_decisions(
     p_cycle_id text, p_account text, p_decisions jsonb, p_dry_run boolean DEFAULT false)
 RETURNS jsonb
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = ''
 AS $$
 DECLARE

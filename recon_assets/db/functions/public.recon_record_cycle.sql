@@ -1,4 +1,5 @@
--- Recording a reconciliation cycle, callable through psycopg and through supabase-py's rpc():
+-- Recording a reconciliation cycle, callable through psycopg and through supabase-py's rpc()
+-- (as their owner: the Data API's service_role needs no grant on recon.cycles / mismatches):
 --   public.recon_record_cycle(...)          a succeeded cycle and its findings
 --   public.recon_record_failed_cycle(...)   a failed one
 
@@ -14,6 +15,8 @@ CREATE OR REPLACE FUNCTION public.recon_record_cycle(
     p_db_run_id text DEFAULT NULL, p_exchange_run_id text DEFAULT NULL)
 RETURNS integer
 LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = ''
 AS $$
 BEGIN
     INSERT INTO recon.cycles (cycle_id, exchange_account, started_at, finished_at, status,
@@ -53,6 +56,8 @@ CREATE OR REPLACE FUNCTION public.recon_record_failed_cycle(
     p_cycle_id text, p_account text, p_error text)
 RETURNS void
 LANGUAGE sql
+SECURITY DEFINER
+SET search_path = ''
 AS $$
     INSERT INTO recon.cycles (cycle_id, exchange_account, finished_at, status, error)
     VALUES (p_cycle_id, p_account, clock_timestamp(), 'failed', left(p_error, 2000))

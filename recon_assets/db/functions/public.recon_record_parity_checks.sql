@@ -9,6 +9,7 @@ CREATE OR REPLACE FUNCTION public.recon_record_parity_checks(
     p_cycle_id text, p_account text, p_checks jsonb, p_dry_run boolean DEFAULT false)
 RETURNS jsonb
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = ''
 AS $$
 DECLARE
@@ -101,6 +102,7 @@ CREATE OR REPLACE FUNCTION public.recon_resolve_quarantine(
     p_operator_run text)
 RETURNS jsonb
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = ''
 AS $$
 DECLARE

@@ -15,6 +15,7 @@ CREATE OR REPLACE FUNCTION public.recon_record_refused_correction(
     p_evidence jsonb DEFAULT '{}'::jsonb)
 RETURNS bigint
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = ''
 AS $$
 DECLARE

@@ -11,6 +11,7 @@ CREATE OR REPLACE FUNCTION public.recon_record_watchdog(
     p_cycle_id text, p_account text, p_verdicts jsonb, p_run_id text DEFAULT NULL)
 RETURNS jsonb
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = ''
 AS $$
 DECLARE

@@ -7,6 +7,7 @@ CREATE OR REPLACE FUNCTION public.recon_review_backfill(
     p_decision_id bigint, p_verdict text, p_note text, p_run_id text)
 RETURNS jsonb
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = ''
 AS $$
 DECLARE

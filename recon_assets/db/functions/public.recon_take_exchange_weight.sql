@@ -6,6 +6,7 @@ CREATE OR REPLACE FUNCTION public.recon_take_exchange_weight(
     p_egress text, p_weight integer, p_limit integer)
 RETURNS jsonb
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = ''
 AS $$
 DECLARE

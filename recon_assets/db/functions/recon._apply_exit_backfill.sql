@@ -114,6 +114,7 @@ CREATE OR REPLACE FUNCTION public.recon_exit_backfill(
     p_evidence jsonb DEFAULT '{}'::jsonb)
 RETURNS jsonb
 LANGUAGE sql
+SECURITY DEFINER
 SET search_path = ''
 AS $$
     SELECT recon._run_correction(

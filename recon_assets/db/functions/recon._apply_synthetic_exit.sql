@@ -74,6 +74,7 @@ CREATE OR REPLACE FUNCTION public.recon_synthetic_exit(
     p_exited_at timestamptz DEFAULT NULL)
 RETURNS jsonb
 LANGUAGE sql
+SECURITY DEFINER
 SET search_path = ''
 AS $$
     SELECT recon._run_correction(
