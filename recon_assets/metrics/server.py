@@ -213,7 +213,13 @@ def build_registry(source, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> Coll
 class _Handler(BaseHTTPRequestHandler):
     server_version = "recon-health"
     protocol_version = "HTTP/1.1"
-    source: object  # a Postgres DSN or a TradingStore
+    # A Postgres DSN or a TradingStore, held in a tuple: a Dagster resource is a descriptor
+    # and would not survive being a class attribute itself.
+    sources: tuple
+
+    @property
+    def source(self):
+        return self.sources[0]
     stale_after_s: float
     registry: CollectorRegistry
 
@@ -287,7 +293,7 @@ def make_server(source, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
     """A bound (not yet serving) HTTP server reading through `source` (a Postgres DSN or a
     TradingStore, either backend); call `serve_forever()`, later `shutdown()`."""
     handler = type("ReconHealthHandler", (_Handler,), {
-        "source": source, "stale_after_s": stale_after_s,
+        "sources": (source,), "stale_after_s": stale_after_s,
         "registry": build_registry(source, stale_after_s)})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True

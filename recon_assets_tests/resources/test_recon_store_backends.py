@@ -206,3 +206,28 @@ def test_the_anon_key_can_call_no_recon_function_and_not_read_the_recon_schema(s
             "AND p.proname LIKE 'recon\\_%%' AND has_function_privilege('anon', p.oid, 'EXECUTE')"
         ).fetchall()
     assert open_to_anon == [("recon_profile_lock_key",)]  # a pure hash, for the trading bots
+
+
+def test_the_health_server_serves_over_the_data_api(pg_dsn, standin):
+    import json
+    import threading
+    import urllib.request
+
+    from recon_assets.metrics.server import make_server
+
+    server = make_server(SupabaseStore(url=standin.url, service_key=SERVICE_KEY), port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/internal/health", timeout=10) as r:
+            served = json.loads(r.read())
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            metrics = r.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    expected = load_state(pg_dsn).health
+    assert {**served, "checkedAt": None} == {**expected, "checkedAt": None}
+    assert "reconciliation_state_up 1.0" in metrics
