@@ -4,10 +4,11 @@
 --
 -- The handlers change money state and the reads return the reconciler's records, so PUBLIC may
 -- not call them (on Supabase neither may anon / authenticated, to whom the default privileges of
--- schema public would otherwise give EXECUTE through the Data API). The owner (the role that migrates) keeps EXECUTE. Where Supabase's
--- service_role exists (the role supabase-py's rpc() runs as with the service key), it gets
--- EXECUTE; the functions are SECURITY INVOKER, so they run with the caller's privileges (the
--- table grants they need are in migration 0005).
+-- schema public would otherwise give EXECUTE through the Data API). The owner (the role that
+-- migrates) keeps EXECUTE. Where Supabase's service_role exists (the role supabase-py's rpc()
+-- runs as with the service key), it gets EXECUTE; the functions are SECURITY DEFINER with an
+-- empty search_path, so they run as their owner and service_role needs no table grant
+-- (recon_snapshot_account reads the trading tables in public as its caller).
 DO $grants$
 DECLARE
     fn text;
