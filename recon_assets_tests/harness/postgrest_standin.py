@@ -23,6 +23,9 @@ behaviour for functions:
 - The API gateway's key check: `apikey` must be the configured key (401 "Invalid API key"
   otherwise, as Supabase's gateway answers) and `Authorization` must be `Bearer <that key>`
   (401 PGRST301 otherwise). The key is compared, never logged or echoed.
+- The schema a POST names in `Content-Profile` (supabase-py sends its `schema` option) must be
+  the exposed one (406 PGRST106 otherwise). supabase-py's rpc() sends no `Prefer` header (it
+  would only for a `count`), so none is interpreted.
 - Role switching (`switch_roles=True`): the key's role (service key: `service_role`, anon key:
   `anon`) is set with `SET LOCAL ROLE` for the call, as PostgREST does from the JWT's role
   claim, so a missing grant is a `42501` (403; 401 for anon) here as there. The roles must exist
@@ -267,6 +270,13 @@ class _RpcHandler(BaseHTTPRequestHandler):
         role = self.owner.authorize(self.headers.get("apikey"), self.headers.get("Authorization"))
         if not isinstance(role, str):
             return self._send(role[0], json.dumps(role[1]))
+        # The schema a POST is for (supabase-py sends its `schema` option): only the exposed
+        # one, as PostgREST's db-schemas setting (PGRST106 otherwise).
+        profile = self.headers.get("Content-Profile")
+        if profile is not None and profile != self.owner.schema:
+            return self._send(406, json.dumps({
+                "code": "PGRST106", "message": "Invalid schema: " + profile, "details": None,
+                "hint": f"Only the following schemas are exposed: {self.owner.schema}"}))
         try:
             args = json.loads(raw or b"{}")
         except ValueError:

@@ -231,3 +231,10 @@ def test_the_health_server_serves_over_the_data_api(pg_dsn, standin):
     expected = load_state(pg_dsn).health
     assert {**served, "checkedAt": None} == {**expected, "checkedAt": None}
     assert "reconciliation_state_up 1.0" in metrics
+
+
+def test_a_schema_the_data_api_does_not_expose_is_a_clear_error(standin):
+    store = SupabaseStore(url=standin.url, service_key=SERVICE_KEY, schema_name="recon")
+    with pytest.raises(SupabaseStoreError) as error:
+        store.call("recon_database_created_at")
+    assert "HTTP 406, code PGRST106" in str(error.value) and SERVICE_KEY not in str(error.value)
