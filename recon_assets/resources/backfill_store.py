@@ -54,7 +54,7 @@ class BackfillStore:
 
     def decisions(self, cycle_id: str, profile_id: str, decision: str) -> list[dict]:
         """One profile's decisions of one cycle with `decision`, in the order they were made."""
-        return [_decision(r) for r in self.database.call("recon_profile_backfill_decisions", {
+        return [_decision(r) for r in self.database.call("recon_backfill_decisions", {
             "p_cycle_id": cycle_id, "p_profile_id": profile_id, "p_decision": decision})]
 
     def profiles_with_decision(self, cycle_id: str, account: str, decision: str) -> list[str]:
@@ -63,12 +63,12 @@ class BackfillStore:
             {"p_cycle_id": cycle_id, "p_account": account, "p_decision": decision}))
 
     def decision(self, decision_id: int) -> dict | None:
-        rows = self.database.call("recon_backfill_decision", {"p_decision_id": decision_id})
+        rows = self.database.call("recon_backfill_decisions", {"p_decision_id": decision_id})
         return _decision(rows[0]) if rows else None
 
     def pair_in_cycle(self, cycle_id: str, pair: dict) -> dict | None:
         """The decision of `cycle_id` about the same fill and slice as `pair` (a decision)."""
-        rows = self.database.call("recon_backfill_pair_in_cycle", {
+        rows = self.database.call("recon_backfill_decisions", {
             "p_cycle_id": cycle_id, "p_account": pair["exchange_account"],
             "p_symbol": pair["symbol"], "p_exchange_fill_id": pair["exchange_fill_id"],
             "p_profile_id": pair["profile_id"], "p_trade_id": pair["trade_id"],
