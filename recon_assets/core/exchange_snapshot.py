@@ -131,6 +131,47 @@ def next_income_cursor(start_ms: int, last_entry_ms: int | None, now_ms: int, co
     return max(last_entry_ms or start_ms, start_ms)
 
 
+# The largest position notional the snapshot believes (USD): Binance's leverage brackets cap a
+# position far below it on every market, so a larger one is a malformed answer, not exposure to
+# act on (it would trip the watchdog, pause profiles, or be booked).
+MAX_POSITION_NOTIONAL_USD = 1e12
+
+
+@dataclass(frozen=True)
+class MarketBounds:
+    """The largest quantity of one order or fill and the largest price a market allows (from
+    its exchangeInfo filters, via ccxt's `limits`); None where the market says nothing."""
+    max_qty: float | None
+    max_price: float | None
+
+
+def market_bounds(market: dict) -> MarketBounds:
+    """A ccxt market's bounds: the larger of its limit-order and market-order lot maxima, and
+    its price filter's maximum."""
+    limits = market.get("limits") or {}
+
+    def top(*names):
+        values = [(limits.get(n) or {}).get("max") for n in names]
+        values = [float(v) for v in values if v is not None and math.isfinite(float(v)) and float(v) > 0]
+        return max(values) if values else None
+    return MarketBounds(top("amount", "market"), top("price"))
+
+
+def beyond_bounds(what: str, value, bounds: MarketBounds | None) -> str | None:
+    """Why `value` (a quantity: `qty`, a price: `price`, a position's notional: `notional`)
+    cannot be true of the market, or None. Only absolute sizes are compared."""
+    size = abs(float(value))
+    if what == "notional":
+        limit = MAX_POSITION_NOTIONAL_USD
+    elif bounds is None:
+        return None
+    else:
+        limit = bounds.max_qty if what == "qty" else bounds.max_price
+    if limit is None or size <= limit:
+        return None
+    return f"exceeds the largest {what} the market allows ({limit:g})"
+
+
 def utc_from_ms(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from recon_assets.core.exchange_snapshot import MarketBounds, beyond_bounds
 from recon_assets.resources.exchange_errors import ExchangePayloadError, ExchangeUnknownMarket
 
 # The income history's entries that a fill leaves (a commission on every fill, a realised PnL on
@@ -111,9 +112,18 @@ def _symbol(item: dict, known: set[str] | None) -> str:
     return symbol
 
 
+def _bounded(item: dict, name: str, value: Decimal, what: str,
+             bounds: dict[str, MarketBounds] | None) -> None:
+    """A quantity or price no market allows (core.exchange_snapshot.beyond_bounds)."""
+    why = beyond_bounds(what, value, (bounds or {}).get(item.get("symbol")))
+    if why:
+        raise _Bad(f"field {name!r} = {item[name]!r} {why}")
 
 
-def _check_order(item: dict, known: set[str] | None, with_time: bool = True) -> None:
+
+
+def _check_order(item: dict, known: set[str] | None, with_time: bool = True,
+                 bounds: dict[str, MarketBounds] | None = None) -> None:
     _integer(item, "orderId", 1)
     _symbol(item, known)
     _text(item, "clientOrderId")
@@ -121,11 +131,12 @@ def _check_order(item: dict, known: set[str] | None, with_time: bool = True) -> 
     _text(item, "type")
     _choice(item, "status", ORDER_STATUSES)
     qty = _decimal(item, "origQty", positive=True)
+    _bounded(item, "origQty", qty, "qty", bounds)
     executed = _decimal(item, "executedQty", minimum=Decimal(0))
     if executed > qty:
         raise _Bad(f"field 'executedQty' = {item['executedQty']!r} exceeds origQty {item['origQty']!r}")
-    _decimal(item, "price", minimum=Decimal(0))
-    _decimal(item, "avgPrice", minimum=Decimal(0))
+    for name in ("price", "avgPrice"):
+        _bounded(item, name, _decimal(item, name, minimum=Decimal(0)), "price", bounds)
     _choice(item, "positionSide", POSITION_SIDES)
     if with_time:
         _integer(item, "time", 1)
@@ -135,21 +146,23 @@ def _check_order(item: dict, known: set[str] | None, with_time: bool = True) -> 
 ALGO_STATUSES = {"NEW", "CANCELED", "TRIGGERING", "TRIGGERED", "FINISHED", "REJECTED", "EXPIRED"}
 
 
-def _check_algo_order(item: dict, known: set[str] | None) -> None:
+def _check_algo_order(item: dict, known: set[str] | None,
+                      bounds: dict[str, MarketBounds] | None = None) -> None:
     _integer(item, "algoId", 1)
     _symbol(item, known)
     _text(item, "clientAlgoId")
     _choice(item, "side", _SIDES)
     _text(item, "orderType")
     _choice(item, "algoStatus", ALGO_STATUSES)
-    _decimal(item, "quantity", positive=True)
-    _decimal(item, "triggerPrice", minimum=Decimal(0))
-    _decimal(item, "price", minimum=Decimal(0))
+    _bounded(item, "quantity", _decimal(item, "quantity", positive=True), "qty", bounds)
+    for name in ("triggerPrice", "price"):
+        _bounded(item, name, _decimal(item, name, minimum=Decimal(0)), "price", bounds)
     _choice(item, "positionSide", POSITION_SIDES)
     _integer(item, "createTime", 1)
 
 
-def _check_position(item: dict, known: set[str] | None) -> None:
+def _check_position(item: dict, known: set[str] | None,
+                    bounds: dict[str, MarketBounds] | None = None) -> None:
     _symbol(item, known)
     leg = _choice(item, "positionSide", POSITION_SIDES)
     amount = _decimal(item, "positionAmt")
@@ -159,18 +172,22 @@ def _check_position(item: dict, known: set[str] | None) -> None:
     entry = _decimal(item, "entryPrice", minimum=Decimal(0))
     if amount != 0 and entry <= 0:
         raise _Bad(f"field 'entryPrice' = {item['entryPrice']!r} must be > 0 for positionAmt {item['positionAmt']!r}")
-    _decimal(item, "markPrice", minimum=Decimal(0))
-    _decimal(item, "notional")
+    _bounded(item, "entryPrice", entry, "price", bounds)
+    mark = _decimal(item, "markPrice", minimum=Decimal(0))
+    _bounded(item, "markPrice", mark, "price", bounds)
+    _bounded(item, "positionAmt", amount * max(mark, entry), "notional", bounds)
+    _bounded(item, "notional", _decimal(item, "notional"), "notional", bounds)
     _integer(item, "updateTime", 0)
 
 
-def _check_trade(item: dict, known: set[str] | None) -> None:
+def _check_trade(item: dict, known: set[str] | None,
+                 bounds: dict[str, MarketBounds] | None = None) -> None:
     _integer(item, "id", 1)
     _integer(item, "orderId", 1)
     _symbol(item, known)
     _choice(item, "side", _SIDES)
-    _decimal(item, "price", positive=True)
-    _decimal(item, "qty", positive=True)
+    _bounded(item, "price", _decimal(item, "price", positive=True), "price", bounds)
+    _bounded(item, "qty", _decimal(item, "qty", positive=True), "qty", bounds)
     _decimal(item, "commission")
     _text(item, "commissionAsset")
     _integer(item, "time", 1)
@@ -210,6 +227,13 @@ def _label(item: Any) -> str:
     return "?"
 
 
+# What identifies one item of a list answer: two items with the same key in one answer are a
+# malformed answer (the exchange lists each order, fill and position leg once), never summed or
+# silently collapsed.
+_ITEM_KEYS = {"_check_order": ("orderId",), "_check_algo_order": ("algoId",),
+              "_check_trade": ("id",), "_check_position": ("symbol", "positionSide")}
+
+
 def _check_list(endpoint: str, payload: Any, check, known, **kwargs) -> None:
     if not isinstance(payload, list):
         raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: expected a JSON list, "
@@ -223,11 +247,24 @@ def _check_list(endpoint: str, payload: Any, check, known, **kwargs) -> None:
         except _Bad as exc:
             raise _error_for(exc)(
                 f"malformed exchange payload from {endpoint}: item {i} ({_label(item)}): {exc}") from None
+    key_fields = _ITEM_KEYS.get(check.__name__)
+    if key_fields:
+        seen: dict[tuple, int] = {}
+        for i, item in enumerate(payload):
+            key = tuple(item[k] for k in key_fields)
+            if key in seen:
+                named = ", ".join(f"{k!r} = {v!r}" for k, v in zip(key_fields, key))
+                raise ExchangePayloadError(
+                    f"malformed exchange payload from {endpoint}: items {seen[key]} and {i} are "
+                    f"duplicates ({named}): the exchange lists each once")
+            seen[key] = i
 
 
-def check_payload(method: str, path: str, payload: Any, known_symbols: set[str] | None = None) -> None:
+def check_payload(method: str, path: str, payload: Any, known_symbols: set[str] | None = None,
+                  bounds: dict[str, MarketBounds] | None = None) -> None:
     """Raise ExchangePayloadError naming the field when a Binance USD-M payload cannot be
-    trusted; `known_symbols` (exchange ids) are the markets every item must belong to."""
+    trusted; `known_symbols` (exchange ids) are the markets every item must belong to, `bounds`
+    (by exchange id) the largest quantity and price each allows."""
     endpoint = f"{method} {path}"
     if isinstance(payload, dict) and "code" in payload and "msg" in payload and len(payload) <= 3:
         return  # an error body: ccxt's own error handling raises for it
@@ -239,27 +276,27 @@ def check_payload(method: str, path: str, payload: Any, known_symbols: set[str] 
             raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: field 'symbols' is empty")
         _check_list(endpoint, payload["symbols"], _check_market, None)
     elif path.endswith("/openOrders"):
-        _check_list(endpoint, payload, _check_order, known_symbols)
+        _check_list(endpoint, payload, _check_order, known_symbols, bounds=bounds)
     elif path.endswith("/openAlgoOrders"):
-        _check_list(endpoint, payload, _check_algo_order, known_symbols)
+        _check_list(endpoint, payload, _check_algo_order, known_symbols, bounds=bounds)
     elif path.endswith("/algoOrder") and method == "GET":
         if not isinstance(payload, dict):
             raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: expected a JSON object")
         try:
-            _check_algo_order(payload, known_symbols)
+            _check_algo_order(payload, known_symbols, bounds)
         except _Bad as exc:
             raise _error_for(exc)(f"malformed exchange payload from {endpoint}: {exc}") from None
     elif path.endswith("/positionRisk"):
-        _check_list(endpoint, payload, _check_position, known_symbols)
+        _check_list(endpoint, payload, _check_position, known_symbols, bounds=bounds)
     elif path.endswith("/userTrades"):
-        _check_list(endpoint, payload, _check_trade, known_symbols)
+        _check_list(endpoint, payload, _check_trade, known_symbols, bounds=bounds)
     elif path.endswith("/income"):
         _check_list(endpoint, payload, _check_income, None)
     elif path.endswith("/order"):
         if not isinstance(payload, dict):
             raise ExchangePayloadError(f"malformed exchange payload from {endpoint}: expected a JSON object")
         try:
-            _check_order(payload, known_symbols, with_time=(method == "GET"))
+            _check_order(payload, known_symbols, with_time=(method == "GET"), bounds=bounds)
         except _Bad as exc:
             raise _error_for(exc)(f"malformed exchange payload from {endpoint}: {exc}") from None
     elif path.endswith("/premiumIndex"):

@@ -39,6 +39,7 @@ import ccxt
 import dagster as dg
 from pydantic import Field
 
+from recon_assets.core.exchange_snapshot import market_bounds
 from recon_assets.core.fees import needs_price
 from recon_assets.core.request_weights import WEIGHT_LIMIT_PER_MINUTE, request_weight
 from recon_assets.core.rules import TRADES_QUERY_WINDOW_DAYS
@@ -198,7 +199,7 @@ def _client_class(exchange_id: str) -> type:
                 raise StaleResponseError(f"{endpoint} served data {age:.0f} s old (the bound is "
                                          f"{self.recon_max_age_s:.0f} s)")
             known = set(self.markets_by_id) if self.markets_by_id else None
-            check_payload(method, path, response, known)
+            check_payload(method, path, response, known, self._bounds())
             if path.endswith(POSITION_LISTING):  # ccxt keeps only non-zero positions of it
                 self.recon_listed_ids = [item["symbol"] for item in response]
                 self.recon_position_sides = {item.get("positionSide") for item in response}
@@ -206,6 +207,17 @@ def _client_class(exchange_id: str) -> type:
             stats.first_at = now if stats.first_at is None else stats.first_at
             stats.last_at = now
             return response
+
+        def _bounds(self) -> dict:
+            """Each market's largest quantity and price, by exchange id (for the payload
+            checks), worked out once per set of loaded markets."""
+            cached = getattr(self, "_recon_bounds", None)
+            if cached is None or cached[0] is not self.markets_by_id:
+                cached = (self.markets_by_id, {
+                    market_id: market_bounds(markets[0])
+                    for market_id, markets in (self.markets_by_id or {}).items() if markets})
+                self._recon_bounds = cached
+            return cached[1]
 
         def _note_used_weight(self, headers) -> None:
             raw = (headers or {}).get("X-MBX-USED-WEIGHT-1M") or (headers or {}).get(

@@ -36,6 +36,7 @@ before it ended a 418 ban, doubling per ban), `set_clock_offset` {offset_ms} (th
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import hmac
 import json
@@ -73,6 +74,39 @@ _CONTROL_OPS = {
 
 def _bool(raw: str | None) -> bool:
     return str(raw).lower() == "true"
+
+
+def _corrupt_rows(payload: Any, params: dict) -> Any:
+    """The `corrupt_rows` fault (state.Fault): one item (or every item) of a list answer, or of
+    the list an object answer holds (positions, symbols, assets), changed, duplicated or added
+    to. An answer with no item to change is served as it is (unless `row` adds one). The
+    simulator's own state is never changed (the answer is a copy)."""
+    payload = copy.deepcopy(payload)
+    items = payload
+    if isinstance(payload, dict):
+        items = next((payload[k] for k in ("positions", "symbols", "assets")
+                      if isinstance(payload.get(k), list)), [payload])
+    if not isinstance(items, list):
+        return payload
+    if "row" in params:  # added first, so `index` None and `duplicate` also reach it
+        items.append(copy.deepcopy(params["row"]))
+    index = params.get("index", 0)
+    chosen = range(len(items)) if index is None else [index] if -len(items) <= index < len(items) else []
+    changed = []
+    for i in chosen:
+        item = items[i]
+        if not isinstance(item, dict):
+            continue
+        target = copy.deepcopy(item) if params.get("duplicate") else item
+        for name, value in (params.get("set") or {}).items():
+            target[name] = copy.deepcopy(value)
+        for name in params.get("drop") or ():
+            target.pop(name, None)
+        if params.get("duplicate"):
+            changed.append((i, target))
+    for i, copy_ in reversed(changed):
+        items.insert(i + 1, copy_)
+    return payload
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -212,6 +246,8 @@ class _Handler(BaseHTTPRequestHandler):
                     if key in payload:
                         payload[key] = []
             return payload
+        if fault.kind == "corrupt_rows":
+            return _corrupt_rows(payload, fault.params)
         if fault.kind == "bad_field":
             name = fault.params["field"]
             items = payload if isinstance(payload, list) else [payload]

@@ -249,7 +249,11 @@ class Fault:
     truncated (the body is cut and the connection closed early), drop (connection closed
     without a response), stale (serve the state frozen when the fault was injected, `age_s` old,
     with Date/Age headers saying so), bad_field (set `field` to `value`, or delete it when
-    `value` is absent, in each item of the response), empty (a 200 with no items).
+    `value` is absent, in each item of the response), empty (a 200 with no items),
+    corrupt_rows (one item, `index` (default 0; None: every item), gets `set` {field: value}
+    and loses the fields in `drop`; with `duplicate` true a copy so changed is added after it
+    instead, as a second row with the same id; `row` first appends that whole object as one
+    more item). Values may be any JSON (NaN and Infinity are sent as JavaScript's bare tokens).
     """
 
     kind: str
@@ -259,7 +263,7 @@ class Fault:
     params: dict = field(default_factory=dict)
 
     KINDS = ("latency", "rate_limit", "ban", "server_error", "malformed_json", "truncated",
-             "drop", "stale", "bad_field", "empty")
+             "drop", "stale", "bad_field", "empty", "corrupt_rows")
 
     def matches(self, method: str, path: str) -> bool:
         if self.path is not None and self.path != path:

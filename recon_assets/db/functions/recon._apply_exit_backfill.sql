@@ -49,6 +49,13 @@ BEGIN
                 '%s: fill %s on %s is booked in applied_fills already; nothing is booked twice',
                 h, f.exchange_fill_id, f.symbol);
     END IF;
+    -- recon.exchange_fills' CHECKs (qty > 0, price >= 0) let NaN and Infinity through: such a
+    -- stored fill is corrupt, never booked.
+    IF f.qty IN ('NaN', 'Infinity') OR f.price IN ('NaN', 'Infinity')
+       OR f.fee_usd IN ('NaN', 'Infinity', '-Infinity') THEN
+        RAISE EXCEPTION '%: fill % on % has a qty, price or fee that is not a finite number (%, %, %); it is not booked',
+            h, f.exchange_fill_id, f.symbol, f.qty, f.price, f.fee_usd;
+    END IF;
     IF s.status <> 'open' OR s.virtual_open_qty <= 0 THEN
         RETURN pg_catalog.jsonb_build_object(
             'status', 'unchanged', 'trade_id', s.trade_id,

@@ -22,8 +22,10 @@ DECLARE
     v_exit jsonb;
     v_position jsonb;
 BEGIN
-    IF v_qty IS NULL OR v_qty <= 0 OR v_price IS NULL OR v_price <= 0 THEN
-        RAISE EXCEPTION '%: a qty > 0 and a price > 0 are required (got %, %)', h, v_qty, v_price;
+    -- (NaN and Infinity are numerics greater than every number in Postgres: refused too.)
+    IF v_qty IS NULL OR v_qty <= 0 OR v_price IS NULL OR v_price <= 0
+       OR v_qty IN ('NaN', 'Infinity') OR v_price IN ('NaN', 'Infinity') THEN
+        RAISE EXCEPTION '%: a finite qty > 0 and a finite price > 0 are required (got %, %)', h, v_qty, v_price;
     END IF;
     s := recon._lock_slice(h, p_profile_id, r->>'trade_id', (r->>'slice_no')::integer);
     IF s.status <> 'open' OR s.virtual_open_qty <= 0 THEN

@@ -1,5 +1,6 @@
 -- The fills of an order, as the fill handlers take them (see recon._book_order_fill.sql):
---   recon._check_fills(...)  every fill has a distinct id, a qty > 0 and a price >= 0, and
+--   recon._check_fills(...)  every fill has a distinct id, a finite qty > 0, a finite price >= 0
+--                            and a finite fee (or none), and
 --                            together they add up to the exchange's filled qty
 --   recon._book_fills(...)   books the fills not booked yet into applied_fills, each once
 
@@ -29,8 +30,13 @@ BEGIN
     IF v_ids <> v_n OR EXISTS (SELECT 1 FROM pg_catalog.jsonb_array_elements(p_fills) e
                                WHERE COALESCE(e->>'id', '') = ''
                                   OR (e->>'qty')::numeric IS NULL OR (e->>'qty')::numeric <= 0
-                                  OR (e->>'price')::numeric IS NULL OR (e->>'price')::numeric < 0) THEN
-        RAISE EXCEPTION '%: order %: every fill needs a distinct id, a qty > 0 and a price >= 0',
+                                  OR (e->>'price')::numeric IS NULL OR (e->>'price')::numeric < 0
+                                  -- NaN and Infinity pass those comparisons in Postgres
+                                  OR (e->>'qty')::numeric IN ('NaN', 'Infinity')
+                                  OR (e->>'price')::numeric IN ('NaN', 'Infinity')
+                                  OR (e->>'fee_usd')::numeric IN ('NaN', 'Infinity', '-Infinity')
+                                  OR (e->>'fee_amount')::numeric IN ('NaN', 'Infinity', '-Infinity')) THEN
+        RAISE EXCEPTION '%: order %: every fill needs a distinct id, a finite qty > 0, a finite price >= 0 and a finite fee',
             p_handler, o.client_order_id;
     END IF;
     IF pg_catalog.abs(v_sum - p_filled) > 1e-9 * GREATEST(p_filled, 1) THEN

@@ -50,12 +50,13 @@ DECLARE
     v_status text;
     a public.orders%ROWTYPE;
 BEGIN
-    IF v_filled IS NULL OR v_filled <= 0 THEN
+    -- NaN and Infinity are numerics in Postgres (greater than every number): never booked.
+    IF v_filled IS NULL OR v_filled <= 0 OR v_filled IN ('NaN', 'Infinity') THEN
         RAISE EXCEPTION '%: order % needs a filled qty > 0 (got %); an order that filled nothing is corrected by recon_reconcile_cancel',
             p_handler, o.client_order_id, COALESCE(v_filled::text, 'none');
     END IF;
-    IF v_avg IS NULL OR v_avg <= 0 THEN
-        RAISE EXCEPTION '%: order % needs an average fill price > 0 (got %)',
+    IF v_avg IS NULL OR v_avg <= 0 OR v_avg IN ('NaN', 'Infinity') THEN
+        RAISE EXCEPTION '%: order % needs a finite average fill price > 0 (got %)',
             p_handler, o.client_order_id, COALESCE(v_avg::text, 'none');
     END IF;
     IF v_final IS NOT NULL AND v_final NOT IN ('canceled', 'expired') THEN
