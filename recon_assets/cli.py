@@ -25,6 +25,8 @@ def _migrate(args: argparse.Namespace) -> int:
         print(f"recon migrate: {exc}", file=sys.stderr)
         return 1
     target = redact_dsn(dsn)
+    if args.grant_reconciler and _grant(dsn, args.grant_reconciler, "recon migrate"):
+        return 1
     versions = [v for v in applied if not v.startswith(REPEATABLE_PREFIX)]
     repeatables = len(applied) - len(versions)
     if versions:
@@ -33,6 +35,44 @@ def _migrate(args: argparse.Namespace) -> int:
         print(f"applied {repeatables} repeatable SQL file(s) of db/functions to {target}")
     if not applied:
         print(f"{target} is up to date; nothing to apply")
+    if args.grant_reconciler:
+        print(f"granted the reconciler's privileges on {target} to {args.grant_reconciler}")
+    return 0
+
+
+def _grant(dsn: str, role: str, command: str) -> bool:
+    """Apply the reconciler's grants to `role`; True (and one line on stderr) when it failed."""
+    import psycopg
+
+    from recon_assets.db.reconciler_role import grant_reconciler
+    from recon_assets.resources.database import DatabaseUnavailable
+
+    try:
+        grant_reconciler(dsn, role)
+    except DatabaseUnavailable as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return True
+    except psycopg.Error as exc:
+        print(f"{command}: granting to {role} failed: {str(exc).splitlines()[0]}",
+              file=sys.stderr)
+        return True
+    return False
+
+
+def _grant_reconciler(args: argparse.Namespace) -> int:
+    from recon_assets.db.reconciler_role import grant_script
+
+    if args.print:
+        print(grant_script(args.role), end="")
+        return 0
+    dsn = args.dsn or os.environ.get("RECON_DATABASE_URL")
+    if not dsn:
+        print("recon grant-reconciler: give --dsn or set RECON_DATABASE_URL (the owner's URL)",
+              file=sys.stderr)
+        return 2
+    if _grant(dsn, args.role, "recon grant-reconciler"):
+        return 1
+    print(f"granted the reconciler's privileges on {redact_dsn(dsn)} to {args.role}")
     return 0
 
 
@@ -56,7 +96,22 @@ def build_parser() -> argparse.ArgumentParser:
                     "(recon_assets/db) to the trading database, in one transaction; a no-op the "
                     "second time. A connection failure prints one line and exits 1.")
     migrate_cmd.add_argument("--dsn", help="Postgres URL (default: $RECON_DATABASE_URL)")
+    migrate_cmd.add_argument("--grant-reconciler", metavar="ROLE",
+                             help="then grant ROLE the reconciler's privileges (as "
+                                  "`recon grant-reconciler ROLE`)")
     migrate_cmd.set_defaults(func=_migrate)
+
+    grant_cmd = sub.add_parser(
+        "grant-reconciler", help="grant a role exactly the privileges the reconciler uses",
+        description="Grant an existing LOGIN role what the code location needs on the trading "
+                    "database and nothing more (recon_assets/db/reconciler_role.py; "
+                    "docs/deployment.md, \"The reconciler's database role\"). Run as the owner "
+                    "(the role that migrates), after `recon migrate`; idempotent.")
+    grant_cmd.add_argument("role", help="the reconciler's role (it must exist)")
+    grant_cmd.add_argument("--dsn", help="the owner's Postgres URL (default: $RECON_DATABASE_URL)")
+    grant_cmd.add_argument("--print", action="store_true",
+                           help="print the SQL (one DO block, for psql) instead of running it")
+    grant_cmd.set_defaults(func=_grant_reconciler)
     for name, (_module, help_text) in DELEGATED.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser

@@ -19,6 +19,10 @@ free port. The first line printed on stdout names the address actually served.
   `reconciliation_loop_healthy 0` and `reconciliation_state_up 0` (so alerts fire on the loop,
   not on a missing target), and no counters.
 
+Read-only: GET and HEAD are answered; POST, PUT, DELETE, PATCH, OPTIONS, TRACE and CONNECT get
+405 with `Allow: GET, HEAD` and touch nothing (the database is only read, through
+`recon_health_state`, so the reconciler's role of docs/deployment.md can serve it).
+
 SIGTERM and SIGINT stop the server (their handlers are installed explicitly, since shells here
 start background processes with those signals ignored).
 """
@@ -50,6 +54,9 @@ from recon_assets.resources.database import redact_dsn
 from recon_assets.resources.supabase_store import SupabaseStore
 
 DEFAULT_PORT = 9187
+DEFAULT_HOST = "127.0.0.1"
+# The server is read-only: these are answered, every other method of HTTP gets 405.
+ALLOWED_METHODS = ("GET", "HEAD")
 
 # /metrics gauges: (metric name, /internal/health field, help). The current counts of missing
 # orders are `*_count` gauges so their names never collide with the `*_total` counters.
@@ -266,6 +273,23 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_HEAD = do_GET
 
+    def _read_only(self):
+        """Every other method: 405 with the methods that are answered; nothing is read from
+        the database or changed. The request's body is not read, so the connection is closed."""
+        self.close_connection = True
+        body = json.dumps({"error": f"{self.command} is not allowed; this server is read-only",
+                           "allow": list(ALLOWED_METHODS)}).encode() + b"\n"
+        self.send_response(405)
+        self.send_header("Allow", ", ".join(ALLOWED_METHODS))
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _read_only
+
 
 def _database_from(dsn: str | None, environ) -> tuple:
     """(source, where, problem): the database to read, from --dsn, RECON_DATABASE_URL, or
@@ -288,7 +312,7 @@ def _database_from(dsn: str | None, environ) -> tuple:
                         "RECON_SUPABASE_SERVICE_ROLE_KEY")
 
 
-def make_server(source, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+def make_server(source, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                 stale_after_s: float = DEFAULT_STALE_AFTER_S) -> ThreadingHTTPServer:
     """A bound (not yet serving) HTTP server reading through `source` (a Postgres DSN or a
     TradingStore, either backend); call `serve_forever()`, later `shutdown()`."""
@@ -302,7 +326,7 @@ def make_server(source, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recon health", description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1",
+    parser.add_argument("--host", default=DEFAULT_HOST,
                         help="address to bind (default 127.0.0.1; 0.0.0.0 exposes it)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")

@@ -484,3 +484,52 @@ def test_the_shipped_alert_rules_and_dashboard_name_only_metrics_that_exist(seed
         served |= {family.name} | {s.name for s in family.samples}
     named = {m for e in exprs for m in re.findall(r"\breconciliation_[a-z_]+\b", e)}
     assert named and named <= served, sorted(named - served)
+
+
+def test_the_server_binds_to_loopback_unless_told_otherwise(pg_dsn):
+    from recon_assets.metrics.server import DEFAULT_HOST, build_parser
+
+    assert DEFAULT_HOST == "127.0.0.1"
+    assert build_parser().parse_args([]).host == "127.0.0.1"
+    server = make_server(pg_dsn, port=0)
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+    finally:
+        server.server_close()
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"])
+def test_the_server_is_read_only_other_methods_get_405_and_change_nothing(seeded_dsn, method):
+    import http.client
+    from urllib.parse import urlsplit
+
+    def table_rows(dsn):
+        with psycopg.connect(dsn) as conn:
+            names = [f"{s}.{t}" for s, t in conn.execute(
+                "SELECT table_schema, table_name FROM information_schema.tables WHERE "
+                "table_schema IN ('public', 'recon') AND table_type = 'BASE TABLE'").fetchall()]
+            return {n: sorted(map(repr, conn.execute(f"SELECT * FROM {n}").fetchall()))
+                    for n in names}
+
+    before = table_rows(seeded_dsn)
+    with serving(seeded_dsn) as url:
+        for path in ("/internal/health", "/metrics", "/"):
+            conn = http.client.HTTPConnection(urlsplit(url).hostname, urlsplit(url).port,
+                                              timeout=10)
+            try:
+                conn.request(method, path, body=b'{"trading_state": "active"}',
+                             headers={"Content-Type": "application/json"})
+                response = conn.getresponse()
+                body = response.read()
+            finally:
+                conn.close()
+            assert response.status == 405, (method, path)
+            assert response.getheader("Allow") == "GET, HEAD"
+            assert json.loads(body)["allow"] == ["GET", "HEAD"]
+        # GET and HEAD are still answered.
+        with urllib.request.urlopen(f"{url}/internal/health", timeout=10) as r:
+            assert r.status == 200
+        head = urllib.request.Request(f"{url}/metrics", method="HEAD")
+        with urllib.request.urlopen(head, timeout=10) as r:
+            assert r.status == 200 and r.read() == b""
+    assert table_rows(seeded_dsn) == before

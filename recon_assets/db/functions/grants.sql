@@ -54,3 +54,31 @@ BEGIN
     END IF;
 END
 $grants$;
+
+-- The functions of schema recon are internal: the handlers (SECURITY DEFINER) call them as their
+-- owner. PostgreSQL gives PUBLIC EXECUTE on every new function, and a role with USAGE on schema
+-- recon (service_role, the reconciler's role: recon_snapshot_account needs it) could otherwise
+-- call recon._apply_synthetic_exit and the other internals directly, around the handlers' locks
+-- and checks. Only recon.open_order_statuses(), which recon_snapshot_account calls as its caller,
+-- is granted: to service_role here, to the reconciler's role by recon_assets/db/reconciler_role.py.
+DO $grants$
+DECLARE
+    fn text;
+    r text;
+BEGIN
+    FOR fn IN
+        SELECT p.oid::regprocedure::text FROM pg_catalog.pg_proc p
+         WHERE p.pronamespace = 'recon'::regnamespace
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
+        FOREACH r IN ARRAY ARRAY['anon', 'authenticated', 'service_role'] LOOP
+            IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+                EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM %I', fn, r);
+            END IF;
+        END LOOP;
+    END LOOP;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
+        GRANT EXECUTE ON FUNCTION recon.open_order_statuses() TO service_role;
+    END IF;
+END
+$grants$;
