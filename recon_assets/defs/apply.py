@@ -21,7 +21,7 @@ from recon_assets.core.cycle import reconciling_gate_verdict
 from recon_assets.defs.metadata import md_table
 from recon_assets.defs.partitions import profile_partitions
 from recon_assets.defs.runs import run_status
-from recon_assets.resources.database import TradingStore
+from recon_assets.resources.database import TradingStore, connection_lost
 from recon_assets.resources.recon_store import ReconStore
 from recon_assets.resources.trading_tables import TradingTables
 
@@ -63,10 +63,21 @@ def call_under_lock(database: TradingStore, function: str, params: dict, profile
                     cycle_id: str) -> dict:
     """Call a SQL function that takes the profile's reconciliation lock; a lock wait that times
     out is recorded in recon.lock_contention with the lock it waited for (the reconciliation
-    lock, or a row lock of the trading app) and raised as LockContention."""
+    lock, or a row lock of the trading app) and raised as LockContention.
+
+    A call whose connection broke under it (`connection_lost`: before, during or after its
+    commit, nobody knows which) is sent once more, on a fresh connection: every function called
+    here is idempotent (a correction by its idempotency key, the gate by its owner), so the
+    second answer says what happened: applied now, or `already_applied` by the first. Without
+    it a committed correction would be recorded as failed and escalated."""
     started = time.monotonic()
     try:
-        return database.call(function, params)
+        try:
+            return database.call(function, params)
+        except psycopg.OperationalError as exc:
+            if not connection_lost(exc):
+                raise
+            return database.call(function, params)
     except psycopg.errors.LockNotAvailable as exc:
         waited_ms = int((time.monotonic() - started) * 1000)
         kind, what = lock_wait_of(exc.diag.context)

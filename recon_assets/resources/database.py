@@ -77,6 +77,22 @@ def connection_failure(dsn: str, exc: BaseException | None = None) -> DatabaseUn
     return DatabaseUnavailable(redact_dsn(dsn), reason)
 
 
+# SQLSTATEs of a connection the server ended: admin_shutdown, crash_shutdown, cannot_connect_now
+# (57P01-03) and the connection_exception class (08).
+_LOST_SQLSTATES = ("57P01", "57P02", "57P03")
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether `exc` says the connection broke under a statement (terminated by the server, the
+    server gone, the answer lost), so whether the statement committed is unknown. Not a statement
+    the server refused or cancelled (a timeout), nor a connection that could not be opened
+    (`DatabaseUnavailable`: nothing was sent)."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in _LOST_SQLSTATES
+
+
 def open_connection(dsn: str, **kwargs: Any) -> psycopg.Connection:
     """psycopg.connect, with any failure to connect reported by `connection_failure`."""
     try:
