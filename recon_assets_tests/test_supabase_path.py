@@ -6,9 +6,7 @@ its own copy of the same database), each against its own simulator with the demo
 trading tables and every `recon.*` table must end the same, less what differs between any two
 runs (timestamps, ids, run and cycle ids)."""
 
-import json
 import random
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,70 +19,12 @@ from recon_assets.resources.io_manager import PostgresFrameIOManager
 from recon_assets.resources.supabase_store import SupabaseStore
 from recon_assets.simulator.server import SimulatorServer
 from recon_assets_tests.harness.postgrest_standin import PostgrestStandIn
+from recon_assets_tests.harness.tables import difference, normal, table_differences, table_rows
 
 pytestmark = pytest.mark.integration
 
 SERVICE_KEY = "test-service-role-key-supabase-path"
-# What differs between two runs of the same flow: when, and the ids Dagster and sequences give.
-IGNORED_EXACT = {"id", "at", "payload", "idempotency_key", "evidence", "details", "owner",
-                 "activity_key"}
-IGNORED_PARTS = ("_at", "_ms", "cycle", "run")
-# Shared or clock-driven state, not the outcome of the flow.
-SKIPPED_TABLES = {"recon.schema_migrations", "recon.asset_values", "recon.exchange_weight_budget",
-                  "recon.exchange_clock", "recon.exchange_markets"}
-
-
-# Binance names a liquidation's order after its time (autoclose-<ms>-...): the scenario's clock.
-_CLOCK_IN_IDS = re.compile(r"autoclose-\d+")
-# Dagster's run ids (a cycle's id is its run's) inside keys and messages.
-_RUN_IDS = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-# Times inside messages (e.g. when a minimum pause ends).
-_TIMES = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00")
-
-
-def _normal(value):
-    """`value` (JSON-like) with the clock in order ids, the run ids and the times masked."""
-    text = _CLOCK_IN_IDS.sub("autoclose-<ms>", json.dumps(value, sort_keys=True))
-    return json.loads(_TIMES.sub("<time>", _RUN_IDS.sub("<run>", text)))
-
-
-def _kept(column: str) -> bool:
-    return column not in IGNORED_EXACT and not any(p in column for p in IGNORED_PARTS)
-
-
-def _tables(dsn: str) -> dict[str, list[str]]:
-    with psycopg.connect(dsn) as conn:
-        names = [f"{s}.{t}" for s, t in conn.execute(
-            "SELECT table_schema, table_name FROM information_schema.tables "
-            "WHERE table_schema IN ('public', 'recon') AND table_type = 'BASE TABLE' "
-            "ORDER BY 1, 2").fetchall()]
-        out = {}
-        for name in names:
-            if name in SKIPPED_TABLES:
-                continue
-            rows = conn.execute(f"SELECT to_jsonb(t) FROM {name} t").fetchall()
-            out[name] = sorted(json.dumps(_normal({k: v for k, v in row[0].items() if _kept(k)}),
-                                          sort_keys=True) for row in rows)
-        return out
-
-
-def _difference(a, b, path="") -> str | None:
-    """Where two JSON-like values first differ (a readable assertion message), or None."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b), key=str):
-            found = _difference(a.get(key), b.get(key), f"{path}.{key}")
-            if found:
-                return found
-        return None
-    if isinstance(a, list) and isinstance(b, list):
-        if len(a) != len(b):
-            return f"{path}: {len(a)} items over psycopg, {len(b)} over the Data API"
-        for i, (x, y) in enumerate(zip(a, b)):
-            found = _difference(x, y, f"{path}[{i}]")
-            if found:
-                return found
-        return None
-    return None if a == b else f"{path}: {a!r} over psycopg, {b!r} over the Data API"
+NAMES = ("psycopg", "the Data API")
 
 
 def _flow(base: Path, dsn: str, supabase_url: str | None) -> dict:
@@ -121,7 +61,8 @@ def test_the_demo_flow_ends_the_same_over_the_data_api_as_over_postgres(pg_serve
         assert any(c["by_kind"] for c in over_postgres["cycles"])
         assert [c["status"] for c in over_postgres["corrections"]].count("applied") >= 1
         for key in ("cycles", "corrections", "backfills"):
-            assert _difference(_normal(over_postgres[key]), _normal(over_supabase[key])) is None
+            assert difference(normal(over_postgres[key]), normal(over_supabase[key]),
+                              names=NAMES) is None
 
         def health(summary: dict) -> dict:
             h = summary["health"]
@@ -129,10 +70,10 @@ def test_the_demo_flow_ends_the_same_over_the_data_api_as_over_postgres(pg_serve
                                                              "accounts", "profiles")}
         assert health(over_supabase) == health(over_postgres)
 
-        postgres_tables, supabase_tables = _tables(over_postgres_dsn), _tables(over_supabase_dsn)
+        postgres_tables = table_rows(over_postgres_dsn)
+        supabase_tables = table_rows(over_supabase_dsn)
         assert postgres_tables.keys() == supabase_tables.keys()
-        differing = {t: _difference(postgres_tables[t], rows)
-                     for t, rows in supabase_tables.items() if rows != postgres_tables[t]}
+        differing = table_differences(postgres_tables, supabase_tables, NAMES)
         assert not differing, "\n".join(f"{t}: {d}" for t, d in differing.items())
         assert postgres_tables["recon.corrections"] and postgres_tables["recon.mismatches"]
     finally:

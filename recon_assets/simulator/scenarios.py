@@ -29,6 +29,7 @@ test keys are `simkey<account>` / `simsecret<account>` (simulator-only credentia
 | hedge_mode | `acct3` in hedge mode: `delta` long and `epsilon` short on BTC, one leg each; epsilon's EXIT filled behind the DB's back (missing_from_exchange, ghost_slice and position_drift of the short leg, which a net comparison would hide; reconcileExitFill) |
 | demo | all of the above except the glitch, the conditional orders and hedge mode, on acct1 and acct2 |
 | lifecycle | a filled entry, a filled exit and a cancel the database missed (the three handlers) |
+| reliability | lifecycle, plus an EXIT the database never recorded (backfill GO) and a position closed from the web UI (parity confirmations): every kind of correction in a few rounds (the kill-point tests) |
 """
 
 from __future__ import annotations
@@ -435,6 +436,8 @@ _PIECES["conditional_orders"] = _conditional_orders
 _COMBOS: dict[str, list[str]] = {
     "demo": [p for p in _PIECES if p not in ("systemic_glitch", "conditional_orders", "hedge_mode")],
     "lifecycle": ["entry_filled_behind_db", "exit_filled_behind_db", "cancelled_behind_db"],
+    "reliability": ["entry_filled_behind_db", "exit_filled_behind_db", "cancelled_behind_db",
+                    "exit_order_lost", "closed_manually"],
 }
 SCENARIOS = ("clean", *_PIECES, *_COMBOS)
 

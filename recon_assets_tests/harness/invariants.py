@@ -88,18 +88,20 @@ INVARIANTS: dict[str, str] = {
         FROM public.profiles p FULL JOIN recon.reconciling r ON r.profile_id = p.id
         WHERE (p.trading_state = '{RECONCILING}' OR r.profile_id IS NOT NULL)
           AND NOT coalesce(r.cycle_id = ANY (%(running)s::text[]), false)""",
+    # A synthetic exit's correction row is its parity run's; the heartbeat check it applies is
+    # found by the idempotency key they share, and that check's cycle is the one judged.
     "synthetic_exit_allowed": f"""
-        SELECT c.id, c.profile_id, c.trade_id, c.cycle_id, pc.attributable, pc.streak,
+        SELECT c.id, c.profile_id, c.trade_id, pc.cycle_id, pc.attributable, pc.streak,
                pc.confirmations_required, w.tripped AS watchdog_tripped,
                g.id IS NOT NULL AS paused_that_cycle
         FROM recon.corrections c
         LEFT JOIN recon.parity_checks pc
-          ON pc.cycle_id = c.cycle_id AND pc.profile_id = c.profile_id
-         AND pc.trade_id = c.trade_id AND pc.decision = '{SYNTHETIC_EXIT}'
+          ON pc.idempotency_key = c.idempotency_key AND pc.profile_id = c.profile_id
+         AND pc.decision = '{SYNTHETIC_EXIT}'
         LEFT JOIN recon.watchdog_checks w
-          ON w.cycle_id = c.cycle_id AND w.profile_id = c.profile_id
+          ON w.cycle_id = pc.cycle_id AND w.profile_id = c.profile_id
         LEFT JOIN recon.trading_gate_events g
-          ON g.cycle_id = c.cycle_id AND g.profile_id = c.profile_id
+          ON g.cycle_id = pc.cycle_id AND g.profile_id = c.profile_id
          AND g.action = '{WATCHDOG_PAUSE}'
         WHERE c.handler = '{SYNTHETIC_EXIT}' AND c.outcome = '{APPLIED}' AND NOT c.dry_run
           AND (pc.id IS NULL OR NOT pc.attributable OR pc.streak < pc.confirmations_required
