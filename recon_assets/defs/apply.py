@@ -20,7 +20,7 @@ from recon_assets.core.corrections import Refusal, lock_wait_of, refusal_of
 from recon_assets.core.cycle import reconciling_gate_verdict
 from recon_assets.defs.metadata import md_table
 from recon_assets.defs.partitions import profile_partitions
-from recon_assets.defs.runs import run_status
+from recon_assets.defs.runs import cycle_id_of_run, run_status
 from recon_assets.resources.database import TradingStore, connection_lost
 from recon_assets.resources.recon_store import ReconStore
 from recon_assets.resources.trading_tables import TradingTables
@@ -236,7 +236,8 @@ def decisions_sensor(*, name: str, asset: str, job: dg.JobDefinition, op_name: s
         last = after
         for record in result.records:
             event = record.event_log_entry
-            account, cycle_id = event.dagster_event.partition, event.run_id
+            account = event.dagster_event.partition
+            cycle_id = cycle_id_of_run(context.instance, event.run_id)
             if account:
                 for profile in profiles(database, cycle_id, account):
                     requests.append(dg.RunRequest(

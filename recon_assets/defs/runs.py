@@ -6,6 +6,27 @@ import dagster as dg
 
 from recon_assets.core.cycle import orphaned_cycle
 
+# Dagster's tag on a re-executed run (run retries, "re-execute" in the UI) naming the first run.
+ROOT_RUN_ID_TAG = "dagster/root_run_id"
+# The cycle job's runs are retried from the start (a fresh look at both sides) rather than from
+# the failed step, as the same cycle (`cycle_id`): see deploy/dagster.yaml's run_retries.
+RETRY_ALL_STEPS = {"dagster/retry_strategy": "ALL_STEPS"}
+
+
+def cycle_id_of(run: dg.DagsterRun) -> str:
+    """The id of the cycle a run of the cycle job is: its own run id, or for a retry of a run
+    whose worker died, the first run's, so the retry records as the cycle it continues and its
+    heartbeat sighting or clean cycle counts once (a killed cycle that had recorded its findings
+    and its retry would otherwise be two consecutive confirmations of one look)."""
+    return run.root_run_id or run.tags.get(ROOT_RUN_ID_TAG) or run.run_id
+
+
+def cycle_id_of_run(instance: dg.DagsterInstance, run_id: str) -> str:
+    """`cycle_id_of` the run `run_id` (an event's run); itself when the instance has no such run."""
+    run = instance.get_run_by_id(run_id)
+    return cycle_id_of(run) if run is not None else run_id
+
+
 # On a cycle run that a shard run executes in its own process: the shard run's id.
 SHARD_RUN_TAG = "recon/shard_run"
 SHARD_OP = "reconcile_shard"  # the shard job's op; its config names the shard's accounts
@@ -102,17 +123,22 @@ _NOT_STARTED = {dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
 
 def started_runs(instance: dg.DagsterInstance, job_name: str, partition_key: str,
                  limit: int = 50) -> list[tuple[str, str, float]]:
-    """(run id, status name, start time as unix seconds) of the job's runs of `partition_key`
+    """(cycle id, status name, start time as unix seconds) of the job's runs of `partition_key`
     that started (finished or still running), newest first: an account's cycle history as the
     instance knows it, failures included (a failed cycle the failure sensor did not record yet
     is still a failed cycle)."""
     records = instance.get_run_records(
         dg.RunsFilter(job_name=job_name, tags={"dagster/partition": partition_key}), limit=limit)
-    out = []
+    cycles: dict[str, tuple[str, str, float]] = {}
     for record in records:
         run = record.dagster_run
         if run.status in _NOT_STARTED:
             continue
-        started = record.start_time or record.create_timestamp.timestamp()
-        out.append((run.run_id, run.status.value, float(started)))
-    return out
+        started = float(record.start_time or record.create_timestamp.timestamp())
+        cycle = cycle_id_of(run)
+        # One entry per cycle: a retried cycle has the status of its newest run (the one that
+        # died before it is the same cycle, not a failed one) and the start of its first.
+        newest = cycles.get(cycle)
+        cycles[cycle] = (cycle, newest[1] if newest else run.status.value,
+                         min(started, newest[2]) if newest else started)
+    return list(cycles.values())

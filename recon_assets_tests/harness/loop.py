@@ -84,6 +84,10 @@ def count_store_calls(kill_at: int | None = None, when: str = "before",
     PostgresStore.snapshot_account = counted(snapshot, lambda a: "recon_snapshot_account")
 
 
+class _Until(Exception):
+    """The segment asked for is over: stop here."""
+
+
 class LoopDriver:
     """Runs `rounds` rounds of the loop on the instance in `home`, journalled in `home`."""
 
@@ -104,30 +108,36 @@ class LoopDriver:
         return [f"{r}:{name}" for r in range(rounds) for name in (SCHEDULE, *ROUND_SENSORS)]
 
     def run(self, rounds: int, instance, until: str | None = None,
-            after_step: Callable[[str], None] | None = None) -> None:
-        """The rounds from where the journal says the loop is, up to the end of step `until`
-        (all of them without); `after_step(key)` once each step's runs are over."""
+            after: Callable[[str], None] | None = None) -> None:
+        """The rounds from where the journal says the loop is, up to the end of segment `until`
+        (all of them without). A segment is a step's tick ("<step>#0") or its i-th run
+        ("<step>#<i>"); `after(segment)` runs once each one is over."""
         warnings.filterwarnings("ignore")
-        self._drain(instance)  # what a killed process left: a queue, maybe a run STARTED
-        for key in self.steps(rounds):
-            if key not in self.journal["done"]:
-                name = key.split(":", 1)[1]
-                self._tick(instance, key, self._schedule_tick if name == SCHEDULE
-                           else lambda inst, n=name: self._sensor_tick(inst, n))
-                if after_step:
-                    after_step(key)
-            if key == until:
-                return
+        self._until, self._after = until, after
+        try:
+            self._drain(instance)  # what a killed process left: a queue, maybe a run STARTED
+            for key in self.steps(rounds):
+                if key not in self.journal["done"]:
+                    name = key.split(":", 1)[1]
+                    self._tick(instance, key, self._schedule_tick if name == SCHEDULE
+                               else lambda inst, n=name: self._sensor_tick(inst, n))
+        except _Until:
+            pass
+
+    def _over(self, segment: str) -> None:
+        if self._after:
+            self._after(segment)
+        if segment == self._until:
+            raise _Until
 
     # -- the daemon's parts ------------------------------------------------------------------
     def _tick(self, instance, key: str, evaluate) -> None:
-        if key in self.journal["done"]:
-            return
-        CALLS.step = key
+        CALLS.step = f"{key}#0"
         requests = evaluate(instance)
-        self.journal["queue"] += [dict(r, tick=key) for r in requests]
+        self.journal["queue"] += [dict(r, tick=key, n=i + 1) for i, r in enumerate(requests)]
         self.journal["done"].append(key)
         self._save()
+        self._over(f"{key}#0")
         self._drain(instance)
 
     def _drain(self, instance) -> None:
@@ -136,8 +146,12 @@ class LoopDriver:
             run = instance.get_run_by_id(request["run_id"]) if request.get("run_id") else None
             if run is None or not run.is_finished:
                 if run is not None:
-                    # Run monitoring: the worker of a STARTED run is gone. Run retries: again.
+                    # Run monitoring: the worker of a STARTED run is gone. Run retries: again,
+                    # tagged as Dagster tags a re-execution (parent and root run).
                     instance.report_run_failed(run, "the run worker process died")
+                    request["tags"] = {**request["tags"], "dagster/parent_run_id": run.run_id,
+                                       "dagster/root_run_id":
+                                           run.tags.get("dagster/root_run_id", run.run_id)}
                     self.journal["killed_runs"] = [*self.journal.get("killed_runs", []),
                                                    run.run_id]
                 self._execute(instance, request)
@@ -145,10 +159,11 @@ class LoopDriver:
             self.journal["runs"].append({**request, "status": run.status.value})
             self.journal["queue"].pop(0)
             self._save()
+            self._over(f"{request['tick']}#{request['n']}")
 
     def _execute(self, instance, request: dict) -> str:
         job = self.defs.resolve_job_def(request["job"])
-        CALLS.step = f"{request['tick']}:{request['job']}:{request['partition_key']}"
+        CALLS.step = f"{request['tick']}#{request['n']}"
         request["run_id"] = str(uuid.uuid4())
         self._save()  # the run is known before it starts, as a queued run is
         outcome = job.execute_in_process(run_config={**request["run_config"], **QUIET},

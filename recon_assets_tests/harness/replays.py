@@ -34,15 +34,25 @@ def _resources(job: dict):
     class _Sim:  # what local_resources needs of the simulator
         url, credentials = job["sim_url"], staticmethod(lambda: job["credentials"])
 
-    return local_resources(job["dsn"], _Sim(), ReconSettings(**job["settings"]),
-                           max_attempts=2, **FAST_RETRIES)
+    resources = local_resources(job["dsn"], _Sim(), ReconSettings(**job["settings"]),
+                                max_attempts=2, **FAST_RETRIES)
+    if job.get("statement_timeout_ms"):
+        # Short enough that a held lock (the statement-timeout fault) ends the call in seconds.
+        from recon_assets.resources.database import PostgresStore
+        from recon_assets.resources.io_manager import PostgresFrameIOManager
+
+        timeout = job["statement_timeout_ms"]
+        store = PostgresStore(dsn=job["dsn"], statement_timeout_ms=timeout,
+                              lock_timeout_ms=timeout)
+        resources.update(database=store, io_manager=PostgresFrameIOManager(database=store))
+    return resources
 
 
 def run_job(job: dict) -> None:
-    """In a forked child: the loop from `job["home"]` up to the end of `job["until"]` (a step key
-    such as "2:lifecycle_correction_sensor"), or every step of `job["rounds"]` rounds; killed at
-    call `job["kill_at"]` (`job["when"]` the call); with `job["checkpoints"]`, a checkpoint of
-    the database and the instance after every step."""
+    """In a forked child: the loop from `job["home"]` up to the end of `job["until"]` (a segment
+    such as "2:lifecycle_correction_sensor#1", see `LoopDriver.run`), or every step of
+    `job["rounds"]` rounds; killed at call `job["kill_at"]` (`job["when"]` the call); with
+    `job["checkpoints"]`, a checkpoint of the database and the instance after every segment."""
     import dagster as dg
 
     from recon_assets.definitions import build_defs
@@ -56,11 +66,25 @@ def run_job(job: dict) -> None:
             for name, keys in job["partitions"].items():
                 instance.add_dynamic_partitions(name, keys)
         driver = loop.LoopDriver(defs, home)
-        after_step = None
-        if job.get("checkpoints"):
-            def after_step(key: str) -> None:
-                checkpoint(job, key)
-        driver.run(job["rounds"], instance, until=job.get("until"), after_step=after_step)
+        segments: list[str] = []
+
+        def after(segment: str) -> None:
+            segments.append(segment)
+            if job.get("checkpoints"):
+                checkpoint(job, segment)
+        if job.get("db_fault"):
+            # A database fault inside this run worker (harness/db_faults.py, test-only).
+            from recon_assets_tests.harness.db_faults import inject_fault
+
+            spec = job["db_fault"]
+            with inject_fault(spec["kind"], spec.get("function"), nth=spec.get("nth", 1)) as fault:
+                driver.run(job["rounds"], instance, until=job.get("until"), after=after)
+            Path(job["home"], "db-fault.json").write_text(json.dumps(
+                {"fired": fault.fired, "errors": [str(e) if e else None for e in fault.errors]}))
+        else:
+            driver.run(job["rounds"], instance, until=job.get("until"), after=after)
+    if job.get("segments_file"):
+        Path(job["segments_file"]).write_text(json.dumps(segments))
     if job.get("calls_file"):
         Path(job["calls_file"]).write_text(json.dumps(loop.CALLS.calls))
 
@@ -79,7 +103,7 @@ def checkpoint(job: dict, key: str) -> None:
 
 
 def checkpoint_name(prefix: str, key: str) -> str:
-    return f"{prefix}_{key.replace(':', '_')}"[:63]
+    return f"{prefix}_{key.replace(':', '_').replace('#', '_')}"[:63]
 
 
 def serve() -> int:

@@ -14,6 +14,7 @@ from recon_assets.resources.backfill_store import BackfillStore
 from recon_assets.resources.database import TradingStore
 from recon_assets.resources.recon_store import ReconStore
 from recon_assets.settings import ReconSettings
+from recon_assets.defs.runs import cycle_id_of
 
 SHOWN_COLUMNS = ["decision", "match_mode", "profile_id", "trade_id", "slice_no", "symbol",
                  "exchange_fill_id", "client_order_id", "fill_side", "fill_qty", "fill_price",
@@ -34,7 +35,7 @@ def exit_backfill_candidates(context: dg.AssetExecutionContext, settings: ReconS
                              exchange_positions: pd.DataFrame,
                              exchange_fills: pd.DataFrame) -> dg.Output[pd.DataFrame]:
     """Real exchange fills that prove exits the database never recorded, each decided GO or NO_GO by the runbook's attribution gates; the exit_backfill job books the GO ones."""
-    account, cycle_id = context.partition_key, context.run.run_id
+    account, cycle_id = context.partition_key, cycle_id_of(context.run)
     if not ReconStore(database).cycle_succeeded(cycle_id, account):
         raise dg.Failure(f"the EXIT backfill looks at a cycle: run {cycle_id} recorded no "
                          f"succeeded cycle of {account}; materialize it with reconciliation_diff")

@@ -10,6 +10,7 @@ from recon_assets.defs.partitions import profile_partitions
 from recon_assets.resources.alerts import AlertWebhook, raise_alert
 from recon_assets.resources.database import TradingStore
 from recon_assets.resources.recon_store import ReconStore
+from recon_assets.defs.runs import cycle_id_of_run
 
 DIFF_KEY = dg.AssetKey("reconciliation_diff")
 
@@ -40,7 +41,8 @@ def lifecycle_correction_sensor(context: dg.SensorEvaluationContext, database: T
         event = record.event_log_entry
         account = event.dagster_event.partition
         if account:
-            requests += correction_run_requests(database, event.run_id, account)
+            requests += correction_run_requests(
+                database, cycle_id_of_run(context.instance, event.run_id), account)
         last = record.storage_id
     if last is None:
         return dg.SkipReason("no reconciliation_diff materialization yet")

@@ -11,7 +11,7 @@ from recon_assets.core.rules import CLEARED, PARITY_DECISIONS
 from recon_assets.defs.metadata import md_table
 from recon_assets.defs.parity import watchdog
 from recon_assets.defs.partitions import exchange_account_partitions
-from recon_assets.defs.runs import previous_run_id
+from recon_assets.defs.runs import cycle_id_of, previous_run_id
 from recon_assets.resources.alerts import AlertWebhook
 from recon_assets.resources.database import TradingStore
 from recon_assets.resources.recon_store import ReconStore
@@ -30,7 +30,7 @@ def position_parity_heartbeat(context: dg.AssetExecutionContext, settings: Recon
                               db_profiles: pd.DataFrame, db_trade_slices: pd.DataFrame,
                               exchange_positions: pd.DataFrame) -> dg.Output[pd.DataFrame]:
     """One check per open slice per cycle: ghosts confirmed N consecutive cycles are closed at the mark price, or quarantined when unattributed; the integrity watchdog pauses a profile whose drift exceeds its share of capital, and auto-resume lifts that pause."""
-    account, cycle_id = context.partition_key, context.run.run_id
+    account, cycle_id = context.partition_key, cycle_id_of(context.run)
     store = ReconStore(database)
     if not store.cycle_succeeded(cycle_id, account):
         raise dg.Failure(f"the heartbeat checks a cycle: run {cycle_id} recorded no succeeded "

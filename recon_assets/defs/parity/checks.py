@@ -22,6 +22,7 @@ from recon_assets.defs.parity.assets import position_parity_heartbeat
 from recon_assets.resources.database import TradingStore
 from recon_assets.resources.watchdog_store import WatchdogStore
 from recon_assets.settings import ReconSettings
+from recon_assets.defs.runs import cycle_id_of
 
 
 def _account(context: dg.AssetCheckExecutionContext) -> str:
@@ -48,7 +49,7 @@ def _md(rows: list[dict], columns: list[str], empty: str) -> dg.MetadataValue:
                             "parity_watchdog) and gets no synthetic exit this cycle.")
 def integrity_watchdog(context: dg.AssetCheckExecutionContext, settings: ReconSettings,
                        database: TradingStore) -> dg.AssetCheckResult:
-    account, cycle_id = _account(context), context.run.run_id
+    account, cycle_id = _account(context), cycle_id_of(context.run)
     verdicts = WatchdogStore(database).verdicts(cycle_id, account)
     pct = settings.position_parity_max_notional_pct
     over = []

@@ -12,6 +12,7 @@ from recon_assets.defs.partitions import exchange_account_partitions
 from recon_assets.resources.database import TradingStore
 from recon_assets.resources.recon_store import ReconStore
 from recon_assets.settings import ReconSettings
+from recon_assets.defs.runs import cycle_id_of
 
 
 # The runbook's names, recorded as materialization metadata so the UI plots them over time.
@@ -70,7 +71,7 @@ def reconciliation_diff(
     exchange_positions: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
     """Every way this account's database differs from the exchange, per profile, with the notional at stake."""
-    cycle_id = context.run.run_id
+    cycle_id = cycle_id_of(context.run)
     frames = {"db_profiles": db_profiles, "db_orders": db_orders, "db_positions": db_positions,
               "db_trade_slices": db_trade_slices, "exchange_open_orders": exchange_open_orders,
               "exchange_positions": exchange_positions}

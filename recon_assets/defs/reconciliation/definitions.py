@@ -10,12 +10,14 @@ from recon_assets.defs.reconciliation.assets import reconciliation_diff
 from recon_assets.defs.reconciliation.summary import (reconciliation_summary,
                                                       reconciliation_summary_sensor)
 from recon_assets.defs.reconciliation.shard import SHARD_JOB, reconciliation_shard_job
-from recon_assets.defs.runs import SHARD_OP, pending_runs, pending_shard_accounts
+from recon_assets.defs.runs import (RETRY_ALL_STEPS, SHARD_OP, cycle_id_of, pending_runs,
+                                    pending_shard_accounts)
 from recon_assets.resources.database import TradingStore
 from recon_assets.resources.recon_store import ReconStore
 from recon_assets.settings import ReconSettings
 
-# One cycle = snapshots of both sides and the diff, for one account; its run id is the cycle id.
+# One cycle = snapshots of both sides and the diff, for one account; its run id is the cycle id
+# (a retried run's: its first run's, `cycle_id_of`).
 reconciliation_cycle_job = dg.define_asset_job(
     "reconciliation_cycle",
     selection=dg.AssetSelection.groups("database", "exchange", "reconciliation", "backfill",
@@ -25,6 +27,7 @@ reconciliation_cycle_job = dg.define_asset_job(
                 "reconciling gates restored), snapshot the database and the exchange, diff them, "
                 "find the exit fills that prove unrecorded exits (EXIT backfill, GO / NO_GO), "
                 "and check the parity of every open slice (the heartbeat).",
+    tags=RETRY_ALL_STEPS,
 )
 
 
@@ -147,7 +150,7 @@ def failed_cycle_sensor(context: dg.RunFailureSensorContext, database: TradingSt
         context.log.info(f"cycle {run.run_id} of {account} started before this database was "
                          "created (re-seeded since): superseded, not recorded")
         return
-    store.record_failed_cycle(run.run_id, account, message)
+    store.record_failed_cycle(cycle_id_of(run), account, message)
 
 
 def defs(cron: str = "* * * * *") -> dg.Definitions:
