@@ -52,11 +52,9 @@ CALLS = CallLog()
 _installed = False
 
 
-def count_store_calls(kill_at: int | None = None, when: str = "before",
-                      also: Callable[[int, str], None] | None = None) -> None:
+def count_store_calls(kill_at: int | None = None, when: str = "before") -> None:
     """Count (and label) every trading-store call of this process; SIGKILL it at call `kill_at`
-    (`when` = "before" the call is sent or "after" its result is back). `also(n, function)` runs
-    before each call (the soak's fault injector)."""
+    (`when` = "before" the call is sent or "after" its result is back)."""
     global _installed
     from recon_assets.resources.database import PostgresStore
 
@@ -70,8 +68,6 @@ def count_store_calls(kill_at: int | None = None, when: str = "before",
             name = name_of(args)
             CALLS.calls.append((CALLS.step, name))
             n = len(CALLS.calls)
-            if also:
-                also(n, name)
             if kill_at == n and when == "before":
                 os.kill(os.getpid(), signal.SIGKILL)
             result = real(self, *args, **kwargs)
