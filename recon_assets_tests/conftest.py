@@ -12,25 +12,13 @@ import shutil
 import tempfile
 import threading
 
-import psycopg
 import pytest
 
-from recon_assets.db.migrate import migrate
 from recon_assets.local_postgres import LocalPostgres
 from recon_assets_tests.harness.exchange import running_simulator
+from recon_assets_tests.harness.postgres import create_api_roles, create_migrated_database
 
 TEMPLATE_DB = "recon_template"
-SUPABASE_ROLES = ("anon", "authenticated", "service_role")
-# What a Supabase project grants its API roles in schema public by default (so tables the
-# trading app creates there are reachable through the Data API, and functions callable, unless
-# revoked): the migrated test databases start from the same, and grants.sql must close the
-# recon functions again.
-SUPABASE_DEFAULT_PRIVILEGES = """
-GRANT USAGE ON SCHEMA public TO anon, authenticated, service_role;
-ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO anon, authenticated, service_role;
-ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON SEQUENCES TO anon, authenticated, service_role;
-ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT EXECUTE ON FUNCTIONS TO anon, authenticated, service_role;
-"""
 # Every test is in exactly one tier (pyproject.toml describes them); `make test-fast` runs
 # `unit` and `db`, `make test` runs everything.
 TIERS = ("unit", "db", "integration", "browser")
@@ -85,17 +73,8 @@ def pg_server():
     server = LocalPostgres(os.path.join(base, "data"))
     try:
         server.start()
-        # Supabase's API roles, so the migrations grant to them as on Supabase and the PostgREST
-        # stand-in can run a call as the key's role (NOLOGIN: nobody connects as them).
-        with psycopg.connect(server.dsn(), autocommit=True) as conn:
-            for role in SUPABASE_ROLES:
-                if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
-                                    (role,)).fetchone():
-                    conn.execute(f"CREATE ROLE {role} NOLOGIN")
-        server.create_database(TEMPLATE_DB)
-        with psycopg.connect(server.dsn(TEMPLATE_DB), autocommit=True) as conn:
-            conn.execute(SUPABASE_DEFAULT_PRIVILEGES)
-        migrate(server.dsn(TEMPLATE_DB))
+        create_api_roles(server)
+        create_migrated_database(server, TEMPLATE_DB)
         yield server
     finally:
         server.stop()

@@ -14,20 +14,16 @@ unhealthy while the fault lasts and healthy after a good cycle.
 import os
 import shutil
 import tempfile
-import threading
-from contextlib import contextmanager
 
 import dagster as dg
 import psycopg
 import pytest
 from dagster._core.events import DagsterEventType
 
-from recon_assets.db.migrate import migrate
 from recon_assets.definitions import build_defs
 from recon_assets.defs.reconciliation.definitions import failed_cycle_sensor
 from recon_assets.local_postgres import LocalPostgres
 from recon_assets.metrics.health import HealthUnavailable, load_state
-from recon_assets.metrics.server import make_server
 from recon_assets.resources.alerts import AlertWebhook
 from recon_assets.resources.database import DatabaseUnavailable, PostgresStore, connection_lost
 from recon_assets.resources.io_manager import PostgresFrameIOManager
@@ -39,6 +35,8 @@ from recon_assets_tests.harness.db_faults import (HOOK, LOST_AFTER, LOST_BEFORE,
                                                   SNAPSHOT, STATEMENT_TIMEOUT, inject_fault)
 from recon_assets_tests.harness.exchange import running_simulator
 from recon_assets_tests.harness.invariants import assert_invariants
+from recon_assets_tests.harness.postgres import (create_api_roles, create_migrated_database,
+                                                   serving_health)
 
 pytestmark = pytest.mark.integration
 
@@ -296,7 +294,6 @@ def test_statement_timeout_in_the_snapshot_fails_the_cycle_loudly_and_the_next_o
 
 # --- the database restarted mid-cycle ----------------------------------------------------------
 
-SUPABASE_ROLES = ("anon", "authenticated", "service_role")
 PASSWORD = "s3cret-Db-Pw"
 
 
@@ -310,33 +307,14 @@ def own_postgres():
     server = LocalPostgres(os.path.join(base, "data"))
     try:
         server.start()
-        with psycopg.connect(server.dsn(), autocommit=True) as conn:
-            for role in SUPABASE_ROLES:
-                if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
-                                    (role,)).fetchone():
-                    conn.execute(f"CREATE ROLE {role} NOLOGIN")
-        server.create_database("recon")
-        dsn = server.dsn("recon").replace(f"{server.user}@", f"{server.user}:{PASSWORD}@")
-        migrate(dsn)
+        create_api_roles(server)
+        dsn = create_migrated_database(server, "recon").replace(
+            f"{server.user}@", f"{server.user}:{PASSWORD}@")
         yield server, dsn
     finally:
         server.stop()
         assert server.process is None
         shutil.rmtree(base, ignore_errors=True)
-
-
-@contextmanager
-def serving(source):
-    server = make_server(source, port=0)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def http_health(base):
@@ -371,7 +349,7 @@ def test_database_restarted_between_the_snapshot_and_the_record_fails_the_cycle_
         fault.pids.append(pid)
         with pytest.raises(HealthUnavailable) as down:
             load_state(dsn)
-        with serving(dsn) as base:
+        with serving_health(dsn) as base:
             seen_down["http"] = http_health(base)
         seen_down["error"] = str(down.value)
 
@@ -400,7 +378,7 @@ def test_database_restarted_between_the_snapshot_and_the_record_fails_the_cycle_
 
     run_scheduled_cycles(defs, instance)
     assert_invariants(dsn, when="after the good cycle")
-    with serving(dsn) as base:
+    with serving_health(dsn) as base:
         status, body = http_health(base)
     assert status == 200 and body["reconciliationLoopHealthy"] is True
     tick = evaluate_correction_sensor(defs, instance)

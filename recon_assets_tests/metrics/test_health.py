@@ -5,10 +5,8 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from recon_assets.local_postgres import free_port
 from recon_assets.metrics.health import RUNBOOK_FIELDS
 from recon_assets.metrics.server import main as health_main
 from recon_assets.metrics.server import make_server
+from recon_assets_tests.harness.postgres import serving_health
 
 pytestmark = pytest.mark.integration
 
@@ -123,19 +122,8 @@ def seeded_dsn(pg_dsn):
     return pg_dsn
 
 
-@contextmanager
 def serving(dsn: str, stale_after_s: float = 300):
-    """The server in this process, on a free port of 127.0.0.1; always shut down."""
-    server = make_server(dsn, port=0, stale_after_s=stale_after_s)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    return serving_health(dsn, stale_after_s=stale_after_s)
 
 
 def get(url: str) -> tuple[int, str, str]:
