@@ -370,6 +370,28 @@ def _heuristic_match(fill: _Fill, group: list[_Slice], on_symbol: list[_Slice],
                             f"{len(equal)} with the fill's qty {fill.qty:g} open", False)
 
 
+def candidate_decision(method: str | None, assignable: bool, review: Review | None,
+                       policy: BackfillPolicy, why: str, why_not: str = "") -> tuple[str, str]:
+    """(GO or NO_GO, reason) of a candidate fill: the match `method` it found (None: it singles
+    out no slice), whether the pair passed the gates, the operator's latest call on the pair, and
+    the flags (the live backfill and the policy replay both decide through this function)."""
+    if method is None:
+        return NO_GO, why
+    if not assignable:
+        return NO_GO, f"{why}; but {why_not}"
+    if review is not None and review.verdict == REJECT:
+        return NO_GO, (f"rejected by an operator (review {review.review_id}"
+                       + (f": {review.note}" if review.note else "") + ")")
+    if method in STRONG_MATCH_METHODS:
+        return GO, why
+    if review is not None:  # an operator approved what a heuristic proposes
+        return GO, f"{why}; approved by an operator (review {review.review_id})"
+    if policy.heuristics_go:
+        return GO, f"{why}; heuristic {method} allowed"
+    return NO_GO, (f"{why}; heuristic {method} would match, held for an operator: "
+                   f"{policy.heuristic_held_back_by()}")
+
+
 def _decide(fill: _Fill, match: _Match, group: list[_Slice], room: dict, step: float,
             grace: pd.Timedelta, policy: BackfillPolicy, reviews: Mapping[PairKey, Review],
             cycle_id: str, account: str) -> dict:
@@ -397,22 +419,8 @@ def _decide(fill: _Fill, match: _Match, group: list[_Slice], room: dict, step: f
         break
     shown = target or (match.targets[0] if match.targets else None)
     review = (reviews.get((fill.symbol, fill.fill_id, *shown.key)) if shown is not None else None)
-    if match.method is None:
-        decision, reason = NO_GO, match.why
-    elif target is None:
-        decision, reason = NO_GO, f"{match.why}; but {why_not}"
-    elif review is not None and review.verdict == REJECT:
-        decision, reason = NO_GO, (f"rejected by an operator (review {review.review_id}"
-                                   + (f": {review.note}" if review.note else "") + ")")
-    elif match.method in STRONG_MATCH_METHODS:
-        decision, reason = GO, match.why
-    elif review is not None:  # an operator approved what a heuristic proposes
-        decision, reason = GO, f"{match.why}; approved by an operator (review {review.review_id})"
-    elif policy.heuristics_go:
-        decision, reason = GO, f"{match.why}; heuristic {match.method} allowed"
-    else:
-        decision, reason = NO_GO, (f"{match.why}; heuristic {match.method} would match, held for "
-                                   f"an operator: {policy.heuristic_held_back_by()}")
+    decision, reason = candidate_decision(match.method, target is not None, review, policy,
+                                          match.why, why_not)
     if target is not None and not (review is not None and review.verdict == REJECT):
         # GO, or the match a heuristic would make: either way the room is spoken for, so what is
         # reported is one consistent assignment.

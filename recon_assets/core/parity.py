@@ -170,17 +170,11 @@ def parity_checks(*, cycle_id: str, account: str, previous_cycle_id: str | None,
             price, source = (mark, "mark_price") if mark else (entry, "entry_price") if entry \
                 else (None, None)
             ghost = key in ghosts and key not in recent and position is not None
-            previous = streaks.get(key)
-            if ghost:
-                continues = previous is not None and previous_cycle_id is not None \
-                    and previous.last_cycle == previous_cycle_id
-                streak = previous.count + 1 if continues else 1
-                started = previous.started_cycle if continues else cycle_id
-            else:
-                streak, started = 0, None
-            decision, reason = _decide(key, r.profile_id, ghost, streak, attributed, mark,
-                                       position is None, key in recent, key in ambiguous, why,
-                                       policy, quarantined, backfill_go, tripped)
+            streak, started = (next_streak(streaks.get(key), previous_cycle_id, cycle_id)
+                               if ghost else (0, None))
+            decision, reason = slice_decision(key, r.profile_id, ghost, streak, attributed, mark,
+                                              position is None, key in recent, key in ambiguous,
+                                              why, policy, quarantined, backfill_go, tripped)
             rows.append({
                 "cycle_id": cycle_id, "exchange_account": account, "profile_id": r.profile_id,
                 "trade_id": r.trade_id, "slice_no": key[2], "symbol": symbol, "side": r.side,
@@ -198,10 +192,22 @@ def parity_checks(*, cycle_id: str, account: str, previous_cycle_id: str | None,
     return pd.DataFrame(rows, columns=list(PARITY_CHECK_COLUMNS))
 
 
-def _decide(key: SliceKey, profile_id: str, ghost: bool, streak: int, attributed: bool,
-            mark: float | None, unchecked: bool, recent: bool, ambiguous: bool, why: str,
-            policy: ParityPolicy, quarantined: frozenset, backfill_go: frozenset,
-            tripped: Mapping[str, str]) -> tuple[str, str]:
+def next_streak(previous: Streak | None, previous_cycle_id: str | None,
+                cycle_id: str) -> tuple[int, str]:
+    """(count, started cycle) of a ghost seen in `cycle_id`: one more than its streak when that
+    was last seen in the account's previous cycle, else a new streak starting here."""
+    if previous is not None and previous_cycle_id is not None \
+            and previous.last_cycle == previous_cycle_id:
+        return previous.count + 1, previous.started_cycle
+    return 1, cycle_id
+
+
+def slice_decision(key: SliceKey, profile_id: str, ghost: bool, streak: int, attributed: bool,
+                   mark: float | None, unchecked: bool, recent: bool, ambiguous: bool, why: str,
+                   policy: ParityPolicy, quarantined: frozenset, backfill_go: frozenset,
+                   tripped: Mapping[str, str]) -> tuple[str, str]:
+    """(decision, reason) of one open slice, by the rules of the module docstring (the live
+    heartbeat and the policy replay both decide through this function)."""
     n = policy.confirmations
     if unchecked:
         return HELD, "the exchange snapshot has no row for the symbol: not checked this cycle"

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -82,36 +82,51 @@ def watchdog_verdicts(*, account: str, profiles: pd.DataFrame, mismatches: pd.Da
     cycle's diff rows (MISMATCH_COLUMNS, `details` as a dict or JSON text); `checks`: this
     cycle's heartbeat checks (PARITY_CHECK_COLUMNS); `heartbeat_checked`: false when the
     heartbeat is off (the diff's ghost rows are charged instead)."""
-    mine = profiles[profiles["exchange_account"] == account]
+    rows = verdict_records(account=account, profiles=profiles.to_dict("records"),
+                           mismatches=mismatches.to_dict("records"),
+                           checks=checks.to_dict("records"), max_notional_pct=max_notional_pct,
+                           heartbeat_checked=heartbeat_checked)
+    return pd.DataFrame(rows, columns=list(VERDICT_COLUMNS))
+
+
+def _text(value) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def verdict_records(*, account: str, profiles: Iterable[Mapping], mismatches: Iterable[Mapping],
+                    checks: Iterable[Mapping], max_notional_pct: float,
+                    heartbeat_checked: bool = True) -> list[dict]:
+    """`watchdog_verdicts` on plain records (dicts with the same columns), for callers that
+    decide many cycles (the policy replay): the rule itself."""
     ghosts: dict[str, float] = {}
     ghosts_by_symbol: dict[str, float] = {}
     seen: dict[str, int] = {}
     if heartbeat_checked:
-        for row in checks.itertuples():
-            if row.decision != CLEARED:
-                seen[row.profile_id] = seen.get(row.profile_id, 0) + 1
-            if row.ghost:
-                notional = _number(row.mismatch_notional_usd)
-                ghosts[row.profile_id] = ghosts.get(row.profile_id, 0.0) + notional
-                ghosts_by_symbol[row.symbol] = ghosts_by_symbol.get(row.symbol, 0.0) + notional
+        for row in checks:
+            if row["decision"] != CLEARED:
+                seen[row["profile_id"]] = seen.get(row["profile_id"], 0) + 1
+            if row["ghost"]:
+                notional = _number(row["mismatch_notional_usd"])
+                ghosts[row["profile_id"]] = ghosts.get(row["profile_id"], 0.0) + notional
+                ghosts_by_symbol[row["symbol"]] = ghosts_by_symbol.get(row["symbol"], 0.0) + notional
     orders: dict[str, float] = {}
     positions: dict[str, float] = {}
-    for row in mismatches.itertuples():
-        kind, profile = row.kind, row.profile_id if isinstance(row.profile_id, str) else None
+    for row in mismatches:
+        kind, profile = row["kind"], _text(row.get("profile_id"))
         if kind in ORDER_DRIFT_KINDS and profile:
-            orders[profile] = orders.get(profile, 0.0) + _number(row.notional_usd)
+            orders[profile] = orders.get(profile, 0.0) + _number(row["notional_usd"])
             seen[profile] = seen.get(profile, 0) + 1
         elif kind == GHOST_SLICE and profile and not heartbeat_checked:
-            notional = _number(row.notional_usd)
+            notional = _number(row["notional_usd"])
             ghosts[profile] = ghosts.get(profile, 0.0) + notional
-            ghosts_by_symbol[row.symbol] = ghosts_by_symbol.get(row.symbol, 0.0) + notional
+            ghosts_by_symbol[row["symbol"]] = ghosts_by_symbol.get(row["symbol"], 0.0) + notional
             seen[profile] = seen.get(profile, 0) + 1
         elif kind == POSITION_DRIFT:
-            details = _details(row.details)
-            drift = _number(row.notional_usd)
+            details = _details(row.get("details"))
+            drift = _number(row["notional_usd"])
             difference = abs(_number(details.get("difference")))
             price = drift / difference if difference else 0.0
-            left = max(0.0, drift - ghosts_by_symbol.get(row.symbol, 0.0))
+            left = max(0.0, drift - ghosts_by_symbol.get(row["symbol"], 0.0))
             for part in details.get("profiles") or []:
                 qty = abs(_number(part.get("net_qty")))
                 owner = part.get("profile_id")
@@ -120,9 +135,10 @@ def watchdog_verdicts(*, account: str, profiles: pd.DataFrame, mismatches: pd.Da
                 seen[owner] = seen.get(owner, 0) + 1
                 positions[owner] = positions.get(owner, 0.0) + min(left, qty * price)
     rows = []
-    for profile in mine.sort_values("profile_id").itertuples():
-        pid = profile.profile_id
-        capital = _number(profile.allocated_capital_usd)
+    for profile in sorted((p for p in profiles if p["exchange_account"] == account),
+                          key=lambda p: p["profile_id"]):
+        pid = profile["profile_id"]
+        capital = _number(profile["allocated_capital_usd"])
         limit = threshold_usd(capital, max_notional_pct)
         parts = (ghosts.get(pid, 0.0), orders.get(pid, 0.0), positions.get(pid, 0.0))
         total = sum(parts)
@@ -139,7 +155,7 @@ def watchdog_verdicts(*, account: str, profiles: pd.DataFrame, mismatches: pd.Da
                        + f" {max_notional_pct:g} % of allocated capital {capital:.2f} USD "
                          f"({limit:.2f} USD)"),
         })
-    return pd.DataFrame(rows, columns=list(VERDICT_COLUMNS))
+    return rows
 
 
 # --------------------------------------------------------------------------- auto-resume
