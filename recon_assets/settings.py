@@ -81,6 +81,11 @@ DEPLOYMENT_FLAGS: tuple[Flag, ...] = (
          "account's cycle still its own run."),
 )
 FLAGS_BY_FIELD = {flag.field: flag for flag in FLAGS + DEPLOYMENT_FLAGS}
+# The runbook flags a policy replay can override (core/replay.py): every flag that changes a
+# decision rather than what was recorded (the heartbeat switch and the backfill's grace minutes
+# change what the cycles saw, which a replay cannot see again).
+REPLAYABLE_FLAGS = tuple(flag for flag in FLAGS if flag.env not in (
+    "ENABLE_RECON_POSITION_PARITY_HEARTBEAT", "RECON_EXIT_BACKFILL_FILL_AFTER_TRADE_GRACE_MINUTES"))
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -167,3 +172,17 @@ class ReconSettings(dg.ConfigurableResource):
         env = os.environ if environ is None else environ
         raw = {flag.field: env[flag.env] for flag in FLAGS + DEPLOYMENT_FLAGS if flag.env in env}
         return cls(**_validated(raw, "environment"))
+
+
+def replay_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A policy replay's overrides, by the runbook's variable names (`{"RECON_POSITION_PARITY_
+    CONFIRMATIONS": 1}`), as ReconSettings field values; an unknown or not replayable name, or a
+    bad value, is a SettingsError naming every one."""
+    by_env = {flag.env: flag for flag in REPLAYABLE_FLAGS}
+    unknown = sorted(name for name in values if name not in by_env)
+    if unknown:
+        raise SettingsError(
+            "not a runbook flag a policy replay can override: " + ", ".join(unknown)
+            + " (replayable: " + ", ".join(sorted(by_env)) + ")")
+    return _validated({by_env[name].field: value for name, value in values.items()},
+                      "policy replay overrides")
