@@ -375,8 +375,13 @@ def _fold_account(account: str, cycles: list[dict], checks: Mapping, mismatches:
             gate = gate_of(pid)
             if gate.state != PAUSED:
                 continue
-            records = [_cycle_record(c, started, status, by_profile.get(pid))
-                       for c, started, status, by_profile in history]
+            # Only the cycles since the pause count (the rule ignores older ones): read back
+            # from the newest, so a long history costs nothing per cycle.
+            records = []
+            for c, started, status, by_profile in reversed(history):
+                if gate.paused_at is not None and started < gate.paused_at:
+                    break
+                records.append(_cycle_record(c, started, status, by_profile.get(pid)))
             decision = auto_resume_decision(
                 GateState(pid, gate.state, gate.source, gate.paused_at, gate.last_auto_resume_at),
                 records, now, policy.resume)

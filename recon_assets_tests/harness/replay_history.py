@@ -115,7 +115,14 @@ def recorded_history(cycles: int, *, profiles: int = 3, accounts: int = 1, seed:
                                                WATCHDOG_PAUSE_SOURCE, cycle_id, checked_at))
             for pid in pids:
                 gate = gates[pid]
-                decision = auto_resume_decision(gate, outcomes[pid], checked_at, resume)
+                if gate.trading_state != PAUSED:
+                    continue
+                since = []  # the cycles since the pause, newest first (the rule needs no more)
+                for record in reversed(outcomes[pid]):
+                    if record.started_at < gate.paused_at:
+                        break
+                    since.append(record)
+                decision = auto_resume_decision(gate, since, checked_at, resume)
                 if decision is not None and decision.resume:
                     gates[pid] = GateState(pid, ACTIVE, None, None, checked_at)
                     h.gate_events.append(_gate(pid, account, AUTO_RESUME, gate, ACTIVE, None,
