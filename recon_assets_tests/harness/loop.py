@@ -107,12 +107,21 @@ class LoopDriver:
             after: Callable[[str], None] | None = None) -> None:
         """The rounds from where the journal says the loop is, up to the end of segment `until`
         (all of them without). A segment is a step's tick ("<step>#0") or its i-th run
-        ("<step>#<i>"); `after(segment)` runs once each one is over."""
+        ("<step>#<i>"); `after(segment)` runs once each one is over. No step after `until`'s
+        step is ever started: a run whose `until` is already over (a worker that was to be
+        killed but made fewer calls than its kill point finished the step itself) only
+        finishes what is queued, it does not run the rest of the rounds."""
         warnings.filterwarnings("ignore")
         self._until, self._after = until, after
+        keys = self.steps(rounds)
+        if until is not None:
+            step = until.rsplit("#", 1)[0]
+            if step not in keys:
+                raise ValueError(f"until={until!r} is no segment of {rounds} rounds")
+            keys = keys[:keys.index(step) + 1]
         try:
             self._drain(instance)  # what a killed process left: a queue, maybe a run STARTED
-            for key in self.steps(rounds):
+            for key in keys:
                 if key not in self.journal["done"]:
                     name = key.split(":", 1)[1]
                     self._tick(instance, key, self._schedule_tick if name == SCHEDULE
