@@ -425,8 +425,9 @@ def recorded_decisions(history: ReplayHistory) -> FoldResult:
     judged = {(v["exchange_account"], v["cycle_id"]) for v in history.verdicts}
     succeeded = {(c["exchange_account"], c["cycle_id"]) for c in history.cycles
                  if c["status"] == CYCLE_SUCCEEDED}
+    judged = judged & succeeded  # once: per row it made the comparison quadratic
     for row in history.checks:
-        if (row["exchange_account"], row["cycle_id"]) in judged & succeeded:
+        if (row["exchange_account"], row["cycle_id"]) in judged:
             out.checks[(row["cycle_id"], _key(row))] = (row["decision"], int(row["streak"] or 0))
     for row in history.verdicts:
         if (row["exchange_account"], row["cycle_id"]) in succeeded:
@@ -436,7 +437,7 @@ def recorded_decisions(history: ReplayHistory) -> FoldResult:
         if row["action"] in (WATCHDOG_PAUSE, AUTO_RESUME) and row.get("cycle_id"):
             out.gates.add((row["cycle_id"], row["profile_id"], row["action"]))
     for row in history.backfill:
-        if (row["exchange_account"], row["cycle_id"]) in judged & succeeded:
+        if (row["exchange_account"], row["cycle_id"]) in judged:
             out.backfill[(row["cycle_id"], row["symbol"], row["exchange_fill_id"])] = \
                 row["decision"]
     return out

@@ -14,6 +14,12 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
+def events_query(replay_id: str) -> str:
+    """The SQL an analyst runs for one replay's rows (shown in the UI; never executed here)."""
+    return ("SELECT * FROM recon.policy_replay_events WHERE replay_id = "
+            f"'{replay_id}' ORDER BY at, policy;")
+
+
 class ReplayStore:
     def __init__(self, database: TradingStore):
         self.database = database

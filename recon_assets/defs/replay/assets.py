@@ -17,7 +17,7 @@ from recon_assets.core.replay import EVENT_COLUMNS, LIVE, REPLAY, ReplayPolicy, 
 from recon_assets.core.watchdog import ResumePolicy
 from recon_assets.defs.metadata import md_table
 from recon_assets.resources.database import TradingStore
-from recon_assets.resources.replay_store import ReplayStore
+from recon_assets.resources.replay_store import ReplayStore, events_query
 from recon_assets.settings import REPLAYABLE_FLAGS, ReconSettings, SettingsError, replay_overrides
 
 SHOWN_EVENTS = ["policy", "day", "profile_id", "kind", "cycle_id", "trade_id", "slice_no",
@@ -99,7 +99,7 @@ def _markdown_summary(result, overrides: dict[str, object], since, until) -> str
 
 
 @dg.asset(group_name="replay", kinds={"postgres"})
-def policy_replay(context: dg.AssetExecutionContext, config: PolicyReplayConfig,
+def policy_replays(context: dg.AssetExecutionContext, config: PolicyReplayConfig,
                   settings: ReconSettings, database: TradingStore) -> dg.MaterializeResult:
     """What the runbook flags would have done over the recorded history: the live loop's own rules folded over the recorded cycles with the live flags (checked against the record) and with the overrides, side by side; rows in recon.policy_replay_events by replay id."""
     since, until = _time(config.since, "since"), _time(config.until, "until")
@@ -142,9 +142,7 @@ def policy_replay(context: dg.AssetExecutionContext, config: PolicyReplayConfig,
         "per_profile": md_table(pd.DataFrame(result.summary), "_no event in the range_"),
         "per_day": md_table(pd.DataFrame(result.per_day), "_no event in the range_"),
         "events": md_table(events[SHOWN_EVENTS], "_no event in the range_", rows=200),
-        "query": dg.MetadataValue.md(
-            "```sql\nSELECT * FROM recon.policy_replay_events WHERE replay_id = "
-            f"'{context.run.run_id}' ORDER BY at, policy;\n```"),
+        "query": dg.MetadataValue.md(f"```sql\n{events_query(context.run.run_id)}\n```"),
         **{f"{policy}/{kind}": int(sum(1 for e in result.events
                                        if e["policy"] == policy and e["kind"] == kind))
            for policy in (LIVE, REPLAY)

@@ -1,12 +1,12 @@
 import dagster as dg
 
-from recon_assets.defs.replay.assets import policy_replay
+from recon_assets.defs.replay.assets import policy_replays
 
 # Launched by hand from the Launchpad (a range, accounts or profiles, overrides); no schedule.
-policy_replay_job = dg.define_asset_job("policy_replay", selection=[policy_replay],
+policy_replay_job = dg.define_asset_job("policy_replay", selection=[policy_replays],
                                         description="What other runbook flags would have done "
                                                     "over the recorded history (nothing applied).")
 
 
 def defs() -> dg.Definitions:
-    return dg.Definitions(assets=[policy_replay], jobs=[policy_replay_job])
+    return dg.Definitions(assets=[policy_replays], jobs=[policy_replay_job])

@@ -54,13 +54,13 @@ def recorded(sim, pg_dsn, instance):
 
 def replay_run(defs, instance, **config):
     result = defs.resolve_job_def("policy_replay").execute_in_process(
-        run_config={"ops": {"policy_replay": {"config": config}}}, instance=instance,
+        run_config={"ops": {"policy_replays": {"config": config}}}, instance=instance,
         raise_on_error=False)
     return result
 
 
 def materialization(result):
-    (m,) = result.asset_materializations_for_node("policy_replay")
+    (m,) = result.asset_materializations_for_node("policy_replays")
     return {k: v.value for k, v in m.metadata.items()}
 
 
