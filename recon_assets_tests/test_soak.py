@@ -4,7 +4,8 @@ back and exchange faults, database faults and run-worker kills injected at set r
 Each round, before the loop runs: a stand-in trading app (this process, like demo.py's) may
 place an ENTRY order and let the exchange fill it unseen, fill one partially (the rest next
 round), cancel one on the exchange, leave a foreign order from the web UI, or close a position
-from the web UI behind the database (a ghost). Then one round of the loop runs in a forked run
+from the web UI behind the database (a ghost; or an unattributed ghost: one of the scenario's
+legacy slices, whose orders carry no sub tag). Then one round of the loop runs in a forked run
 worker (harness/replays.py); at the set rates, the simulator fails one request, the run worker
 gets a database fault (harness/db_faults.py), or it is SIGKILLed at a random store call and a
 second worker recovers. Time is compressed through the flags (two confirmations, two clean
@@ -13,7 +14,8 @@ cycles, no minimum pause or cooldown); nothing sleeps.
 After every round the invariants hold (harness/invariants.py). At the end, after quiet rounds:
 every attributable drift was resolved within two clean rounds of its appearance (a round with
 a fault or a kill is not clean), every other one was reported (foreign orders: not
-attributable) or NO_GO with a reason (the web-UI closes), and none is lost.
+attributable), quarantined (the unattributed ghosts, within two clean rounds too) or NO_GO with
+a reason (the web-UI closes, before their synthetic exit), and none is lost.
 
 RECON_SOAK_ROUNDS (default 8 plus 3 quiet rounds, two accounts: 22 cycles, about two and a half minutes here) and RECON_SOAK_SEED set
 the size and the seed; the counts are written to soak-summary.json in the test's folder and
@@ -53,7 +55,7 @@ QUIET_ROUNDS = 3  # at the end: no new drift, no faults, so everything can settl
 DRIFT_RATE, EXCHANGE_FAULT_RATE, DB_FAULT_RATE, KILL_RATE = 0.8, 0.3, 0.25, 0.2
 # However the draws fall, each kind is injected at least once: a kill in round 1, a database
 # fault in round 3, an exchange fault in round 5, a web-UI close (ghost) as soon as one is
-# possible from round 4 on.
+# possible from round 4 on, a web-UI close of a legacy slice (unattributed ghost) in round 6.
 FORCED = {1: "kill", 3: "database", 5: "exchange"}
 # One round of the loop usually makes more store calls, so the kill usually lands; when it does
 # not (a cycle failed early), the worker finishes the round itself, the kill is not counted, and
@@ -71,6 +73,10 @@ SETTINGS = {
 SYMBOLS = {"alpha": ("SOLUSDT", "LINKUSDT"), "beta": ("ADAUSDT", "DOGEUSDT"),
            "gamma": ("XRPUSDT", "SOLUSDT")}
 PROFILES = {"alpha": ("acct1", "ALP"), "beta": ("acct1", "BET"), "gamma": ("acct2", "GAM")}
+# The soak scenario's legacy slices (simulator/scenarios.py, legacy_slices): no sub tag on their
+# orders, on symbols the profile does not otherwise trade.
+LEGACY = {"alpha": ("t-a0", "BNBUSDT"), "beta": ("t-b0", "XRPUSDT"), "gamma": ("t-g0", "BNBUSDT")}
+UNATTRIBUTED_GHOST_ROUND = 6
 EXCHANGE_FAULTS = ("server_error", "drop", "malformed_json", "truncated")
 EXCHANGE_PATHS = ("/fapi/v1/openOrders", "/fapi/v2/positionRisk", "/fapi/v1/userTrades",
                   "/fapi/v1/order", None)
@@ -129,10 +135,20 @@ class TradingApp:
             self.sim.exchange.fill_order(PROFILES[partial["profile"]][0],
                                          client_order_id=partial["client_order_id"])
         self.pending_partials.clear()
+        closed = {d["profile"] for d in self.drifts if d["kind"] == "unattributed_ghost"}
+        if drift and round_no >= UNATTRIBUTED_GHOST_ROUND and not closed:
+            self._close_legacy(round_no, "alpha")
+            return
         if not drift or self.rng.random() > DRIFT_RATE:
             return
         kind = self.rng.choice(("entry_filled", "partial_fill", "cancelled", "foreign_order",
-                                "ghost"))
+                                "ghost", "unattributed_ghost"))
+        if kind == "unattributed_ghost":
+            left = sorted(set(LEGACY) - closed)
+            if left:
+                self._close_legacy(round_no, self.rng.choice(left))
+                return
+            kind = "entry_filled"  # every legacy slice is closed already
         if round_no >= 4 and not any(d["kind"] == "ghost" for d in self.drifts):
             kind = "ghost"  # falls back to an entry fill while no slice can be closed
         profile = self.rng.choice(sorted(PROFILES))
@@ -180,6 +196,13 @@ class TradingApp:
         self._record(kind, round_no, profile, client_order_id=cid, trade_id=trade_id,
                      symbol=symbol)
 
+    def _close_legacy(self, round_no: int, profile: str) -> None:
+        """A web-UI close of the profile's legacy slice: a ghost the heartbeat cannot attribute."""
+        trade_id, symbol = LEGACY[profile]
+        self.sim.exchange.close_position(PROFILES[profile][0], symbol,
+                                         client_order_id="web_" + random_suffix(16))
+        self._record("unattributed_ghost", round_no, profile, trade_id=trade_id, symbol=symbol)
+
     def _record(self, kind: str, round_no: int, profile: str, **what) -> None:
         self.drifts.append({"kind": kind, "round": round_no, "profile": profile, **what,
                             "resolved_round": None, "outcome": None})
@@ -208,6 +231,14 @@ def resolve(dsn: str, drifts: list[dict], round_no: int) -> None:
                 if row and row[0] == "parity_synthetic_exit":
                     outcome = "resolved"
                     d["no_go_reason"] = no_go[0] if no_go else None
+            elif d["kind"] == "unattributed_ghost":
+                # Quarantined, and still open: never closed without attribution.
+                row = conn.execute(
+                    "SELECT t.status FROM recon.quarantine q JOIN trade_history t ON "
+                    "t.profile_id = q.profile_id AND t.trade_id = q.trade_id AND "
+                    "t.slice_no = q.slice_no WHERE q.profile_id = %s AND q.trade_id = %s AND "
+                    "q.released_at IS NULL", (d["profile"], d["trade_id"])).fetchone()
+                outcome = "quarantined" if row and row[0] == "open" else None
             elif d["kind"] == "foreign_order":
                 row = conn.execute(
                     "SELECT attributable, kind FROM recon.mismatches WHERE client_order_id = %s "
@@ -223,7 +254,7 @@ def soak(pg_server, template_copies):
     os.chmod(base, 0o755)
     name = f"soak{os.getpid()}"
     random.seed(SEED)
-    sim = SimulatorServer(port=0, scenario="clean")
+    sim = SimulatorServer(port=0, scenario="soak")
     sim.start()
     sim.exchange.set_rate_limits(weight_per_minute=10 ** 9)  # hundreds of cycles in minutes
     server = ReplayServer(base / "workers.log")
@@ -307,14 +338,17 @@ def test_soak_with_drift_faults_and_kills(soak):
         "drifts": dict(Counter(d["kind"] for d in app.drifts)),
         "resolved": sum(d["outcome"] == "resolved" for d in app.drifts),
         "reported_not_attributable": sum(d["outcome"] == "reported" for d in app.drifts),
+        "quarantined": sum(d["outcome"] == "quarantined" for d in app.drifts),
+        # The web-UI closes: each a NO_GO of the EXIT backfill, with its reason, before the
+        # heartbeat's synthetic exit resolved it (so these are counted in "resolved" too).
         "no_go_with_reason": sum(bool(d.get("no_go_reason")) for d in app.drifts),
         "lost": [d for d in app.drifts if d["outcome"] is None],
     }
     with psycopg.connect(dsn) as conn:
-        summary["quarantined"] = conn.execute(
+        summary["open_quarantines"] = conn.execute(
             "SELECT count(*) FROM recon.quarantine WHERE released_at IS NULL").fetchone()[0]
     # Within two clean rounds of its appearance (the round it appeared in counts).
-    late = [d for d in app.drifts if d["outcome"] == "resolved" and
+    late = [d for d in app.drifts if d["outcome"] in ("resolved", "quarantined") and
             len([x for x in range(d["round"], d["resolved_round"] + 1) if x not in unclean]) > 2]
     summary["late"] = late
     (Path(os.environ.get("RECON_SOAK_SUMMARY", base / "soak-summary.json"))).write_text(
@@ -325,6 +359,10 @@ def test_soak_with_drift_faults_and_kills(soak):
         assert faults["kill"] and any(k.startswith("database:") for k in faults) \
             and any(k.startswith("exchange:") for k in faults), summary
         assert summary["drifts"].get("ghost"), summary
+    if ROUNDS > UNATTRIBUTED_GHOST_ROUND:
+        assert summary["quarantined"] >= 1, summary
+    # Nothing else was quarantined: each open quarantine is one of the unattributed ghosts.
+    assert summary["open_quarantines"] == summary["quarantined"], summary
     assert not summary["lost"], summary
     assert not late, summary
     # Every web-UI close was a NO_GO of the EXIT backfill, with its reason, before it was closed.
