@@ -40,6 +40,7 @@ import pytest
 
 from recon_assets.core.attribution import make_client_order_id
 from recon_assets.defs.partitions import exchange_account_partitions, profile_partitions
+from recon_assets.simulator.scenarios import LEGACY_SLICES
 from recon_assets.simulator.server import SimulatorServer
 from recon_assets.simulator.state import random_suffix
 from recon_assets_tests.conftest import TEMPLATE_DB
@@ -74,9 +75,9 @@ SETTINGS = {
 SYMBOLS = {"alpha": ("SOLUSDT", "LINKUSDT"), "beta": ("ADAUSDT", "DOGEUSDT"),
            "gamma": ("XRPUSDT", "SOLUSDT")}
 PROFILES = {"alpha": ("acct1", "ALP"), "beta": ("acct1", "BET"), "gamma": ("acct2", "GAM")}
-# The soak scenario's legacy slices (simulator/scenarios.py, legacy_slices): no sub tag on their
-# orders, on symbols the profile does not otherwise trade.
-LEGACY = {"alpha": ("t-a0", "BNBUSDT"), "beta": ("t-b0", "XRPUSDT"), "gamma": ("t-g0", "BNBUSDT")}
+# The scenario's legacy slices: no sub tag on their orders, on symbols the profile does not
+# otherwise trade. profile -> (trade_id, symbol)
+LEGACY = {profile: (trade_id, symbol) for profile, trade_id, symbol, *_ in LEGACY_SLICES}
 UNATTRIBUTED_GHOST_ROUND = 6
 EXCHANGE_FAULTS = ("server_error", "drop", "malformed_json", "truncated")
 EXCHANGE_PATHS = ("/fapi/v1/openOrders", "/fapi/v2/positionRisk", "/fapi/v1/userTrades",
@@ -255,7 +256,7 @@ def soak(pg_server, template_copies):
     os.chmod(base, 0o755)
     name = f"soak{os.getpid()}"
     random.seed(SEED)
-    sim = SimulatorServer(port=0, scenario="soak")
+    sim = SimulatorServer(port=0, scenario="legacy_slices")
     sim.start()
     sim.exchange.set_rate_limits(weight_per_minute=10 ** 9)  # hundreds of cycles in minutes
     server = ReplayServer(base / "workers.log")

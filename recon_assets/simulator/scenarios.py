@@ -24,13 +24,12 @@ test keys are `simkey<account>` / `simsecret<account>` (simulator-only credentia
 | price_drift | DB price differs from the exchange's |
 | position_drift | a foreign fill changed the account's position |
 | unattributed_ghost | ghost slice of a trade whose orders carry no sub-tag attribution (quarantine) |
-| legacy_slices | none: open slices (in sync) whose orders carry no sub-tag attribution, alpha long BNB and beta long XRP on acct1, gamma long BNB on acct2; a web-UI close of one is a ghost to quarantine |
+| legacy_slices | none: open slices (in sync) whose orders carry no sub-tag attribution, alpha long BNB and beta long XRP on acct1, gamma long BNB on acct2; a web-UI close of one is a ghost to quarantine (the soak's starting point, `recon_assets_tests/test_soak.py`) |
 | systemic_glitch | the exchange reports no positions at all (integrity watchdog pause, no mass close) |
 | conditional_orders | a DB-open stop-loss resting on the Algo Service (in sync); another one triggered and filled behind the DB's back (missing_from_exchange; reconcileExitFill) |
 | hedge_mode | `acct3` in hedge mode: `delta` long and `epsilon` short on BTC, one leg each; epsilon's EXIT filled behind the DB's back (missing_from_exchange, ghost_slice and position_drift of the short leg, which a net comparison would hide; reconcileExitFill) |
 | demo | all of the above except the glitch, the conditional orders and hedge mode, on acct1 and acct2 |
 | lifecycle | a filled entry, a filled exit and a cancel the database missed (the three handlers) |
-| soak | clean plus legacy_slices: the soak's starting point (`recon_assets_tests/test_soak.py`) |
 | reliability | lifecycle, plus an EXIT the database never recorded (backfill GO) and a position closed from the web UI (parity confirmations): every kind of correction in a few rounds (the kill-point tests) |
 """
 
@@ -371,12 +370,16 @@ def _unattributed_ghost(b: ScenarioBuilder, _base: dict) -> None:
     b.expect("position_drift", "acct2", "SOLUSDT", attributable=False, note=_DB_KEEPS_POSITION)
 
 
+# Trades from before sub-tag attribution (or placed by hand under the profile): booked in sync,
+# so no finding, until the web UI closes one (a ghost the heartbeat must quarantine). Each on a
+# symbol its profile has no other trade on. (profile, trade_id, symbol, qty, entry price)
+LEGACY_SLICES = (("alpha", "t-a0", "BNBUSDT", "0.20", "540.000"),
+                 ("beta", "t-b0", "XRPUSDT", "150.0", "0.5900"),
+                 ("gamma", "t-g0", "BNBUSDT", "0.10", "545.000"))
+
+
 def _legacy_slices(b: ScenarioBuilder, _base: dict) -> None:
-    # Trades from before sub-tag attribution (or placed by hand under the profile): booked in
-    # sync, so no finding, until the web UI closes one (a ghost the heartbeat must quarantine).
-    for profile, trade_id, symbol, qty, price in (("alpha", "t-a0", "BNBUSDT", "0.20", "540.000"),
-                                                  ("beta", "t-b0", "XRPUSDT", "150.0", "0.5900"),
-                                                  ("gamma", "t-g0", "BNBUSDT", "0.10", "545.000")):
+    for profile, trade_id, symbol, qty, price in LEGACY_SLICES:
         b.fill(b.order(profile, trade_id, "ENTRY", symbol, "BUY", qty, price,
                        client_order_id="legacy" + random_suffix(12)))
 
@@ -449,7 +452,6 @@ _PIECES["conditional_orders"] = _conditional_orders
 _COMBOS: dict[str, list[str]] = {
     "demo": [p for p in _PIECES if p not in ("systemic_glitch", "conditional_orders", "hedge_mode",
                                               "legacy_slices")],
-    "soak": ["legacy_slices"],
     "lifecycle": ["entry_filled_behind_db", "exit_filled_behind_db", "cancelled_behind_db"],
     "reliability": ["entry_filled_behind_db", "exit_filled_behind_db", "cancelled_behind_db",
                     "exit_order_lost", "closed_manually"],
