@@ -90,10 +90,14 @@ def call_under_lock(database: TradingStore, function: str, params: dict, profile
 
 def begin_gate(context: dg.OpExecutionContext, database: TradingStore, profile: str,
                run_id: str, max_age_s: float) -> dict:
-    """Own the profile's reconciling gate, taking it over only from an owner that is gone."""
+    """Own the profile's reconciling gate, taking it over only from an owner that is gone. A run
+    that lost the gate (its session was restored or taken over) never owns it again."""
     params = {"p_profile_id": profile, "p_cycle_id": run_id}
     try:
         began = call_under_lock(database, "recon_begin_reconciling", params, profile, run_id)
+        if began["status"] == "revoked":
+            raise dg.Failure(f"profile {profile}: {began['reason']}; this run corrects nothing "
+                             "(the next correction run starts from a fresh cycle)")
         if began["status"] != "busy":
             return began
         owner = began["owner"]
@@ -111,6 +115,8 @@ def begin_gate(context: dg.OpExecutionContext, database: TradingStore, profile: 
     if took["status"] == "busy":
         raise dg.Failure(f"profile {profile}: the reconciling gate changed hands to run "
                          f"{took['owner']} while this run took it over; this run corrects nothing")
+    if took["status"] == "revoked":
+        raise dg.Failure(f"profile {profile}: {took['reason']}; this run corrects nothing")
     context.log.warning(f"profile {profile}: took the reconciling gate over from run {owner} "
                         f"({verdict.why})")
     return took
@@ -118,12 +124,17 @@ def begin_gate(context: dg.OpExecutionContext, database: TradingStore, profile: 
 
 def end_gate(context: dg.OpExecutionContext, database: TradingStore, profile: str,
              run_id: str) -> None:
-    """Give the gate back (only the owner's end restores trading)."""
+    """Give the gate back (only the owner's end restores trading; a run that lost the gate
+    meanwhile restores nothing, and says so)."""
     try:
-        call_under_lock(database, "recon_end_reconciling",
-                        {"p_profile_id": profile, "p_cycle_id": run_id}, profile, run_id)
+        ended = call_under_lock(database, "recon_end_reconciling",
+                                {"p_profile_id": profile, "p_cycle_id": run_id}, profile, run_id)
     except LockContention as exc:
         context.log.warning(f"{exc}; the next cycle restores the trading state")
+        return
+    if (ended or {}).get("revoked"):
+        context.log.warning(f"profile {profile}: {ended['reason']}; the gate is not this run's "
+                            "to end")
 
 
 def record_refusal(context: dg.OpExecutionContext, database: TradingStore, run_id: str,

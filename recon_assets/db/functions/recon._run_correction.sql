@@ -11,10 +11,13 @@
 --      queue on it; handlers of different profiles do not wait for each other. A caller that
 --      must not wait forever sets lock_timeout or statement_timeout (the wait is then an error,
 --      which the caller records as lock contention).
---      While another run owns the profile's reconciling gate (recon.reconciling), a real (not
---      dry-run) correction is refused: SQLSTATE RCREF, DETAIL gate_owned_by_another_run.
 --   2. looks the idempotency key up in recon.corrections: present -> returns
---      {"status": "already_applied", ...} and changes nothing.
+--      {"status": "already_applied", ...} and changes nothing (also for a run that has lost the
+--      gate since: its resend of a call whose answer was lost learns what happened).
+--   then a real (not dry-run) correction is refused, SQLSTATE RCREF, when the run may not
+--   correct the profile: it lost the profile's reconciling gate (someone else ended or took over
+--   its session, recon.reconciling_revoked; DETAIL gate_revoked), or another run owns the gate
+--   (recon.reconciling; DETAIL gate_owned_by_another_run).
 --   3. validates and applies the correction (orders, trade_history, positions, applied_fills,
 --      then recon_recalculate_capital). An illegal transition raises an exception naming the
 --      order, and the whole transaction (so the whole correction) is rolled back.
@@ -68,6 +71,7 @@ DECLARE
     v_id bigint;
     v_detail text;
     v_owner text;
+    v_revoked jsonb;
 BEGIN
     IF p_profile_id IS NULL OR p_profile_id = '' THEN
         RAISE EXCEPTION 'recon_%: p_profile_id is required', p_handler;
@@ -86,17 +90,8 @@ BEGIN
         RAISE EXCEPTION 'recon_%: p_dry_run must be true or false', p_handler;
     END IF;
 
-    -- 1. The reconciliation lock: one corrector per profile at a time. And the gate's owner: while
-    --    a run owns the profile's reconciling session, no other run corrects it (a run that lost
-    --    the gate to a take-over stops here, so the owner's end never overtakes its changes).
+    -- 1. The reconciliation lock: one corrector per profile at a time.
     PERFORM recon._lock_profile(p_profile_id);
-    SELECT cycle_id INTO v_owner FROM recon.reconciling WHERE profile_id = p_profile_id;
-    IF FOUND AND v_owner IS DISTINCT FROM p_cycle_id AND NOT p_dry_run THEN
-        RAISE EXCEPTION USING ERRCODE = 'RCREF', DETAIL = 'gate_owned_by_another_run',
-            MESSAGE = pg_catalog.format(
-                'recon_%s: profile %s is reconciling under run %s, not %s: only the owner of the gate corrects it',
-                p_handler, p_profile_id, COALESCE(v_owner, '(none)'), p_cycle_id);
-    END IF;
 
     -- 2. Idempotency (after the lock, so the previous holder's commit is visible).
     v_key := CASE WHEN p_dry_run THEN p_idempotency_key || ':dry-run' ELSE p_idempotency_key END;
@@ -105,6 +100,26 @@ BEGIN
      ORDER BY dry_run LIMIT 1;
     IF FOUND THEN
         RETURN recon._already_applied(v_existing, p_handler, p_profile_id);
+    END IF;
+
+    -- The gate's owner. A run whose session was restored or taken over has lost the gate for
+    -- good, even once no session is left (it may still be running on what it read before). And
+    -- while a run owns the profile's reconciling session, no other run corrects it (so the
+    -- owner's end never overtakes another run's changes).
+    IF NOT p_dry_run THEN
+        v_revoked := recon._gate_revocation(p_profile_id, p_cycle_id);
+        IF v_revoked IS NOT NULL THEN
+            RAISE EXCEPTION USING ERRCODE = 'RCREF', DETAIL = 'gate_revoked',
+                MESSAGE = pg_catalog.format('recon_%s: %s; it corrects nothing more',
+                                            p_handler, v_revoked ->> 'reason');
+        END IF;
+        SELECT cycle_id INTO v_owner FROM recon.reconciling WHERE profile_id = p_profile_id;
+        IF FOUND AND v_owner IS DISTINCT FROM p_cycle_id THEN
+            RAISE EXCEPTION USING ERRCODE = 'RCREF', DETAIL = 'gate_owned_by_another_run',
+                MESSAGE = pg_catalog.format(
+                    'recon_%s: profile %s is reconciling under run %s, not %s: only the owner of the gate corrects it',
+                    p_handler, p_profile_id, COALESCE(v_owner, '(none)'), p_cycle_id);
+        END IF;
     END IF;
 
     -- 3./4. Apply and record, in a savepoint so a dry run or a lost insert leaves nothing behind.

@@ -56,8 +56,10 @@ def cycle_start(context: dg.AssetExecutionContext, settings: ReconSettings,
                                            settings.reconciling_max_age_seconds)
         action = "left to its owner"
         if verdict.stale:
+            # Named as the restorer, so the owner (maybe still running) loses the gate for good.
             ended = database.call("recon_end_reconciling", {
-                "p_profile_id": session["profile_id"], "p_cycle_id": session["owner"]})
+                "p_profile_id": session["profile_id"], "p_cycle_id": session["owner"],
+                "p_restored_by": run_id})
             action = "restored to trading" if ended.get("restored") else "session cleared"
             raise_alert(database, alert_webhook, stale_reconciling(
                 account, session["profile_id"], session["owner"], verdict.why, run_id))
