@@ -1,6 +1,9 @@
 -- reconcileEntryFill: the order's new fills (recon._book_order_fill), the trade slice's entry
 -- qty and weighted entry price (a new slice when the trade has none open), the fees of those
--- fills off the slice's realised PnL, the position (long for buy, short for sell).
+-- fills off the slice's realised PnL, the position (long for buy, short for sell). A fee without
+-- a USD price (fee_usd NULL from recon._book_order_fill) leaves the PnL unknown: NULL, with
+-- pnl_unknown_reason 'fee_unpriced' (migration 0019), never the known fees alone; the result's
+-- pnl_unknown_reason is the slice's (NULL when its PnL is known).
 CREATE OR REPLACE FUNCTION recon._apply_entry_fill(p_profile_id text, p_client_order_id text, r jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql
@@ -49,14 +52,18 @@ BEGIN
                                  / (s.entry_qty + v_delta),
                    entry_qty = s.entry_qty + v_delta,
                    realised_pnl_usd = s.realised_pnl_usd - v_fee,
+                   pnl_unknown_reason = CASE WHEN s.realised_pnl_usd IS NOT NULL AND v_fee IS NULL
+                                             THEN 'fee_unpriced' ELSE s.pnl_unknown_reason END,
                    updated_at = pg_catalog.now()
              WHERE id = s.id
             RETURNING * INTO s;
         ELSE
             INSERT INTO public.trade_history (trade_id, slice_no, profile_id, symbol, side,
-                                              entry_qty, entry_price, realised_pnl_usd, opened_at)
+                                              entry_qty, entry_price, realised_pnl_usd,
+                                              pnl_unknown_reason, opened_at)
             SELECT o.trade_id, COALESCE(pg_catalog.max(t.slice_no), 0) + 1, o.profile_id,
                    o.symbol, v_side, v_delta, v_price, -v_fee,
+                   CASE WHEN v_fee IS NULL THEN 'fee_unpriced' END,
                    LEAST(pg_catalog.now(),
                          COALESCE((SELECT pg_catalog.min((e->>'filled_at')::timestamptz)
                                    FROM pg_catalog.jsonb_array_elements(
@@ -73,6 +80,8 @@ BEGIN
         'slice', CASE WHEN v_delta > 0 THEN pg_catalog.jsonb_build_object(
                      'before', v_slice_before, 'after', pg_catalog.to_jsonb(s)) END,
         'position', v_position,
+        'pnl_unknown_reason', CASE WHEN v_delta > 0 AND s.realised_pnl_usd IS NULL
+                                   THEN s.pnl_unknown_reason END,
         'fee_usd', v_fee);
 END;
 $$;

@@ -1,6 +1,8 @@
 -- reconcileExitFill: the order's new fills (recon._book_order_fill), the oldest open slice of
--- the trade (exit qty, weighted exit price, realised PnL net of the fills' fees; closed when
--- its virtual open qty reaches zero), the position.
+-- the trade (exit qty, weighted exit price, realised PnL net of the fills' fees, unknown (NULL)
+-- when a fee has no USD price (recon._exit_slice); closed when its virtual open qty reaches
+-- zero), the position. The result's pnl_unknown_reason is the slice's (NULL when its PnL is
+-- known), unpriced_fills the fills that made it unknown.
 CREATE OR REPLACE FUNCTION recon._apply_exit_fill(p_profile_id text, p_client_order_id text, r jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql
@@ -54,6 +56,7 @@ BEGIN
         'slice', v_exit->'slice',
         'position', v_position,
         'realised_pnl_usd', v_exit->'realised_pnl_usd',
+        'pnl_unknown_reason', v_exit->'pnl_unknown_reason',
         'fee_usd', v_fee);
 END;
 $$;

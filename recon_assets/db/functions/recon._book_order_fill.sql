@@ -24,8 +24,12 @@
 -- Book the exchange's cumulative fill state on an order: the order row and the new fills in
 -- applied_fills (the caller moves the slice and the position by the returned delta). Returns
 -- {"status": "unchanged"} when the database already agrees, else {"status": "changed", "delta",
--- "delta_price", "fee_usd", "unpriced_fees", "fills": {"booked", "already_booked"},
--- "order": {"before", "after"}}.
+-- "delta_price", "fee_usd", "unpriced_fees", "unpriced_fills", "fills": {"booked",
+-- "already_booked"}, "order": {"before", "after"}}.
+-- fee_usd is the USD sum of the new fills' fees, NULL when one of them was paid in an asset recon
+-- could not price (a fee_amount other than 0 without a fee_usd): unknown is never zero, so the
+-- caller's PnL becomes unknown too. unpriced_fees counts those fills, unpriced_fills lists them
+-- ({"id", "fee_asset", "fee_amount"}). A fill without fee_usd or fee_amount paid no fee.
 CREATE OR REPLACE FUNCTION recon._book_order_fill(p_handler text, o public.orders, r jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql
@@ -47,6 +51,7 @@ DECLARE
     v_price numeric;
     v_fee numeric;
     v_unpriced integer;
+    v_unpriced_fills jsonb;
     v_status text;
     a public.orders%ROWTYPE;
 BEGIN
@@ -129,10 +134,19 @@ BEGIN
            pg_catalog.sum((e->>'qty')::numeric * (e->>'price')::numeric),
            COALESCE(pg_catalog.sum((e->>'fee_usd')::numeric), 0),
            pg_catalog.count(*) FILTER (WHERE e->>'fee_usd' IS NULL
-                                         AND COALESCE((e->>'fee_amount')::numeric, 0) <> 0)
-      INTO v_new, v_delta, v_price, v_fee, v_unpriced
+                                         AND COALESCE((e->>'fee_amount')::numeric, 0) <> 0),
+           COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                        'id', e->>'id', 'fee_asset', e->>'fee_asset',
+                        'fee_amount', (e->>'fee_amount')::numeric) ORDER BY e->>'id')
+                    FILTER (WHERE e->>'fee_usd' IS NULL
+                              AND COALESCE((e->>'fee_amount')::numeric, 0) <> 0), '[]'::jsonb)
+      INTO v_new, v_delta, v_price, v_fee, v_unpriced, v_unpriced_fills
       FROM pg_catalog.jsonb_array_elements(v_fills) e
      WHERE NOT v_booked_ids ? (e->>'id');
+    -- The sum of the known fees is not the fee: one fee without a price makes it unknown.
+    IF v_unpriced > 0 THEN
+        v_fee := NULL;
+    END IF;
     IF v_delta <> v_filled - o.filled_qty THEN
         RAISE EXCEPTION USING ERRCODE = 'RCREF', DETAIL = 'fills_missing',
             MESSAGE = pg_catalog.format(
@@ -166,7 +180,7 @@ BEGIN
     RETURNING * INTO a;
     RETURN pg_catalog.jsonb_build_object(
         'status', 'changed', 'delta', v_delta, 'delta_price', v_price,
-        'fee_usd', v_fee, 'unpriced_fees', v_unpriced,
+        'fee_usd', v_fee, 'unpriced_fees', v_unpriced, 'unpriced_fills', v_unpriced_fills,
         'fills', pg_catalog.jsonb_build_object(
             'booked', COALESCE((SELECT pg_catalog.jsonb_agg(e->'id')
                                   FROM pg_catalog.jsonb_array_elements(v_new) e), '[]'::jsonb),

@@ -2,7 +2,11 @@
 -- of the parity heartbeat): exit qty up by p_qty at p_price (weighted exit price), realised PnL
 -- by the price difference times the qty less p_fee_usd, closed with p_close_reason when nothing
 -- stays open. The caller holds the slice FOR UPDATE and has checked p_qty against its open qty.
--- Returns {"slice": {"before", "after"}, "realised_pnl_usd"}.
+-- p_fee_usd NULL is a fee of unknown USD value (pass 0 for no fee): unknown is never zero, so the
+-- slice's realised PnL becomes NULL with pnl_unknown_reason 'fee_unpriced' (migration 0019). A
+-- slice whose PnL is already unknown stays unknown, whatever this exit's fee: NULL + x is NULL.
+-- Returns {"slice": {"before", "after"}, "realised_pnl_usd" (this exit's own PnL, NULL when its
+-- fee is unknown), "pnl_unknown_reason" (the slice's, NULL when its PnL is known)}.
 CREATE OR REPLACE FUNCTION recon._exit_slice(
     p_handler text, s public.trade_history, p_qty numeric, p_price numeric, p_fee_usd numeric,
     p_close_reason text)
@@ -24,13 +28,15 @@ BEGIN
             p_handler, s.slice_no, s.trade_id;
     END IF;
     v_pnl := CASE s.side WHEN 'long' THEN p_price - s.entry_price
-                         ELSE s.entry_price - p_price END * p_qty - COALESCE(p_fee_usd, 0);
+                         ELSE s.entry_price - p_price END * p_qty - p_fee_usd;
     v_closes := s.exit_qty + p_qty = s.entry_qty;
     UPDATE public.trade_history
        SET exit_price = (s.exit_qty * COALESCE(s.exit_price, 0) + p_qty * p_price)
                         / (s.exit_qty + p_qty),
            exit_qty = s.exit_qty + p_qty,
            realised_pnl_usd = s.realised_pnl_usd + v_pnl,
+           pnl_unknown_reason = CASE WHEN s.realised_pnl_usd IS NOT NULL AND v_pnl IS NULL
+                                     THEN 'fee_unpriced' ELSE s.pnl_unknown_reason END,
            status = CASE WHEN v_closes THEN 'closed' ELSE 'open' END,
            closed_at = CASE WHEN v_closes THEN pg_catalog.now() END,
            close_reason = CASE WHEN v_closes THEN p_close_reason ELSE s.close_reason END,
@@ -40,6 +46,7 @@ BEGIN
     RETURN pg_catalog.jsonb_build_object(
         'slice', pg_catalog.jsonb_build_object('before', pg_catalog.to_jsonb(s),
                                                'after', pg_catalog.to_jsonb(a)),
-        'realised_pnl_usd', v_pnl);
+        'realised_pnl_usd', v_pnl,
+        'pnl_unknown_reason', CASE WHEN a.realised_pnl_usd IS NULL THEN a.pnl_unknown_reason END);
 END;
 $$;

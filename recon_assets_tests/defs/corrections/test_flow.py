@@ -382,8 +382,9 @@ def test_a_fee_in_an_asset_without_a_price_is_unknown_not_zero(sim, pg_dsn, inst
     assert query(pg_dsn, "SELECT fee_asset, fee_amount, fee_usd FROM applied_fills "
                           "WHERE client_order_id = 'rc.ALP.t-f2.E1'") == [
         ("XYZ", entry.commission, None)]
-    assert query(pg_dsn, "SELECT realised_pnl_usd FROM trade_history WHERE trade_id = 't-f2'") == [
-        (0,)]
+    # Issue item 9: the slice's realised PnL is unknown too, not 0 (migration 0019).
+    assert query(pg_dsn, "SELECT realised_pnl_usd, pnl_unknown_reason FROM trade_history "
+                         "WHERE trade_id = 't-f2'") == [(None, "fee_unpriced")]
     (evidence,) = query(pg_dsn, "SELECT evidence->'change'->>'unpriced_fees' FROM recon.corrections "
                                  "WHERE client_order_id = 'rc.ALP.t-f2.E1'")
     assert evidence == ("1",)
