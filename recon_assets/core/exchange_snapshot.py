@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from recon_assets.core.frames import (EXCHANGE_FILLS, EXCHANGE_OPEN_ORDERS, EXCHANGE_POSITIONS,
-                                      empty_frame)
+                                      empty_frame, with_fill_legs)
 from recon_assets.core.fees import fee_of
 from recon_assets.core.rules import (FLAT, ONE_WAY, OPEN_ORDER_STATUSES, OPEN_SLICE_STATUS,
                                      POSITION_SIDES)
@@ -251,14 +251,34 @@ def positions_frame(account: str, symbols: Iterable[str], positions: list[dict],
     return typed(pd.DataFrame(rows, columns=list(EXCHANGE_POSITIONS)), EXCHANGE_POSITIONS)
 
 
+# Binance's positionSide of a fill -> its leg (core.rules.POSITION_LEGS).
+BINANCE_TO_LEG = {"BOTH": ONE_WAY, "LONG": POSITION_SIDES[0], "SHORT": POSITION_SIDES[1]}
+
+
+def fill_leg(trade: dict) -> str:
+    """The leg a ccxt trade traded, from Binance's positionSide in its `info`: "both" in
+    one-way mode (and when the trade names none: one-way), "long"/"short" in hedge mode. Any
+    other value is a malformed fill: ValueError naming the field."""
+    info = trade.get("info") or {}
+    if "positionSide" not in info:
+        return ONE_WAY
+    raw = info["positionSide"]
+    leg = BINANCE_TO_LEG.get(raw) if isinstance(raw, str) else None
+    if leg is None:
+        raise ValueError(f"fill {trade.get('id')!r} of {trade.get('symbol')!r}: field "
+                         f"'positionSide' = {raw!r} is not one of {sorted(BINANCE_TO_LEG)}")
+    return leg
+
+
 def fill_rows(account: str, trades: list[dict], client_ids: dict[str, str],
               fee_prices: dict[str, Any] | None = None) -> list[dict]:
     """Rows for recon.exchange_fills from ccxt trades; the client_order_id comes from the order
     (Binance's userTrades does not carry it), None when unknown. The fee keeps its asset and
     amount; its USD value (`core.fees`, with `fee_prices` by fill id for non-USD assets) is None
-    when unknown, never zero."""
+    when unknown, never zero. position_side is the fill's leg (`fill_leg`)."""
     rows = []
     for t in trades:
+        leg = fill_leg(t)
         fee_data = t.get("fee") or {}
         fee = fee_of(fee_data.get("cost"), fee_data.get("currency"),
                      (fee_prices or {}).get(str(t["id"])))
@@ -268,15 +288,18 @@ def fill_rows(account: str, trades: list[dict], client_ids: dict[str, str],
             "exchange_order_id": order_id, "client_order_id": client_ids.get(order_id),
             "side": t["side"], "qty": _num(t["amount"]), "price": _num(t["price"]),
             "fee_usd": fee.usd, "fee_asset": fee.asset, "fee_amount": fee.amount,
-            "filled_at": _ts(t["timestamp"])})
+            "filled_at": _ts(t["timestamp"]), "position_side": leg})
     return rows
 
 
-def fills_frame(account: str, rows: list[dict], fetched_at: pd.Timestamp) -> pd.DataFrame:
-    """EXCHANGE_FILLS from stored fill rows."""
+def fills_frame(account: str, rows: list[dict], fetched_at: pd.Timestamp,
+                hedged: bool = False) -> pd.DataFrame:
+    """EXCHANGE_FILLS from stored fill rows. A row without its leg (stored before fills kept
+    it) is on "both" for a one-way account and unknown (None) for a hedge-mode one (`hedged`):
+    `frames.with_fill_legs`."""
     if not rows:
         return typed(empty_frame(EXCHANGE_FILLS), EXCHANGE_FILLS)
-    frame = pd.DataFrame(rows)
+    frame = with_fill_legs(pd.DataFrame(rows), hedged)
     frame = frame.rename(columns={"exchange_account": "account"})
     frame["account"] = account
     frame["notional_usd"] = frame["qty"].astype(float) * frame["price"].astype(float)

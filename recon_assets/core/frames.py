@@ -25,10 +25,14 @@ EXCHANGE_POSITIONS = (
     "account", "symbol", "side", "qty", "entry_price", "mark_price", "notional_usd",
     "min_qty_step", "fetched_at", "position_side",
 )
+# position_side says which position the fill traded (core.rules.POSITION_LEGS, Binance's
+# positionSide): "both" in one-way mode; in hedge mode the leg, so a sell on "short" opened (or
+# added to) a short and only a sell on "long" or a buy on "short" closes. None on a hedge-mode
+# account for a fill stored before fills kept their leg (see `with_fill_legs`).
 EXCHANGE_FILLS = (
     "account", "symbol", "exchange_fill_id", "exchange_order_id", "client_order_id", "side",
     "qty", "price", "fee_usd", "fee_asset", "fee_amount", "notional_usd", "filled_at",
-    "fetched_at",
+    "fetched_at", "position_side",
 )
 DB_PROFILES = (
     "profile_id", "exchange_account", "sub_tag", "allocated_capital_usd", "trading_state",
@@ -66,6 +70,22 @@ def with_position_legs(positions: pd.DataFrame) -> pd.DataFrame:
     if "position_side" not in positions.columns:
         return positions.assign(position_side=ONE_WAY)
     return positions.assign(position_side=positions["position_side"].fillna(ONE_WAY))
+
+
+def with_fill_legs(fills: pd.DataFrame, hedged: bool = False) -> pd.DataFrame:
+    """Exchange fills with `position_side` filled in where it is unknown: a frame without the
+    column (written before fills kept their leg, or built by hand) or a row without a value
+    (recon.exchange_fills.position_side is null for fills stored before migration 0020). On a
+    one-way account such a fill is on "both". On a hedge-mode account (`hedged`, see
+    `is_hedged`) its leg cannot be told from its side (a sell may close a long or open a short),
+    so it stays None: no evidence of which leg the fill traded, never a guess. Known legs are
+    kept as they are. Returns a new frame."""
+    unknown = None if hedged else ONE_WAY
+    if "position_side" not in fills.columns:
+        return fills.assign(position_side=pd.Series([unknown] * len(fills), index=fills.index,
+                                                     dtype="object"))
+    legs = fills["position_side"].astype("object")
+    return fills.assign(position_side=legs.where(legs.notna(), unknown))
 
 
 def is_hedged(positions: pd.DataFrame) -> bool:

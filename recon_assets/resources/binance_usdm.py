@@ -85,11 +85,16 @@ def _integer(item: dict, name: str, minimum: int = 0) -> int:
     return raw
 
 
-def _choice(item: dict, name: str, allowed: set[str], why: str = "") -> str:
+def _choice(item: dict, name: str, allowed: set[str], why: str = "",
+            optional: str | None = None) -> str:
+    """The field's value, one of `allowed` (text); a missing field is malformed, or, when
+    `optional` is given, that value."""
     if name not in item:
+        if optional is not None:
+            return optional
         raise _Bad(f"field {name!r} is missing")
     raw = item[name]
-    if raw not in allowed:
+    if not isinstance(raw, str) or raw not in allowed:  # (an object or list is no choice either)
         raise _Bad(f"field {name!r} = {raw!r} is not one of {sorted(allowed)}{why}")
     return raw
 
@@ -191,6 +196,9 @@ def _check_trade(item: dict, known: set[str] | None,
     _decimal(item, "commission")
     _text(item, "commissionAsset")
     _integer(item, "time", 1)
+    # The fill's leg (a SELL on SHORT opened a short, it closed no long); a fill without one is
+    # one-way (BOTH). core.exchange_snapshot.fill_leg turns it into the frame's position_side.
+    _choice(item, "positionSide", POSITION_SIDES, optional="BOTH")
 
 
 def _check_income(item: dict, _known) -> None:

@@ -214,7 +214,7 @@ def _read(resource, database, account, run_id, session, db) -> ExchangeSnapshot:
         positions=positions_frame(account, symbols, positions, steps, positions_at, flat_marks,
                                   hedged),
         hedged=hedged,
-        fills=fills_frame(account, window, finished_at),
+        fills=fills_frame(account, window, finished_at, hedged),
         stats=stats, symbols=sorted(symbols), fill_reads=to_read, incomplete=incomplete,
         new_fills=new_fills, probes=probes, probe_errors=probe_errors,
         read_started=read_started, read_finished=read_finished, orders_read_per_symbol=per_symbol,

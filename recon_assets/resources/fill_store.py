@@ -1,6 +1,7 @@
-"""The store of `recon.exchange_fills` and `recon.exchange_fill_cursors` (migration 0004): the
-exchange fills read so far, and where reading stopped per account and symbol; and
-`recon.exchange_income_cursors` (migration 0014): where each account's income sweep stopped.
+"""The store of `recon.exchange_fills` and `recon.exchange_fill_cursors` (migration 0004; a
+fill's leg, `position_side`, since migration 0020): the exchange fills read so far, and where
+reading stopped per account and symbol; and `recon.exchange_income_cursors` (migration 0014):
+where each account's income sweep stopped.
 
 Every read and write is one SQL function of db/functions called through the store's `call` (so
 it works alike over psycopg and the Supabase Data API); `save_and_read_window` is one function,
@@ -67,7 +68,9 @@ class FillStore:
         this cycle (`learnt`: exchange order id -> client_order_id), move the cursors (and the
         income cursor, `{"last_income_ms", "swept_at"}`, when the income history was swept), and
         read the account's fills since `window_start`. Returns (fills newly stored, fills in
-        the window)."""
+        the window). A fill's `position_side` (its leg: both/long/short) is stored with it; a
+        window row has the key only when its leg is known (not for a fill stored before
+        migration 0020): `core.exchange_snapshot.fills_frame` decides what an unknown leg is."""
         result = self.database.call("recon_save_and_read_fill_window", {
             "p_account": account, "p_run_id": run_id,
             "p_fills": [{"symbol": f["symbol"], "exchange_fill_id": f["exchange_fill_id"],
@@ -76,7 +79,8 @@ class FillStore:
                          "qty": _text(f["qty"]), "price": _text(f["price"]),
                          "fee_usd": _text(f["fee_usd"]), "fee_asset": f["fee_asset"],
                          "fee_amount": _text(f["fee_amount"]),
-                         "filled_at": _iso(f["filled_at"].to_pydatetime())} for f in fills],
+                         "filled_at": _iso(f["filled_at"].to_pydatetime()),
+                         "position_side": f.get("position_side")} for f in fills],
             "p_cursors": [{"symbol": symbol, "last_fill_id": c["last_fill_id"],
                            "last_fill_at": _iso(c["last_fill_at"]),
                            "activity_key": c["activity_key"], "read_at": _iso(c["read_at"])}

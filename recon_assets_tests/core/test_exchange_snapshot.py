@@ -8,12 +8,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from recon_assets.core.exchange_snapshot import (INCOME_SWEEP_OVERLAP_MS, Cursor, activity_key,
-                                                 db_symbols, evaluate_snapshot, fills_frame,
+                                                 db_symbols, evaluate_snapshot, fill_rows,
+                                                 fills_frame,
                                                  income_sweep_due, income_sweep_start,
                                                  next_income_cursor, open_orders_frame,
                                                  plan_fill_reads, positions_frame)
 from recon_assets.core.request_weights import per_symbol_is_cheaper, request_weight
-from recon_assets.core.frames import EXCHANGE_FILLS, EXCHANGE_OPEN_ORDERS, EXCHANGE_POSITIONS
+from recon_assets.core.frames import (EXCHANGE_FILLS, EXCHANGE_OPEN_ORDERS, EXCHANGE_POSITIONS,
+                                      with_fill_legs)
+from recon_assets.core.rules import POSITION_LEGS
 
 pytestmark = pytest.mark.unit
 
@@ -59,6 +62,65 @@ def test_frames_keep_the_exact_columns_when_empty():
     assert tuple(open_orders_frame("a", [], {}, now).columns) == EXCHANGE_OPEN_ORDERS
     assert tuple(positions_frame("a", [], [], {}, now).columns) == EXCHANGE_POSITIONS
     assert tuple(fills_frame("a", [], now).columns) == EXCHANGE_FILLS
+
+
+# ---- the leg of a fill (issue item 11, "Hedge fills know their leg") -----------------------
+
+def _trade(fill_id, side, info):
+    return {"id": str(fill_id), "order": "77", "symbol": "BTC/USDT:USDT", "side": side,
+            "amount": 0.01, "price": 60000.0, "timestamp": 1_767_225_600_000 + fill_id,
+            "fee": {"cost": 0.24, "currency": "USDT"}, "info": info}
+
+
+def test_a_fill_keeps_the_leg_binance_names_and_a_fill_without_one_is_one_way():
+    trades = [_trade(1, "sell", {"positionSide": "SHORT"}), _trade(2, "sell", {"positionSide": "LONG"}),
+              _trade(3, "buy", {"positionSide": "BOTH"}), _trade(4, "buy", {}),
+              {**_trade(5, "buy", {}), "info": None}]
+    rows = fill_rows("a", trades, {})
+    assert [r["position_side"] for r in rows] == ["short", "long", "both", "both", "both"]
+    assert {r["position_side"] for r in rows} <= set(POSITION_LEGS)
+    frame = fills_frame("a", rows, pd.Timestamp.now(tz="UTC"), hedged=True)
+    assert tuple(frame.columns) == EXCHANGE_FILLS
+    assert frame["position_side"].tolist() == ["short", "long", "both", "both", "both"]
+
+
+@pytest.mark.parametrize("leg", ["SIDEWAYS", "short", "", None, 1, ["SHORT"]])
+def test_a_fill_naming_an_unknown_leg_is_refused(leg):
+    with pytest.raises(ValueError, match="positionSide"):
+        fill_rows("a", [_trade(1, "sell", {"positionSide": leg})], {})
+
+
+def test_a_stored_fill_without_its_leg_is_one_way_only_on_a_one_way_account():
+    """Fills stored before their leg was kept (recon.exchange_fills.position_side null, or a
+    row without the key): on a one-way account they are on BOTH; on a hedge-mode account the
+    leg cannot be told from the side (a SELL may open a short or close a long), so it stays
+    unknown (None), never guessed."""
+    now = pd.Timestamp.now(tz="UTC")
+    rows = [r for r in fill_rows("a", [_trade(1, "sell", {"positionSide": "SHORT"}),
+                                       _trade(2, "sell", {})], {})]
+    rows[1].pop("position_side")
+    rows[0]["position_side"] = None
+    one_way = fills_frame("a", [dict(r) for r in rows], now)
+    assert one_way["position_side"].tolist() == ["both", "both"]
+    hedged = fills_frame("a", [dict(r) for r in rows], now, hedged=True)
+    assert hedged["position_side"].tolist() == [None, None]
+
+
+def test_with_fill_legs_accepts_frames_without_the_column():
+    frame = fills_frame("a", fill_rows("a", [_trade(1, "sell", {"positionSide": "SHORT"}),
+                                             _trade(2, "buy", {"positionSide": "LONG"})], {}),
+                        pd.Timestamp.now(tz="UTC"))
+    old = frame.drop(columns=["position_side"])  # a frame written or built before item 11
+    assert with_fill_legs(old)["position_side"].tolist() == ["both", "both"]
+    assert with_fill_legs(old, hedged=True)["position_side"].tolist() == [None, None]
+    assert "position_side" not in old.columns  # the caller's frame is left as it was
+    assert with_fill_legs(frame, hedged=True)["position_side"].tolist() == ["short", "long"]
+    assert with_fill_legs(frame)["position_side"].tolist() == ["short", "long"]
+    partly = frame.assign(position_side=["short", None])
+    assert with_fill_legs(partly, hedged=True)["position_side"].tolist() == ["short", None]
+    assert with_fill_legs(partly)["position_side"].tolist() == ["short", "both"]
+    empty = with_fill_legs(old.iloc[0:0])
+    assert "position_side" in empty.columns and len(empty) == 0
 
 
 # ---- the income sweep ----------------------------------------------------------------------

@@ -2,11 +2,14 @@
 -- client_order_ids learnt this cycle, moves the fill cursors (and the income cursor, when the
 -- income history was swept), and reads the account's fills since p_window_start
 -- (FillStore.save_and_read_window). Returns {"inserted": fills newly stored, "fills": [the
--- window's fills, qty/price/fee_usd/fee_amount as float8, by filled_at, symbol, fill id]}.
+-- window's fills, qty/price/fee_usd/fee_amount as float8, by filled_at, symbol, fill id; a
+-- fill's position_side only when its leg is known: a fill stored before migration 0020 has
+-- none, and the exchange snapshot decides what that means (core.frames.with_fill_legs)]}.
 --   p_fills          [{symbol, exchange_fill_id, exchange_order_id, client_order_id, side, qty,
---                      price, fee_usd, fee_asset, fee_amount, filled_at}, ...]; qty and price are
---                     float8 text (stored through float8, as before), fee_usd and fee_amount
---                     exact numeric text, either may be null
+--                      price, fee_usd, fee_asset, fee_amount, filled_at, position_side}, ...];
+--                     qty and price are float8 text (stored through float8, as before), fee_usd
+--                     and fee_amount exact numeric text, either may be null; position_side the
+--                     fill's leg (both, long, short), null when unknown
 --   p_cursors        [{symbol, last_fill_id, last_fill_at, activity_key, read_at}, ...]
 --   p_learnt         {exchange order id: client_order_id}
 --   p_income_cursor  {last_income_ms, swept_at}, or null when the income history was not swept
@@ -30,18 +33,22 @@ BEGIN
     LOOP
         INSERT INTO recon.exchange_fills
                (exchange_account, symbol, exchange_fill_id, exchange_order_id, client_order_id,
-                side, qty, price, fee_usd, fee_asset, fee_amount, filled_at, first_seen_run_id)
+                side, qty, price, fee_usd, fee_asset, fee_amount, filled_at, first_seen_run_id,
+                position_side)
         VALUES (p_account, v_fill ->> 'symbol', v_fill ->> 'exchange_fill_id',
                 v_fill ->> 'exchange_order_id', v_fill ->> 'client_order_id', v_fill ->> 'side',
                 (v_fill ->> 'qty')::float8, (v_fill ->> 'price')::float8,
                 (v_fill ->> 'fee_usd')::numeric, v_fill ->> 'fee_asset',
                 (v_fill ->> 'fee_amount')::numeric, (v_fill ->> 'filled_at')::timestamptz,
-                p_run_id)
+                p_run_id, v_fill ->> 'position_side')
         ON CONFLICT (exchange_account, symbol, exchange_fill_id) DO UPDATE
         SET client_order_id = COALESCE(recon.exchange_fills.client_order_id,
                                        EXCLUDED.client_order_id),
             -- a fee whose price was unknown when first read, priced later
-            fee_usd = COALESCE(recon.exchange_fills.fee_usd, EXCLUDED.fee_usd)
+            fee_usd = COALESCE(recon.exchange_fills.fee_usd, EXCLUDED.fee_usd),
+            -- a fill stored before its leg was kept (migration 0020), read again
+            position_side = COALESCE(recon.exchange_fills.position_side,
+                                     EXCLUDED.position_side)
         RETURNING (xmax = 0) INTO v_new;
         v_inserted := v_inserted + v_new::integer;
     END LOOP;
@@ -85,12 +92,14 @@ BEGIN
     RETURN pg_catalog.jsonb_build_object(
         'inserted', v_inserted,
         'fills', COALESCE((
-            SELECT pg_catalog.jsonb_agg(pg_catalog.to_jsonb(w)
+            SELECT pg_catalog.jsonb_agg(CASE WHEN w.position_side IS NULL
+                                             THEN pg_catalog.to_jsonb(w) - 'position_side'
+                                             ELSE pg_catalog.to_jsonb(w) END
                                         ORDER BY w.filled_at, w.symbol, w.exchange_fill_id)
             FROM (SELECT f.exchange_account, f.symbol, f.exchange_fill_id, f.exchange_order_id,
                          f.client_order_id, f.side, f.qty::float8 AS qty,
                          f.price::float8 AS price, f.fee_usd::float8 AS fee_usd, f.fee_asset,
-                         f.fee_amount::float8 AS fee_amount, f.filled_at
+                         f.fee_amount::float8 AS fee_amount, f.filled_at, f.position_side
                   FROM recon.exchange_fills f
                   WHERE f.exchange_account = p_account AND f.filled_at >= p_window_start) w),
             '[]'::jsonb));

@@ -95,6 +95,7 @@ def test_materializes_the_demo_account_with_the_expected_rows(sim, pg_dsn, insta
     doge = fills[fills["symbol"] == "DOGE/USDT:USDT"]
     assert doge["client_order_id"].str.startswith("autoclose-").any()
     assert fills["client_order_id"].notna().all()
+    assert (fills["position_side"] == "both").all()  # a one-way account: every fill on BOTH
 
     mat = {m.asset_key.to_user_string(): m for m in result.get_asset_materialization_events()}
     meta = mat["exchange_fills"].event_specific_data.materialization.metadata
@@ -107,6 +108,32 @@ def test_materializes_the_demo_account_with_the_expected_rows(sim, pg_dsn, insta
 
     stored, run_id = _stored(pg_dsn, "exchange_positions")
     assert run_id == result.run_id and len(stored) == len(positions)
+
+
+def test_a_hedge_mode_fill_keeps_its_leg_in_the_frame_and_the_store(pg_dsn, instance):
+    """Issue item 11, "Hedge fills know their leg": acct3 is in hedge mode; epsilon's ENTRY is
+    a SELL on the SHORT leg (it opened a short, it closed no long), its EXIT a BUY on SHORT,
+    delta's ENTRY a BUY on LONG. Each fill of the exchange_fills frame, and of
+    recon.exchange_fills, names its leg (core.rules.POSITION_LEGS)."""
+    with running_simulator("hedge_mode") as sim:
+        sim.scenario.seed_database(pg_dsn)
+        instance.add_dynamic_partitions(exchange_account_partitions.name, ["acct3"])
+        result = _materialize(instance, _resources(sim, pg_dsn), account="acct3")
+    assert result.success
+    fills = result.output_for_node("exchange_snapshot", "exchange_fills")
+    assert tuple(fills.columns) == EXCHANGE_FILLS
+    legs = {cid: (side, leg) for cid, side, leg in
+            zip(fills["client_order_id"], fills["side"], fills["position_side"])}
+    assert legs == {"rc.DLT.t-d1.E1": ("buy", "long"), "rc.EPS.t-e1.E1": ("sell", "short"),
+                    "rc.EPS.t-e1.X1": ("buy", "short")}
+    with psycopg.connect(pg_dsn) as conn:
+        stored = dict(conn.execute("SELECT client_order_id, position_side FROM recon.exchange_fills "
+                                   "WHERE exchange_account = 'acct3'").fetchall())
+    assert stored == {cid: leg for cid, (_, leg) in legs.items()}
+    # The frame the cycle's next assets load is the stored one: the leg is in it too.
+    frame, run_id = _stored(pg_dsn, "exchange_fills", "acct3")
+    assert run_id == result.run_id
+    assert frame.set_index("client_order_id").loc["rc.EPS.t-e1.E1", "position_side"] == "short"
 
 
 def test_second_cycle_reads_only_what_changed(sim, pg_dsn, instance):

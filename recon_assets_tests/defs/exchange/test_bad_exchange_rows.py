@@ -62,6 +62,9 @@ bad_integer = st.sampled_from([None, "x1", "-5", -5, 0.5, 1.5e30, "1e3", {"id": 
 bad_choice = st.sampled_from(["SIDEWAYS", "buy ", "", 1, None, {"side": "BUY"}, MISSING])
 bad_symbol = st.sampled_from(["FOOUSDT", "BTC/USDT", "", 5, None, ["BTCUSDT"], MISSING])
 bad_text = st.sampled_from([5, None, {"id": "x"}, [], MISSING])
+# A fill's leg: a fill without one is one-way (BOTH); any other value than BOTH/LONG/SHORT is
+# refused (issue item 11, "Hedge fills know their leg").
+bad_leg = st.sampled_from(["SIDEWAYS", "short", "Long", "", 1, None, {"positionSide": "SHORT"}])
 
 # field -> (strategy of values that must be refused)
 ORDER_FIELDS = {
@@ -78,7 +81,7 @@ POSITION_FIELDS = {
 TRADE_FIELDS = {
     "id": bad_integer, "orderId": bad_integer, "symbol": bad_symbol, "side": bad_choice,
     "price": bad_positive, "qty": bad_positive, "commission": bad_decimal,
-    "commissionAsset": bad_text, "time": bad_integer,
+    "commissionAsset": bad_text, "time": bad_integer, "positionSide": bad_leg,
 }
 INCOME_FIELDS = {"incomeType": bad_text, "time": bad_integer,
                  "symbol": st.sampled_from([5, ["BTCUSDT"], {"s": 1}])}
@@ -330,6 +333,16 @@ def test_a_huge_quantity_or_price_is_refused(clean, path, field, value):
     sim, dsn, _instance, _defs_, state, _good = clean
     _cycle_with(clean, {"path": path, **_fault_args(path, "every_row", {"set": {field: value}},
                                                     state["symbol"])}, f"'{field}'")
+
+
+@pytest.mark.parametrize("leg", ["SIDEWAYS", "short"])
+def test_a_fill_naming_no_known_leg_is_refused(clean, leg):
+    """Issue item 11: a fill's positionSide says whether a SELL closed a long or opened a short;
+    a value that is none of BOTH, LONG, SHORT fails the snapshot naming the field."""
+    sim, dsn, _instance, _defs_, state, _good = clean
+    _cycle_with(clean, {"path": TRADES, **_fault_args(TRADES, "every_row",
+                                                      {"set": {"positionSide": leg}},
+                                                      state["symbol"])}, "'positionSide'")
 
 
 def test_an_income_entry_of_an_unknown_symbol_is_reported_not_fatal(clean):
