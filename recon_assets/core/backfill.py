@@ -2,11 +2,15 @@
 the exit of an open slice the database never recorded, decided `GO` or `NO_GO` as one pure
 function of a cycle's snapshots. No I/O, no Dagster: `defs/backfill` fetches, calls, persists.
 
-**Where it looks.** Per account, symbol and side, the open slices claim a qty (their virtual open
-qty); the exchange holds its position in that direction (nothing when flat or the other way). A
-**shortfall** of at least one quantity step means exits happened that the database does not
-know: the open slices there are candidates, and so is every fill of the symbol in the exchange
-fills window on the opposite side (a sell exits a long), not booked in `applied_fills`. Fills of
+**Where it looks.** The whole book of each leg (`core.book.judge_leg`: the symbol's net position
+in one-way mode, each leg in hedge mode) says where exits happened that the database does not
+know: nowhere when the open slices add up to what the exchange holds (a book that nets is in
+sync, whatever the net); every slice of a leg the exchange is flat on; otherwise the side the
+gap points to (slices claim more long, or more short, than the exchange holds), for at most the
+gap. That **shortfall** (per symbol and side) makes the open slices there candidates, and so is
+every fill of the symbol in the exchange fills window that exits that side (one-way: a sell
+exits a long, a buy a short; hedge mode: a sell on the long leg, a buy on the short leg, by the
+fill's `position_side`: a sell that opened a short is no exit), not booked in `applied_fills`. Fills of
 an order the database holds are left to that order's lifecycle correction (reconcileExitFill
 probes the order and books them); fills newer than the database read minus the recency guard, and
 a symbol and side whose slices the trading app changed in that moment, are looked at next cycle.
@@ -55,9 +59,12 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from recon_assets.core.attribution import parse_client_order_id, tagged_sub_tag
+from recon_assets.core.book import FLAT_GHOSTS, SUPPORTED, below_step, judge_leg, signed
+from recon_assets.core.evidence import exits_side, fill_leg
 from recon_assets.core.frames import finite, is_hedged, leg_of, with_position_legs
 from recon_assets.core.rules import (BY_CLIENT_ORDER_ID, BY_SUB_TAG, BY_TRADE_ID_HINT, FLAT, GO,
-                                     NO_GO, OPEN_SLICE_STATUS, QTY_ABS_TOL, QTY_UNIQUE, REJECT,
+                                     NO_GO, OPEN_SLICE_STATUS, POSITION_SIDES, QTY_ABS_TOL,
+                                     QTY_UNIQUE, REJECT,
                                      SINGLE_OPEN_TRADE, STEP_SLACK, STRONG_MATCH_METHODS)
 
 SliceKey = tuple[str, str, int]  # (profile_id, trade_id, slice_no)
@@ -69,7 +76,7 @@ BACKFILL_DECISION_COLUMNS = (
     "client_order_id", "fill_side", "fill_qty", "fill_price", "fee_usd", "filled_at",
     "profile_id", "trade_id", "slice_no", "slice_side", "slice_open_qty", "slice_opened_at",
     "candidate_slices", "match_mode", "strong", "assignable", "decision", "reason",
-    "idempotency_key",
+    "idempotency_key", "awaiting_operator", "candidate_keys",
 )
 SHORTFALL_COLUMNS = ("symbol", "side", "claimed_qty", "exchange_qty", "shortfall_qty", "go_qty",
                      "slices")
@@ -153,11 +160,7 @@ class _Fill:
     price: float
     fee_usd: float | None
     filled_at: pd.Timestamp
-
-    @property
-    def exits(self) -> str:
-        """The slice side this fill can exit: a sell exits a long, a buy a short."""
-        return "long" if self.side == "sell" else "short"
+    exits: str | None  # the slice side it exits (`core.evidence.exits_side`); None: no exit
 
 
 @dataclass
@@ -219,26 +222,40 @@ def exit_backfill_decisions(*, cycle_id: str, account: str, slices: pd.DataFrame
               if db_read_at is not None else None)
     held_slices: list[str] = []
 
-    # Shortfalls: per symbol and side, what the open slices claim beyond what the exchange holds.
+    # Shortfalls: per symbol and side, what the open slices claim beyond what the exchange holds,
+    # judged on the whole book of each leg (a book that nets has none).
     groups: dict[tuple[str, str], list[_Slice]] = {}
+    legs: dict[tuple[str, str], list[_Slice]] = {}
     for s in open_slices:
         groups.setdefault((s.symbol, s.side), []).append(s)
+        legs.setdefault((s.symbol, leg_of(hedged, s.side)), []).append(s)
     steps: dict[str, float] = {}
     room: dict[tuple[str, str], float] = {}
     shortfall_rows = []
-    for (symbol, side), members in sorted(groups.items()):
-        position = positions.get((symbol, leg_of(hedged, side)))
+    for (symbol, leg), members in sorted(legs.items()):
+        position = positions.get((symbol, leg))
         if position is None:  # not checked this cycle: no shortfall can be known
             continue
         step = finite(position.min_qty_step) or QTY_ABS_TOL
         steps[symbol] = step
-        held = float(position.qty) if position.side == side and position.side != FLAT else 0.0
-        claimed = sum(s.open_qty for s in members)
-        if claimed - held >= step * (1 - STEP_SLACK):
-            room[(symbol, side)] = claimed - held
+        exchange = 0.0 if position.side == FLAT else signed(position.side, float(position.qty))
+        verdict = judge_leg({s.key: signed(s.side, s.open_qty) for s in members}, exchange, step)
+        if verdict.state == SUPPORTED:
+            continue
+        for side in POSITION_SIDES:
+            mine = [s for s in members if s.side == side]
+            claimed = sum(s.open_qty for s in mine)
+            if verdict.state == FLAT_GHOSTS:  # the exchange holds nothing: all of it is gone
+                short = claimed
+            else:  # part is held: the side the gap points to, for at most the gap
+                short = min(claimed, max(0.0, signed(side, verdict.gap)))
+            if not mine or below_step(short, step):
+                continue
+            held = abs(exchange) if signed(side, exchange) > 0 else 0.0
+            room[(symbol, side)] = short
             shortfall_rows.append({"symbol": symbol, "side": side, "claimed_qty": claimed,
-                                   "exchange_qty": held, "shortfall_qty": claimed - held,
-                                   "go_qty": 0.0, "slices": [s.label for s in members]})
+                                   "exchange_qty": held, "shortfall_qty": short,
+                                   "go_qty": 0.0, "slices": [s.label for s in mine]})
 
     if cutoff is not None:  # the recency guard: a side whose slices just changed waits a cycle
         for symbol, side in list(room):
@@ -254,11 +271,15 @@ def exit_backfill_decisions(*, cycle_id: str, account: str, slices: pd.DataFrame
     candidates: list[_Fill] = []
     left_to_lifecycle: list[str] = []
     held_recent: list[str] = []
-    for r in fills.itertuples():
+    position_sides = (fills["position_side"] if "position_side" in fills.columns
+                      else [None] * len(fills))
+    for r, position_side in zip(fills.itertuples(), position_sides):
         fill = _Fill(r.symbol, str(r.exchange_fill_id), _text(r.exchange_order_id),
                      _text(r.client_order_id), r.side, float(r.qty), float(r.price),
-                     finite(r.fee_usd), _time(r.filled_at))
-        if (fill.symbol, fill.exits) not in room or (fill.symbol, fill.fill_id) in booked:
+                     finite(r.fee_usd), _time(r.filled_at),
+                     exits_side(r.side, fill_leg(hedged, r.side, position_side)))
+        if fill.exits is None or (fill.symbol, fill.exits) not in room \
+                or (fill.symbol, fill.fill_id) in booked:
             continue
         if fill.client_order_id in db_ids or fill.order_id in db_ids:
             left_to_lifecycle.append(fill.fill_id)
@@ -358,8 +379,7 @@ def _heuristic_match(fill: _Fill, group: list[_Slice], on_symbol: list[_Slice],
         return _Match(SINGLE_OPEN_TRADE, on_symbol,
                       f"unattributed (client order id {coid}); {on_symbol[0].label} is the only "
                       f"open slice on {fill.symbol}", False)
-    tolerance = max(step * (1 - STEP_SLACK), QTY_ABS_TOL)
-    equal = [s for s in group if abs(s.left - fill.qty) < tolerance]
+    equal = [s for s in group if below_step(s.left - fill.qty, step)]
     if len(equal) == 1:
         return _Match(QTY_UNIQUE, equal,
                       f"unattributed (client order id {coid}); {equal[0].label} is the only open "
@@ -442,4 +462,10 @@ def _decide(fill: _Fill, match: _Match, group: list[_Slice], room: dict, step: f
         "assignable": target is not None, "decision": decision, "reason": reason,
         "idempotency_key": exit_backfill_key(*shown.key, account, fill.symbol, fill.fill_id)
         if shown else None,
+        # A NO_GO an operator may still turn (approve / reject): the fill may be the exit of the
+        # slice it names, or of any of the candidates when it names none. Not so when the fill's
+        # own id rules the slices out, or an operator rejected the pair.
+        "awaiting_operator": decision == NO_GO and (match.method is not None or not match.strong)
+        and not (review is not None and review.verdict == REJECT),
+        "candidate_keys": [[s.key[0], s.key[1], str(s.key[2])] for s in group],
     }

@@ -36,14 +36,19 @@ Kinds (`core.rules.MISMATCH_KINDS`, exactly the CHECK of `recon.mismatches`):
   `details.profiles` lists each profile's part. Notional = |difference| x (mark price, else
   exchange entry price, else DB average price). Exchange rows with side ``flat`` (qty 0) are
   a flat exchange (a flat leg in hedge mode).
-- ``ghost_slice``: an open slice (`status` ``open``) with `virtual_open_qty > 0` while the
-  account's exchange position on the symbol (in hedge mode: the leg of the slice's side) is
-  effectively zero (gross |qty| below
-  `min_qty_step`, or no row at all). One row per slice, with its profile and trade;
+- ``ghost_slice``: an open slice (`status` ``open``) with `virtual_open_qty > 0` on a leg (the
+  symbol's net position; in hedge mode the leg of the slice's side) the exchange holds nothing
+  on (|position| below `min_qty_step`) while the leg's open slices do not add up to that
+  (`core.book.judge_leg`, the rule the heartbeat and the backfill share: long and short slices
+  that net to the exchange's flat are in sync). A leg the exchange snapshot has no row for is
+  not judged. One row per slice, with its profile and trade;
   `attributable` = every order of its trade carries its profile's sub tag and the trade id in
   its client order id (`core.attribution.slice_attribution`; a profile having a sub tag proves
   nothing about a slice). Notional = virtual open qty x
   (exchange mark price, else the slice's entry price).
+
+An order finding whose order has no price (a market order) is priced at the symbol's mark
+price (`details.priced_at_mark`): unknown is never zero.
 
 Matching: a DB order and an exchange open order match on (account, client_order_id); an exchange
 order left unmatched falls back to (account, exchange_order_id) against a DB row that has that
@@ -59,7 +64,10 @@ Recency guard (safety rule 7): DB rows (orders, positions, slices) with `updated
 (which includes everything created after `db_read_at`), make the findings that involve them
 suppressed this cycle: they are re-checked next cycle. A position finding is suppressed when any
 DB position row of that account and symbol is recent. The count of suppressed findings is in
-``result.attrs["suppressed_recent"]`` (per kind in ``attrs["suppressed_recent_by_kind"]``).
+``result.attrs["suppressed_recent"]`` (per kind in ``attrs["suppressed_recent_by_kind"]``), and
+the profiles they concern (a position finding: every profile with a part in it) in
+``attrs["not_fully_checked"]`` (profile -> why): their cycle was not fully checked, so it is not
+clean for the watchdog's auto-resume streak.
 
 Bad input fails loudly: a missing column raises `SnapshotShapeError` naming it; so do null or
 unknown sides / null quantities in positions and slices, numbers that do not parse, and naive
@@ -69,6 +77,7 @@ id, exchange order id, trade id and slice, so two runs over the same input compa
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import threading
@@ -81,6 +90,7 @@ import pandas as pd
 import pyarrow as pa
 
 from recon_assets.core.attribution import parse_client_order_id, slice_attribution
+from recon_assets.core.book import below_step_sql
 from recon_assets.core.frames import (
     DB_ORDERS,
     DB_POSITIONS,
@@ -93,8 +103,8 @@ from recon_assets.core.frames import (
     with_position_legs,
 )
 from recon_assets.core.rules import (FLAT, MISMATCH_KINDS, ONE_WAY, OPEN_ORDER_STATUSES,
-                                     OPEN_SLICE_STATUS, POSITION_LEGS, POSITION_SIDES, QTY_ABS_TOL,
-                                     sql_list)
+                                     OPEN_SLICE_STATUS, POSITION_DRIFT, POSITION_LEGS,
+                                     POSITION_SIDES, QTY_ABS_TOL, sql_list)
 
 MISMATCH_COLUMNS = (
     "cycle_id", "kind", "profile_id", "exchange_account", "symbol", "client_order_id",
@@ -293,7 +303,10 @@ e AS (
     FROM e_rows
 ),
 j AS MATERIALIZED (
-    SELECT * FROM matches m LEFT JOIN d USING (d_row) LEFT JOIN e USING (e_row)
+    SELECT m.*, d.*, e.*, coalesce(md.mark, me.mark) AS mark
+    FROM matches m LEFT JOIN d USING (d_row) LEFT JOIN e USING (e_row)
+    LEFT JOIN marks md ON md.account = d.d_account AND md.symbol = d.d_symbol
+    LEFT JOIN marks me ON me.account = e.e_account AND me.symbol = e.e_symbol
 ),
 -- Fallback on the exchange order id for what the client id left unmatched on both sides.
 d_only AS (SELECT * FROM j WHERE e_row IS NULL),
@@ -307,7 +320,9 @@ pairs AS MATERIALIZED (
     SELECT j.*, 'client_order_id' AS matched_by FROM j
     WHERE d_row IS NOT NULL AND e_row IS NOT NULL
     UNION ALL BY NAME
-    SELECT d.*, e.*, 'exchange_order_id' AS matched_by FROM fb JOIN d USING (d_row) JOIN e USING (e_row)
+    SELECT d.*, e.*, mk.mark, 'exchange_order_id' AS matched_by
+    FROM fb JOIN d USING (d_row) JOIN e USING (e_row)
+    LEFT JOIN marks mk ON mk.account = d.d_account AND mk.symbol = d.d_symbol
 ),
 orders AS (
     SELECT 'missing_from_exchange' AS kind, d_profile_id AS profile_id, d_account AS account,
@@ -316,17 +331,19 @@ orders AS (
            d_qty AS db_qty, CAST(NULL AS DOUBLE) AS exchange_qty,
            d_status AS db_status, CAST(NULL AS VARCHAR) AS exchange_status,
            d_price AS db_price, CAST(NULL AS DOUBLE) AS exchange_price,
-           greatest(d_qty - d_filled, 0.0) * d_price AS notional_usd,
+           greatest(d_qty - d_filled, 0.0) * coalesce(d_price, mark) AS notional_usd,
            d_recent AS suppressed, CAST(NULL AS BIGINT) AS slice_no,
            json_object('side', d_side, 'intent', d_intent, 'filled_qty', d_filled,
                        'remaining_qty', greatest(d_qty - d_filled, 0.0),
-                       'price_known', d_price IS NOT NULL) AS details
+                       'price_known', d_price IS NOT NULL,
+                       'priced_at_mark', d_price IS NULL AND mark IS NOT NULL) AS details
     FROM d_only
     WHERE d_open AND d_row NOT IN (SELECT d_row FROM fb)
     UNION ALL
     SELECT 'missing_in_db', a_profile_id, e_account, e_symbol, e_coid, e_eoid, a_trade_id,
            a_profile_id IS NOT NULL, NULL, e_qty, NULL, e_status, NULL, e_price,
-           coalesce(greatest(e_qty - e_filled, 0.0) * e_price, e_notional),
+           coalesce(greatest(e_qty - e_filled, 0.0) * e_price, e_notional,
+                    greatest(e_qty - e_filled, 0.0) * mark),
            e_recent, NULL,
            json_object('side', e_side, 'order_type', e_order_type, 'filled_qty', e_filled,
                        'remaining_qty', greatest(e_qty - e_filled, 0.0),
@@ -339,11 +356,12 @@ orders AS (
            d_trade_id, true, d_qty, e_qty, d_status, e_status, d_price, e_price,
            CASE kind
              WHEN 'status_drift' THEN
-               coalesce(greatest(e_qty - e_filled, 0.0) * coalesce(e_price, d_price), e_notional)
+               coalesce(greatest(e_qty - e_filled, 0.0) * coalesce(e_price, d_price), e_notional,
+                        greatest(e_qty - e_filled, 0.0) * mark)
              WHEN 'qty_drift' THEN
                CASE WHEN {_SIDE_DIFFERS} THEN greatest(d_qty, e_qty)
                     ELSE greatest(abs(d_qty - e_qty), abs(d_filled - e_filled)) END
-               * coalesce(e_price, d_price)
+               * coalesce(e_price, d_price, mark)
              ELSE greatest(e_qty - e_filled, 0.0) * abs(d_price - e_price)
            END,
            d_recent OR e_recent, NULL,
@@ -440,10 +458,22 @@ positions AS (
                        'min_qty_step', step, 'exchange_row', ex_gross IS NOT NULL,
                        'exchange_gross_qty', coalesce(ex_gross, 0.0), 'position_side', b.leg)
     FROM both_sides b LEFT JOIN db_parts p USING (account, symbol, leg)
-    WHERE CASE WHEN step IS NOT NULL THEN abs(diff) >= step * (1 - {REL_TOL!r})
+    WHERE CASE WHEN step IS NOT NULL THEN NOT {below_step_sql('diff', 'step')}
                ELSE {_differs('db_net', 'ex_net')} END
 ),
--- Ghost slices: open with virtual open qty while the exchange is flat on the symbol.
+-- The open slices' signed sum per leg: the book a ghost is judged on (core.book).
+book AS (
+    SELECT CAST(s.exchange_account AS VARCHAR) AS account, CAST(s.symbol AS VARCHAR) AS symbol,
+           CASE WHEN h.account IS NOT NULL THEN CAST(s.side AS VARCHAR) ELSE '{ONE_WAY}' END
+             AS leg,
+           sum(CASE s.side WHEN 'long' THEN 1.0 ELSE -1.0 END
+               * CAST(s.virtual_open_qty AS DOUBLE)) AS claimed
+    FROM db_trade_slices s LEFT JOIN hedged h ON h.account = CAST(s.exchange_account AS VARCHAR)
+    WHERE s.status = '{OPEN_SLICE_STATUS}' AND s.virtual_open_qty > 0
+    GROUP BY ALL
+),
+-- Ghost slices (core.book.judge_leg): open with virtual open qty on a leg the exchange holds
+-- nothing on, while the leg's open slices do not add up to it (a book that nets is in sync).
 ghosts AS (
     SELECT 'ghost_slice' AS kind, s.profile_id, s.account, s.symbol, NULL, NULL, s.trade_id,
            s.attributed, s.virtual_open_qty, coalesce(x.ex_gross, 0.0),
@@ -469,12 +499,12 @@ ghosts AS (
         WHERE status = '{OPEN_SLICE_STATUS}' AND virtual_open_qty > 0
     ) s
     LEFT JOIN hedged h USING (account)
-    LEFT JOIN ex x ON x.account = s.account AND x.symbol = s.symbol
-                  AND x.leg = CASE WHEN h.account IS NOT NULL THEN s.side ELSE '{ONE_WAY}' END
+    JOIN ex x ON x.account = s.account AND x.symbol = s.symbol
+             AND x.leg = CASE WHEN h.account IS NOT NULL THEN s.side ELSE '{ONE_WAY}' END
+    JOIN book b ON b.account = x.account AND b.symbol = x.symbol AND b.leg = x.leg
     LEFT JOIN ex_symbol y ON y.account = s.account AND y.symbol = s.symbol
-    WHERE x.ex_gross IS NULL
-       OR (CASE WHEN y.step IS NOT NULL THEN x.ex_gross < y.step
-                ELSE x.ex_gross <= {ABS_TOL!r} END)
+    WHERE {below_step_sql('x.ex_net', 'y.step')}
+      AND NOT {below_step_sql('b.claimed - x.ex_net', 'y.step')}
 ),
 found(kind, profile_id, account, symbol, client_order_id, exchange_order_id, trade_id, attributable, db_qty, exchange_qty, db_status, exchange_status, db_price, exchange_price, notional_usd, suppressed, slice_no, details) AS (
     SELECT * FROM positions
@@ -549,6 +579,16 @@ def _attributions(e_rows: pd.DataFrame, profiles: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+def _marks(positions: pd.DataFrame) -> pd.DataFrame:
+    """(account, symbol, mark): the exchange's mark price per symbol, which prices an order the
+    finding knows no price of (a market order)."""
+    marks = positions.loc[positions["mark_price"] > 0, ["account", "symbol", "mark_price"]]
+    out = (marks.groupby(["account", "symbol"], sort=False)["mark_price"].max().reset_index())
+    return pd.DataFrame({"account": out["account"].astype(str).astype(object),
+                         "symbol": out["symbol"].astype(str).astype(object),
+                         "mark": out["mark_price"].astype("float64")})
+
+
 _DATABASE: tuple[int, duckdb.DuckDBPyConnection] | None = None
 _DATABASE_LOCK = threading.Lock()
 
@@ -585,6 +625,30 @@ def _to_result(columns: dict[str, np.ndarray], keep: np.ndarray, cycle_id: str) 
             text[np.ma.getmaskarray(values)] = None
             out[col] = pd.Series(text[keep], dtype=object)
     return pd.DataFrame(out, columns=list(MISMATCH_COLUMNS))
+
+
+def _not_fully_checked(table: dict[str, np.ndarray], suppressed: np.ndarray) -> dict[str, str]:
+    """Profile -> why, for the profiles a finding held back by the recency guard concerns (its
+    profile; for a position finding, every profile with a part in it): their cycle was not fully
+    checked, so it is not clean (core.watchdog)."""
+    out: dict[str, list[str]] = {}
+    for i in np.flatnonzero(suppressed):
+        kind = str(np.ma.getdata(table["kind"])[i])
+        symbol = table["symbol"][i]
+        profiles = []
+        if not np.ma.getmaskarray(table["profile_id"])[i]:
+            profiles.append(str(table["profile_id"][i]))
+        if kind == POSITION_DRIFT and not np.ma.getmaskarray(table["details"])[i]:
+            details = json.loads(str(table["details"][i]))
+            profiles += [p["profile_id"] for p in details.get("profiles") or []
+                         if p.get("profile_id")]
+        for profile in profiles:
+            out.setdefault(profile, [])
+            what = f"{kind} on {symbol}"
+            if what not in out[profile]:
+                out[profile].append(what)
+    return {profile: "held back by the recency guard: " + ", ".join(sorted(whats))
+            for profile, whats in sorted(out.items())}
 
 
 def empty_mismatches() -> pd.DataFrame:
@@ -691,6 +755,7 @@ def reconciliation_diff(*, profiles: pd.DataFrame, db_orders: pd.DataFrame,
             e_rows["_recent"] = _after(e_created, cutoff)
             e_rows["created_at"] = pd.to_datetime(e_created, utc=True)
             con.register("matches", matches)
+            con.register("marks", _marks(ex_positions))
             con.register("d_rows", d_rows)
             con.register("e_rows", e_rows)
             con.register("attributions", _attributions(
@@ -707,6 +772,7 @@ def reconciliation_diff(*, profiles: pd.DataFrame, db_orders: pd.DataFrame,
     kinds = np.ma.getdata(table["kind"])
     result = _to_result(table, ~suppressed, cycle_id)
     held = pd.Series(kinds[suppressed], dtype=object).value_counts()
+    result.attrs["not_fully_checked"] = _not_fully_checked(table, suppressed)
     result.attrs["suppressed_recent"] = int(suppressed.sum())
     result.attrs["suppressed_recent_by_kind"] = {k: int(held[k]) for k in MISMATCH_KINDS
                                                  if k in held.index}

@@ -220,6 +220,39 @@ def failed_cycles(cycles: pd.DataFrame) -> list[Alert]:
             for row in cycles.itertuples()]
 
 
+def quarantine_released(account: str, profile_id: str, trade_id: str, slice_no: int,
+                        why: str, by: str) -> Alert:
+    """A quarantine ended: by the heartbeat (the slice supported for the confirmation count in a
+    row, or closed) or by an operator; `why` says which."""
+    return Alert(dedup_key=f"quarantine_released:{profile_id}:{trade_id}:{slice_no}:{by}",
+                 reason="quarantine_released", exchange_account=account, profile_id=profile_id,
+                 summary=(f"quarantine of slice {slice_no} of trade {trade_id} ({profile_id}) "
+                          f"released by {by}: {why}"),
+                 details={"trade_id": trade_id, "slice_no": slice_no, "why": why, "by": by})
+
+
+def uncharged_drift(account: str, cycle_id: str, drifts: list[dict]) -> Alert:
+    """Position drift on the account that no profile could be charged with: raised every cycle
+    it persists (the watchdog cannot pause anyone for it)."""
+    total = sum(float(d.get("notional_usd") or 0.0) for d in drifts)
+    return Alert(dedup_key=f"uncharged_drift:{account}:{cycle_id}", reason="uncharged_drift",
+                 exchange_account=account,
+                 summary=(f"{len(drifts)} position drift(s) on {account} worth {total:.2f} USD "
+                          "are charged to no profile (no order, fill or database position "
+                          "points at one): "
+                          + "; ".join(str(d.get("reason")) for d in drifts)),
+                 details={"cycle_id": cycle_id, "notional_usd": round(total, 2),
+                          "drifts": drifts})
+
+
+def systemic(account: str, cycle_id: str, reason: str) -> Alert:
+    """The account was judged systemic (a flat answer for several profiles' slices at once): its
+    profiles are paused and nothing is closed."""
+    return Alert(dedup_key=f"systemic:{account}:{cycle_id}", reason="systemic",
+                 exchange_account=account, summary=f"{account}: {reason}",
+                 details={"cycle_id": cycle_id})
+
+
 def slack_payload(alert: Alert) -> dict:
     """A Slack-compatible webhook body (text plus blocks) for one alert."""
     title = {"persistent_mismatch": "Reconciliation mismatch persists",
@@ -230,7 +263,10 @@ def slack_payload(alert: Alert) -> dict:
              "failed_correction_run": "Correction run failed",
              "stale_reconciling": "Stale reconciling state restored",
              "watchdog_pause": "Integrity watchdog paused trading",
-             "auto_resume": "Trading auto-resumed"}[alert.reason]
+             "auto_resume": "Trading auto-resumed",
+             "quarantine_released": "Quarantine released",
+             "uncharged_drift": "Position drift charged to no profile",
+             "systemic": "Systemic exchange answer: account paused"}[alert.reason]
     where = " · ".join(x for x in (alert.exchange_account and f"account {alert.exchange_account}",
                                     alert.profile_id and f"profile {alert.profile_id}") if x)
     text = f":rotating_light: {title}: {alert.summary}"

@@ -196,6 +196,7 @@ def _fold_account(account: str, cycles: list[dict], checks: Mapping, mismatches:
                   first_gate_event: Mapping[str, dict], policy: ReplayPolicy, name: str,
                   out: FoldResult) -> None:
     streaks: dict[SliceKey, Streak] = {}
+    clear_streaks: dict[SliceKey, Streak] = {}  # quarantined slices the exchange supports again
     quarantined: set[SliceKey] = set()
     closed: set[SliceKey] = set()  # closed by this policy
     carried: dict[SliceKey, dict] = {}  # closed live, open here: the last recorded row
@@ -266,11 +267,14 @@ def _fold_account(account: str, cycles: list[dict], checks: Mapping, mismatches:
         pct = policy.max_notional_pct
         if policy.follow_recorded:
             pct = _number(recorded_verdicts[0].get("threshold_pct")) or pct
-        ghost_streaks = {}
+        ghost_streaks, clears = {}, {}
         for row in rows:
-            if row["ghost"] and row["decision"] not in (HELD, AMBIGUOUS):
-                ghost_streaks[_key(row)] = next_streak(streaks.get(_key(row)), previous_cycle,
-                                                       cycle_id)
+            key, hold = _key(row), row.get("hold_reason")
+            if row["ghost"] and not (hold and key not in backfill_go):
+                ghost_streaks[key] = next_streak(streaks.get(key), previous_cycle, cycle_id)
+            elif not row["ghost"] and key in quarantined and row["decision"] not in (HELD,
+                                                                                  AMBIGUOUS):
+                clears[key] = next_streak(clear_streaks.get(key), previous_cycle, cycle_id)
 
         def decide(tripped: Mapping[str, str]) -> list[dict]:
             decided = []
@@ -280,19 +284,23 @@ def _fold_account(account: str, cycles: list[dict], checks: Mapping, mismatches:
                 if policy.follow_recorded:
                     parity = replace(parity, confirmations=int(row["confirmations_required"]),
                                      dry_run=bool(row.get("dry_run")))
-                if row["decision"] in (HELD, AMBIGUOUS) or not row["ghost"]:
-                    # Held, ambiguous and supported slices do not depend on the flags.
-                    decision = row["decision"] if row["decision"] in (HELD, AMBIGUOUS) else CLEARED
-                    streak, started = 0, None
+                streak, started = ghost_streaks.get(key, (0, None))
+                clear, clear_started = clears.get(key, (0, None))
+                if not row["ghost"] and row["decision"] in (HELD, AMBIGUOUS):
+                    # Held (not checked) and ambiguous slices do not depend on the flags.
+                    decision = row["decision"]
                 else:
-                    streak, started = ghost_streaks[key]
                     decision, _ = slice_decision(
-                        key, row["profile_id"], True, streak, bool(row["attributable"]),
-                        _number(row.get("mark_price")) or None, False, False, False, "", parity,
-                        frozenset(quarantined), frozenset(backfill_go), tripped)
+                        key, row["profile_id"], ghost=bool(row["ghost"]), streak=streak,
+                        attributed=bool(row["attributable"]),
+                        mark=_number(row.get("mark_price")) or None, policy=parity,
+                        hold=row.get("hold_reason"), quarantined=key in quarantined,
+                        clear_streak=clear, backfill_go=key in backfill_go,
+                        tripped=tripped.get(row["profile_id"]))
                 decided.append({**row, "decision": decision, "streak": streak,
                                 "streak_started_cycle": started, "dry_run": parity.dry_run,
-                                "confirmations_required": parity.confirmations})
+                                "confirmations_required": parity.confirmations,
+                                "clear_streak": clear, "clear_started_cycle": clear_started})
             return decided
 
         decided = decide({})
@@ -302,9 +310,18 @@ def _fold_account(account: str, cycles: list[dict], checks: Mapping, mismatches:
         recorded_mismatches = mismatches.get((account, cycle_id), [])
         heartbeat_checked = bool(rows) or not any(m["kind"] == GHOST_SLICE
                                                   for m in recorded_mismatches)
-        judged_now = verdict_records(account=account, profiles=profiles,
-                                     mismatches=recorded_mismatches, checks=decided,
-                                     max_notional_pct=pct, heartbeat_checked=heartbeat_checked)
+        fill_profiles: dict[tuple[str, str], set[str]] = {}
+        for v in recorded_verdicts:
+            for leg in v.get("evidence_legs") or []:
+                symbol, _, side = str(leg).rpartition("|")
+                fill_profiles.setdefault((symbol, side), set()).add(v["profile_id"])
+        judged_now = verdict_records(
+            account=account, profiles=profiles, mismatches=recorded_mismatches, checks=decided,
+            max_notional_pct=pct, heartbeat_checked=heartbeat_checked,
+            fill_profiles=fill_profiles,
+            not_fully_checked={v["profile_id"]: v["not_fully_checked"]
+                               for v in recorded_verdicts if v.get("not_fully_checked")},
+            systemic=next((v["systemic"] for v in recorded_verdicts if v.get("systemic")), None))
         tripped = {v["profile_id"]: v["reason"] for v in judged_now if v["tripped"]}
         if tripped:
             decided = decide(tripped)
@@ -317,6 +334,13 @@ def _fold_account(account: str, cycles: list[dict], checks: Mapping, mismatches:
             out.checks[(cycle_id, key)] = (row["decision"], row["streak"])
             if row["streak"]:
                 streaks[key] = Streak(row["streak"], row["streak_started_cycle"], cycle_id)
+            else:
+                streaks.pop(key, None)
+            if row["clear_streak"]:
+                clear_streaks[key] = Streak(row["clear_streak"], row["clear_started_cycle"],
+                                            cycle_id)
+            else:
+                clear_streaks.pop(key, None)
             dry = row["dry_run"]
             if row["decision"] == QUARANTINE and key not in quarantined and not dry:
                 quarantined.add(key)

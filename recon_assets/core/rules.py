@@ -89,6 +89,10 @@ PARITY_DECISIONS = (CLEARED, CONFIRMING, SYNTHETIC_EXIT, QUARANTINE, BLOCKED, AM
                     BACKFILL)
 # The close reason a synthetic exit writes on the slice (real exits say otherwise).
 PARITY_CLOSE_REASON = "parity_synthetic_exit"
+# A flat answer for ghosts of this many profiles of one account at once, with no real fill
+# explaining them, is a systemic event (an exchange briefly reporting empty positions): every
+# profile of the account is paused and nothing is closed (core/parity.py `systemic_reason`).
+SYSTEMIC_MIN_PROFILES = 2
 # How an operator ends a quarantine (the resolve_quarantine job).
 QUARANTINE_RESOLUTIONS = ("release", "approve_synthetic_exit")
 
@@ -121,7 +125,8 @@ APPROVE, REJECT = BACKFILL_VERDICTS = ("approve", "reject")
 # --- escalation (recon.alerts.reason) ------------------------------------------------------------
 ALERT_REASONS = ("persistent_mismatch", "lock_contention", "unknown_fill", "failed_cycle",
                  "correction_refused", "failed_correction_run", "stale_reconciling",
-                 "watchdog_pause", "auto_resume")
+                 "watchdog_pause", "auto_resume", "quarantine_released", "uncharged_drift",
+                 "systemic")
 # Where an alert's delivery stands (recon.alerts.delivery_status): posted and answered 2xx, waiting
 # for its next attempt, no webhook configured, or given up after the last attempt.
 (ALERT_PENDING, ALERT_DELIVERED, ALERT_NOT_CONFIGURED,

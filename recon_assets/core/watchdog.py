@@ -2,26 +2,43 @@
 clock: `now` is always passed in. `defs/parity` fetches, calls, persists.
 
 **The watchdog** (runbook: "pause when cumulative mismatch notional exceeds
-RECON_POSITION_PARITY_MAX_NOTIONAL_PCT of allocated capital"), per profile and cycle. A profile's
-mismatch notional is the sum, over this cycle's findings, of what could be its money:
+RECON_POSITION_PARITY_MAX_NOTIONAL_PCT of allocated capital"), per profile and cycle. It sees
+everything (safety rule 15): a profile's mismatch notional is the sum, over this cycle's
+findings, of what could be its money:
 
 - **ghosts**: the heartbeat's ghost slices of the profile (`mismatch_notional_usd` of its
-  checks with `ghost`); while the heartbeat is off, the diff's `ghost_slice` rows instead;
+  checks with `ghost`, held ones included); while the heartbeat is off, the diff's
+  `ghost_slice` rows instead;
 - **orders**: the diff's order findings with the profile's id (`rules.ORDER_DRIFT_KINDS`:
   missing from the exchange, attributed orders missing in the database, status, qty and price
-  drift), each its `notional_usd`;
-- **positions**: an account-level `position_drift` is first reduced by the ghosts found on the
-  same symbol (they explain that much of it); what is left is charged to every profile holding
-  a database position on the symbol, each at most its own position (min(left, |its qty| x the
-  drift's price)), since any of them could be the one that drifted.
+  drift), each its `notional_usd` (the diff prices an order with no price, a market order, at
+  the mark);
+- **positions**: an account-level `position_drift` (per symbol in one-way mode, per symbol and
+  leg in hedge mode) is first reduced by the ghosts found on the same symbol and leg (they
+  explain that much of it; one leg's ghosts never offset another leg's drift). What is left is
+  charged to the profiles the evidence points at: those with an order finding on the symbol
+  and leg, or a fill of their own (their sub tag) not booked yet there
+  (`core.evidence.Evidence.fill_profiles`). When the drift grows the position (the exchange
+  holds more than the database), each is charged all of it; when it shrinks it, each at most
+  its own database position on the leg. With no such evidence, a drift that shrinks the
+  position is charged to every profile holding a database position there, each at most its
+  own (any of them could be the one that drifted); one that grows it is charged to no one and
+  is returned as **uncharged** (`uncharged_drift`): an account-level alert every cycle it
+  persists, and `/internal/health`.
 
 A finding can be charged twice when two findings describe one event (an entry filled behind the
 database is both an order missing from the exchange and a position drift); the watchdog errs
-towards pausing. Foreign activity (findings with no profile) is charged to no one.
+towards pausing. Foreign orders (findings with no profile) are charged to no one.
+
+A **systemic** account (`core.parity.systemic_reason`: the exchange flat for ghosts of several
+profiles at once, no real fill explaining them) trips every profile of the account, whatever
+the notional, with that reason: pause, never mass-close.
 
 The threshold is `capital x pct / 100` (0.5 means 0.5 %); the watchdog **trips** when the
 notional exceeds it (strictly). A profile's cycle is **clean** when nothing at all was charged
-to it or seen about it: no finding, and every heartbeat check of its slices `cleared`.
+to it or seen about it (no finding, every heartbeat check of its slices `cleared`) and it was
+fully checked: a finding about it that the recency guard held back this cycle
+(`not_fully_checked`, from the diff's `attrs["not_fully_checked"]`) leaves the cycle not clean.
 
 **Auto-resume** (`auto_resume_decision`): a paused profile is resumed exactly when all hold:
 `ENABLE_RECON_WATCHDOG_AUTO_RESUME`; the pause source is the parity watchdog (an operator's or
@@ -41,14 +58,18 @@ from datetime import datetime, timedelta
 
 import pandas as pd
 
-from recon_assets.core.rules import (CLEARED, CYCLE_SUCCEEDED, GHOST_SLICE, ORDER_DRIFT_KINDS,
-                                     PAUSED, POSITION_DRIFT, WATCHDOG_PAUSE_SOURCE)
+from recon_assets.core.rules import (CLEARED, CYCLE_SUCCEEDED, GHOST_SLICE, MISSING_IN_DB,
+                                     ONE_WAY, ORDER_DRIFT_KINDS, PAUSED, POSITION_DRIFT,
+                                     POSITION_SIDES, WATCHDOG_PAUSE_SOURCE)
 
 VERDICT_COLUMNS = (
     "profile_id", "exchange_account", "allocated_capital_usd", "ghost_notional_usd",
     "order_notional_usd", "position_notional_usd", "mismatch_notional_usd", "threshold_pct",
-    "threshold_usd", "findings", "tripped", "clean", "reason",
+    "threshold_usd", "findings", "tripped", "clean", "reason", "not_fully_checked",
+    "evidence_legs", "systemic",
 )
+UNCHARGED_COLUMNS = ("exchange_account", "symbol", "position_side", "difference",
+                     "notional_usd", "reason")
 
 
 def _number(value) -> float:
@@ -74,66 +95,170 @@ def threshold_usd(capital_usd: float, pct: float) -> float:
 
 def watchdog_verdicts(*, account: str, profiles: pd.DataFrame, mismatches: pd.DataFrame,
                       checks: pd.DataFrame, max_notional_pct: float,
-                      heartbeat_checked: bool = True) -> pd.DataFrame:
+                      heartbeat_checked: bool = True,
+                      fill_profiles: Mapping[tuple[str, str], set[str]] | None = None,
+                      not_fully_checked: Mapping[str, str] | None = None,
+                      systemic: str | None = None) -> pd.DataFrame:
     """One verdict per profile of `account` (columns `VERDICT_COLUMNS`, by profile id): what was
-    charged to it (see the module docstring), the threshold, `tripped` and `clean`.
+    charged to it (see the module docstring), the threshold, `tripped` and `clean`;
+    `result.attrs["uncharged"]`: the position drift charged to no one (`UNCHARGED_COLUMNS`).
 
     `profiles`: DB_PROFILES rows (those of other accounts are ignored); `mismatches`: this
     cycle's diff rows (MISMATCH_COLUMNS, `details` as a dict or JSON text); `checks`: this
     cycle's heartbeat checks (PARITY_CHECK_COLUMNS); `heartbeat_checked`: false when the
-    heartbeat is off (the diff's ghost rows are charged instead)."""
+    heartbeat is off (the diff's ghost rows are charged instead); `fill_profiles`: (symbol, leg)
+    -> profiles whose own fills, not booked yet, are there; `not_fully_checked`: profile -> why
+    a finding about it was held back this cycle; `systemic`: why the account is systemic."""
     rows = verdict_records(account=account, profiles=profiles.to_dict("records"),
                            mismatches=mismatches.to_dict("records"),
                            checks=checks.to_dict("records"), max_notional_pct=max_notional_pct,
-                           heartbeat_checked=heartbeat_checked)
-    return pd.DataFrame(rows, columns=list(VERDICT_COLUMNS))
+                           heartbeat_checked=heartbeat_checked, fill_profiles=fill_profiles,
+                           not_fully_checked=not_fully_checked, systemic=systemic)
+    frame = pd.DataFrame(rows, columns=list(VERDICT_COLUMNS))
+    frame.attrs["uncharged"] = uncharged_drift(
+        account=account, mismatches=mismatches.to_dict("records"),
+        checks=checks.to_dict("records"), heartbeat_checked=heartbeat_checked,
+        fill_profiles=fill_profiles)
+    return frame
 
 
 def _text(value) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def order_leg(details: Mapping, hedged: bool) -> str:
+    """The leg an order finding moves: one-way, the net position; hedge mode (the account's
+    position rows are legs), an ENTRY buy or EXIT sell the long leg, the others the short."""
+    if not hedged:
+        return ONE_WAY
+    side = details.get("side") or details.get("db_side") or details.get("exchange_side")
+    entry = (details.get("intent") or "ENTRY") == "ENTRY"
+    return "long" if (side == "buy") == entry else "short"
+
+
+def _ghost_legs(checks: Iterable[Mapping], mismatches: Iterable[Mapping],
+                heartbeat_checked: bool) -> tuple[dict[str, float], dict[tuple[str, str], float]]:
+    """Ghost notional per profile, and per (symbol, slice side)."""
+    by_profile: dict[str, float] = {}
+    by_leg: dict[tuple[str, str], float] = {}
+    rows = ([(r["profile_id"], r["symbol"], r["side"], r["mismatch_notional_usd"])
+             for r in checks if r["ghost"]] if heartbeat_checked else
+            [(r["profile_id"], r["symbol"], _details(r.get("details")).get("side"),
+              r["notional_usd"]) for r in mismatches
+             if r["kind"] == GHOST_SLICE and _text(r.get("profile_id"))])
+    for profile, symbol, side, notional in rows:
+        by_profile[profile] = by_profile.get(profile, 0.0) + _number(notional)
+        by_leg[(symbol, side)] = by_leg.get((symbol, side), 0.0) + _number(notional)
+    return by_profile, by_leg
+
+
+def _position_charges(mismatches: list[Mapping], checks: list[Mapping], heartbeat_checked: bool,
+                      fill_profiles: Mapping[tuple[str, str], set[str]] | None
+                      ) -> tuple[dict[str, float], dict[str, int], list[dict]]:
+    """(position notional per profile, findings seen per profile, uncharged drifts)."""
+    _ghosts, ghost_legs = _ghost_legs(checks, mismatches, heartbeat_checked)
+    fill_profiles = fill_profiles or {}
+    pointed: dict[tuple[str, str], set[str]] = {}  # (symbol, leg) -> profiles the evidence names
+    legs_of_symbol: dict[str, set[str]] = {}
+    for row in mismatches:
+        if row["kind"] == POSITION_DRIFT:
+            legs_of_symbol.setdefault(row["symbol"], set()).add(
+                _details(row.get("details")).get("position_side") or ONE_WAY)
+    for row in mismatches:
+        profile = _text(row.get("profile_id"))
+        if profile and row["kind"] in ORDER_DRIFT_KINDS:
+            legs = legs_of_symbol.get(row["symbol"], {ONE_WAY})
+            hedged = bool(legs & set(POSITION_SIDES))
+            leg = order_leg(_details(row.get("details")), hedged)
+            pointed.setdefault((row["symbol"], leg), set()).add(profile)
+    charges: dict[str, float] = {}
+    seen: dict[str, int] = {}
+    uncharged: list[dict] = []
+    for row in mismatches:
+        if row["kind"] != POSITION_DRIFT:
+            continue
+        details = _details(row.get("details"))
+        leg = details.get("position_side") or ONE_WAY
+        symbol = row["symbol"]
+        drift = _number(row["notional_usd"])
+        difference = _number(details.get("difference"))
+        price = drift / abs(difference) if difference else 0.0
+        ghost = sum(v for (s, side), v in ghost_legs.items()
+                    if s == symbol and (leg == ONE_WAY or side == leg))
+        left = max(0.0, drift - ghost)
+        # The nets (the recorded findings keep them in the details: the parts and the difference).
+        db_net = sum(_number(part.get("net_qty")) for part in details.get("profiles") or [])
+        ex_net = db_net - difference
+        grows = abs(ex_net) > abs(db_net) or ex_net * db_net < 0  # more, or the other way
+        held = {part.get("profile_id"): abs(_number(part.get("net_qty")))
+                for part in details.get("profiles") or [] if part.get("profile_id")}
+        evidence = pointed.get((symbol, leg), set()) | set(fill_profiles.get((symbol, leg), ()))
+        if evidence:
+            for owner in sorted(evidence):
+                seen[owner] = seen.get(owner, 0) + 1
+                share = left if grows else min(left, held.get(owner, 0.0) * price)
+                charges[owner] = charges.get(owner, 0.0) + share
+            continue
+        if not grows and any(held.values()):
+            for owner, qty in sorted(held.items()):
+                if qty:
+                    seen[owner] = seen.get(owner, 0) + 1
+                    charges[owner] = charges.get(owner, 0.0) + min(left, qty * price)
+            continue
+        for owner, qty in held.items():  # seen, though no one can be charged with it
+            seen[owner] = seen.get(owner, 0) + 1
+        if left > 0:
+            uncharged.append({
+                "exchange_account": row.get("exchange_account"), "symbol": symbol,
+                "position_side": leg, "difference": difference, "notional_usd": left,
+                "reason": (f"the exchange holds {ex_net:g} on {symbol}"
+                           + (f" ({leg} leg)" if leg != ONE_WAY else "")
+                           + f" against the database's {db_net:g}, and no "
+                             "order, fill or database position points at a profile: charged "
+                             "to no one")})
+    return charges, seen, uncharged
+
+
+def uncharged_drift(*, account: str, mismatches: Iterable[Mapping], checks: Iterable[Mapping],
+                    heartbeat_checked: bool = True,
+                    fill_profiles: Mapping[tuple[str, str], set[str]] | None = None) -> list[dict]:
+    """The position drift of `account` no profile can be charged with (`UNCHARGED_COLUMNS`)."""
+    rows = [{**r, "exchange_account": r.get("exchange_account") or account} for r in mismatches]
+    return _position_charges(rows, list(checks), heartbeat_checked, fill_profiles)[2]
+
+
 def verdict_records(*, account: str, profiles: Iterable[Mapping], mismatches: Iterable[Mapping],
                     checks: Iterable[Mapping], max_notional_pct: float,
-                    heartbeat_checked: bool = True) -> list[dict]:
+                    heartbeat_checked: bool = True,
+                    fill_profiles: Mapping[tuple[str, str], set[str]] | None = None,
+                    not_fully_checked: Mapping[str, str] | None = None,
+                    systemic: str | None = None) -> list[dict]:
     """`watchdog_verdicts` on plain records (dicts with the same columns), for callers that
     decide many cycles (the policy replay): the rule itself."""
-    ghosts: dict[str, float] = {}
-    ghosts_by_symbol: dict[str, float] = {}
+    mismatches, checks = list(mismatches), list(checks)
+    not_fully_checked = not_fully_checked or {}
+    ghosts, _legs = _ghost_legs(checks, mismatches, heartbeat_checked)
     seen: dict[str, int] = {}
     if heartbeat_checked:
         for row in checks:
             if row["decision"] != CLEARED:
                 seen[row["profile_id"]] = seen.get(row["profile_id"], 0) + 1
-            if row["ghost"]:
-                notional = _number(row["mismatch_notional_usd"])
-                ghosts[row["profile_id"]] = ghosts.get(row["profile_id"], 0.0) + notional
-                ghosts_by_symbol[row["symbol"]] = ghosts_by_symbol.get(row["symbol"], 0.0) + notional
     orders: dict[str, float] = {}
-    positions: dict[str, float] = {}
     for row in mismatches:
         kind, profile = row["kind"], _text(row.get("profile_id"))
         if kind in ORDER_DRIFT_KINDS and profile:
             orders[profile] = orders.get(profile, 0.0) + _number(row["notional_usd"])
             seen[profile] = seen.get(profile, 0) + 1
         elif kind == GHOST_SLICE and profile and not heartbeat_checked:
-            notional = _number(row["notional_usd"])
-            ghosts[profile] = ghosts.get(profile, 0.0) + notional
-            ghosts_by_symbol[row["symbol"]] = ghosts_by_symbol.get(row["symbol"], 0.0) + notional
             seen[profile] = seen.get(profile, 0) + 1
-        elif kind == POSITION_DRIFT:
-            details = _details(row.get("details"))
-            drift = _number(row["notional_usd"])
-            difference = abs(_number(details.get("difference")))
-            price = drift / difference if difference else 0.0
-            left = max(0.0, drift - ghosts_by_symbol.get(row["symbol"], 0.0))
-            for part in details.get("profiles") or []:
-                qty = abs(_number(part.get("net_qty")))
-                owner = part.get("profile_id")
-                if not owner or not qty:
-                    continue
-                seen[owner] = seen.get(owner, 0) + 1
-                positions[owner] = positions.get(owner, 0.0) + min(left, qty * price)
+    positions, position_seen, _uncharged = _position_charges(mismatches, checks,
+                                                             heartbeat_checked, fill_profiles)
+    for owner, n in position_seen.items():
+        seen[owner] = seen.get(owner, 0) + n
+    legs_of: dict[str, list[str]] = {}
+    for (symbol, leg), owners in (fill_profiles or {}).items():
+        for owner in owners:
+            legs_of.setdefault(owner, []).append(f"{symbol}|{leg}")
     rows = []
     for profile in sorted((p for p in profiles if p["exchange_account"] == account),
                           key=lambda p: p["profile_id"]):
@@ -142,18 +267,26 @@ def verdict_records(*, account: str, profiles: Iterable[Mapping], mismatches: It
         limit = threshold_usd(capital, max_notional_pct)
         parts = (ghosts.get(pid, 0.0), orders.get(pid, 0.0), positions.get(pid, 0.0))
         total = sum(parts)
-        tripped = total > limit
+        tripped = total > limit or bool(systemic)
+        unchecked = not_fully_checked.get(pid)
+        reason = (f"mismatch notional {total:.2f} USD (ghosts {parts[0]:.2f}, orders "
+                  f"{parts[1]:.2f}, positions {parts[2]:.2f}) "
+                  + ("exceeds" if total > limit else "is within")
+                  + f" {max_notional_pct:g} % of allocated capital {capital:.2f} USD "
+                    f"({limit:.2f} USD)")
+        if systemic:
+            reason = f"{systemic}; {reason}"
+        if unchecked:
+            reason += f"; not fully checked: {unchecked}"
         rows.append({
             "profile_id": pid, "exchange_account": account, "allocated_capital_usd": capital,
             "ghost_notional_usd": parts[0], "order_notional_usd": parts[1],
             "position_notional_usd": parts[2], "mismatch_notional_usd": total,
             "threshold_pct": max_notional_pct, "threshold_usd": limit,
-            "findings": seen.get(pid, 0), "tripped": tripped, "clean": seen.get(pid, 0) == 0,
-            "reason": (f"mismatch notional {total:.2f} USD (ghosts {parts[0]:.2f}, orders "
-                       f"{parts[1]:.2f}, positions {parts[2]:.2f}) "
-                       + ("exceeds" if tripped else "is within")
-                       + f" {max_notional_pct:g} % of allocated capital {capital:.2f} USD "
-                         f"({limit:.2f} USD)"),
+            "findings": seen.get(pid, 0), "tripped": tripped,
+            "clean": seen.get(pid, 0) == 0 and not unchecked and not systemic, "reason": reason,
+            "not_fully_checked": unchecked, "evidence_legs": sorted(legs_of.get(pid, [])),
+            "systemic": systemic,
         })
     return rows
 

@@ -20,7 +20,7 @@ from recon_assets.core.corrections import Refusal, lock_wait_of, refusal_of
 from recon_assets.core.cycle import reconciling_gate_verdict
 from recon_assets.defs.metadata import md_table
 from recon_assets.defs.partitions import profile_partitions
-from recon_assets.defs.runs import cycle_id_of_run, run_status
+from recon_assets.defs.runs import cycle_id_of_run, newest_attempt, run_status
 from recon_assets.resources.database import TradingStore, connection_lost
 from recon_assets.resources.recon_store import ReconStore
 from recon_assets.resources.trading_tables import TradingTables
@@ -53,6 +53,22 @@ def resolve_cycle(database: TradingStore, profile_id: str, cycle_id: str, max_ag
             f"ago (bound {max_age_s:.0f} s): its snapshots are stale, no correction is made "
             "from them")
     return cycle
+
+
+def own_attempts_decisions(context: dg.OpExecutionContext, cycle_id: str,
+                           rows: Sequence[dict]) -> tuple[list[dict], str | None]:
+    """The decisions a job may act on: those the newest attempt of their cycle recorded. A
+    retried cycle that found its first attempt's decisions recorded (made from that attempt's
+    snapshots, which the retry read again) acts on none of them; the next cycle decides again.
+    Returns (rows, why the others are not applied)."""
+    newest = newest_attempt(context.instance, cycle_id)
+    mine = [r for r in rows if r.get("run_id") in (None, newest)]
+    if len(mine) == len(rows):
+        return mine, None
+    earlier = sorted({r["run_id"] for r in rows if r.get("run_id") not in (None, newest)})
+    return mine, (f"{len(rows) - len(mine)} decision(s) of cycle {cycle_id} were recorded by "
+                  f"its earlier attempt {', '.join(earlier)} from that attempt's snapshots, not "
+                  f"by its newest attempt {newest}: not applied, the next cycle decides again")
 
 
 class LockContention(RuntimeError):

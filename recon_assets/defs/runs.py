@@ -104,17 +104,24 @@ def pending_runs(instance: dg.DagsterInstance, job_name: str, partition_key: str
     return sorted(r.dagster_run.run_id for r in _not_orphans(instance, records))
 
 
-def previous_run_id(instance: dg.DagsterInstance, job_name: str, partition_key: str,
-                    run_id: str) -> str | None:
-    """The run of `job_name` for `partition_key` launched just before `run_id` (any status):
-    the previous cycle of an account, whether it succeeded or not."""
+def previous_cycle_id(instance: dg.DagsterInstance, job_name: str, partition_key: str,
+                      cycle_id: str) -> str | None:
+    """The cycle of `job_name` for `partition_key` launched just before cycle `cycle_id` (any
+    status): the previous cycle of an account, whether it succeeded or not. Runs are counted as
+    the cycles they are (`cycle_id_of`): a retry is its first run's cycle, not a cycle between."""
     records = instance.get_run_records(
         dg.RunsFilter(job_name=job_name, tags={"dagster/partition": partition_key}), limit=50)
-    ids = [r.dagster_run.run_id for r in records]  # newest first
-    if run_id in ids:
-        later = ids.index(run_id)
-        return ids[later + 1] if later + 1 < len(ids) else None
-    return ids[0] if ids else None
+    cycles = list(dict.fromkeys(cycle_id_of(r.dagster_run) for r in records))  # newest first
+    if cycle_id in cycles:
+        later = cycles.index(cycle_id)
+        return cycles[later + 1] if later + 1 < len(cycles) else None
+    return cycles[0] if cycles else None
+
+
+def newest_attempt(instance: dg.DagsterInstance, cycle_id: str) -> str:
+    """The run id of the newest attempt of cycle `cycle_id` (itself, or its newest retry)."""
+    retries = instance.get_run_records(dg.RunsFilter(tags={ROOT_RUN_ID_TAG: cycle_id}), limit=1)
+    return retries[0].dagster_run.run_id if retries else cycle_id
 
 
 _NOT_STARTED = {dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,

@@ -46,11 +46,12 @@ class BackfillStore:
                 "reviews": pairs}
 
     def record_decisions(self, cycle_id: str, account: str, decisions: list[dict],
-                         dry_run: bool) -> dict:
-        """A cycle's decisions, once (`recon_record_backfill_decisions`)."""
+                         dry_run: bool, run_id: str | None = None) -> dict:
+        """A cycle's decisions, once (`recon_record_backfill_decisions`), with the run
+        (attempt) that recorded them."""
         return self.database.call("recon_record_backfill_decisions", {
             "p_cycle_id": cycle_id, "p_account": account, "p_decisions": decisions,
-            "p_dry_run": dry_run})
+            "p_dry_run": dry_run, "p_run_id": run_id})
 
     def decisions(self, cycle_id: str, profile_id: str, decision: str) -> list[dict]:
         """One profile's decisions of one cycle with `decision`, in the order they were made."""

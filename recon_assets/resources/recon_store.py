@@ -46,10 +46,11 @@ class ReconStore:
     # --- cycles and their findings -----------------------------------------------------------
 
     def record_cycle(self, cycle_id: str, account: str, started_at: str,
-                     mismatches: list[dict], evidence: dict[str, str | None]) -> int:
+                     mismatches: list[dict], evidence: dict) -> int:
         """A succeeded cycle, the evidence its diff was made from (db_read_at, exchange_read_at,
-        db_run_id, exchange_run_id) and its findings (`recon_record_cycle`, one transaction);
-        returns how many findings were newly recorded (0 when the cycle was already recorded)."""
+        db_run_id, exchange_run_id), the profiles it could not fully check (not_fully_checked)
+        and its findings (`recon_record_cycle`, one transaction); returns how many findings
+        were newly recorded (0 when the cycle was already recorded)."""
         return self.database.call("recon_record_cycle", {
             "p_cycle_id": cycle_id, "p_account": account, "p_started_at": started_at,
             "p_mismatches": mismatches, **{f"p_{k}": v for k, v in evidence.items()}})
@@ -95,27 +96,36 @@ class ReconStore:
 
     def parity_state(self, account: str, cycle_id: str) -> dict:
         """What the heartbeat decides from besides the snapshots: the streaks of the account's
-        slices, the slices with an open quarantine, the slices an operator approved for a
-        synthetic exit, and the slices the EXIT backfill has GO decisions for in this cycle."""
+        slices, the slices with an open quarantine and their runs of supported cycles, the ghost
+        episodes an operator approved a synthetic exit for, the slices the EXIT backfill has GO
+        decisions for in this cycle, and the lifecycle corrections refused and not resolved."""
         state = self.database.call("recon_parity_state", {"p_account": account,
                                                           "p_cycle_id": cycle_id})
 
-        def keys(rows):
-            return frozenset((r["profile_id"], r["trade_id"], int(r["slice_no"])) for r in rows)
+        def key(r):
+            return (r["profile_id"], r["trade_id"], int(r["slice_no"]))
 
-        return {"streaks": {(r["profile_id"], r["trade_id"], int(r["slice_no"])):
-                            (int(r["consecutive_count"]), r["first_seen_cycle"],
-                             r["last_seen_cycle"]) for r in state["streaks"]},
-                "quarantined": keys(state["quarantined"]), "approved": keys(state["approved"]),
-                "backfill_go": keys(state["backfill_go"])}
+        approved: dict = {}
+        for r in state["approved"]:
+            if r.get("episode"):
+                approved[key(r)] = approved.get(key(r), frozenset()) | {r["episode"]}
+        return {"streaks": {key(r): (int(r["consecutive_count"]), r["first_seen_cycle"],
+                                     r["last_seen_cycle"]) for r in state["streaks"]},
+                "quarantined": frozenset(key(r) for r in state["quarantined"]),
+                "clear_streaks": {key(r): (int(r["clear_count"]), r["clear_started_cycle"],
+                                           r["clear_last_cycle"])
+                                  for r in state["quarantined"] if r.get("clear_count")},
+                "approved": approved,
+                "backfill_go": frozenset(key(r) for r in state["backfill_go"]),
+                "refusals": list(state.get("refusals") or [])}
 
     def record_parity_checks(self, cycle_id: str, account: str, checks: list[dict],
-                             dry_run: bool) -> dict:
+                             dry_run: bool, run_id: str | None = None) -> dict:
         """The heartbeat's checks of a cycle, its streaks and quarantines, in one transaction
-        (`recon_record_parity_checks`)."""
+        (`recon_record_parity_checks`), with the run (attempt) that recorded them."""
         return self.database.call("recon_record_parity_checks", {
             "p_cycle_id": cycle_id, "p_account": account, "p_checks": checks,
-            "p_dry_run": dry_run})
+            "p_dry_run": dry_run, "p_run_id": run_id})
 
     def parity_history(self, keys: list[tuple[str, str, int]], limit: int = 5) -> list[dict]:
         """The last `limit` checks of each slice in `keys`, newest first."""

@@ -61,12 +61,18 @@ class WatchdogStore:
         return pd.DataFrame(rows, columns=["kind", "profile_id", "exchange_account", "symbol",
                                            "trade_id", "notional_usd", "details"])
 
+    def not_fully_checked(self, cycle_id: str, account: str) -> dict[str, str]:
+        """Profile -> why a finding about it was held back by the recency guard this cycle."""
+        return dict(self.database.call("recon_cycle_not_fully_checked",
+                                       {"p_cycle_id": cycle_id, "p_account": account}) or {})
+
     def record_watchdog(self, cycle_id: str, account: str, verdicts: list[dict],
-                        run_id: str) -> dict:
-        """The cycle's verdicts, and the pause of each profile that tripped, in one transaction."""
+                        run_id: str, uncharged: list[dict] | None = None) -> dict:
+        """The cycle's verdicts, the pause of each profile that tripped, and the drift charged to
+        no profile, in one transaction."""
         return self.database.call("recon_record_watchdog", {
             "p_cycle_id": cycle_id, "p_account": account, "p_verdicts": verdicts,
-            "p_run_id": run_id})
+            "p_run_id": run_id, "p_uncharged": uncharged or []})
 
     def verdicts(self, cycle_id: str, account: str) -> list[dict]:
         """The verdicts recorded for a cycle, with each profile's gate as it is now."""

@@ -458,11 +458,18 @@ def test_open_slice_while_the_exchange_is_flat_is_a_ghost():
     assert details(row)["slice_no"] == 2 and details(row)["price_source"] == "mark_price"
 
 
-def test_ghost_without_an_exchange_row_is_priced_at_its_entry():
-    row = only(diff(snapshot(db_trade_slices=[trade_slice("p1", "t7", 0.5, entry_price=80.0)])),
-               "ghost_slice")
+def test_ghost_without_a_mark_price_is_priced_at_its_entry():
+    snap = snapshot(db_trade_slices=[trade_slice("p1", "t7", 0.5, entry_price=80.0)],
+                    exchange_positions=[ex_position(0.0, side="flat", mark=None)])
+    row = only(diff(snap), "ghost_slice")
     assert row["notional_usd"] == pytest.approx(40.0)
-    assert details(row)["exchange_row"] is False
+    assert details(row)["price_source"] == "entry_price"
+
+
+def test_a_slice_the_exchange_snapshot_has_no_row_for_is_not_judged():
+    """No row is no evidence (the snapshot lists every symbol with an open slice, flat or not):
+    the diff, like the heartbeat (`core.book`, state unchecked), calls no ghost from it."""
+    assert list(diff(snapshot(db_trade_slices=[trade_slice("p1", "t7", 0.5)]))["kind"]) == []
 
 
 def test_dust_below_the_step_counts_as_flat():
@@ -487,7 +494,8 @@ def test_ghost_whose_orders_carry_no_sub_tag_is_unattributable():
     legacy = trade_slice("p1", "t7", 0.5, order_client_ids=["legacy123", "rc.P1.t7.X1"])
     other = trade_slice("p1", "t8", 0.5, order_client_ids=["rc.OTHER.t8.E1"])
     none = trade_slice("p1", "t9", 0.5, order_client_ids=[])
-    result = diff(snapshot(db_trade_slices=[legacy, other, none]))
+    result = diff(snapshot(db_trade_slices=[legacy, other, none],
+                           exchange_positions=[ex_position(0.0, side="flat")]))
     ghosts = result[result["kind"] == "ghost_slice"]
     assert list(ghosts["trade_id"]) == ["t7", "t8", "t9"]
     assert not ghosts["attributable"].any()
@@ -496,14 +504,16 @@ def test_ghost_whose_orders_carry_no_sub_tag_is_unattributable():
 def test_ghost_of_a_profile_without_sub_tag_is_unattributable():
     p = profile("p1")
     p["sub_tag"] = None
-    row = only(diff(snapshot(profiles=[p], db_trade_slices=[trade_slice("p1", "t7", 0.5)])),
+    row = only(diff(snapshot(profiles=[p], db_trade_slices=[trade_slice("p1", "t7", 0.5)],
+                             exchange_positions=[ex_position(0.0, side="flat")])),
                "ghost_slice")
     assert row["profile_id"] == "p1" and not row["attributable"]
 
 
 def test_one_row_per_ghost_slice_in_slice_order():
     snap = snapshot(db_trade_slices=[trade_slice("p1", "t7", 0.5, slice_no=2),
-                                     trade_slice("p1", "t7", 0.5, slice_no=1)])
+                                     trade_slice("p1", "t7", 0.5, slice_no=1)],
+                    exchange_positions=[ex_position(0.0, side="flat")])
     result = diff(snap)
     assert [details(r)["slice_no"] for _, r in result.iterrows()] == [1, 2]
 
@@ -517,7 +527,8 @@ def test_recent_db_rows_and_new_exchange_orders_are_not_reported_but_counted():
         exchange_open_orders=[ex_order("rc.P1.t2.E1", "9", created_at=READ_AT +
                                        pd.Timedelta(milliseconds=300))],
         db_positions=[db_position("p1", 1.0, updated_at=recent)],
-        db_trade_slices=[trade_slice("p1", "t3", 1.0, updated_at=recent, symbol=ETH)])
+        db_trade_slices=[trade_slice("p1", "t3", 1.0, updated_at=recent, symbol=ETH)],
+        exchange_positions=[ex_position(0.0, side="flat", symbol=ETH)])
     result = diff(snap)
     assert result.empty
     assert result.attrs["suppressed_recent"] == 4
@@ -604,7 +615,8 @@ def test_output_order_is_deterministic_whatever_the_input_order():
         e["qty"] = 9.0
     snap = snapshot(db_orders=db, exchange_open_orders=ex,
                     db_trade_slices=[trade_slice("p1", f"s{i}", 1.0, symbol=ETH)
-                                     for i in range(3)])
+                                     for i in range(3)],
+                    exchange_positions=[ex_position(0.0, side="flat", symbol=ETH)])
     first = diff(snap)
     assert len(first) == 3 + 3 + 4 + 3
     shuffled = {k: v.sample(frac=1.0, random_state=3).reset_index(drop=True)

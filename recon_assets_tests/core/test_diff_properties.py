@@ -190,14 +190,22 @@ def drifted_states(draw) -> tuple[State, Counter]:
             state.exchange_positions.append(ex_position(extra * STEP, account=account,
                                                         symbol=symbol, step=STEP))
         expected[("position_drift", account, symbol, None, None, False)] += 1
-    # Ghost slices: open slices on a symbol the exchange is flat on.
+    # Ghost slices: open slices on a symbol the exchange is flat on, unless they net to flat
+    # (long and short slices of one account that add up to the exchange's flat: in sync).
+    books: dict[str, list[tuple[str, int]]] = {}
     for k in range(draw(st.integers(0, 2))):
         account, pid, tag = draw(st.sampled_from(owners))
+        units, side = draw(st.integers(1, 999)), draw(st.sampled_from(("long", "short")))
         state.db_trade_slices.append(trade_slice(
-            pid, f"g{k}", draw(st.integers(1, 999)) * STEP, account=account,
-            symbol=GHOST_SYMBOL, side=draw(st.sampled_from(("long", "short"))),
+            pid, f"g{k}", units * STEP, account=account, symbol=GHOST_SYMBOL, side=side,
             order_client_ids=[make_client_order_id(tag, f"g{k}", "ENTRY")]))
-        expected[("ghost_slice", account, GHOST_SYMBOL, None, f"g{k}", True)] += 1
+        books.setdefault(account, []).append((f"g{k}", units if side == "long" else -units))
+    for account, book in books.items():
+        state.exchange_positions.append(ex_position(0.0, side="flat", account=account,
+                                                    symbol=GHOST_SYMBOL, step=STEP))
+        if sum(units for _, units in book) != 0:
+            for trade, _ in book:
+                expected[("ghost_slice", account, GHOST_SYMBOL, None, trade, True)] += 1
     return state, expected
 
 
@@ -227,7 +235,7 @@ def test_every_injected_difference_is_found_exactly_once(case):
 
 
 def mirrored(state: State) -> State:
-    flip = {"buy": "sell", "sell": "buy", "long": "short", "short": "long"}
+    flip = {"buy": "sell", "sell": "buy", "long": "short", "short": "long", "flat": "flat"}
     out = copy.deepcopy(state)
     for rows in (out.db_orders, out.exchange_open_orders, out.db_positions,
                  out.exchange_positions, out.db_trade_slices):

@@ -73,9 +73,10 @@ def recorded_history(cycles: int, *, profiles: int = 3, accounts: int = 1, seed:
                 for key in sorted(open_ghosts):
                     g = open_ghosts[key]
                     streak, began = next_streak(streaks.get(key), previous, cycle_id)
-                    decision, _ = slice_decision(key, key[0], True, streak, g["attributed"], 0.5,
-                                                 False, False, False, "", parity,
-                                                 frozenset(quarantined), frozenset(), tripped)
+                    decision, _ = slice_decision(key, key[0], ghost=True, streak=streak,
+                                                 attributed=g["attributed"], mark=0.5,
+                                                 policy=parity, quarantined=key in quarantined,
+                                                 tripped=tripped.get(key[0]))
                     decided.append(_row(cycle_id, account, key, g["symbol"] + "USDT", True,
                                         g["attributed"], g["notional"], streak, began, parity,
                                         decision))
@@ -134,7 +135,8 @@ def recorded_history(cycles: int, *, profiles: int = 3, accounts: int = 1, seed:
 def _row(cycle_id, account, key, symbol, ghost, attributed, notional, streak, began, parity,
          decision) -> dict:
     return {"cycle_id": cycle_id, "exchange_account": account, "profile_id": key[0],
-            "trade_id": key[1], "slice_no": key[2], "symbol": symbol, "ghost": ghost,
+            "trade_id": key[1], "slice_no": key[2], "symbol": symbol, "side": "long",
+            "ghost": ghost,
             "attributable": attributed, "mark_price": 0.5, "mismatch_notional_usd": notional,
             "streak": streak, "streak_started_cycle": began,
             "confirmations_required": parity.confirmations, "decision": decision,

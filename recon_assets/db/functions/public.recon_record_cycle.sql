@@ -7,12 +7,17 @@
 -- retried step) adds nothing the second time: mismatches are append-only history.
 -- p_db_read_at / p_exchange_read_at and p_db_run_id / p_exchange_run_id: the evidence the diff
 -- was made from (when each side was read, by which run); corrections judge its age by them.
+-- p_not_fully_checked: profile -> why a finding about it was held back by the recency guard
+-- (the watchdog does not call such a profile's cycle clean).
 DROP FUNCTION IF EXISTS public.recon_record_cycle(text, text, timestamptz, jsonb);
+DROP FUNCTION IF EXISTS public.recon_record_cycle(text, text, timestamptz, jsonb, timestamptz,
+                                                  timestamptz, text, text);
 
 CREATE OR REPLACE FUNCTION public.recon_record_cycle(
     p_cycle_id text, p_account text, p_started_at timestamptz, p_mismatches jsonb,
     p_db_read_at timestamptz DEFAULT NULL, p_exchange_read_at timestamptz DEFAULT NULL,
-    p_db_run_id text DEFAULT NULL, p_exchange_run_id text DEFAULT NULL)
+    p_db_run_id text DEFAULT NULL, p_exchange_run_id text DEFAULT NULL,
+    p_not_fully_checked jsonb DEFAULT NULL)
 RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -21,15 +26,16 @@ AS $$
 BEGIN
     INSERT INTO recon.cycles (cycle_id, exchange_account, started_at, finished_at, status,
                               mismatch_count, db_read_at, exchange_read_at, db_run_id,
-                              exchange_run_id)
+                              exchange_run_id, not_fully_checked)
     VALUES (p_cycle_id, p_account, p_started_at, clock_timestamp(), 'succeeded',
             jsonb_array_length(p_mismatches), p_db_read_at, p_exchange_read_at, p_db_run_id,
-            p_exchange_run_id)
+            p_exchange_run_id, COALESCE(p_not_fully_checked, '{}'::jsonb))
     ON CONFLICT (cycle_id, exchange_account) DO UPDATE
         SET status = 'succeeded', finished_at = EXCLUDED.finished_at,
             mismatch_count = EXCLUDED.mismatch_count, error = NULL,
             db_read_at = EXCLUDED.db_read_at, exchange_read_at = EXCLUDED.exchange_read_at,
-            db_run_id = EXCLUDED.db_run_id, exchange_run_id = EXCLUDED.exchange_run_id
+            db_run_id = EXCLUDED.db_run_id, exchange_run_id = EXCLUDED.exchange_run_id,
+            not_fully_checked = EXCLUDED.not_fully_checked
         WHERE recon.cycles.status <> 'succeeded';
     IF NOT FOUND THEN
         RETURN 0;

@@ -6,9 +6,14 @@
 --     never auto-resumed), a watchdog pause keeps the moment it began;
 --   * keeps the last verdict on recon.watchdog_state.
 -- The verdicts are core.watchdog's (VERDICT_COLUMNS); the rule is there, not here.
+--   * keeps on recon.cycles the position drift no profile could be charged with
+--     (p_uncharged: core.watchdog UNCHARGED_COLUMNS rows).
 -- Returns {"recorded": n, "paused": [profile ids paused now], "already_recorded": bool}.
+DROP FUNCTION IF EXISTS public.recon_record_watchdog(text, text, jsonb, text);
+
 CREATE OR REPLACE FUNCTION public.recon_record_watchdog(
-    p_cycle_id text, p_account text, p_verdicts jsonb, p_run_id text DEFAULT NULL)
+    p_cycle_id text, p_account text, p_verdicts jsonb, p_run_id text DEFAULT NULL,
+    p_uncharged jsonb DEFAULT NULL)
 RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -31,18 +36,26 @@ BEGIN
         profile_id text, allocated_capital_usd numeric, ghost_notional_usd numeric,
         order_notional_usd numeric, position_notional_usd numeric, mismatch_notional_usd numeric,
         threshold_pct numeric, threshold_usd numeric, findings integer, tripped boolean,
-        clean boolean, reason text);
+        clean boolean, reason text, not_fully_checked text, evidence_legs jsonb, systemic text);
 
     INSERT INTO recon.watchdog_checks (
         cycle_id, exchange_account, profile_id, allocated_capital_usd, ghost_notional_usd,
         order_notional_usd, position_notional_usd, mismatch_notional_usd, threshold_pct,
-        threshold_usd, findings, tripped, clean, reason)
+        threshold_usd, findings, tripped, clean, reason, not_fully_checked, evidence_legs,
+        systemic)
     SELECT p_cycle_id, p_account, v.profile_id, v.allocated_capital_usd,
            COALESCE(v.ghost_notional_usd, 0), COALESCE(v.order_notional_usd, 0),
            COALESCE(v.position_notional_usd, 0), v.mismatch_notional_usd, v.threshold_pct,
-           v.threshold_usd, COALESCE(v.findings, 0), v.tripped, v.clean, v.reason
+           v.threshold_usd, COALESCE(v.findings, 0), v.tripped, v.clean, v.reason,
+           v.not_fully_checked, COALESCE(v.evidence_legs, '[]'::jsonb), v.systemic
     FROM pg_temp.recon_verdicts v ORDER BY v.profile_id;
     GET DIAGNOSTICS v_recorded = ROW_COUNT;
+    UPDATE recon.cycles
+       SET uncharged_drift = COALESCE(p_uncharged, '[]'::jsonb),
+           uncharged_drift_usd = COALESCE((
+               SELECT pg_catalog.sum((u->>'notional_usd')::numeric)
+               FROM pg_catalog.jsonb_array_elements(COALESCE(p_uncharged, '[]'::jsonb)) u), 0)
+     WHERE cycle_id = p_cycle_id AND exchange_account = p_account;
 
     FOR vd IN SELECT * FROM pg_temp.recon_verdicts ORDER BY profile_id LOOP
         IF vd.tripped THEN

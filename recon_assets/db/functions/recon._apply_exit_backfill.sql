@@ -11,12 +11,74 @@
 --   slice_not_found       no such slice of the profile
 --   fill_not_found        recon has no such fill of the profile's account
 --   fill_already_booked   applied_fills holds the fill (booked by the trading app or a handler)
---   fill_does_not_fit     the fill is not an exit of the slice (symbol, side), or its qty
+--   fill_does_not_fit     the fill is not an exit of the slice (symbol, side; in hedge mode
+--                         its leg: a sell that opened a short exits no long), or its qty
 --                         exceeds the slice's open qty (a fill is never split)
 --   fee_unpriced          the fill paid a fee in an asset recon could not price in USD yet
 --   position_would_flip   the database's position cannot hold the exit
 --   fill_booked_concurrently  another writer booked the fill during this correction
--- A slice no longer open is "unchanged".
+-- A slice no longer open is "unchanged"; so is a decision (r.decision_id) that a newer cycle's
+-- EXIT backfill superseded: when a cycle of the account newer than the decision's has recorded
+-- its backfill and heartbeat, its decision about the fill must still be this pair, assignable,
+-- and GO or approved by an operator (act on the newest evidence).
+-- Why a newer cycle's decision supersedes decision p_decision_id about fill f and slice s (NULL:
+-- it does not).
+CREATE OR REPLACE FUNCTION recon._backfill_superseded(
+    p_account text, f recon.exchange_fills, s public.trade_history, p_decision_id bigint)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = ''
+AS $$
+DECLARE
+    v_decided recon.backfill_decisions%ROWTYPE;
+    v_newest text;
+    d recon.backfill_decisions%ROWTYPE;
+BEGIN
+    SELECT * INTO v_decided FROM recon.backfill_decisions WHERE id = p_decision_id;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    -- The account's newest succeeded cycle whose heartbeat ran (so its backfill ran before it).
+    SELECT cy.cycle_id INTO v_newest FROM recon.cycles cy
+     WHERE cy.exchange_account = p_account AND cy.status = 'succeeded'
+       AND EXISTS (SELECT 1 FROM recon.parity_checks pc
+                   WHERE pc.cycle_id = cy.cycle_id AND pc.exchange_account = p_account)
+     ORDER BY cy.started_at DESC NULLS LAST, cy.finished_at DESC LIMIT 1;
+    IF v_newest IS NULL OR v_newest = v_decided.cycle_id
+       OR NOT EXISTS (SELECT 1 FROM recon.cycles a, recon.cycles b
+                      WHERE a.cycle_id = v_newest AND a.exchange_account = p_account
+                        AND b.cycle_id = v_decided.cycle_id AND b.exchange_account = p_account
+                        AND a.started_at > b.started_at) THEN
+        RETURN NULL;
+    END IF;
+    SELECT * INTO d FROM recon.backfill_decisions
+     WHERE cycle_id = v_newest AND exchange_account = p_account AND symbol = f.symbol
+       AND exchange_fill_id = f.exchange_fill_id
+     ORDER BY id DESC LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN pg_catalog.format('superseded: the newer cycle %s has no backfill candidate for fill %s',
+                                 v_newest, f.exchange_fill_id);
+    END IF;
+    IF d.profile_id IS DISTINCT FROM s.profile_id OR d.trade_id IS DISTINCT FROM s.trade_id
+       OR d.slice_no IS DISTINCT FROM s.slice_no OR NOT d.assignable
+       OR (d.decision <> 'GO' AND NOT EXISTS (
+               SELECT 1 FROM recon.backfill_reviews v
+               WHERE v.exchange_account = p_account AND v.symbol = f.symbol
+                 AND v.exchange_fill_id = f.exchange_fill_id AND v.profile_id = s.profile_id
+                 AND v.trade_id = s.trade_id AND v.slice_no = s.slice_no
+                 AND v.verdict = 'approve'
+                 AND v.id = (SELECT max(w.id) FROM recon.backfill_reviews w
+                             WHERE w.exchange_account = p_account AND w.symbol = f.symbol
+                               AND w.exchange_fill_id = f.exchange_fill_id
+                               AND w.profile_id = s.profile_id AND w.trade_id = s.trade_id
+                               AND w.slice_no = s.slice_no))) THEN
+        RETURN pg_catalog.format('superseded: the newer cycle %s decided %s for fill %s (%s)',
+                                 v_newest, d.decision, f.exchange_fill_id, d.reason);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION recon._apply_exit_backfill(p_profile_id text, r jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql
@@ -30,6 +92,7 @@ DECLARE
     v_exit jsonb;
     v_position jsonb;
     v_inserted integer;
+    v_superseded text;
 BEGIN
     SELECT exchange_account INTO v_account FROM public.profiles WHERE id = p_profile_id;
     s := recon._lock_slice(h, p_profile_id, r->>'trade_id', (r->>'slice_no')::integer);
@@ -61,8 +124,17 @@ BEGIN
             'status', 'unchanged', 'trade_id', s.trade_id,
             'reason', 'the slice is no longer open', 'slice', pg_catalog.to_jsonb(s));
     END IF;
+    IF r->>'decision_id' IS NOT NULL THEN
+        v_superseded := recon._backfill_superseded(v_account, f, s, (r->>'decision_id')::bigint);
+        IF v_superseded IS NOT NULL THEN
+            RETURN pg_catalog.jsonb_build_object(
+                'status', 'unchanged', 'trade_id', s.trade_id, 'slice_no', s.slice_no,
+                'reason', v_superseded);
+        END IF;
+    END IF;
     IF f.symbol <> s.symbol OR (s.side = 'long' AND f.side <> 'sell')
-       OR (s.side = 'short' AND f.side <> 'buy') OR f.qty > s.virtual_open_qty THEN
+       OR (s.side = 'short' AND f.side <> 'buy') OR f.qty > s.virtual_open_qty
+       OR f.position_side IN ('long', 'short') AND f.position_side <> s.side THEN
         RAISE EXCEPTION USING ERRCODE = 'RCREF', DETAIL = 'fill_does_not_fit',
             MESSAGE = pg_catalog.format(
                 '%s: fill %s (%s %s %s) is no exit of slice %s of trade %s (%s %s, %s open)',
@@ -109,6 +181,11 @@ $$;
 
 -- The public entry point (psycopg SELECT or supabase-py rpc()): the correction frame of
 -- recon._run_correction (lock, gate owner, idempotency, dry run, record) around it.
+-- p_decision_id: the backfill decision it books (recon.backfill_decisions.id): a newer cycle's
+-- decision about the fill supersedes it unless it still names this pair.
+DROP FUNCTION IF EXISTS public.recon_exit_backfill(text, text, text, text, integer, text, text,
+                                                   boolean, jsonb);
+
 CREATE OR REPLACE FUNCTION public.recon_exit_backfill(
     p_profile_id text,
     p_cycle_id text,
@@ -118,7 +195,8 @@ CREATE OR REPLACE FUNCTION public.recon_exit_backfill(
     p_symbol text,
     p_exchange_fill_id text,
     p_dry_run boolean DEFAULT false,
-    p_evidence jsonb DEFAULT '{}'::jsonb)
+    p_evidence jsonb DEFAULT '{}'::jsonb,
+    p_decision_id bigint DEFAULT NULL)
 RETURNS jsonb
 LANGUAGE sql
 SECURITY DEFINER
@@ -128,5 +206,6 @@ AS $$
         'exit_backfill', p_profile_id, p_cycle_id, p_idempotency_key, NULL, p_dry_run,
         p_evidence,
         pg_catalog.jsonb_build_object('trade_id', p_trade_id, 'slice_no', p_slice_no,
-                                      'symbol', p_symbol, 'exchange_fill_id', p_exchange_fill_id));
+                                      'symbol', p_symbol, 'exchange_fill_id', p_exchange_fill_id,
+                                      'decision_id', p_decision_id));
 $$;

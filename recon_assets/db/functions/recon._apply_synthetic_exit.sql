@@ -5,8 +5,12 @@
 -- synthetic fill (exchange_fill_id 'synthetic:<idempotency key>', no exchange order, no fee) is
 -- booked in applied_fills so the position stays the sum of its booked fills, and an analyst tells
 -- it from a real one by that id and the close reason. Refused (RCREF) when the slice is not
--- found (slice_not_found), changed since the check (slice_changed), or the database's position
--- cannot hold the exit (position_would_flip); a slice already closed is "unchanged".
+-- found (slice_not_found), changed since the check (slice_changed), its trade has an EXIT order
+-- in an open status (exit_order_open: real evidence first, the lifecycle correction resolves
+-- it), or the database's position cannot hold the exit (position_would_flip). "unchanged" when
+-- the slice is already closed, or when a newer heartbeat check of the slice than the one the exit
+-- was decided in (r.check_id) did not decide this very exit (superseded: the newest evidence
+-- cleared, held or re-decided it; the next decision stands).
 CREATE OR REPLACE FUNCTION recon._apply_synthetic_exit(p_profile_id text, p_key text, r jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql
@@ -21,6 +25,8 @@ DECLARE
     v_fill_id text := 'synthetic:' || p_key;
     v_exit jsonb;
     v_position jsonb;
+    c recon.parity_checks%ROWTYPE;
+    v_open_exit record;
 BEGIN
     -- (NaN and Infinity are numerics greater than every number in Postgres: refused too.)
     IF v_qty IS NULL OR v_qty <= 0 OR v_price IS NULL OR v_price <= 0
@@ -32,6 +38,30 @@ BEGIN
         RETURN pg_catalog.jsonb_build_object(
             'status', 'unchanged', 'trade_id', s.trade_id,
             'reason', 'the slice is no longer open', 'slice', pg_catalog.to_jsonb(s));
+    END IF;
+    -- Act on the newest evidence: the slice's latest check must still decide this exit.
+    IF r->>'check_id' IS NOT NULL THEN
+        SELECT * INTO c FROM recon.parity_checks
+         WHERE profile_id = p_profile_id AND trade_id = s.trade_id AND slice_no = s.slice_no
+         ORDER BY id DESC LIMIT 1;
+        IF FOUND AND c.id > (r->>'check_id')::bigint
+           AND (c.decision <> 'synthetic_exit' OR c.idempotency_key IS DISTINCT FROM p_key) THEN
+            RETURN pg_catalog.jsonb_build_object(
+                'status', 'unchanged', 'trade_id', s.trade_id, 'slice_no', s.slice_no,
+                'reason', pg_catalog.format(
+                    'superseded: the newer check %s (cycle %s) decided %s: %s',
+                    c.id, c.cycle_id, c.decision, c.reason));
+        END IF;
+    END IF;
+    SELECT o.client_order_id, o.status INTO v_open_exit FROM public.orders o
+     WHERE o.profile_id = p_profile_id AND o.trade_id = s.trade_id AND o.intent = 'EXIT'
+       AND o.status = ANY (recon.open_order_statuses())
+     ORDER BY o.client_order_id LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'RCREF', DETAIL = 'exit_order_open',
+            MESSAGE = pg_catalog.format(
+                '%s: trade %s has the EXIT order %s %s in the database: no synthetic exit while the lifecycle has not resolved it',
+                h, s.trade_id, v_open_exit.client_order_id, v_open_exit.status);
     END IF;
     IF pg_catalog.abs(s.virtual_open_qty - v_qty) > 1e-9 * GREATEST(v_qty, 1) THEN
         RAISE EXCEPTION USING ERRCODE = 'RCREF', DETAIL = 'slice_changed',
@@ -62,6 +92,11 @@ $$;
 
 -- The public entry point (psycopg SELECT or supabase-py rpc()): the correction frame of
 -- recon._run_correction (lock, gate owner, idempotency, dry run, record) around it.
+-- p_check_id: the heartbeat check the exit was decided in (recon.parity_checks.id): a newer
+-- check that decided otherwise supersedes it.
+DROP FUNCTION IF EXISTS public.recon_synthetic_exit(text, text, text, text, integer, numeric,
+                                                    numeric, text, boolean, jsonb, timestamptz);
+
 CREATE OR REPLACE FUNCTION public.recon_synthetic_exit(
     p_profile_id text,
     p_cycle_id text,
@@ -73,7 +108,8 @@ CREATE OR REPLACE FUNCTION public.recon_synthetic_exit(
     p_price_source text DEFAULT 'mark_price',
     p_dry_run boolean DEFAULT false,
     p_evidence jsonb DEFAULT '{}'::jsonb,
-    p_exited_at timestamptz DEFAULT NULL)
+    p_exited_at timestamptz DEFAULT NULL,
+    p_check_id bigint DEFAULT NULL)
 RETURNS jsonb
 LANGUAGE sql
 SECURITY DEFINER
@@ -85,5 +121,5 @@ AS $$
         pg_catalog.jsonb_build_object('trade_id', p_trade_id, 'slice_no', p_slice_no,
                                       'qty', p_qty, 'price', p_price,
                                       'price_source', p_price_source,
-                                      'exited_at', p_exited_at));
+                                      'exited_at', p_exited_at, 'check_id', p_check_id));
 $$;

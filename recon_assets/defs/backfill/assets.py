@@ -58,7 +58,7 @@ def exit_backfill_candidates(context: dg.AssetExecutionContext, settings: ReconS
         recency_guard_s=settings.recency_guard_seconds)
     decisions = result.decisions
     recorded = store.record_decisions(cycle_id, account, json_records(decisions),
-                                      settings.position_parity_dry_run)
+                                      settings.position_parity_dry_run, context.run.run_id)
     counts = decisions["decision"].value_counts()
     methods = decisions["match_mode"].value_counts()
     go = decisions[decisions["decision"] == GO]

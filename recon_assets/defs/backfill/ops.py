@@ -6,7 +6,8 @@ import dagster as dg
 
 from recon_assets.core.rules import APPROVE, EXIT_BACKFILL, GO, REJECT
 from recon_assets.defs.apply import (Application, ProfileCycleConfig, apply_each, check_partition,
-                                     profile_partitioned_config, report_outcomes, resolve_cycle)
+                                     own_attempts_decisions, profile_partitioned_config,
+                                     report_outcomes, resolve_cycle)
 from recon_assets.resources.backfill_store import BackfillStore
 from recon_assets.resources.database import TradingStore
 from recon_assets.settings import ReconSettings
@@ -21,6 +22,7 @@ def _application(row: dict, profile: str, run_id: str, dry_run: bool, **evidence
         "p_idempotency_key": row["idempotency_key"], "p_trade_id": row["trade_id"],
         "p_slice_no": row["slice_no"], "p_symbol": row["symbol"],
         "p_exchange_fill_id": row["exchange_fill_id"], "p_dry_run": dry_run,
+        "p_decision_id": row["decision_id"],
         "p_evidence": {"decision_id": row["decision_id"], "backfill_cycle_id": row["cycle_id"],
                        "match_mode": row["match_mode"], "rule": row["reason"], **evidence}},
         row["trade_id"], None,
@@ -43,7 +45,10 @@ def apply_exit_backfill(context: dg.OpExecutionContext, config: ProfileCycleConf
     cycle = resolve_cycle(database, config.profile_id, config.cycle_id,
                           settings.correction_max_cycle_age_seconds)
     profile, dry_run = config.profile_id, settings.position_parity_dry_run
-    rows = BackfillStore(database).decisions(cycle["cycle_id"], profile, GO)
+    rows, not_mine = own_attempts_decisions(
+        context, cycle["cycle_id"], BackfillStore(database).decisions(cycle["cycle_id"], profile, GO))
+    if not_mine:
+        context.log.warning(not_mine)
     context.log.info(f"profile {profile}: {len(rows)} GO exit fill(s) in cycle "
                      f"{cycle['cycle_id']}; dry run {dry_run}")
     outcomes = apply_each(
@@ -54,7 +59,7 @@ def apply_exit_backfill(context: dg.OpExecutionContext, config: ProfileCycleConf
     report_outcomes(context, profile, outcomes, OUTCOME_COLUMNS, "exit_fills",
                     "_no GO exit fill to book_",
                     {"profile_id": profile, "backfill_cycle_id": cycle["cycle_id"],
-                     "dry_run": dry_run})
+                     "dry_run": dry_run, "not_applied": not_mine or ""})
     return {"cycle_id": cycle["cycle_id"], "outcomes": outcomes}
 
 

@@ -5,7 +5,8 @@ import dagster as dg
 
 from recon_assets.core.rules import QUARANTINE_RESOLUTIONS, SYNTHETIC_EXIT
 from recon_assets.defs.apply import (Application, ProfileCycleConfig, apply_each, check_partition,
-                                     profile_partitioned_config, report_outcomes, resolve_cycle)
+                                     own_attempts_decisions, profile_partitioned_config,
+                                     report_outcomes, resolve_cycle)
 from recon_assets.resources.database import TradingStore
 from recon_assets.resources.recon_store import ReconStore
 from recon_assets.settings import ReconSettings
@@ -20,8 +21,11 @@ def apply_parity(context: dg.OpExecutionContext, config: ProfileCycleConfig,
     check_partition(context, config.profile_id)
     cycle = resolve_cycle(database, config.profile_id, config.cycle_id,
                           settings.correction_max_cycle_age_seconds)
-    rows = ReconStore(database).parity_decisions(cycle["cycle_id"], config.profile_id,
-                                                 SYNTHETIC_EXIT)
+    rows, not_mine = own_attempts_decisions(
+        context, cycle["cycle_id"],
+        ReconStore(database).parity_decisions(cycle["cycle_id"], config.profile_id, SYNTHETIC_EXIT))
+    if not_mine:
+        context.log.warning(not_mine)
     profile, run_id, dry_run = config.profile_id, context.run.run_id, settings.position_parity_dry_run
     context.log.info(f"profile {profile}: {len(rows)} synthetic exit(s) decided in cycle "
                      f"{cycle['cycle_id']}; dry run {dry_run}")
@@ -33,7 +37,7 @@ def apply_parity(context: dg.OpExecutionContext, config: ProfileCycleConfig,
             "p_trade_id": row["trade_id"], "p_slice_no": row["slice_no"],
             "p_qty": row["qty"], "p_price": row["price"],
             "p_price_source": row["price_source"], "p_dry_run": dry_run,
-            "p_exited_at": row["checked_at"].isoformat(),
+            "p_exited_at": row["checked_at"].isoformat(), "p_check_id": row["check_id"],
             "p_evidence": {"check_id": row["check_id"], "heartbeat_cycle_id": row["cycle_id"],
                            "streak": row["streak"],
                            "streak_started_cycle": row["streak_started_cycle"],
@@ -52,7 +56,7 @@ def apply_parity(context: dg.OpExecutionContext, config: ProfileCycleConfig,
                     ["trade_id", "slice_no", "qty", "price", "status", "reason"],
                     "synthetic_exits", "_nothing to close_",
                     {"profile_id": profile, "heartbeat_cycle_id": cycle["cycle_id"],
-                     "dry_run": dry_run})
+                     "dry_run": dry_run, "not_applied": not_mine or ""})
     return {"cycle_id": cycle["cycle_id"], "outcomes": outcomes}
 
 

@@ -23,19 +23,26 @@ from recon_assets.settings import ReconSettings
 
 
 def judge(*, account: str, cycle_id: str, settings: ReconSettings, database: TradingStore,
-          profiles: pd.DataFrame, checks: pd.DataFrame, heartbeat_checked: bool) -> pd.DataFrame:
-    """The watchdog's verdict per profile of the account in this cycle (not yet recorded)."""
-    mismatches = WatchdogStore(database).cycle_mismatches(cycle_id, account)
-    return watchdog_verdicts(account=account, profiles=profiles, mismatches=mismatches,
-                             checks=checks, max_notional_pct=settings.position_parity_max_notional_pct,
-                             heartbeat_checked=heartbeat_checked)
+          profiles: pd.DataFrame, checks: pd.DataFrame, heartbeat_checked: bool,
+          fill_profiles: dict | None = None, systemic: str | None = None) -> pd.DataFrame:
+    """The watchdog's verdict per profile of the account in this cycle (not yet recorded), from
+    the diff's recorded findings and what it could not fully check."""
+    store = WatchdogStore(database)
+    return watchdog_verdicts(account=account, profiles=profiles,
+                             mismatches=store.cycle_mismatches(cycle_id, account), checks=checks,
+                             max_notional_pct=settings.position_parity_max_notional_pct,
+                             heartbeat_checked=heartbeat_checked, fill_profiles=fill_profiles,
+                             not_fully_checked=store.not_fully_checked(cycle_id, account),
+                             systemic=systemic)
 
 
 def record(context: dg.AssetExecutionContext, *, account: str, cycle_id: str,
-           database: TradingStore, webhook: AlertWebhook, verdicts: pd.DataFrame) -> dict:
-    """Record the verdicts, pause each profile that tripped (one transaction), alert each pause."""
+           database: TradingStore, webhook: AlertWebhook, verdicts: pd.DataFrame,
+           uncharged: list[dict] | None = None) -> dict:
+    """Record the verdicts and the drift charged to no profile, pause each profile that tripped
+    (one transaction), alert each pause."""
     result = WatchdogStore(database).record_watchdog(cycle_id, account, json_records(verdicts),
-                                                     context.run.run_id)
+                                                     context.run.run_id, uncharged)
     by_profile = verdicts.set_index("profile_id")
     for profile in result.get("paused", []):
         v = by_profile.loc[profile]

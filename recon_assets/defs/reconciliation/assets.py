@@ -96,10 +96,12 @@ def reconciliation_diff(
         "db_run_id": db_profiles.attrs["run_id"],
         "exchange_run_id": exchange_open_orders.attrs["run_id"],
     }
-    recorded = ReconStore(database).record_cycle(cycle_id, context.partition_key,
-                                                 _run_start(context), mismatch_records(diff),
-                                                 evidence)
+    recorded = ReconStore(database).record_cycle(
+        cycle_id, context.partition_key, _run_start(context), mismatch_records(diff),
+        {**evidence, "not_fully_checked": diff.attrs.get("not_fully_checked") or {}})
     context.log.info(f"cycle {cycle_id} on {context.partition_key}: {len(diff)} mismatches "
                      f"({recorded} newly recorded in recon.mismatches) from the evidence of "
                      f"{evidence_time(stamps).isoformat()}")
-    return dg.Output(diff, metadata={**diff_metadata(diff, cycle_id), **evidence})
+    return dg.Output(diff, metadata={**diff_metadata(diff, cycle_id), **evidence,
+                                     "not_fully_checked": diff.attrs.get("not_fully_checked")
+                                     or {}})

@@ -141,7 +141,9 @@ CASES = {
     "recon_reconcile_cancel": (_good_cancel, "orders", {
         **NUMERIC_OR_TEXT, "p_client_order_id": bad_text, "p_filled_qty": bad_numeric,
         "p_final_status": bad_status, "p_exchange_order_id": bad_text}),
-    "recon_synthetic_exit": (_good_synthetic, "entry_filled", {
+    # No synthetic exit while the trade's EXIT order is open (the lifecycle resolves it first):
+    # the slice's EXIT order was cancelled.
+    "recon_synthetic_exit": (_good_synthetic, "entry_filled_exit_cancelled", {
         **NUMERIC_OR_TEXT, "p_trade_id": bad_text, "p_slice_no": bad_int,
         "p_qty": bad_numeric, "p_price": bad_numeric, "p_price_source": bad_text,
         "p_exited_at": st.sampled_from(["garbage", "infinity", "-infinity", "", "2026-02-30"])}),
@@ -200,6 +202,9 @@ def setup(pg_dsn):
                 _entry_filled(store)
             if state == "entry_filled_and_stored_fill":
                 _stored_exit_fill(conn)
+            if state == "entry_filled_exit_cancelled":
+                conn.execute("UPDATE orders SET status = 'canceled' WHERE client_order_id = %s",
+                             (EXIT,))
         yield conn, store, prepare
 
 

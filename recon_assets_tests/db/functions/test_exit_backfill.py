@@ -128,15 +128,17 @@ def decision_row(**extra):
 
 def record(db, decisions, cycle="c1"):
     return call(db, "recon_record_backfill_decisions", p_cycle_id=cycle, p_account="acct1",
-                p_decisions=decisions)
+                p_decisions=decisions, p_run_id=f"{cycle}-attempt-1")
 
 
 def test_decisions_are_recorded_once_per_cycle_and_never_rewritten(db):
     unmatched = decision_row(exchange_fill_id="f2", profile_id=None, trade_id=None,
                              slice_no=None, match_mode=None, idempotency_key=None)
     assert record(db, [decision_row(), unmatched]) == {
-        "recorded": 2, "go": 0, "no_go": 2, "already_recorded": False}
-    assert record(db, [decision_row()])["already_recorded"] is True
+        "recorded": 2, "go": 0, "no_go": 2, "already_recorded": False, "run_id": "c1-attempt-1"}
+    # A second attempt of the cycle records nothing and learns which attempt did.
+    again = record(db, [decision_row()])
+    assert again["already_recorded"] is True and again["run_id"] == "c1-attempt-1"
     assert one(db, "SELECT count(*), count(trade_id) FROM recon.backfill_decisions") == (2, 1)
     with pytest.raises(psycopg.Error, match="append-only"):
         db.execute("UPDATE recon.backfill_decisions SET decision = 'GO'")

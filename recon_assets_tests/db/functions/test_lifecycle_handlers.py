@@ -778,8 +778,54 @@ def synthetic_params(**extra):
                 p_qty="2", p_price="90", **extra)
 
 
-def test_a_synthetic_exit_closes_the_slice_at_the_price_with_a_synthetic_fill(open_long):
+def exit_order_cancelled(db):
+    """open_long without its open EXIT order (cancelled): a slice a synthetic exit may close."""
+    db.execute("UPDATE orders SET status = 'canceled' WHERE client_order_id = 'rc.ALP.t1.X1'")
+    return db
+
+
+def test_no_synthetic_exit_while_the_trade_has_an_open_exit_order(open_long):
+    """Real evidence first: the EXIT order the database holds open may have filled (the
+    lifecycle correction books it at its real price); the synthetic exit is refused until the
+    lifecycle resolved it, and changes nothing."""
     db = open_long
+    before = full_state(db)
+    with pytest.raises(psycopg.Error) as err:
+        call(db, "recon_synthetic_exit", **synthetic_params())
+    assert err.value.sqlstate == "RCREF" and err.value.diag.message_detail == "exit_order_open"
+    assert "rc.ALP.t1.X1" in err.value.diag.message_primary
+    assert full_state(db) == before
+    exit_order_cancelled(db)
+    assert call(db, "recon_synthetic_exit", **synthetic_params())["status"] == "applied"
+
+
+def test_a_synthetic_exit_a_newer_check_superseded_changes_nothing(open_long):
+    """Act on the newest evidence: the exit was decided in check 1; a newer check of the slice
+    cleared it (the position is back): the exit is not applied."""
+    db = exit_order_cancelled(open_long)
+    for decision, key in (("synthetic_exit", "synthetic_exit:alpha:t1:1:k"), ("cleared", None)):
+        db.execute("INSERT INTO recon.parity_checks (cycle_id, exchange_account, profile_id, "
+                   "trade_id, slice_no, symbol, side, virtual_open_qty, attributable, ghost, "
+                   "confirmations_required, decision, reason, idempotency_key) VALUES "
+                   "(%s, 'acct1', 'alpha', 't1', 1, %s, 'long', 2, true, %s, 3, %s, 'r', %s)",
+                   (f"c-{decision}", SYMBOL, decision != "cleared", decision, key))
+    (decided,) = one(db, "SELECT id FROM recon.parity_checks WHERE decision = 'synthetic_exit'")
+    before = full_state(db)
+    result = call(db, "recon_synthetic_exit", **synthetic_params(p_check_id=decided))
+    assert result["status"] == "unchanged" and "superseded" in result["reason"]
+    assert "cleared" in result["reason"] and full_state(db) == before
+    # A still newer check decided the same exit (the same streak, so the same key): applied.
+    db.execute("INSERT INTO recon.parity_checks (cycle_id, exchange_account, profile_id, "
+               "trade_id, slice_no, symbol, side, virtual_open_qty, attributable, ghost, "
+               "confirmations_required, decision, reason, idempotency_key) VALUES "
+               "('c-again', 'acct1', 'alpha', 't1', 1, %s, 'long', 2, true, true, 3, "
+               "'synthetic_exit', 'r', 'synthetic_exit:alpha:t1:1:k')", (SYMBOL,))
+    assert call(db, "recon_synthetic_exit",
+                **synthetic_params(p_check_id=decided))["status"] == "applied"
+
+
+def test_a_synthetic_exit_closes_the_slice_at_the_price_with_a_synthetic_fill(open_long):
+    db = exit_order_cancelled(open_long)
     result = call(db, "recon_synthetic_exit", **synthetic_params())
     assert result["status"] == "applied" and result["handler"] == "synthetic_exit"
     assert one(db, "SELECT status, exit_qty, exit_price, realised_pnl_usd, close_reason "
@@ -801,7 +847,7 @@ def test_a_synthetic_exit_closes_the_slice_at_the_price_with_a_synthetic_fill(op
     ("DELETE FROM positions", "position_would_flip"),
 ])
 def test_a_synthetic_exit_that_the_database_contradicts_is_refused(open_long, change, detail):
-    db = open_long
+    db = exit_order_cancelled(open_long)
     db.execute(change)
     before = full_state(db)
     with pytest.raises(psycopg.Error) as err:
@@ -864,6 +910,8 @@ def test_sigkill_leaves_the_database_before_or_after_never_in_between(open_long,
     call(db, "recon_recalculate_capital", p_profile_id="alpha")
     function, make_params = SIGKILLED[handler]
     params = make_params()
+    if handler == "synthetic_exit":  # no synthetic exit while an EXIT order is open
+        exit_order_cancelled(db)
     before = state(db)
     after = _state_if_applied(db, function, params)
     assert state(db) == before and after != before

@@ -211,7 +211,7 @@ def test_backfill_store_reads_decisions_with_exact_numbers_and_datetimes(db, sto
         "fee_usd": None, "filled_at": FILLED_AT, "profile_id": "alpha", "trade_id": "t1",
         "slice_no": 1, "match_mode": "sub_tag", "strong": True, "assignable": True,
         "decision": "GO", "reason": "fits", "idempotency_key": "exit_backfill:alpha:t1:1:f1",
-        "created_at": first["created_at"]}
+        "created_at": first["created_at"], "run_id": None}
     assert isinstance(first["filled_at"], datetime) and isinstance(first["created_at"], datetime)
     assert Decimal(first["fill_qty"]) == Decimal("0.123456789012345678")
 
