@@ -416,6 +416,7 @@ def _decide(fill: _Fill, match: _Match, group: list[_Slice], room: dict, step: f
             grace: pd.Timedelta, policy: BackfillPolicy, reviews: Mapping[PairKey, Review],
             cycle_id: str, account: str) -> dict:
     target, why_not = None, ""
+    stale = 0  # targets the fill is older than: it cannot be their exit
     for s in match.targets:  # oldest slice of the trade first
         if s.opened_at is None:
             why_not = why_not or f"slice {s.label} has no opened time: the fill's age cannot be checked"
@@ -425,6 +426,7 @@ def _decide(fill: _Fill, match: _Match, group: list[_Slice], room: dict, step: f
                        if fill.filled_at is not None else float("nan"))
             why_not = why_not or (f"stale evidence: filled {minutes:.1f} min before slice {s.label} "
                                   f"opened, beyond the {policy.grace_minutes:g} min grace")
+            stale += 1
             continue
         if not _fits(fill.qty, s.left, step):
             why_not = why_not or (f"the fill's qty {fill.qty:g} exceeds the {s.left:g} left open "
@@ -464,8 +466,12 @@ def _decide(fill: _Fill, match: _Match, group: list[_Slice], room: dict, step: f
         if shown else None,
         # A NO_GO an operator may still turn (approve / reject): the fill may be the exit of the
         # slice it names, or of any of the candidates when it names none. Not so when the fill's
-        # own id rules the slices out, or an operator rejected the pair.
+        # own id rules the slices out, it is older than the slices it could be for (stale), or
+        # an operator rejected the pair.
         "awaiting_operator": decision == NO_GO and (match.method is not None or not match.strong)
-        and not (review is not None and review.verdict == REJECT),
-        "candidate_keys": [[s.key[0], s.key[1], str(s.key[2])] for s in group],
+        and not (review is not None and review.verdict == REJECT)
+        and not (match.targets and stale == len(match.targets)),
+        "candidate_keys": [[s.key[0], s.key[1], str(s.key[2])] for s in group
+                           if fill.filled_at is None or s.opened_at is None
+                           or fill.filled_at >= s.opened_at - grace],
     }

@@ -17,20 +17,21 @@ test keys are `simkey<account>` / `simsecret<account>` (simulator-only credentia
 | cancelled_behind_db | DB-open order cancelled on the exchange (missing_from_exchange; reconcileCancel) |
 | exit_filled_behind_db | our EXIT filled, slice still open in DB (missing_from_exchange, ghost_slice; reconcileExitFill: the EXIT backfill leaves a DB order's fills to it) |
 | exit_order_lost | our EXIT filled, the DB never recorded the order (ghost_slice; EXIT backfill GO by its client_order_id) |
-| closed_manually | position closed from the web UI (ghost_slice, fill not attributable: backfill NO_GO, parity heartbeat) |
+| closed_manually | position closed from the web UI (ghost_slice, fill not attributable: backfill NO_GO for an operator; the heartbeat holds the slice while it waits) |
+| closed_before_history | beta's ADA closed from the web UI 12 days ago, before the exchange's trade history and recon's fills window: a ghost no real fill explains (parity confirmations, then a synthetic exit at the mark) |
 | liquidated | position liquidated, EXIT order cancelled by it (ghost_slice, missing_from_exchange) |
 | missing_in_db | open orders the DB does not know: one of ours (adopt), one foreign (hands off) |
 | status_drift | DB says cancelled, the order is still open on the exchange |
 | price_drift | DB price differs from the exchange's |
 | position_drift | a foreign fill changed the account's position |
-| unattributed_ghost | ghost slice of a trade whose orders carry no sub-tag attribution (quarantine) |
+| unattributed_ghost | ghost slice of a trade whose orders carry no sub-tag attribution, closed before the trade history (no real fill: quarantine) |
 | legacy_slices | none: open slices (in sync) whose orders carry no sub-tag attribution, alpha long BNB and beta long XRP on acct1, gamma long BNB on acct2; a web-UI close of one is a ghost to quarantine (the soak's starting point, `recon_assets_tests/test_soak.py`) |
 | systemic_glitch | the exchange reports no positions at all (integrity watchdog pause, no mass close) |
 | conditional_orders | a DB-open stop-loss resting on the Algo Service (in sync); another one triggered and filled behind the DB's back (missing_from_exchange; reconcileExitFill) |
 | hedge_mode | `acct3` in hedge mode: `delta` long and `epsilon` short on BTC, one leg each; epsilon's EXIT filled behind the DB's back (missing_from_exchange, ghost_slice and position_drift of the short leg, which a net comparison would hide; reconcileExitFill) |
 | demo | all of the above except the glitch, the conditional orders and hedge mode, on acct1 and acct2 |
 | lifecycle | a filled entry, a filled exit and a cancel the database missed (the three handlers) |
-| reliability | lifecycle, plus an EXIT the database never recorded (backfill GO) and a position closed from the web UI (parity confirmations): every kind of correction in a few rounds (the kill-point tests) |
+| reliability | lifecycle, plus an EXIT the database never recorded (backfill GO) and a position closed before the trade history (parity confirmations, synthetic exit): every kind of correction in a few rounds (the kill-point tests) |
 """
 
 from __future__ import annotations
@@ -314,6 +315,28 @@ def _closed_manually(b: ScenarioBuilder, _base: dict) -> None:
     b.expect("position_drift", "acct1", "ADAUSDT", attributable=False, note=_DB_KEEPS_POSITION)
 
 
+# The exchange keeps a trade history of 7 days (userTrades without a range); recon reads fills
+# for its fills window (RECON_FILLS_WINDOW_HOURS, 72 h by default).
+_BEFORE_HISTORY_MS = 12 * 86_400_000
+
+
+def _closed_before_history(b: ScenarioBuilder, _base: dict) -> None:
+    """A slice the database still holds open whose position was closed from the web UI before
+    the exchange's trade history and recon's fills window begin: a ghost no real fill explains
+    (the stale state the parity heartbeat's synthetic exit is for)."""
+    now = b.clock
+    b.clock = now - _BEFORE_HISTORY_MS
+    b.trade("beta", "t-b6", "ADAUSDT", "BUY", "2000", "0.42000")
+    b.tick()
+    b.ex.close_position("acct1", "ADAUSDT", client_order_id="web_" + random_suffix(16),
+                        at_ms=b.clock)
+    b.clock = now
+    b.expect("ghost_slice", "acct1", "ADAUSDT", trade_id="t-b6", profile_id="beta",
+             attributable=True, note="closed before the trade history: no real fill to book; "
+                                     "parity heartbeat confirmations, then a synthetic exit")
+    b.expect("position_drift", "acct1", "ADAUSDT", attributable=False, note=_DB_KEEPS_POSITION)
+
+
 def _liquidated(b: ScenarioBuilder, _base: dict) -> None:
     _, exit_ref = b.trade("alpha", "t-a6", "DOGEUSDT", "BUY", "5000", "0.140000", "0.180000")
     b.tick()
@@ -360,11 +383,15 @@ def _position_drift(b: ScenarioBuilder, _base: dict) -> None:
 
 
 def _unattributed_ghost(b: ScenarioBuilder, _base: dict) -> None:
+    # Before the exchange's trade history: no real fill explains it (see closed_before_history).
+    now = b.clock
+    b.clock = now - _BEFORE_HISTORY_MS
     entry = b.order("gamma", "t-g2", "ENTRY", "SOLUSDT", "SELL", "20", "160.0000",
                     client_order_id="legacy" + random_suffix(12))
     b.fill(entry)
     b.tick()
     b.ex.close_position("acct2", "SOLUSDT", client_order_id="web_" + random_suffix(16), at_ms=b.clock)
+    b.clock = now
     b.expect("ghost_slice", "acct2", "SOLUSDT", trade_id="t-g2", profile_id="gamma",
              attributable=False, note="no order of the trade carries sub-tag attribution: quarantine")
     b.expect("position_drift", "acct2", "SOLUSDT", attributable=False, note=_DB_KEEPS_POSITION)
@@ -420,6 +447,7 @@ _PIECES: dict[str, Callable[[ScenarioBuilder, dict], None]] = {
     "exit_filled_behind_db": _exit_filled_behind_db,
     "exit_order_lost": _exit_order_lost,
     "closed_manually": _closed_manually,
+    "closed_before_history": _closed_before_history,
     "liquidated": _liquidated,
     "missing_in_db": _missing_in_db,
     "status_drift": _status_drift,
@@ -451,10 +479,10 @@ _PIECES["conditional_orders"] = _conditional_orders
 # Scenarios made of several pieces; every other scenario is one piece (or none, "clean").
 _COMBOS: dict[str, list[str]] = {
     "demo": [p for p in _PIECES if p not in ("systemic_glitch", "conditional_orders", "hedge_mode",
-                                              "legacy_slices")],
+                                              "legacy_slices", "closed_before_history")],
     "lifecycle": ["entry_filled_behind_db", "exit_filled_behind_db", "cancelled_behind_db"],
     "reliability": ["entry_filled_behind_db", "exit_filled_behind_db", "cancelled_behind_db",
-                    "exit_order_lost", "closed_manually"],
+                    "exit_order_lost", "closed_before_history"],
 }
 SCENARIOS = ("clean", *_PIECES, *_COMBOS)
 

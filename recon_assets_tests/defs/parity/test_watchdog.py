@@ -27,8 +27,8 @@ def instance():
         yield inst
 
 
-def start(sim, dsn, instance, **settings):
-    plan = sim.load_scenario("closed_manually")
+def start(sim, dsn, instance, scenario="closed_manually", **settings):
+    plan = sim.load_scenario(scenario)
     plan.seed_database(dsn)
     add_partitions(instance, plan)
     sim.exchange.set_mark_price("ADAUSDT", "0.05")
@@ -91,7 +91,9 @@ def paused_by_the_watchdog(defs, instance, dsn):
 
 def test_a_100_usd_ghost_on_10000_usd_pauses_that_profile_and_blocks_its_synthetic_exit(
         sim, pg_dsn, instance):
-    defs = start(sim, pg_dsn, instance, position_parity_confirmations=1)
+    """closed_before_history: beta's 2,000 ADA ghost (t-b6) has no real fill to wait for, so
+    only the watchdog stands between it and a synthetic exit."""
+    defs = start(sim, pg_dsn, instance, "closed_before_history", position_parity_confirmations=1)
     result = cycle(defs, instance)
     assert not result.success  # the blocking check failed the cycle's run ...
     assert query(pg_dsn, "SELECT status FROM recon.cycles WHERE cycle_id = %s",
@@ -99,10 +101,10 @@ def test_a_100_usd_ghost_on_10000_usd_pauses_that_profile_and_blocks_its_synthet
     assert gate(pg_dsn, "beta") == ("paused", "parity_watchdog")
     assert gate(pg_dsn, "alpha") == ("active", None)
     # Confirmed on its first sighting (N=1) and attributed, yet not closed: the watchdog tripped.
-    row = check({"acct1": result}, "acct1", "t-b5")
+    row = check({"acct1": result}, "acct1", "t-b6")
     assert row["decision"] == "blocked" and "integrity watchdog tripped" in row["reason"]
     assert parity_requests(defs, instance)[0] == []
-    assert slice_row(pg_dsn, "t-b5")[0] == "open"
+    assert slice_row(pg_dsn, "t-b6")[0] == "open"
     assert query(pg_dsn, "SELECT count(*) FROM recon.corrections WHERE handler = 'synthetic_exit'") == [(0,)]
     # The check: failed, ERROR, naming each profile's notional, capital and threshold.
     e = evaluation(result, "integrity_watchdog")
@@ -255,15 +257,17 @@ def test_with_auto_resume_off_only_an_operator_resumes(sim, pg_dsn, instance):
 
 
 def test_an_exchange_reporting_no_positions_pauses_instead_of_mass_closing(sim, pg_dsn, instance):
-    """systemic_glitch with the runbook's defaults and N=1: every slice is a confirmed ghost,
-    every profile trips, nothing is closed."""
+    """systemic_glitch with the runbook's defaults and N=1: every slice is a ghost no real fill
+    explains, of two profiles at once: the account is systemic, every profile trips, every slice
+    is held, nothing is closed."""
     plan = sim.load_scenario("systemic_glitch")
     plan.seed_database(pg_dsn)
     add_partitions(instance, plan)
     defs = make_defs(sim, pg_dsn, ReconSettings(position_parity_confirmations=1))
     results = run_scheduled_cycles(defs, instance, expect_success=False)
     frame = results["acct1"].output_for_node("position_parity_heartbeat")
-    assert frame["ghost"].all() and set(frame["decision"]) == {"blocked"}
+    assert frame["ghost"].all() and set(frame["decision"]) == {"held"}
+    assert all("systemic" in r for r in frame["reason"])
     assert parity_requests(defs, instance)[0] == []
     assert {p: g for p, g in query(pg_dsn, "SELECT id, pause_source FROM profiles "
                                            "WHERE exchange_account = 'acct1'")} == {
