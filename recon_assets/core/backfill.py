@@ -59,8 +59,9 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from recon_assets.core.attribution import parse_client_order_id, tagged_sub_tag
-from recon_assets.core.book import FLAT_GHOSTS, SUPPORTED, below_step, judge_leg, signed
-from recon_assets.core.evidence import exits_side, fill_leg
+from recon_assets.core.book import (EXPLAINED, FLAT_GHOSTS, SUPPORTED, below_step, judge_leg,
+                                    signed)
+from recon_assets.core.evidence import exits_side, fill_leg, pending_order_moves
 from recon_assets.core.frames import finite, is_hedged, leg_of, with_position_legs
 from recon_assets.core.rules import (BY_CLIENT_ORDER_ID, BY_SUB_TAG, BY_TRADE_ID_HINT, FLAT, GO,
                                      NO_GO, OPEN_SLICE_STATUS, POSITION_SIDES, QTY_ABS_TOL,
@@ -232,6 +233,8 @@ def exit_backfill_decisions(*, cycle_id: str, account: str, slices: pd.DataFrame
     steps: dict[str, float] = {}
     room: dict[tuple[str, str], float] = {}
     shortfall_rows = []
+    # What the database's own orders filled beyond it explains of each gap (left to the lifecycle).
+    moves = pending_order_moves(orders=orders, fills=fills, booked=booked, hedged=hedged)
     for (symbol, leg), members in sorted(legs.items()):
         position = positions.get((symbol, leg))
         if position is None:  # not checked this cycle: no shortfall can be known
@@ -239,16 +242,17 @@ def exit_backfill_decisions(*, cycle_id: str, account: str, slices: pd.DataFrame
         step = finite(position.min_qty_step) or QTY_ABS_TOL
         steps[symbol] = step
         exchange = 0.0 if position.side == FLAT else signed(position.side, float(position.qty))
-        verdict = judge_leg({s.key: signed(s.side, s.open_qty) for s in members}, exchange, step)
-        if verdict.state == SUPPORTED:
+        verdict = judge_leg({s.key: signed(s.side, s.open_qty) for s in members}, exchange, step,
+                            moves.get((symbol, leg), 0.0))
+        if verdict.state in (SUPPORTED, EXPLAINED):
             continue
         for side in POSITION_SIDES:
             mine = [s for s in members if s.side == side]
             claimed = sum(s.open_qty for s in mine)
             if verdict.state == FLAT_GHOSTS:  # the exchange holds nothing: all of it is gone
                 short = claimed
-            else:  # part is held: the side the gap points to, for at most the gap
-                short = min(claimed, max(0.0, signed(side, verdict.gap)))
+            else:  # part is held: the side the unexplained gap points to, for at most it
+                short = min(claimed, max(0.0, signed(side, verdict.left)))
             if not mine or below_step(short, step):
                 continue
             held = abs(exchange) if signed(side, exchange) > 0 else 0.0
@@ -278,11 +282,12 @@ def exit_backfill_decisions(*, cycle_id: str, account: str, slices: pd.DataFrame
                      _text(r.client_order_id), r.side, float(r.qty), float(r.price),
                      finite(r.fee_usd), _time(r.filled_at),
                      exits_side(r.side, fill_leg(hedged, r.side, position_side)))
-        if fill.exits is None or (fill.symbol, fill.exits) not in room \
-                or (fill.symbol, fill.fill_id) in booked:
+        if (fill.symbol, fill.fill_id) in booked:
             continue
         if fill.client_order_id in db_ids or fill.order_id in db_ids:
             left_to_lifecycle.append(fill.fill_id)
+            continue
+        if fill.exits is None or (fill.symbol, fill.exits) not in room:
             continue
         if cutoff is not None and fill.filled_at is not None and fill.filled_at > cutoff:
             held_recent.append(fill.fill_id)

@@ -10,16 +10,23 @@ holds? One home for the two rules the diff, the parity heartbeat and the EXIT ba
   signed position E:
 
   1. no exchange row for the leg: nothing is known, no slice is judged (`unchecked`);
-  2. |S - E| below one step: the book nets, every slice is supported, whatever E is (two
-     profiles long and short 0.5 on a one-way account the exchange nets to flat are in sync);
-  3. E below one step while S is not (the exchange is flat, the slices claim a position): every
-     open slice of the leg is a **ghost**;
-  4. otherwise the exchange holds part of what the slices claim. The gap S - E, less what real
-     evidence waiting to be booked already explains (`explained`: exit fills of orders the
-     database holds, the EXIT backfill's GO fills), is either below one step (`explained`: no
-     ghost; the slices with evidence wait for it) or it is not, and then no slice is singled
-     out: a slice whose size happens to match the gap is only a guess, so every slice of the
-     leg is **ambiguous** (reported, held for an operator, never closed), never a ghost.
+  2. |S - E| below one step and nothing waiting to be booked: the book nets, every slice is
+     supported, whatever E is (two profiles long and short 0.5 on a one-way account the
+     exchange nets to flat are in sync);
+  3. the gap S - E less what real evidence waiting to be booked explains (`explained`: fills of
+     orders the database holds, the EXIT backfill's GO fills) is below one step: no ghost, the
+     slices with evidence wait for it (`explained`), even when the exchange is flat (the
+     waiting fills are what netted it). A gap of zero that waiting fills would open is no
+     support: one profile's unbooked entry can net away another's lost exit;
+  4. E below one step while S (less what is explained) is not: the exchange is flat, the slices
+     claim a position: every open slice of the leg on the side the claim points to is a
+     **ghost** (all of them, in a leg of one side); a slice of the other side (one-way mode,
+     profiles long and short on one symbol) may be what the exchange's flat netted against, so
+     it is **ambiguous**, never a ghost;
+  5. otherwise the exchange holds part of what the slices claim and nothing explains the rest:
+     no slice is singled out, a slice whose size happens to match the gap is only a guess, so
+     every slice of the leg is **ambiguous** (reported, held for an operator, never closed),
+     never a ghost.
 
 A ghost is therefore only ever a slice of a leg the exchange holds nothing on; a gap on a leg
 the exchange still holds is evidence's or an operator's to explain.
@@ -84,19 +91,22 @@ def judge_leg(slices: Mapping[Hashable, float], exchange: float | None, step: fl
         return LegVerdict(UNCHECKED, frozenset(), frozenset(), claimed, None, 0.0, 0.0,
                           f"the exchange snapshot has no row for {where}: not checked")
     gap = claimed - exchange
-    if below_step(gap, step):
-        return LegVerdict(SUPPORTED, frozenset(), frozenset(), claimed, exchange, gap, 0.0,
+    left = gap - explained  # what the slices claim beyond the exchange once the waiting is booked
+    if below_step(left, step) and below_step(explained, step):
+        return LegVerdict(SUPPORTED, frozenset(), frozenset(), claimed, exchange, gap, left,
                           f"the open slices on {where} add up to the exchange's {exchange:g}")
-    if below_step(exchange, step):
-        return LegVerdict(FLAT_GHOSTS, keys, frozenset(), claimed, exchange, gap, gap,
-                          f"the exchange is flat on {where} while its open slices claim "
-                          f"{claimed:g}")
-    left = gap - explained
-    if below_step(left, step):
+    if below_step(left, step):  # even a flat exchange: the waiting fills are what netted it
         return LegVerdict(EXPLAINED, frozenset(), frozenset(), claimed, exchange, gap, left,
                           f"the exchange holds {exchange:g} on {where} against {claimed:g} "
                           f"claimed; real fills waiting to be booked explain the "
                           f"{gap:g} difference")
+    if below_step(exchange, step):
+        # The slices on the side the claim points to are gone; in one-way mode a slice of the
+        # other side may be what the flat position netted against: no fact, so ambiguous.
+        ghosts = frozenset(k for k, qty in slices.items() if qty * left > 0)
+        return LegVerdict(FLAT_GHOSTS, ghosts, keys - ghosts, claimed, exchange, gap, left,
+                          f"the exchange is flat on {where} while its open slices claim "
+                          f"{claimed:g}")
     return LegVerdict(UNEXPLAINED_GAP, frozenset(), keys, claimed, exchange, gap, left,
                       f"the exchange holds {exchange:g} on {where} against {claimed:g} claimed "
                       f"and {left:g} of the difference is explained by no real fill; no slice "

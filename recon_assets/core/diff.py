@@ -38,10 +38,11 @@ Kinds (`core.rules.MISMATCH_KINDS`, exactly the CHECK of `recon.mismatches`):
   a flat exchange (a flat leg in hedge mode).
 - ``ghost_slice``: an open slice (`status` ``open``) with `virtual_open_qty > 0` on a leg (the
   symbol's net position; in hedge mode the leg of the slice's side) the exchange holds nothing
-  on (|position| below `min_qty_step`) while the leg's open slices do not add up to that
-  (`core.book.judge_leg`, the rule the heartbeat and the backfill share: long and short slices
-  that net to the exchange's flat are in sync). A leg the exchange snapshot has no row for is
-  not judged. One row per slice, with its profile and trade;
+  on (|position| below `min_qty_step`) while the leg's open slices do not add up to that, on
+  the side their sum points to (`core.book.judge_leg`, the rule the heartbeat and the backfill
+  share: long and short slices that net to the exchange's flat are in sync; the diff judges
+  without the evidence waiting to be booked, which the heartbeat subtracts). A leg the
+  exchange snapshot has no row for is not judged. One row per slice, with its profile and trade;
   `attributable` = every order of its trade carries its profile's sub tag and the trade id in
   its client order id (`core.attribution.slice_attribution`; a profile having a sub tag proves
   nothing about a slice). Notional = virtual open qty x
@@ -505,6 +506,8 @@ ghosts AS (
     LEFT JOIN ex_symbol y ON y.account = s.account AND y.symbol = s.symbol
     WHERE {below_step_sql('x.ex_net', 'y.step')}
       AND NOT {below_step_sql('b.claimed - x.ex_net', 'y.step')}
+      -- the side the claim points to (a slice of the other side may be what the flat netted)
+      AND (b.claimed - x.ex_net) * CASE s.side WHEN 'long' THEN 1.0 ELSE -1.0 END > 0
 ),
 found(kind, profile_id, account, symbol, client_order_id, exchange_order_id, trade_id, attributable, db_qty, exchange_qty, db_status, exchange_status, db_price, exchange_price, notional_usd, suppressed, slice_no, details) AS (
     SELECT * FROM positions

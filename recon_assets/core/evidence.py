@@ -22,8 +22,9 @@ lifecycle correction, the EXIT backfill or an operator:
   the recency guard (looked at next cycle).
 
 Besides the holds: how much of each leg's gap (`core.book.judge_leg`) the waiting evidence
-explains (exit fills of the database's EXIT orders not booked yet, or filled on the exchange
-beyond what the database holds, and the EXIT backfill's GO fills), and which profiles' own
+explains (fills of the database's orders, entries and exits, not booked yet or filled on the
+exchange beyond what the database holds, which the lifecycle correction books; the EXIT
+backfill's GO fills), and which profiles' own
 sub-tagged fills, not booked yet, are on each leg (the integrity watchdog charges a position
 drift to them).
 """
@@ -103,6 +104,14 @@ def fill_leg(hedged: bool, side: str, position_side: object) -> str | None:
     return leg.lower() if leg and leg.lower() in POSITION_SIDES else None
 
 
+def order_leg(intent: str | None, side: str, hedged: bool) -> str:
+    """The leg an order of ours moves: one-way, the net position; hedge mode, an ENTRY buy or an
+    EXIT sell the long leg, the others the short."""
+    if not hedged:
+        return ONE_WAY
+    return "long" if (side == "buy") == ((intent or "ENTRY") == "ENTRY") else "short"
+
+
 def exits_side(side: str, leg: str | None) -> str | None:
     """The slice side a fill exits: one-way, a sell exits a long and a buy a short; hedge mode, a
     sell on the long leg or a buy on the short leg (a sell on the short leg opens a short); a
@@ -112,6 +121,52 @@ def exits_side(side: str, leg: str | None) -> str | None:
     if (leg, side) in (("long", "sell"), ("short", "buy")):
         return leg
     return None
+
+
+def _orders_by_id(orders: pd.DataFrame) -> dict[str, dict]:
+    """Client order id and exchange order id -> the database's order."""
+    order_of: dict[str, dict] = {}
+    for o in orders.to_dict("records"):
+        for column in ("client_order_id", "exchange_order_id"):
+            ident = _text(o.get(column))
+            if ident:
+                order_of[ident] = o
+    return order_of
+
+
+def pending_order_moves(*, orders: pd.DataFrame, fills: pd.DataFrame,
+                        booked: Iterable[tuple[str, str]], hedged: bool,
+                        exchange_open_orders: pd.DataFrame | None = None) -> dict[LegKey, float]:
+    """Per leg, the signed qty of the gap between the slices and the exchange that the
+    database's own orders explain: what the exchange filled of them beyond what the database
+    holds (their fills not booked, or an open order's filled qty beyond the database's), which
+    the lifecycle correction books. An exit of a long (a sell) explains +qty of a claim the
+    slices still make; an entry buy explains -qty the slices do not make yet."""
+    booked = {(str(s), str(f)) for s, f in booked}
+    order_of = _orders_by_id(orders)
+    behind: dict[str, float] = {}  # DB order -> qty the exchange filled it beyond the DB
+    for r in fills.itertuples():
+        order = order_of.get(_text(r.client_order_id) or "") or order_of.get(
+            _text(r.exchange_order_id) or "")
+        if order is not None and (r.symbol, str(r.exchange_fill_id)) not in booked:
+            ident = str(order["client_order_id"])
+            behind[ident] = behind.get(ident, 0.0) + _number(r.qty)
+    if exchange_open_orders is not None and len(exchange_open_orders):
+        for e in exchange_open_orders.to_dict("records"):
+            order = order_of.get(_text(e.get("client_order_id")) or "")
+            if order is not None:
+                ident = str(order["client_order_id"])
+                extra = _number(e.get("filled_qty")) - _number(order.get("filled_qty"))
+                behind[ident] = max(behind.get(ident, 0.0), extra)
+    out: dict[LegKey, float] = {}
+    for ident, qty in behind.items():
+        order = order_of[ident]
+        if qty <= 0:
+            continue
+        leg_key = (order["symbol"], order_leg(order.get("intent"), order["side"], hedged))
+        moved = qty if order["side"] == "buy" else -qty  # how the exchange's position moved
+        out[leg_key] = out.get(leg_key, 0.0) - moved
+    return out
 
 
 def pending_evidence(*, slices: pd.DataFrame, profiles: pd.DataFrame, orders: pd.DataFrame,
@@ -139,12 +194,7 @@ def pending_evidence(*, slices: pd.DataFrame, profiles: pd.DataFrame, orders: pd
         by_trade.setdefault((r.profile_id, r.trade_id), []).append(key)
         side_of[key] = r.side
         by_exit.setdefault((r.symbol, r.side), []).append(key)
-    order_of: dict[str, dict] = {}  # client order id and exchange order id -> DB order
-    for o in orders.to_dict("records"):
-        for column in ("client_order_id", "exchange_order_id"):
-            ident = _text(o.get(column))
-            if ident:
-                order_of[ident] = o
+    order_of = _orders_by_id(orders)
 
     def hold_trade(profile: str, trade: str, kind: str, why: str) -> None:
         for key in by_trade.get((profile, trade), []):
@@ -163,7 +213,6 @@ def pending_evidence(*, slices: pd.DataFrame, profiles: pd.DataFrame, orders: pd
             if isinstance(t, str) and t}
     cutoff = (pd.Timestamp(db_read_at) - pd.Timedelta(seconds=float(recency_guard_s))
               if db_read_at is not None else None)
-    behind: dict[str, float] = {}  # DB EXIT order -> qty the exchange filled it beyond the DB
     positions = fills["position_side"] if "position_side" in fills.columns else [None] * len(fills)
     for r, position_side in zip(fills.itertuples(), positions):
         fill_id, symbol = str(r.exchange_fill_id), r.symbol
@@ -183,9 +232,6 @@ def pending_evidence(*, slices: pd.DataFrame, profiles: pd.DataFrame, orders: pd
             hold_trade(order["profile_id"], order["trade_id"], UNBOOKED_FILL,
                        f"fill {fill_id} of its order {order['client_order_id']} (which the "
                        f"database {state}) is not booked: real evidence first")
-            if order.get("intent") == "EXIT":
-                ident = str(order["client_order_id"])
-                behind[ident] = behind.get(ident, 0.0) + _number(r.qty)
         exits = exits_side(r.side, leg)
         filled_at = _time(r.filled_at)
         if exits is not None and cutoff is not None and filled_at is not None \
@@ -195,25 +241,8 @@ def pending_evidence(*, slices: pd.DataFrame, profiles: pd.DataFrame, orders: pd
                           f"exit-side fill {fill_id} on {symbol} is newer than the database "
                           "read: looked at next cycle")
 
-    # What the exchange filled of the database's open EXIT orders beyond what it holds (an open
-    # order's partial fills may not be in the fills read yet).
-    if exchange_open_orders is not None and len(exchange_open_orders):
-        for e in exchange_open_orders.to_dict("records"):
-            order = order_of.get(_text(e.get("client_order_id")) or "")
-            if order is None or order.get("intent") != "EXIT":
-                continue
-            extra = _number(e.get("filled_qty")) - _number(order.get("filled_qty"))
-            ident = str(order["client_order_id"])
-            behind[ident] = max(behind.get(ident, 0.0), extra)
-    for ident, qty in behind.items():
-        order = order_of[ident]
-        keys = by_trade.get((order["profile_id"], order["trade_id"]), [])
-        if qty <= 0 or not keys:
-            continue
-        side = side_of[keys[0]]
-        leg = side if hedged else ONE_WAY
-        leg_key = (order["symbol"], leg)
-        out.explained[leg_key] = out.explained.get(leg_key, 0.0) + signed(side, qty)
+    out.explained = pending_order_moves(orders=orders, fills=fills, booked=booked,
+                                        hedged=hedged, exchange_open_orders=exchange_open_orders)
 
     for r in refusals:
         hold_trade(r["profile_id"], r["trade_id"], REFUSED_CORRECTION,

@@ -209,7 +209,9 @@ def parity_checks(*, cycle_id: str, account: str, previous_cycle_id: str | None,
                 "virtual_open_qty": float(r.virtual_open_qty), "exchange_qty": verdict.exchange,
                 "slices_qty": verdict.claimed, "min_qty_step": step, "mark_price": mark,
                 "price_source": source,
-                "mismatch_notional_usd": float(r.virtual_open_qty) * price if ghost and price else 0.0,
+                # At risk: a ghost, or a slice of a gap nothing explains (it could all be gone).
+                "mismatch_notional_usd": float(r.virtual_open_qty) * price
+                if (ghost or key in verdict.ambiguous) and price else 0.0,
                 "attributable": attributed, "attribution": attribution, "ghost": ghost,
                 "ghost_reason": verdict.why if ghost else None, "streak": streak,
                 "confirmations_required": policy.confirmations, "streak_started_cycle": started,

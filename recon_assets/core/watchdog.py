@@ -7,8 +7,9 @@ everything (safety rule 15): a profile's mismatch notional is the sum, over this
 findings, of what could be its money:
 
 - **ghosts**: the heartbeat's ghost slices of the profile (`mismatch_notional_usd` of its
-  checks with `ghost`, held ones included); while the heartbeat is off, the diff's
-  `ghost_slice` rows instead;
+  checks with `ghost`, held ones included), and its `ambiguous` slices (a gap on their leg that
+  nothing explains: netted with other profiles' slices, any of it could be gone, so each is
+  charged whole); while the heartbeat is off, the diff's `ghost_slice` rows instead;
 - **orders**: the diff's order findings with the profile's id (`rules.ORDER_DRIFT_KINDS`:
   missing from the exchange, attributed orders missing in the database, status, qty and price
   drift), each its `notional_usd` (the diff prices an order with no price, a market order, at
@@ -16,15 +17,14 @@ findings, of what could be its money:
 - **positions**: an account-level `position_drift` (per symbol in one-way mode, per symbol and
   leg in hedge mode) is first reduced by the ghosts found on the same symbol and leg (they
   explain that much of it; one leg's ghosts never offset another leg's drift). What is left is
-  charged to the profiles the evidence points at: those with an order finding on the symbol
-  and leg, or a fill of their own (their sub tag) not booked yet there
-  (`core.evidence.Evidence.fill_profiles`). When the drift grows the position (the exchange
-  holds more than the database), each is charged all of it; when it shrinks it, each at most
-  its own database position on the leg. With no such evidence, a drift that shrinks the
-  position is charged to every profile holding a database position there, each at most its
-  own (any of them could be the one that drifted); one that grows it is charged to no one and
-  is returned as **uncharged** (`uncharged_drift`): an account-level alert every cycle it
-  persists, and `/internal/health`.
+  charged, all of it, to each profile the evidence points at: those with an order finding on
+  the symbol and leg, or a fill of their own (their sub tag) not booked yet there
+  (`core.evidence.Evidence.fill_profiles`), whether or not they hold a database position. When
+  the drift shrinks the position (the exchange holds less than the database), every other
+  profile holding a database position there is charged too, each at most its own position (any
+  of them could be the one that drifted). A drift that grows the position with no evidence
+  pointing at anyone is charged to no one and is returned as **uncharged**
+  (`uncharged_drift`): an account-level alert every cycle it persists, and `/internal/health`.
 
 A finding can be charged twice when two findings describe one event (an entry filled behind the
 database is both an order missing from the exchange and a position drift); the watchdog errs
@@ -58,7 +58,8 @@ from datetime import datetime, timedelta
 
 import pandas as pd
 
-from recon_assets.core.rules import (CLEARED, CYCLE_SUCCEEDED, GHOST_SLICE, MISSING_IN_DB,
+from recon_assets.core.evidence import order_leg
+from recon_assets.core.rules import (AMBIGUOUS, CLEARED, CYCLE_SUCCEEDED, GHOST_SLICE, MISSING_IN_DB,
                                      ONE_WAY, ORDER_DRIFT_KINDS, PAUSED, POSITION_DRIFT,
                                      POSITION_SIDES, WATCHDOG_PAUSE_SOURCE)
 
@@ -126,14 +127,10 @@ def _text(value) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def order_leg(details: Mapping, hedged: bool) -> str:
-    """The leg an order finding moves: one-way, the net position; hedge mode (the account's
-    position rows are legs), an ENTRY buy or EXIT sell the long leg, the others the short."""
-    if not hedged:
-        return ONE_WAY
+def _finding_leg(details: Mapping, hedged: bool) -> str:
+    """The leg an order finding moves (`core.evidence.order_leg`)."""
     side = details.get("side") or details.get("db_side") or details.get("exchange_side")
-    entry = (details.get("intent") or "ENTRY") == "ENTRY"
-    return "long" if (side == "buy") == entry else "short"
+    return order_leg(details.get("intent"), side, hedged)
 
 
 def _ghost_legs(checks: Iterable[Mapping], mismatches: Iterable[Mapping],
@@ -142,7 +139,8 @@ def _ghost_legs(checks: Iterable[Mapping], mismatches: Iterable[Mapping],
     by_profile: dict[str, float] = {}
     by_leg: dict[tuple[str, str], float] = {}
     rows = ([(r["profile_id"], r["symbol"], r["side"], r["mismatch_notional_usd"])
-             for r in checks if r["ghost"]] if heartbeat_checked else
+             for r in checks if r["ghost"] or r["decision"] == AMBIGUOUS]
+            if heartbeat_checked else
             [(r["profile_id"], r["symbol"], _details(r.get("details")).get("side"),
               r["notional_usd"]) for r in mismatches
              if r["kind"] == GHOST_SLICE and _text(r.get("profile_id"))])
@@ -169,7 +167,7 @@ def _position_charges(mismatches: list[Mapping], checks: list[Mapping], heartbea
         if profile and row["kind"] in ORDER_DRIFT_KINDS:
             legs = legs_of_symbol.get(row["symbol"], {ONE_WAY})
             hedged = bool(legs & set(POSITION_SIDES))
-            leg = order_leg(_details(row.get("details")), hedged)
+            leg = _finding_leg(_details(row.get("details")), hedged)
             pointed.setdefault((row["symbol"], leg), set()).add(profile)
     charges: dict[str, float] = {}
     seen: dict[str, int] = {}
@@ -193,21 +191,16 @@ def _position_charges(mismatches: list[Mapping], checks: list[Mapping], heartbea
         held = {part.get("profile_id"): abs(_number(part.get("net_qty")))
                 for part in details.get("profiles") or [] if part.get("profile_id")}
         evidence = pointed.get((symbol, leg), set()) | set(fill_profiles.get((symbol, leg), ()))
-        if evidence:
-            for owner in sorted(evidence):
-                seen[owner] = seen.get(owner, 0) + 1
-                share = left if grows else min(left, held.get(owner, 0.0) * price)
-                charges[owner] = charges.get(owner, 0.0) + share
-            continue
-        if not grows and any(held.values()):
-            for owner, qty in sorted(held.items()):
-                if qty:
-                    seen[owner] = seen.get(owner, 0) + 1
-                    charges[owner] = charges.get(owner, 0.0) + min(left, qty * price)
-            continue
-        for owner, qty in held.items():  # seen, though no one can be charged with it
-            seen[owner] = seen.get(owner, 0) + 1
-        if left > 0:
+        shares = {owner: left for owner in evidence}  # the evidence's profiles: all of it
+        if not grows:  # a shrink: any holder could be the one that drifted, up to its position
+            for owner, qty in held.items():
+                if qty and owner not in shares:
+                    shares[owner] = min(left, qty * price)
+        for owner in sorted(set(shares) | set(held)):
+            seen[owner] = seen.get(owner, 0) + 1  # seen, even when not charged
+        for owner, share in sorted(shares.items()):
+            charges[owner] = charges.get(owner, 0.0) + share
+        if not shares and left > 0:
             uncharged.append({
                 "exchange_account": row.get("exchange_account"), "symbol": symbol,
                 "position_side": leg, "difference": difference, "notional_usd": left,

@@ -34,6 +34,7 @@ FUNCTIONS = (
     "recon_begin_reconciling",
     "recon_cycle_has_status",
     "recon_cycle_mismatches",
+    "recon_cycle_not_fully_checked",
     "recon_cycle_outcomes",
     "recon_database_created_at",
     "recon_database_now",

@@ -36,6 +36,11 @@ whose profiles are gone stops counting. If `profiles` is empty, every account in
 - `reconciliationIntegrityWatchdogTriggered`: true while any profile is paused with pause source
   `parity_watchdog` (public.profiles); false again once it is resumed (or an operator took the
   pause over).
+- `reconciliationUnchargedDriftUsd`: the position drift (USD) the integrity watchdog could charge
+  to no profile in the latest succeeded cycle of each watched account, summed (an account-level
+  finding: no order, fill or database position points at a profile; `core.watchdog`), and
+  `reconciliationUnchargedDriftAccounts`, the accounts with such drift. Each account's
+  `unchargedDrift` lists the drifts (symbol, leg, difference, notional, why).
 
 Extra fields: `accounts` (the same per watched account, with why it is or is not healthy),
 `profiles` (the trading gate of every profile: `profileId`, `account`, `tradingState` active /
@@ -131,6 +136,8 @@ def _account_health(row: dict, stale_after_s: float) -> dict[str, Any]:
         "parityMismatchTrades": row["ghost_trades"],
         "parityMaxMismatchNotionalUsd": row["ghost_max_usd"],
         "parityTotalMismatchNotionalUsd": row["ghost_total_usd"],
+        "unchargedDriftUsd": row["uncharged_drift_usd"],
+        "unchargedDrift": list(row["uncharged_drift"] or []),
     }
 
 
@@ -181,6 +188,9 @@ def read_state(store: TradingStore, stale_after_s: float = DEFAULT_STALE_AFTER_S
         "reconciliationParityTotalMismatchNotionalUsd": sum(
             a["parityTotalMismatchNotionalUsd"] for a in accounts),
         "reconciliationIntegrityWatchdogTriggered": bool(glob["watchdog"]),
+        "reconciliationUnchargedDriftUsd": round(sum(a["unchargedDriftUsd"] for a in accounts), 2),
+        "reconciliationUnchargedDriftAccounts": sorted(a["account"] for a in accounts
+                                                       if a["unchargedDriftUsd"] > 0),
         "accounts": accounts,
         "profiles": profiles,
         "staleAfterSeconds": stale_after_s,

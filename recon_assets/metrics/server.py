@@ -83,6 +83,8 @@ GAUGES = (
      "Sum of ghost-slice notional (USD) in the latest succeeded cycles."),
     ("reconciliation_integrity_watchdog_triggered", "reconciliationIntegrityWatchdogTriggered",
      "1 while the integrity watchdog has at least one profile paused, else 0."),
+    ("reconciliation_uncharged_drift_usd", "reconciliationUnchargedDriftUsd",
+     "Position drift (USD) the watchdog could charge to no profile, latest succeeded cycles."),
 )
 
 # /metrics counters: (family name, prometheus_client appends _total; key in ReconState.cumulative).

@@ -246,7 +246,8 @@ def test_a_synthetic_exit_only_after_n_consecutive_checked_sightings(steps, n, a
 def test_a_ghost_is_only_ever_a_slice_of_a_leg_the_exchange_holds_nothing_on(book, exchange):
     """Random books of up to three profiles on one one-way symbol against a random exchange
     position: when the slices add up to it nothing is a ghost; when the exchange is flat and
-    they do not, every slice is one; otherwise nothing is singled out (all ambiguous)."""
+    they do not, every slice on the side their sum points to is one (the others ambiguous);
+    otherwise nothing is singled out (all ambiguous)."""
     step = 0.001
     slices = [trade_slice(f"p{owner}", f"t{i}", q * step, side=side)
               for i, (q, side, owner) in enumerate(book)]
@@ -254,12 +255,15 @@ def test_a_ghost_is_only_ever_a_slice_of_a_leg_the_exchange_holds_nothing_on(boo
     position = [ex_position(abs(exchange) * step, side="long" if exchange > 0 else "short")] \
         if exchange else flat()
     checks = run(slices, position)
-    profiles = {f"p{owner}" for _, _, owner in book}
     if claimed == exchange:
         assert not checks["ghost"].any() and set(checks["decision"]) == {"cleared"}
     elif exchange == 0:
-        assert checks["ghost"].all()
-        expected = {"held"} if len(profiles) >= 2 else {"confirming"}
-        assert set(checks["decision"]) == expected
+        side = "long" if claimed > 0 else "short"
+        ghosts = checks[checks["side"] == side]
+        assert ghosts["ghost"].all() and not checks[checks["side"] != side]["ghost"].any()
+        assert set(checks[checks["side"] != side]["decision"]) <= {"ambiguous"}
+        ghost_profiles = set(ghosts["profile_id"])
+        expected = {"held"} if len(ghost_profiles) >= 2 else {"confirming"}
+        assert set(ghosts["decision"]) == expected
     else:
         assert not checks["ghost"].any() and set(checks["decision"]) == {"ambiguous"}

@@ -34,6 +34,7 @@ CHECKED = {
     ("recon.parity_checks", "decision"): rules.PARITY_DECISIONS,
     ("recon.parity_checks", "side"): rules.POSITION_SIDES,
     ("recon.trading_gate_events", "action"): rules.GATE_ACTIONS,
+    ("recon.exchange_fills", "position_side"): rules.POSITION_LEGS,
 }
 _ALLOWED = re.compile(r"^CHECK \(\(\(?(\w+)\)?(?:::text)? = ANY \(\(?ARRAY\[(.*)\]\)?(?:::text\[\])?\)\)\)$")
 

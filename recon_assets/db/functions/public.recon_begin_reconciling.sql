@@ -163,9 +163,3 @@ BEGIN
         'revoked_owner', CASE WHEN v_has_session AND NOT v_by_owner THEN v_owner END);
 END;
 $$;
-
--- The revocations are history: append-only like the tables of recon.forbid_change.sql (created
--- here because that file comes first in ORDER and this table is the gate's).
-DROP TRIGGER IF EXISTS reconciling_revoked_append_only ON recon.reconciling_revoked;
-CREATE TRIGGER reconciling_revoked_append_only BEFORE UPDATE OR DELETE ON recon.reconciling_revoked
-    FOR EACH ROW EXECUTE FUNCTION recon.forbid_change();

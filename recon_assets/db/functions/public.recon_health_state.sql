@@ -49,10 +49,15 @@ accounts AS (
            COALESCE(m.missing_in_db, 0) AS missing_in_db,
            COALESCE(g.ghost_trades, 0) AS ghost_trades,
            COALESCE(g.ghost_max_usd, 0)::float8 AS ghost_max_usd,
-           COALESCE(g.ghost_total_usd, 0)::float8 AS ghost_total_usd
+           COALESCE(g.ghost_total_usd, 0)::float8 AS ghost_total_usd,
+           COALESCE(lsc.uncharged_drift_usd, 0)::float8 AS uncharged_drift_usd,
+           COALESCE(lsc.uncharged_drift, '[]'::jsonb) AS uncharged_drift
     FROM watched w
     LEFT JOIN last_finished lf USING (exchange_account)
     LEFT JOIN last_success ls USING (exchange_account)
+    -- The position drift that cycle could charge to no profile (account level).
+    LEFT JOIN recon.cycles lsc ON lsc.cycle_id = ls.cycle_id
+                              AND lsc.exchange_account = ls.exchange_account
     LEFT JOIN LATERAL (
         SELECT count(*) AS mismatches,
                count(*) FILTER (WHERE mm.kind = p_missing_from_exchange) AS missing_from_exchange,

@@ -30,7 +30,9 @@ AS $$
                        'mismatch_notional_usd', k.mismatch_notional_usd::float8,
                        'streak', k.streak, 'streak_started_cycle', k.streak_started_cycle,
                        'confirmations_required', k.confirmations_required,
-                       'decision', k.decision, 'dry_run', k.dry_run) ORDER BY k.id)
+                       'decision', k.decision, 'dry_run', k.dry_run, 'side', k.side,
+                       'hold_reason', k.hold_reason, 'clear_streak', k.clear_streak)
+                       ORDER BY k.id)
             FROM recon.parity_checks k
             JOIN cyc c ON c.cycle_id = k.cycle_id AND c.exchange_account = k.exchange_account),
             '[]'::jsonb),
@@ -50,7 +52,9 @@ AS $$
                        'allocated_capital_usd', w.allocated_capital_usd::float8,
                        'mismatch_notional_usd', w.mismatch_notional_usd::float8,
                        'threshold_pct', w.threshold_pct::float8, 'tripped', w.tripped,
-                       'clean', w.clean, 'findings', w.findings, 'checked_at', w.checked_at)
+                       'clean', w.clean, 'findings', w.findings, 'checked_at', w.checked_at,
+                       'not_fully_checked', w.not_fully_checked,
+                       'evidence_legs', w.evidence_legs, 'systemic', w.systemic)
                        ORDER BY w.id)
             FROM recon.watchdog_checks w
             JOIN cyc c ON c.cycle_id = w.cycle_id AND c.exchange_account = w.exchange_account),

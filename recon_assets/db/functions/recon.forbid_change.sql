@@ -35,3 +35,7 @@ CREATE TRIGGER trading_gate_events_append_only BEFORE UPDATE OR DELETE ON recon.
 DROP TRIGGER IF EXISTS backfill_reviews_append_only ON recon.backfill_reviews;
 CREATE TRIGGER backfill_reviews_append_only BEFORE UPDATE OR DELETE ON recon.backfill_reviews
     FOR EACH ROW EXECUTE FUNCTION recon.forbid_change();
+
+DROP TRIGGER IF EXISTS reconciling_revoked_append_only ON recon.reconciling_revoked;
+CREATE TRIGGER reconciling_revoked_append_only BEFORE UPDATE OR DELETE ON recon.reconciling_revoked
+    FOR EACH ROW EXECUTE FUNCTION recon.forbid_change();
