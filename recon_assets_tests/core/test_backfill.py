@@ -236,3 +236,20 @@ def test_properties_of_every_assignment(book):
     # Determinism: the same inputs, in any order, give the same rows in the same order.
     again = run(list(reversed(slices)), position, list(reversed(fills)), policy=policy).decisions
     pd.testing.assert_frame_equal(d.reset_index(drop=True), again.reset_index(drop=True))
+
+
+def test_a_hedge_mode_sell_that_opened_a_short_is_no_exit_of_a_long():
+    """Hedge mode: the long leg is flat (the long slice's exit is missing), the short leg holds
+    a new short. A sell on the short leg opened that short: never booked as the long's exit; a
+    sell on the long leg is (GO by its client order id)."""
+    legs = [ex_position(0.0, side="flat") | {"position_side": "long"},
+            ex_position(0.5, side="short") | {"position_side": "short"}]
+    slices = [trade_slice("p1", "t1", 0.5)]
+    opened_short = fill(0.5, coid="rc.P1.t1.X1") | {"position_side": "short"}
+    assert rows(run(slices, legs, [opened_short])) == []
+    closed_long = fill(0.5, coid="rc.P1.t1.X1") | {"position_side": "long"}
+    (row,) = rows(run(slices, legs, [closed_long]))
+    assert (row["decision"], row["trade_id"]) == ("GO", "t1")
+    # A hedge-mode fill that does not say its leg is no exit anyone books.
+    unknown = fill(0.5, coid="rc.P1.t1.X1") | {"position_side": None}
+    assert rows(run(slices, legs, [unknown])) == []

@@ -23,6 +23,12 @@ The oracle knows each trade's true open quantity on the exchange and asserts:
 
 Prices: every order is placed at the mark (or is a market order, no price) and the mark does not
 move, so "notional" is quantity x mark on both sides of the comparison.
+
+What no snapshot can tell, and so the generator does not ask: in one-way mode, which of a leg's
+long and short trades a web-UI close ended (it closes the net), and a second close on a leg whose
+first close's fill still waits for an operator (the two can leave a book that nets to the flat
+exchange, which is in sync by rule). A flat answer lasts one cycle, fewer than the confirmations
+(with one confirmation it cannot be told from a close before the trade history).
 """
 
 from __future__ import annotations
@@ -543,10 +549,17 @@ def happen(w: World, symbols: list[str], event: str, pick: int) -> None:
     elif event in ("web_close", "old_close") and live:
         # In one-way mode a close of a leg holding long and short trades closes only the net:
         # which trades it ended is no fact the exchange knows, so the oracle closes legs whose
-        # open trades are all on one side (netted legs still see every other event).
-        closable = [t for t in live if len({o.side for o in w.open_trades()
-                                            if o.symbol == t.symbol
-                                            and w.leg(o.side) == w.leg(t.side)}) == 1]
+        # open trades are all on one side (netted legs still see every other event); and not a
+        # leg whose book still holds a slice a previous close ended (its fill waits for an
+        # operator): a second close can net the book to flat, which is in sync by rule.
+        def closable_leg(t: Trade) -> bool:
+            on_leg = [o for o in w.trades.values()
+                      if o.symbol == t.symbol and w.leg(o.side) == w.leg(t.side)]
+            stale = any(o.true_open <= 1e-9 and (o.profile, o.tid) in w.slices
+                        and w.slices[(o.profile, o.tid)]["status"] == "open" for o in on_leg)
+            return len({o.side for o in on_leg if o.true_open > 1e-9}) == 1 and not stale
+
+        closable = [t for t in live if closable_leg(t)]
         if closable:
             t = rng.choice(closable)
             w.close_leg(t.symbol, w.leg(t.side), visible=event == "web_close")

@@ -90,6 +90,8 @@ def test_a_dry_run_records_and_changes_nothing(ghost):
      "f1", "fill_already_booked"),
     ("UPDATE recon.exchange_fills SET side = 'buy'", "f1", "fill_does_not_fit"),
     ("UPDATE recon.exchange_fills SET qty = 3", "f1", "fill_does_not_fit"),
+    # Hedge mode: a sell on the short leg opened a short; it is no exit of the long slice.
+    ("UPDATE recon.exchange_fills SET position_side = 'short'", "f1", "fill_does_not_fit"),
     ("UPDATE recon.exchange_fills SET fee_usd = NULL", "f1", "fee_unpriced"),
     ("UPDATE positions SET qty = 1", "f1", "position_would_flip"),
     ("UPDATE trade_history SET trade_id = 't2'", "f1", "slice_not_found"),
@@ -177,3 +179,40 @@ def test_a_hint_ties_an_order_to_one_trade(db):
     with pytest.raises(psycopg.Error, match="does not trade on account"):
         call(db, "recon_add_exit_fill_hint", p_account="acct2", p_exchange_order_id="1",
              p_profile_id="alpha", p_trade_id="t1", p_note="x", p_added_by="ops")
+
+
+def _cycle_with_decision(db, cycle, started, decision, *, profile="alpha", trade="t1",
+                         assignable=True) -> int:
+    """A succeeded cycle of acct1 whose heartbeat ran, and its backfill decision about f1."""
+    db.execute("INSERT INTO recon.cycles (cycle_id, exchange_account, started_at, finished_at, "
+               "status) VALUES (%s, 'acct1', %s, %s, 'succeeded')", (cycle, started, started))
+    db.execute("INSERT INTO recon.parity_checks (cycle_id, exchange_account, profile_id, "
+               "trade_id, slice_no, symbol, side, virtual_open_qty, attributable, ghost, "
+               "confirmations_required, decision, reason) VALUES (%s, 'acct1', 'alpha', 't1', "
+               "1, %s, 'long', 2, true, true, 3, 'backfill', 'r')", (cycle, SYMBOL))
+    (decision_id,) = one(db, """
+        INSERT INTO recon.backfill_decisions (cycle_id, exchange_account, symbol,
+            exchange_fill_id, fill_side, fill_qty, fill_price, filled_at, profile_id, trade_id,
+            slice_no, slice_side, match_mode, strong, assignable, decision, reason,
+            idempotency_key)
+        VALUES (%s, 'acct1', %s, 'f1', 'sell', 2, 110, '2026-01-01T00:05:00Z', %s, %s, 1,
+                'long', 'sub_tag', true, %s, %s, 'r', 'exit_backfill:alpha:t1:1:f1')
+        RETURNING id""",
+                         cycle, SYMBOL, profile, trade, assignable, decision)
+    return decision_id
+
+
+def test_a_decision_a_newer_cycle_superseded_is_not_booked(ghost):
+    """Act on the newest evidence: cycle c1 decided GO for f1 -> t1; the newer cycle c2 (its
+    backfill and heartbeat ran) decided NO_GO for the same fill. Booking c1's decision is
+    unchanged, "superseded"; a decision the newest cycle still makes GO is booked."""
+    db = ghost
+    stored_fill(db, "f1", "2", "110")
+    old = _cycle_with_decision(db, "c1", "2026-01-01T00:10:00Z", "GO")
+    _cycle_with_decision(db, "c2", "2026-01-01T00:11:00Z", "NO_GO", assignable=False)
+    before = full_state(db)
+    result = backfill(db, "f1", p_decision_id=old)
+    assert result["status"] == "unchanged" and "superseded" in result["reason"]
+    assert "c2" in result["reason"] and full_state(db) == before
+    _cycle_with_decision(db, "c3", "2026-01-01T00:12:00Z", "GO")
+    assert backfill(db, "f1", p_decision_id=old)["status"] == "applied"

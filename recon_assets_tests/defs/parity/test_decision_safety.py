@@ -374,9 +374,8 @@ def test_drift_no_profile_can_be_charged_with_is_an_account_level_alert(sim, pg_
         charged = verdict(pg_dsn, result, profile)
         assert float(charged["position_notional_usd"]) == 0 and charged["tripped"] is False
     health = load_state(pg_dsn).health
-    if "reconciliationUnchargedDriftUsd" in health:  # the lead's /internal/health field
-        assert health["reconciliationUnchargedDriftUsd"] >= 60_000 * 0.99
-        assert health["reconciliationUnchargedDriftAccounts"] == [ACCOUNT]
+    assert health["reconciliationUnchargedDriftUsd"] >= 60_000 * 0.99
+    assert health["reconciliationUnchargedDriftAccounts"] == [ACCOUNT]
 
 
 def test_a_cycle_whose_finding_the_recency_guard_held_back_is_not_clean(sim, pg_dsn, instance):

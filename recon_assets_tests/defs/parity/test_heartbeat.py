@@ -320,3 +320,30 @@ def test_an_exchange_briefly_reporting_no_position_pauses_the_account_and_closes
 
 def requests_for(requests, *profiles):
     return [r for r in requests if r.partition_key in profiles]
+
+
+def test_a_retried_cycle_never_acts_on_its_first_attempts_decisions(sim, pg_dsn, instance):
+    """closed_before_history, N=1: the first attempt of a cycle recorded a synthetic exit of
+    t-b6 and its worker died before the parity job ran; the retry (same cycle, new snapshots)
+    finds the decisions recorded by the first attempt, so the job launched from the retry acts
+    on none of them: the next cycle decides again from its own snapshots."""
+    defs = start(sim, pg_dsn, instance, "closed_before_history", position_parity_confirmations=1)
+    first = run_scheduled_cycles(defs, instance)["acct1"]
+    assert check({"acct1": first}, "acct1", "t-b6")["decision"] == "synthetic_exit"
+    job = defs.resolve_job_def("reconciliation_cycle")
+    retry = job.execute_in_process(instance=instance, partition_key="acct1", tags={
+        "recon/account": "acct1", "dagster/root_run_id": first.run_id,
+        "dagster/parent_run_id": first.run_id})
+    assert retry.success
+    mat = retry.asset_materializations_for_node("position_parity_heartbeat")[0]
+    assert mat.metadata["decisions_recorded_by_run"].value == first.run_id
+    (run,) = run_requests(defs, instance, "position_parity", [dg.RunRequest(
+        partition_key="beta", run_config={"ops": {"apply_parity": {"config": {
+            "profile_id": "beta", "cycle_id": first.run_id}}}})])
+    assert run.success and run.output_for_node("apply_parity")["outcomes"] == []
+    (output,) = [e for e in run.all_node_events if e.event_type_value == "STEP_OUTPUT"]
+    why = output.event_specific_data.metadata["not_applied"].value
+    assert f"earlier attempt {first.run_id}" in why and retry.run_id in why
+    assert slice_row(pg_dsn, "t-b6")[0] == "open"
+    assert query(pg_dsn, "SELECT count(*) FROM recon.corrections WHERE handler = "
+                         "'synthetic_exit'") == [(0,)]
