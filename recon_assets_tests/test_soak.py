@@ -3,9 +3,11 @@ back and exchange faults, database faults and run-worker kills injected at set r
 
 Each round, before the loop runs: a stand-in trading app (this process, like demo.py's) may
 place an ENTRY order and let the exchange fill it unseen, fill one partially (the rest next
-round), cancel one on the exchange, leave a foreign order from the web UI, or close a position
-from the web UI behind the database (a ghost; or an unattributed ghost: one of the scenario's
-legacy slices, whose orders carry no sub tag). Then one round of the loop runs in a forked run
+round), cancel one on the exchange, leave a foreign order from the web UI, close a position from
+the web UI behind the database a moment ago (its real fill waits for an operator: the slice is
+held, never closed at the mark), or close one before the exchange's trade history begins (no
+real fill to book: a ghost the heartbeat closes; or an unattributed ghost, one of the scenario's
+legacy slices, whose orders carry no sub tag, which it quarantines). Then one round of the loop runs in a forked run
 worker (harness/replays.py); at the set rates, the simulator fails one request, the run worker
 gets a database fault (harness/db_faults.py), or it is SIGKILLed at a random store call and a
 second worker recovers. Time is compressed through the flags (two confirmations, two clean
@@ -14,8 +16,10 @@ cycles, no minimum pause or cooldown); nothing sleeps.
 After every round the invariants hold (harness/invariants.py). At the end, after quiet rounds:
 every attributable drift was resolved within two clean rounds of its appearance (a round with
 a fault or a kill is not clean), every other one was reported (foreign orders: not
-attributable), quarantined (the unattributed ghosts, within two clean rounds too) or NO_GO with
-a reason (the web-UI closes, before their synthetic exit), and none is lost.
+attributable), quarantined (the unattributed ghosts, within two clean rounds too) or held for
+an operator (the recent web-UI closes: a NO_GO with its reason, the slice open and held), and
+none is lost. The policy replay of the soak's recorded history with its live flags reproduces
+every recorded decision (fidelity).
 
 RECON_SOAK_ROUNDS (default 8 plus 3 quiet rounds, two accounts: 22 cycles, 78 s to 2.5 min here;
 100 rounds: 13 min) and RECON_SOAK_SEED set
@@ -42,7 +46,7 @@ from recon_assets.core.attribution import make_client_order_id
 from recon_assets.defs.partitions import exchange_account_partitions, profile_partitions
 from recon_assets.simulator.scenarios import LEGACY_SLICES
 from recon_assets.simulator.server import SimulatorServer
-from recon_assets.simulator.state import random_suffix
+from recon_assets.simulator.state import now_ms, random_suffix
 from recon_assets_tests.conftest import TEMPLATE_DB
 from recon_assets_tests.harness.db_faults import LOST_AFTER, LOST_BEFORE, STATEMENT_TIMEOUT
 from recon_assets_tests.harness.invariants import assert_invariants
@@ -57,7 +61,8 @@ QUIET_ROUNDS = 3  # at the end: no new drift, no faults, so everything can settl
 DRIFT_RATE, EXCHANGE_FAULT_RATE, DB_FAULT_RATE, KILL_RATE = 0.8, 0.3, 0.25, 0.2
 # However the draws fall, each kind is injected at least once: a kill in round 1, a database
 # fault in round 3, an exchange fault in round 5, a web-UI close (ghost) as soon as one is
-# possible from round 4 on, a web-UI close of a legacy slice (unattributed ghost) in round 6.
+# possible from round 4 on, a web-UI close of a legacy slice (unattributed ghost) in round 6, a
+# recent web-UI close (held for an operator) from round 7 on.
 FORCED = {1: "kill", 3: "database", 5: "exchange"}
 # One round of the loop usually makes more store calls, so the kill usually lands; when it does
 # not (a cycle failed early), the worker finishes the round itself, the kill is not counted, and
@@ -79,6 +84,9 @@ PROFILES = {"alpha": ("acct1", "ALP"), "beta": ("acct1", "BET"), "gamma": ("acct
 # otherwise trade. profile -> (trade_id, symbol)
 LEGACY = {profile: (trade_id, symbol) for profile, trade_id, symbol, *_ in LEGACY_SLICES}
 UNATTRIBUTED_GHOST_ROUND = 6
+WEB_CLOSE_ROUND = 7
+# A close this long ago is before the exchange's trade history (7 days) and the fills window.
+BEFORE_HISTORY_MS = 13 * 86_400_000
 EXCHANGE_FAULTS = ("server_error", "drop", "malformed_json", "truncated")
 EXCHANGE_PATHS = ("/fapi/v1/openOrders", "/fapi/v2/positionRisk", "/fapi/v1/userTrades",
                   "/fapi/v1/order", None)
@@ -144,7 +152,7 @@ class TradingApp:
         if not drift or self.rng.random() > DRIFT_RATE:
             return
         kind = self.rng.choice(("entry_filled", "partial_fill", "cancelled", "foreign_order",
-                                "ghost", "unattributed_ghost"))
+                                "ghost", "web_close", "unattributed_ghost"))
         if kind == "unattributed_ghost":
             left = sorted(set(LEGACY) - closed)
             if left:
@@ -153,11 +161,16 @@ class TradingApp:
             kind = "entry_filled"  # every legacy slice is closed already
         if round_no >= 4 and not any(d["kind"] == "ghost" for d in self.drifts):
             kind = "ghost"  # falls back to an entry fill while no slice can be closed
+        elif round_no >= WEB_CLOSE_ROUND and not any(d["kind"] == "web_close"
+                                                     for d in self.drifts):
+            kind = "web_close"
         profile = self.rng.choice(sorted(PROFILES))
         account = PROFILES[profile][0]
         symbol = self.rng.choice(SYMBOLS[profile])
-        if kind == "ghost":
-            # A web-UI close of a position that is exactly one open slice of this profile.
+        if kind in ("ghost", "web_close"):
+            # A web-UI close of a position that is exactly one open slice of this profile: a
+            # moment ago (web_close: its fill waits for an operator), or before the trade
+            # history (ghost: no real fill to book).
             candidates = [(p, s) for p in sorted(PROFILES) for s in SYMBOLS[p]
                           if not self._busy(PROFILES[p][0], s)
                           and [row[0] for row in self._open_slices(PROFILES[p][0], s)] == [p]]
@@ -167,8 +180,9 @@ class TradingApp:
                 profile, symbol = self.rng.choice(candidates)
                 account = PROFILES[profile][0]
                 (_, trade_id), = self._open_slices(account, symbol)
-                self.sim.exchange.close_position(account, symbol,
-                                                 client_order_id="web_" + random_suffix(16))
+                self.sim.exchange.close_position(
+                    account, symbol, client_order_id="web_" + random_suffix(16),
+                    at_ms=now_ms() - BEFORE_HISTORY_MS if kind == "ghost" else None)
                 self._record(kind, round_no, profile, trade_id=trade_id, symbol=symbol)
                 return
         if self._busy(account, symbol) or (kind != "foreign_order"
@@ -199,10 +213,12 @@ class TradingApp:
                      symbol=symbol)
 
     def _close_legacy(self, round_no: int, profile: str) -> None:
-        """A web-UI close of the profile's legacy slice: a ghost the heartbeat cannot attribute."""
+        """A web-UI close of the profile's legacy slice before the trade history: a ghost with no
+        real fill, which the heartbeat cannot attribute."""
         trade_id, symbol = LEGACY[profile]
         self.sim.exchange.close_position(PROFILES[profile][0], symbol,
-                                         client_order_id="web_" + random_suffix(16))
+                                         client_order_id="web_" + random_suffix(16),
+                                         at_ms=now_ms() - BEFORE_HISTORY_MS)
         self._record("unattributed_ghost", round_no, profile, trade_id=trade_id, symbol=symbol)
 
     def _record(self, kind: str, round_no: int, profile: str, **what) -> None:
@@ -226,13 +242,23 @@ def resolve(dsn: str, drifts: list[dict], round_no: int) -> None:
                 row = conn.execute(
                     "SELECT close_reason FROM trade_history WHERE profile_id = %s AND "
                     "trade_id = %s AND status = 'closed'", (d["profile"], d["trade_id"])).fetchone()
+                if row and row[0] == "parity_synthetic_exit":
+                    outcome = "resolved"
+            elif d["kind"] == "web_close":
+                # Its real fill is a NO_GO with its reason, awaiting an operator; the slice is
+                # open and the heartbeat holds it (never closed at the mark).
                 no_go = conn.execute(
                     "SELECT reason FROM recon.backfill_decisions WHERE profile_id = %s AND "
                     "trade_id = %s AND decision = 'NO_GO' AND reason <> ''",
                     (d["profile"], d["trade_id"])).fetchone()
-                if row and row[0] == "parity_synthetic_exit":
-                    outcome = "resolved"
-                    d["no_go_reason"] = no_go[0] if no_go else None
+                check = conn.execute(
+                    "SELECT c.decision, t.status FROM recon.parity_checks c JOIN trade_history t "
+                    "ON t.profile_id = c.profile_id AND t.trade_id = c.trade_id WHERE "
+                    "c.profile_id = %s AND c.trade_id = %s ORDER BY c.id DESC LIMIT 1",
+                    (d["profile"], d["trade_id"])).fetchone()
+                if no_go and check == ("held", "open"):
+                    outcome = "held_for_operator"
+                    d["no_go_reason"] = no_go[0]
             elif d["kind"] == "unattributed_ghost":
                 # Quarantined, and still open: never closed without attribution.
                 row = conn.execute(
@@ -341,9 +367,9 @@ def test_soak_with_drift_faults_and_kills(soak):
         "resolved": sum(d["outcome"] == "resolved" for d in app.drifts),
         "reported_not_attributable": sum(d["outcome"] == "reported" for d in app.drifts),
         "quarantined": sum(d["outcome"] == "quarantined" for d in app.drifts),
-        # The web-UI closes: each a NO_GO of the EXIT backfill, with its reason, before the
-        # heartbeat's synthetic exit resolved it (so these are counted in "resolved" too).
-        "no_go_with_reason": sum(bool(d.get("no_go_reason")) for d in app.drifts),
+        # The recent web-UI closes: each a NO_GO of the EXIT backfill, with its reason, the
+        # slice held for an operator.
+        "held_for_operator": sum(d["outcome"] == "held_for_operator" for d in app.drifts),
         "lost": [d for d in app.drifts if d["outcome"] is None],
     }
     with psycopg.connect(dsn) as conn:
@@ -367,8 +393,30 @@ def test_soak_with_drift_faults_and_kills(soak):
     assert summary["open_quarantines"] == summary["quarantined"], summary
     assert not summary["lost"], summary
     assert not late, summary
-    # Every web-UI close was a NO_GO of the EXIT backfill, with its reason, before it was closed.
-    assert all(d.get("no_go_reason") for d in app.drifts if d["kind"] == "ghost"), summary
+    # Every recent web-UI close waits for an operator on its real fill (never closed at the mark).
+    if ROUNDS > WEB_CLOSE_ROUND:
+        assert summary["drifts"].get("web_close"), summary
+    assert all(d["outcome"] == "held_for_operator" for d in app.drifts
+               if d["kind"] == "web_close"), summary
+    assert not [d for d in app.drifts if d["kind"] != "web_close"
+                and d["outcome"] == "held_for_operator"], summary
+    # The policy replay of the soak's history, with the flags each cycle recorded, reproduces
+    # every recorded decision.
+    fidelity = replay_fidelity(dsn)
+    assert fidelity.fidelity_ok, (fidelity.first_difference, summary)
+
+
+def replay_fidelity(dsn: str):
+    """The policy replay of the whole recorded history with the soak's live flags."""
+    from recon_assets.core.replay import replay
+    from recon_assets.defs.replay.assets import replay_policy
+    from recon_assets.resources.database import PostgresStore
+    from recon_assets.resources.replay_store import ReplayStore
+    from recon_assets.settings import ReconSettings
+
+    settings = ReconSettings(**SETTINGS)
+    history = ReplayStore(PostgresStore(dsn=dsn)).history(None, [])
+    return replay(history, replay_policy(settings), replay_policy(settings))
 
 
 def _log(base: Path) -> str:

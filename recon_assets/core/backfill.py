@@ -4,13 +4,14 @@ function of a cycle's snapshots. No I/O, no Dagster: `defs/backfill` fetches, ca
 
 **Where it looks.** The whole book of each leg (`core.book.judge_leg`: the symbol's net position
 in one-way mode, each leg in hedge mode) says where exits happened that the database does not
-know: nowhere when the open slices add up to what the exchange holds (a book that nets is in
-sync, whatever the net); every slice of a leg the exchange is flat on; otherwise the side the
-gap points to (slices claim more long, or more short, than the exchange holds), for at most the
-gap. That **shortfall** (per symbol and side) makes the open slices there candidates, and so is
-every fill of the symbol in the exchange fills window that exits that side (one-way: a sell
-exits a long, a buy a short; hedge mode: a sell on the long leg, a buy on the short leg, by the
-fill's `position_side`: a sell that opened a short is no exit), not booked in `applied_fills`. Fills of
+know: nowhere when the open slices add up to what the exchange holds once the fills of the
+database's own orders are booked (a book that nets is in sync, whatever the net); every slice of
+a leg the exchange is flat on; otherwise the side the gap points to (slices claim more long, or
+more short, than the exchange holds), for at most the gap. That **shortfall** (per symbol and
+side) makes the open slices there candidates, and so is every fill of the symbol in the
+exchange fills window that exits that side (one-way: a sell exits a long, a buy a short; hedge
+mode: a sell on the long leg, a buy on the short leg, by the fill's `position_side`: a sell
+that opened a short is no exit), not booked in `applied_fills`. Fills of
 an order the database holds are left to that order's lifecycle correction (reconcileExitFill
 probes the order and books them); fills newer than the database read minus the recency guard, and
 a symbol and side whose slices the trading app changed in that moment, are looked at next cycle.
@@ -39,7 +40,9 @@ otherwise it is reported, `NO_GO`, as the match it would have made, for an opera
 `RECON_EXIT_BACKFILL_FILL_AFTER_TRADE_GRACE_MINUTES` is rejected (history never closes a newer
 trade); a fill is never split, so it must fit in the slice's open qty left and in the shortfall
 left on its symbol and side (strong fills are placed first, so a heuristic never takes room a
-strong fill needs). An operator's `reject` of a (fill, slice) pair keeps it `NO_GO`; an `approve`
+strong fill needs), except a fill whose id is the EXIT id of the slice's own trade: proof on its
+own, bounded by the slice's open qty alone (other unbooked fills, a foreign close awaiting an
+operator, can net the shortfall smaller than it). An operator's `reject` of a (fill, slice) pair keeps it `NO_GO`; an `approve`
 makes it `GO` in the cycles that follow, through the same gates.
 
 **Invariants** (property-tested): a fill is assigned to at most one slice; no slice receives more
@@ -437,7 +440,11 @@ def _decide(fill: _Fill, match: _Match, group: list[_Slice], room: dict, step: f
             why_not = why_not or (f"the fill's qty {fill.qty:g} exceeds the {s.left:g} left open "
                                   f"on slice {s.label} (a fill is never split)")
             continue
-        if not _fits(fill.qty, room[(fill.symbol, fill.exits)], step):
+        # The deterministic EXIT id of the slice's own trade is proof on its own: the slice's
+        # open qty bounds it, not the net shortfall left, which other fills still waiting for an
+        # operator (a foreign close) can shrink.
+        if match.method != BY_CLIENT_ORDER_ID and not _fits(fill.qty, room[(fill.symbol,
+                                                                          fill.exits)], step):
             why_not = why_not or (f"the fill's qty {fill.qty:g} exceeds the exchange's shortfall "
                                   f"of {room[(fill.symbol, fill.exits)]:g} left on {fill.symbol} "
                                   f"({fill.exits})")

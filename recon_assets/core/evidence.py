@@ -24,7 +24,8 @@ lifecycle correction, the EXIT backfill or an operator:
 Besides the holds: how much of each leg's gap (`core.book.judge_leg`) the waiting evidence
 explains (fills of the database's orders, entries and exits, not booked yet or filled on the
 exchange beyond what the database holds, which the lifecycle correction books; the EXIT
-backfill's GO fills), and which profiles' own
+backfill's GO fills), what each profile's own fills of orders the database never recorded are
+worth (`unrecorded`), and which profiles' own
 sub-tagged fills, not booked yet, are on each leg (the integrity watchdog charges a position
 drift to them).
 """
@@ -58,6 +59,9 @@ class Evidence:
     holds: dict[SliceKey, list[tuple[str, str]]] = field(default_factory=dict)
     explained: dict[LegKey, float] = field(default_factory=dict)  # signed qty of the gap
     fill_profiles: dict[LegKey, set[str]] = field(default_factory=dict)
+    # profile -> USD of its own fills (its sub tag) of orders the database never recorded, not
+    # booked: drift no order finding shows (a lost order), charged by the watchdog
+    unrecorded: dict[str, float] = field(default_factory=dict)
 
     def hold_reason(self, key: SliceKey) -> str | None:
         """Why the slice waits for real evidence, or None."""
@@ -226,6 +230,9 @@ def pending_evidence(*, slices: pd.DataFrame, profiles: pd.DataFrame, orders: pd
             for each in ([leg] if leg else list(POSITION_SIDES)):
                 out.fill_profiles.setdefault((symbol, each), set()).add(tags[tag])
         order = order_of.get(coid or "") or order_of.get(oid or "")
+        if order is None and tag in tags:
+            out.unrecorded[tags[tag]] = out.unrecorded.get(tags[tag], 0.0) + \
+                _number(r.qty) * _number(r.price)
         if order is not None:
             state = ("holds as " + order["status"] if order.get("status") not in
                      OPEN_ORDER_STATUSES else "holds open")

@@ -28,8 +28,9 @@ breaks it. A ghost's decision, in order:
 2. `held`: real evidence waits for its trade (`core.evidence`: an EXIT order open in the
    database, a fill of its orders not booked, a lifecycle correction refused and not resolved,
    a backfill candidate awaiting an operator, an exit-side fill newer than the read), or the
-   account is **systemic**: the exchange reports flat for ghosts of several profiles
-   (`rules.SYSTEMIC_MIN_PROFILES`) of the account at once with no real fill explaining them.
+   account is **systemic**: the exchange reports flat for new ghosts (not seen the cycle
+   before, not quarantined) of several profiles (`rules.SYSTEMIC_MIN_PROFILES`) of the account
+   at once with no real fill explaining them.
    A systemic account's profiles are all paused by the integrity watchdog and nothing is
    closed until the exchange and the slices agree again. A held slice's streak starts again;
 3. `quarantine`: it is quarantined already (never closed automatically until released);
@@ -107,8 +108,8 @@ def synthetic_exit_key(profile_id: str, trade_id: str, slice_no: int, streak_sta
 
 
 def systemic_reason(account: str, profiles: set[str]) -> str | None:
-    """Why the account is judged systemic (None: it is not): ghosts that no real fill explains
-    belong to at least `SYSTEMIC_MIN_PROFILES` of its profiles at once."""
+    """Why the account is judged systemic (None: it is not): new ghosts that no real fill
+    explains belong to at least `SYSTEMIC_MIN_PROFILES` of its profiles at once."""
     if len(profiles) < SYSTEMIC_MIN_PROFILES:
         return None
     return (f"systemic: the exchange reports flat for open slices of {len(profiles)} profiles "
@@ -169,9 +170,16 @@ def parity_checks(*, cycle_id: str, account: str, previous_cycle_id: str | None,
         verdict = judge_leg(qty, exchange, step, evidence.explained.get((symbol, leg), 0.0),
                             where)
         judged.append((symbol, keyed, qty, verdict, step, mark))
-    # Systemic: ghosts no real evidence explains, of several profiles at once.
+    # Systemic: new ghosts (not seen last cycle, not quarantined) no real evidence explains, of
+    # several profiles at once: a flat answer, not a known ghost awaiting its confirmations.
+    def new_and_unexplained(k: SliceKey) -> bool:
+        seen = streaks.get(k)
+        return (k not in recent and k not in backfill_go and k not in quarantined
+                and not evidence.hold_reason(k)
+                and not (seen is not None and seen.last_cycle in (previous_cycle_id, cycle_id)))
+
     unexplained = {k[0] for _s, _k, _q, verdict, _st, _m in judged for k in verdict.ghosts
-                   if k not in recent and k not in backfill_go and not evidence.hold_reason(k)}
+                   if new_and_unexplained(k)}
     systemic = systemic_reason(account, unexplained)
     rows: list[dict] = []
     for symbol, keyed, qty, verdict, step, mark in judged:

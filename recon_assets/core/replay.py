@@ -321,7 +321,9 @@ def _fold_account(account: str, cycles: list[dict], checks: Mapping, mismatches:
             fill_profiles=fill_profiles,
             not_fully_checked={v["profile_id"]: v["not_fully_checked"]
                                for v in recorded_verdicts if v.get("not_fully_checked")},
-            systemic=next((v["systemic"] for v in recorded_verdicts if v.get("systemic")), None))
+            systemic=next((v["systemic"] for v in recorded_verdicts if v.get("systemic")), None),
+            unrecorded_fills={v["profile_id"]: v.get("unrecorded_fills_usd") or 0.0
+                              for v in recorded_verdicts})
         tripped = {v["profile_id"]: v["reason"] for v in judged_now if v["tripped"]}
         if tripped:
             decided = decide(tripped)

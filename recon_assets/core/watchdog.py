@@ -13,7 +13,8 @@ findings, of what could be its money:
 - **orders**: the diff's order findings with the profile's id (`rules.ORDER_DRIFT_KINDS`:
   missing from the exchange, attributed orders missing in the database, status, qty and price
   drift), each its `notional_usd` (the diff prices an order with no price, a market order, at
-  the mark);
+  the mark), and its own fills (its sub tag) of orders the database never recorded, not booked
+  (`unrecorded_fills_usd`: a lost order no finding shows, `core.evidence`);
 - **positions**: an account-level `position_drift` (per symbol in one-way mode, per symbol and
   leg in hedge mode) is first reduced by the ghosts found on the same symbol and leg (they
   explain that much of it; one leg's ghosts never offset another leg's drift). What is left is
@@ -67,7 +68,7 @@ VERDICT_COLUMNS = (
     "profile_id", "exchange_account", "allocated_capital_usd", "ghost_notional_usd",
     "order_notional_usd", "position_notional_usd", "mismatch_notional_usd", "threshold_pct",
     "threshold_usd", "findings", "tripped", "clean", "reason", "not_fully_checked",
-    "evidence_legs", "systemic",
+    "evidence_legs", "systemic", "unrecorded_fills_usd",
 )
 UNCHARGED_COLUMNS = ("exchange_account", "symbol", "position_side", "difference",
                      "notional_usd", "reason")
@@ -99,7 +100,8 @@ def watchdog_verdicts(*, account: str, profiles: pd.DataFrame, mismatches: pd.Da
                       heartbeat_checked: bool = True,
                       fill_profiles: Mapping[tuple[str, str], set[str]] | None = None,
                       not_fully_checked: Mapping[str, str] | None = None,
-                      systemic: str | None = None) -> pd.DataFrame:
+                      systemic: str | None = None,
+                      unrecorded_fills: Mapping[str, float] | None = None) -> pd.DataFrame:
     """One verdict per profile of `account` (columns `VERDICT_COLUMNS`, by profile id): what was
     charged to it (see the module docstring), the threshold, `tripped` and `clean`;
     `result.attrs["uncharged"]`: the position drift charged to no one (`UNCHARGED_COLUMNS`).
@@ -109,12 +111,15 @@ def watchdog_verdicts(*, account: str, profiles: pd.DataFrame, mismatches: pd.Da
     cycle's heartbeat checks (PARITY_CHECK_COLUMNS); `heartbeat_checked`: false when the
     heartbeat is off (the diff's ghost rows are charged instead); `fill_profiles`: (symbol, leg)
     -> profiles whose own fills, not booked yet, are there; `not_fully_checked`: profile -> why
-    a finding about it was held back this cycle; `systemic`: why the account is systemic."""
+    a finding about it was held back this cycle; `systemic`: why the account is systemic;
+    `unrecorded_fills`: profile -> USD of its own unbooked fills of orders the database never
+    recorded."""
     rows = verdict_records(account=account, profiles=profiles.to_dict("records"),
                            mismatches=mismatches.to_dict("records"),
                            checks=checks.to_dict("records"), max_notional_pct=max_notional_pct,
                            heartbeat_checked=heartbeat_checked, fill_profiles=fill_profiles,
-                           not_fully_checked=not_fully_checked, systemic=systemic)
+                           not_fully_checked=not_fully_checked, systemic=systemic,
+                           unrecorded_fills=unrecorded_fills)
     frame = pd.DataFrame(rows, columns=list(VERDICT_COLUMNS))
     frame.attrs["uncharged"] = uncharged_drift(
         account=account, mismatches=mismatches.to_dict("records"),
@@ -225,7 +230,8 @@ def verdict_records(*, account: str, profiles: Iterable[Mapping], mismatches: It
                     heartbeat_checked: bool = True,
                     fill_profiles: Mapping[tuple[str, str], set[str]] | None = None,
                     not_fully_checked: Mapping[str, str] | None = None,
-                    systemic: str | None = None) -> list[dict]:
+                    systemic: str | None = None,
+                    unrecorded_fills: Mapping[str, float] | None = None) -> list[dict]:
     """`watchdog_verdicts` on plain records (dicts with the same columns), for callers that
     decide many cycles (the policy replay): the rule itself."""
     mismatches, checks = list(mismatches), list(checks)
@@ -243,6 +249,10 @@ def verdict_records(*, account: str, profiles: Iterable[Mapping], mismatches: It
             orders[profile] = orders.get(profile, 0.0) + _number(row["notional_usd"])
             seen[profile] = seen.get(profile, 0) + 1
         elif kind == GHOST_SLICE and profile and not heartbeat_checked:
+            seen[profile] = seen.get(profile, 0) + 1
+    for profile, usd in (unrecorded_fills or {}).items():
+        if _number(usd) > 0:
+            orders[profile] = orders.get(profile, 0.0) + _number(usd)
             seen[profile] = seen.get(profile, 0) + 1
     positions, position_seen, _uncharged = _position_charges(mismatches, checks,
                                                              heartbeat_checked, fill_profiles)
@@ -280,6 +290,7 @@ def verdict_records(*, account: str, profiles: Iterable[Mapping], mismatches: It
             "clean": seen.get(pid, 0) == 0 and not unchecked and not systemic, "reason": reason,
             "not_fully_checked": unchecked, "evidence_legs": sorted(legs_of.get(pid, [])),
             "systemic": systemic,
+            "unrecorded_fills_usd": _number((unrecorded_fills or {}).get(pid, 0.0)),
         })
     return rows
 

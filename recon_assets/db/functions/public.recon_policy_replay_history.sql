@@ -54,7 +54,8 @@ AS $$
                        'threshold_pct', w.threshold_pct::float8, 'tripped', w.tripped,
                        'clean', w.clean, 'findings', w.findings, 'checked_at', w.checked_at,
                        'not_fully_checked', w.not_fully_checked,
-                       'evidence_legs', w.evidence_legs, 'systemic', w.systemic)
+                       'evidence_legs', w.evidence_legs, 'systemic', w.systemic,
+                       'unrecorded_fills_usd', w.unrecorded_fills_usd::float8)
                        ORDER BY w.id)
             FROM recon.watchdog_checks w
             JOIN cyc c ON c.cycle_id = w.cycle_id AND c.exchange_account = w.exchange_account),

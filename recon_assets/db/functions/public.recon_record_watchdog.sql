@@ -36,18 +36,20 @@ BEGIN
         profile_id text, allocated_capital_usd numeric, ghost_notional_usd numeric,
         order_notional_usd numeric, position_notional_usd numeric, mismatch_notional_usd numeric,
         threshold_pct numeric, threshold_usd numeric, findings integer, tripped boolean,
-        clean boolean, reason text, not_fully_checked text, evidence_legs jsonb, systemic text);
+        clean boolean, reason text, not_fully_checked text, evidence_legs jsonb, systemic text,
+        unrecorded_fills_usd numeric);
 
     INSERT INTO recon.watchdog_checks (
         cycle_id, exchange_account, profile_id, allocated_capital_usd, ghost_notional_usd,
         order_notional_usd, position_notional_usd, mismatch_notional_usd, threshold_pct,
         threshold_usd, findings, tripped, clean, reason, not_fully_checked, evidence_legs,
-        systemic)
+        systemic, unrecorded_fills_usd)
     SELECT p_cycle_id, p_account, v.profile_id, v.allocated_capital_usd,
            COALESCE(v.ghost_notional_usd, 0), COALESCE(v.order_notional_usd, 0),
            COALESCE(v.position_notional_usd, 0), v.mismatch_notional_usd, v.threshold_pct,
            v.threshold_usd, COALESCE(v.findings, 0), v.tripped, v.clean, v.reason,
-           v.not_fully_checked, COALESCE(v.evidence_legs, '[]'::jsonb), v.systemic
+           v.not_fully_checked, COALESCE(v.evidence_legs, '[]'::jsonb), v.systemic,
+           COALESCE(v.unrecorded_fills_usd, 0)
     FROM pg_temp.recon_verdicts v ORDER BY v.profile_id;
     GET DIAGNOSTICS v_recorded = ROW_COUNT;
     UPDATE recon.cycles

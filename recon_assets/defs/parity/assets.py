@@ -117,7 +117,7 @@ def position_parity_heartbeat(context: dg.AssetExecutionContext, settings: Recon
     verdicts = watchdog.judge(account=account, cycle_id=cycle_id, settings=settings,
                               database=database, profiles=db_profiles, checks=checks,
                               heartbeat_checked=enabled, fill_profiles=evidence.fill_profiles,
-                              systemic=systemic)
+                              systemic=systemic, unrecorded_fills=evidence.unrecorded)
     tripped = {r.profile_id: r.reason for r in verdicts.itertuples() if r.tripped}
     if enabled and tripped:
         checks = decide(tripped)

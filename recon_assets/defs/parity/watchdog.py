@@ -24,7 +24,8 @@ from recon_assets.settings import ReconSettings
 
 def judge(*, account: str, cycle_id: str, settings: ReconSettings, database: TradingStore,
           profiles: pd.DataFrame, checks: pd.DataFrame, heartbeat_checked: bool,
-          fill_profiles: dict | None = None, systemic: str | None = None) -> pd.DataFrame:
+          fill_profiles: dict | None = None, systemic: str | None = None,
+          unrecorded_fills: dict | None = None) -> pd.DataFrame:
     """The watchdog's verdict per profile of the account in this cycle (not yet recorded), from
     the diff's recorded findings and what it could not fully check."""
     store = WatchdogStore(database)
@@ -33,7 +34,7 @@ def judge(*, account: str, cycle_id: str, settings: ReconSettings, database: Tra
                              max_notional_pct=settings.position_parity_max_notional_pct,
                              heartbeat_checked=heartbeat_checked, fill_profiles=fill_profiles,
                              not_fully_checked=store.not_fully_checked(cycle_id, account),
-                             systemic=systemic)
+                             systemic=systemic, unrecorded_fills=unrecorded_fills)
 
 
 def record(context: dg.AssetExecutionContext, *, account: str, cycle_id: str,
