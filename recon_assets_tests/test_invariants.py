@@ -77,3 +77,48 @@ def test_a_profile_reconciling_under_a_running_cycle_is_no_violation(seeded):
         conn.execute("INSERT INTO recon.reconciling (profile_id, cycle_id) VALUES ('alpha', 'run-1')")
     assert "no_orphan_reconciling" in violations(seeded)
     assert violations(seeded, running_cycles=["run-1"]) == {}
+
+
+# synthetic_exit_allowed has one branch per rule a synthetic exit must keep; each is planted on
+# its own (a synthetic exit whose heartbeat check broke that rule and no other).
+def _synthetic_exit(attributable: str = "true", streak: int = 3) -> str:
+    return (
+        "INSERT INTO recon.parity_checks (cycle_id, exchange_account, profile_id, trade_id, "
+        "slice_no, symbol, side, virtual_open_qty, attributable, ghost, streak, "
+        "confirmations_required, decision, reason, idempotency_key) VALUES ('c-pc', 'acct1', "
+        f"'alpha', 't-a1', 1, 'BTC/USDT:USDT', 'long', 0.1, {attributable}, true, {streak}, 3, "
+        "'synthetic_exit', 'planted', 'k-branch');"
+        "INSERT INTO recon.corrections (idempotency_key, cycle_id, profile_id, handler, trade_id, "
+        "dry_run, evidence) VALUES ('k-branch', 'c-parity', 'alpha', 'synthetic_exit', 't-a1', "
+        "false, '{\"request\": {}, \"change\": {}}');")
+
+
+_WATCHDOG_ROW = (
+    "INSERT INTO recon.watchdog_checks (cycle_id, exchange_account, profile_id, "
+    "allocated_capital_usd, mismatch_notional_usd, threshold_pct, threshold_usd, tripped, clean, "
+    "reason) VALUES ('c-pc', 'acct1', 'alpha', 1000, {drift}, 5, 50, {tripped}, false, 'planted');")
+SYNTHETIC_EXIT_BRANCHES = {
+    "not attributable": _synthetic_exit(attributable="false"),
+    "short of its confirmations": _synthetic_exit(streak=2),
+    "the watchdog tripped that cycle": _synthetic_exit()
+    + _WATCHDOG_ROW.format(drift=900, tripped="true"),
+    "the profile was paused that cycle": _synthetic_exit()
+    + "INSERT INTO recon.trading_gate_events (profile_id, action, previous_state, trading_state, "
+      "reason, cycle_id) VALUES ('alpha', 'watchdog_pause', 'active', 'paused', 'planted', 'c-pc')",
+    "closed at the mark with no correction":
+        "UPDATE trade_history SET close_reason = 'parity_synthetic_exit' WHERE id = "
+        "(SELECT min(id) FROM trade_history WHERE profile_id = 'alpha')",
+}
+
+
+@pytest.mark.parametrize("branch", sorted(SYNTHETIC_EXIT_BRANCHES))
+def test_each_rule_of_a_synthetic_exit_is_checked_on_its_own(seeded, branch):
+    with psycopg.connect(seeded) as conn:
+        conn.execute(SYNTHETIC_EXIT_BRANCHES[branch])
+    assert "synthetic_exit_allowed" in violations(seeded), branch
+
+
+def test_a_synthetic_exit_that_kept_every_rule_is_no_violation(seeded):
+    with psycopg.connect(seeded) as conn:
+        conn.execute(_synthetic_exit() + _WATCHDOG_ROW.format(drift=0, tripped="false"))
+    assert "synthetic_exit_allowed" not in violations(seeded)

@@ -220,6 +220,36 @@ def test_the_role_writes_no_table_and_calls_no_internal_function_but_the_handler
                                 "has_schema_privilege('recon', 'CREATE')").fetchone()[0]
 
 
+def test_the_role_may_execute_and_read_exactly_the_documented_lists(pg_server, pg_dsn):
+    """Not "at least": a broader grant (GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public, a
+    SELECT on another table) fails here, whatever else it would let the role do."""
+    with reconciler_role(pg_server, pg_dsn) as (role, _):
+        executable = {r[0] for r in _rows(
+            pg_dsn, "SELECT CASE WHEN n.nspname = 'public' THEN p.proname"
+                    " ELSE p.oid::regprocedure::text END FROM pg_proc p"
+                    " JOIN pg_namespace n ON n.oid = p.pronamespace"
+                    " WHERE n.nspname IN ('public', 'recon')"
+                    " AND has_function_privilege(%s, p.oid, 'EXECUTE')", (role,))}
+        readable = {r[0] for r in _rows(
+            pg_dsn, "SELECT n.nspname || '.' || c.relname FROM pg_class c"
+                    " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                    " WHERE n.nspname IN ('public', 'recon')"
+                    " AND c.relkind IN ('r', 'v', 'm', 'p', 'f', 'S')"
+                    " AND CASE WHEN c.relkind = 'S'"
+                    " THEN has_sequence_privilege(%s, c.oid, 'SELECT, USAGE, UPDATE')"
+                    " ELSE has_table_privilege(%s, c.oid,"
+                    " 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER') END",
+            (role, role))}
+        schemas = {r[0] for r in _rows(
+            pg_dsn, "SELECT nspname FROM pg_namespace WHERE nspname IN ('public', 'recon')"
+                    " AND has_schema_privilege(%s, oid, 'USAGE')", (role,))}
+    assert executable == set(FUNCTIONS) | set(SNAPSHOT_HELPERS), (
+        f"beyond the documented list: {sorted(executable - set(FUNCTIONS) - set(SNAPSHOT_HELPERS))}"
+        f"; missing: {sorted(set(FUNCTIONS) | set(SNAPSHOT_HELPERS) - executable)}")
+    assert readable == {f"public.{t}" for t in SNAPSHOT_TABLES}, sorted(readable)
+    assert schemas == {"public", "recon"}
+
+
 def test_the_grant_refuses_a_role_that_does_not_exist(pg_dsn):
     with pytest.raises(psycopg.errors.RaiseException, match="no role named"):
         grant_reconciler(pg_dsn, f"recon_lp_missing_{uuid.uuid4().hex[:8]}")

@@ -14,7 +14,8 @@ signed position, with the market's quantity step as the tolerance:
   ghost;
 - the exchange holds part of the claim: the gap, less what real evidence waiting to be booked
   explains (`core.evidence`: exit fills of the database's EXIT orders, the backfill's GO fills),
-  is either explained (no ghost; the slices the evidence is for are `held`) or not, and then no
+  is either explained (no ghost; the slices the evidence is for are `backfill` when it is their
+  GO fill, otherwise `held`) or not, and then no
   slice is singled out, not even one whose size matches the gap: every slice of the leg is
   `ambiguous`, reported and never closed (the diff's position drift shows the money).
 
@@ -261,6 +262,8 @@ def slice_decision(key: SliceKey, profile_id: str, *, ghost: bool, streak: int, 
     if ambiguous:
         return AMBIGUOUS, f"not singled out: {why}; reported, never closed automatically"
     if not ghost:
+        if backfill_go:  # the GO fill is what explains the gap: it is booked first
+            return BACKFILL, "the EXIT backfill has the real exit fills for it: evidence first"
         if hold:
             return HELD, f"waiting for its real evidence: {hold}"
         if quarantined and clear_streak < n:

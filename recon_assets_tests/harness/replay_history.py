@@ -1,6 +1,11 @@
 """A recorded history for the policy replay's unit tests and benchmark, without a database: a
-small live loop over the core rules (the heartbeat's streak and slice decision, the watchdog,
-the auto-resume rule) that records what it decided, row for row as the SQL functions record it.
+small live loop that records what it decided, row for row as the SQL functions record it.
+
+Its rules are the runbook's, written here independently of `core/` (a ghost's streak, its
+decision, the watchdog's charge and trip, the auto-resume conditions), for the simple book it
+generates (ghosts of one slice each, no evidence, no shared symbol): the replay decides through
+`core/`, so a rule broken there (a ghost closed one cycle late, a resume without its streak)
+makes the replay differ from this record, and the fidelity test fails.
 
 Each cycle, each profile may see a new ghost slice (a web-UI close behind the database) of a
 random notional, attributed or not; ghosts are confirmed, quarantined or closed by the live
@@ -14,12 +19,11 @@ from __future__ import annotations
 import random
 from datetime import datetime, timedelta, timezone
 
-from recon_assets.core.parity import ParityPolicy, Streak, next_streak, slice_decision
+from recon_assets.core.parity import ParityPolicy, Streak
 from recon_assets.core.replay import ReplayHistory
-from recon_assets.core.rules import (ACTIVE, AUTO_RESUME, BLOCKED, PAUSED, QUARANTINE, SYNTHETIC_EXIT,
-                                     WATCHDOG_PAUSE, WATCHDOG_PAUSE_SOURCE)
-from recon_assets.core.watchdog import (GateState, ResumePolicy, auto_resume_decision,
-                                        cycle_record, verdict_records)
+from recon_assets.core.rules import (ACTIVE, AUTO_RESUME, BLOCKED, CONFIRMING, PAUSED, QUARANTINE,
+                                     SYNTHETIC_EXIT, WATCHDOG_PAUSE, WATCHDOG_PAUSE_SOURCE)
+from recon_assets.core.watchdog import GateState, ResumePolicy
 
 START = datetime(2026, 11, 1, tzinfo=timezone.utc)
 LIVE_PARITY = ParityPolicy(confirmations=3, require_attribution=True, dry_run=False)
@@ -55,7 +59,7 @@ def recorded_history(cycles: int, *, profiles: int = 3, accounts: int = 1, seed:
             if failed:
                 previous = cycle_id
                 for p in pids:
-                    outcomes[p].append(cycle_record(cycle_id, started, "failed", None))
+                    outcomes[p].append((started, False))
                 continue
             for p in pids:
                 if rng.random() < ghost_rate:
@@ -68,15 +72,13 @@ def recorded_history(cycles: int, *, profiles: int = 3, accounts: int = 1, seed:
                 rows.append(_row(cycle_id, account, (p, f"ok-{p}", 1), "BTCUSDT", False, True,
                                  0.0, 0, None, parity, "cleared"))
 
-            def decide(tripped):
+            def decide(tripped: dict):
                 decided = []
                 for key in sorted(open_ghosts):
                     g = open_ghosts[key]
-                    streak, began = next_streak(streaks.get(key), previous, cycle_id)
-                    decision, _ = slice_decision(key, key[0], ghost=True, streak=streak,
-                                                 attributed=g["attributed"], mark=0.5,
-                                                 policy=parity, quarantined=key in quarantined,
-                                                 tripped=tripped.get(key[0]))
+                    streak, began = _streak(streaks.get(key), previous, cycle_id)
+                    decision = _decision(streak, g["attributed"], key in quarantined, parity,
+                                         key[0] in tripped)
                     decided.append(_row(cycle_id, account, key, g["symbol"] + "USDT", True,
                                         g["attributed"], g["notional"], streak, began, parity,
                                         decision))
@@ -85,8 +87,7 @@ def recorded_history(cycles: int, *, profiles: int = 3, accounts: int = 1, seed:
             ghosts = decide({})
             profile_rows = [{"profile_id": p, "exchange_account": account,
                              "allocated_capital_usd": capital} for p in pids]
-            verdicts = verdict_records(account=account, profiles=profile_rows, mismatches=[],
-                                       checks=rows + ghosts, max_notional_pct=pct)
+            verdicts = _verdicts(profile_rows, ghosts, pct)
             tripped = {v["profile_id"]: v["reason"] for v in verdicts if v["tripped"]}
             if tripped:
                 ghosts = decide(tripped)
@@ -106,8 +107,7 @@ def recorded_history(cycles: int, *, profiles: int = 3, accounts: int = 1, seed:
             for v in verdicts:
                 h.verdicts.append({**v, "cycle_id": cycle_id, "checked_at": checked_at})
                 pid = v["profile_id"]
-                outcomes[pid].append(cycle_record(cycle_id, started, "succeeded", v["clean"],
-                                                  v["findings"], v["tripped"]))
+                outcomes[pid].append((started, v["clean"]))
                 gate = gates[pid]
                 if v["tripped"] and gate.trading_state != PAUSED:
                     gates[pid] = GateState(pid, PAUSED, WATCHDOG_PAUSE_SOURCE, checked_at,
@@ -118,18 +118,68 @@ def recorded_history(cycles: int, *, profiles: int = 3, accounts: int = 1, seed:
                 gate = gates[pid]
                 if gate.trading_state != PAUSED:
                     continue
-                since = []  # the cycles since the pause, newest first (the rule needs no more)
-                for record in reversed(outcomes[pid]):
-                    if record.started_at < gate.paused_at:
-                        break
-                    since.append(record)
-                decision = auto_resume_decision(gate, since, checked_at, resume)
-                if decision is not None and decision.resume:
+                if _resumes(gate, outcomes[pid], checked_at, resume):
                     gates[pid] = GateState(pid, ACTIVE, None, None, checked_at)
                     h.gate_events.append(_gate(pid, account, AUTO_RESUME, gate, ACTIVE, None,
                                                cycle_id, checked_at))
             previous = cycle_id
     return h
+
+
+def _streak(last: Streak | None, previous: str | None, cycle_id: str) -> tuple[int, str]:
+    """Consecutive sightings: one more when the last one was in the previous cycle."""
+    if last is not None and last.last_cycle == cycle_id:
+        return last.count, last.started_cycle  # a retried cycle counts once
+    if last is not None and previous is not None and last.last_cycle == previous:
+        return last.count + 1, last.started_cycle
+    return 1, cycle_id
+
+
+def _decision(streak: int, attributed: bool, quarantined: bool, parity: ParityPolicy,
+              tripped: bool) -> str:
+    """The runbook's heartbeat for a ghost with no evidence: quarantined stays; confirm N
+    consecutive times; unattributed is quarantined; a tripped profile or dry run blocks."""
+    if quarantined:
+        return QUARANTINE
+    if streak < parity.confirmations:
+        return CONFIRMING
+    if parity.require_attribution and not attributed:
+        return QUARANTINE
+    if tripped or parity.dry_run:
+        return BLOCKED
+    return SYNTHETIC_EXIT
+
+
+def _verdicts(profiles: list[dict], ghosts: list[dict], pct: float) -> list[dict]:
+    """The watchdog: a profile's ghosts' notional against pct of its capital (trips above it);
+    clean when nothing is charged."""
+    out = []
+    for p in profiles:
+        mine = [g["mismatch_notional_usd"] for g in ghosts if g["profile_id"] == p["profile_id"]]
+        charged, limit = sum(mine), p["allocated_capital_usd"] * pct / 100.0
+        tripped = charged > limit
+        out.append({**p, "ghost_notional_usd": charged, "order_notional_usd": 0.0,
+                    "position_notional_usd": 0.0, "mismatch_notional_usd": charged,
+                    "threshold_pct": pct, "threshold_usd": limit, "findings": len(mine),
+                    "tripped": tripped, "clean": not mine and not tripped,
+                    "reason": f"{charged:.2f} USD charged against {limit:.2f} USD",
+                    "not_fully_checked": False, "evidence_legs": [], "systemic": None,
+                    "unrecorded_fills_usd": 0.0})
+    return out
+
+
+def _resumes(gate: GateState, outcomes: list[tuple], now: datetime, p: ResumePolicy) -> bool:
+    """Auto-resume: enabled, a watchdog pause, the minimum pause and the cooldown over, and the
+    last N cycles since the pause all clean."""
+    if not p.enabled or gate.pause_source != WATCHDOG_PAUSE_SOURCE or gate.paused_at is None:
+        return False
+    if now - gate.paused_at < timedelta(milliseconds=p.min_pause_ms):
+        return False
+    if gate.last_auto_resume_at is not None and \
+            now - gate.last_auto_resume_at < timedelta(milliseconds=p.cooldown_ms):
+        return False
+    since = [clean for started, clean in outcomes if started >= gate.paused_at]
+    return len(since) >= p.clean_cycles and all(since[-p.clean_cycles:])
 
 
 def _row(cycle_id, account, key, symbol, ghost, attributed, notional, streak, began, parity,

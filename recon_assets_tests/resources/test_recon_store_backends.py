@@ -115,8 +115,9 @@ def test_every_read_is_the_same_over_psycopg_and_over_the_data_api(backends):
             mismatch["price"]) == ("rc.ALP.t1.E1", "2", "0.5", "100.25")  # exact text
     assert reads["profiles"] == ["alpha", "beta"]
     assert reads["succeeded"] == (True, False)
-    assert reads["parity_state"] == {"streaks": {}, "quarantined": frozenset(),
-                                     "approved": frozenset(), "backfill_go": frozenset()}
+    assert reads["parity_state"] == {"streaks": {}, "clear_streaks": {},
+                                     "quarantined": frozenset(), "approved": {},
+                                     "backfill_go": frozenset(), "refusals": []}
     assert reads["parity_history"] == [] and reads["parity_decisions"] == []
     (session,) = reads["sessions"]
     assert (session["profile_id"], session["owner"]) == ("alpha", "run-1")

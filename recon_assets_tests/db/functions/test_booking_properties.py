@@ -7,6 +7,8 @@ is booked twice. At the end, once the evidence is reconciled, the database agree
 exchange."""
 
 
+from fractions import Fraction
+
 import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -90,6 +92,96 @@ def _check_invariants(conn):
     assert n == distinct
 
 
+class Books:
+    """The accounting the handlers must do, written independently of the SQL: which fills are
+    booked, each slice's quantities, volume-weighted entry and exit prices and realised PnL (at
+    the entry price of the moment of each exit, fees of 0.01 per fill), the position's signed
+    qty and average (re-weighted when it grows, kept when it shrinks, reset when it flips)."""
+
+    FEE = Fraction("0.01")
+
+    def __init__(self):
+        self.booked = {name: [] for name in ORDERS}  # ids booked per order
+        self.slices = []  # dicts: entry, entry_price, exit, exit_price, pnl
+        self.position = (Fraction(0), None)  # signed qty, average price
+
+    def outcome(self, name, fills):
+        """What booking `fills` (all the exchange's fills of the order) must do: 'unchanged',
+        'applied', or the refusal of an exit booked before the entry it closes."""
+        new = [(i, Fraction(q), Fraction(p)) for i, q, p in fills if i not in self.booked[name]]
+        if not new:
+            return "unchanged", new
+        if name == "exit":
+            open_ = [s for s in self.slices if s["entry"] - s["exit"] > 0]
+            if not open_:
+                return "no open slice", new
+            if sum(q for _, q, _ in new) > open_[0]["entry"] - open_[0]["exit"]:
+                return "exceeds the open qty", new
+        return "applied", new
+
+    def apply(self, name, new):
+        d = sum(q for _, q, _ in new)
+        price = sum(q * p for _, q, p in new) / d
+        fees = self.FEE * len(new)
+        self.booked[name] += [i for i, _, _ in new]
+        if name == "entry":
+            open_ = [s for s in self.slices if s["entry"] - s["exit"] > 0]
+            if open_:
+                s = open_[-1]
+                s["entry_price"] = (s["entry"] * s["entry_price"] + d * price) / (s["entry"] + d)
+                s["entry"] += d
+                s["pnl"] -= fees
+            else:
+                self.slices.append(dict(entry=d, entry_price=price, exit=Fraction(0),
+                                        exit_price=None, pnl=-fees))
+            signed = d
+        else:
+            s = next(s for s in self.slices if s["entry"] - s["exit"] > 0)
+            s["exit_price"] = (s["exit"] * (s["exit_price"] or 0) + d * price) / (s["exit"] + d)
+            s["exit"] += d
+            s["pnl"] += (price - s["entry_price"]) * d - fees
+            signed = -d
+        qty, avg = self.position
+        new_qty = qty + signed
+        if new_qty == 0:
+            avg = None
+        elif qty == 0 or (qty > 0) != (new_qty > 0):
+            avg = price
+        elif abs(new_qty) > abs(qty):
+            avg = (abs(qty) * avg + abs(signed) * price) / abs(new_qty)
+        self.position = (new_qty, avg)
+
+    def check(self, conn, exchange):
+        def near(actual, expected):
+            if expected is None or actual is None:
+                return actual is None and expected is None
+            return abs(Fraction(actual) - expected) <= Fraction(1, 10**12) * max(1, abs(expected))
+
+        rows = conn.execute("SELECT entry_qty, entry_price, exit_qty, exit_price, "
+                            "virtual_open_qty, status, realised_pnl_usd FROM trade_history "
+                            "ORDER BY slice_no").fetchall()
+        assert len(rows) == len(self.slices), (rows, self.slices)
+        for row, s in zip(rows, self.slices):
+            entry, entry_price, exit_, exit_price, open_, status, pnl = row
+            assert (entry, exit_, open_) == (s["entry"], s["exit"], s["entry"] - s["exit"]), (row, s)
+            assert status == ("open" if s["entry"] > s["exit"] else "closed"), (row, s)
+            assert near(entry_price, s["entry_price"]), (row, s)
+            assert near(exit_price, s["exit_price"]), (row, s)
+            assert near(pnl, s["pnl"]), (row, s)
+        position = conn.execute("SELECT CASE side WHEN 'long' THEN qty ELSE -qty END, avg_price "
+                                "FROM positions").fetchall()
+        qty, avg = self.position
+        if qty == 0:
+            assert position == [], position
+        else:
+            assert position[0][0] == qty and near(position[0][1], avg), (position, self.position)
+        for name, (coid, *_rest) in ORDERS.items():
+            (filled,) = conn.execute("SELECT filled_qty FROM orders WHERE client_order_id = %s",
+                                     (coid,)).fetchone()
+            fills = {i: q for i, q, _ in exchange[name]}
+            assert filled == sum(fills.get(i, 0) for i in self.booked[name]), name
+
+
 @settings(max_examples=examples(60), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(steps=st.lists(step, max_size=14))
@@ -97,6 +189,7 @@ def test_any_sequence_of_fills_retries_and_crashes_keeps_the_books_whole(pg_dsn,
     exchange = {name: [] for name in ORDERS}  # the exchange's fills per order, oldest first
     seq = 0
     last = None
+    books = Books()
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         _reset(conn)
         for op in steps:
@@ -123,6 +216,9 @@ def test_any_sequence_of_fills_retries_and_crashes_keeps_the_books_whole(pg_dsn,
                 key = (f"k:{name}:{len(exchange[name])}" if op[0] == "reconcile" and
                        op[2] == "by_state" else f"k:{name}:fresh{seq}")
                 fn, params = ORDERS[name][3], _params(name, exchange[name], key)
+            name = next(n for n, spec in ORDERS.items() if spec[3] == fn)
+            expected, new = books.outcome(name, [(f["id"], f["qty"], f["price"])
+                                                 for f in params["p_fills"]])
             try:
                 if op[0] == "crash":
                     with conn.transaction() as tx:
@@ -131,16 +227,27 @@ def test_any_sequence_of_fills_retries_and_crashes_keeps_the_books_whole(pg_dsn,
                 else:
                     call(conn, fn, **params)
                     last = (fn, params)
+                    assert expected in ("applied", "unchanged"), (
+                        f"booked, though the model refuses it: {expected}")
+                    if expected == "applied":
+                        books.apply(name, new)
             except psycopg.errors.RaiseException as exc:
                 # The only refusal this sequence can meet: an exit booked before the entry it
                 # closes (no open slice yet, or not enough open qty). Nothing changed.
-                assert "no open slice" in str(exc) or "exceeds the open qty" in str(exc), exc
+                assert expected in str(exc), (expected, exc)
             _check_invariants(conn)
+            books.check(conn, exchange)
         # The evidence reconciled (entry first), the database agrees with the exchange.
         for name in ORDERS:
             if exchange[name]:
-                call(conn, ORDERS[name][3], **_params(name, exchange[name], f"final:{name}"))
+                params = _params(name, exchange[name], f"final:{name}")
+                expected, new = books.outcome(name, [(f["id"], f["qty"], f["price"])
+                                                     for f in params["p_fills"]])
+                call(conn, ORDERS[name][3], **params)
+                if expected == "applied":
+                    books.apply(name, new)
             _check_invariants(conn)
+            books.check(conn, exchange)
             (filled,) = conn.execute("SELECT filled_qty FROM orders WHERE client_order_id = %s",
                                      (ORDERS[name][0],)).fetchone()
             assert filled == sum(q for _, q, _ in exchange[name])

@@ -762,12 +762,19 @@ def test_eight_concurrent_connections_queue_on_the_lock_and_apply_once(db, pg_ds
 def test_the_lock_is_per_profile(db, pg_dsn):
     """A held lock on one profile does not hold up another profile's correction."""
     add_order(db, "rc.BET.b1.E1", trade="b1", profile="beta", qty="1")
+    add_order(db, "rc.ALP.a9.E1", trade="a9", profile="alpha", qty="1")
+    # A wait for a lock fails in 2 s instead of hanging the suite, should the lock regress.
+    db.execute("SET lock_timeout = '2s'")
     with psycopg.connect(pg_dsn) as holder:
         holder.execute("SELECT pg_advisory_xact_lock(%s)", (profile_lock_key("alpha"),))
         result = call(db, "recon_reconcile_cancel",
                       **{**cancel_params(coid="rc.BET.b1.E1"), "p_profile_id": "beta"})
+        # The held lock is alpha's, and it does hold up alpha's own correction.
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            call(db, "recon_reconcile_cancel", **cancel_params(key="k-a9", coid="rc.ALP.a9.E1"))
         holder.rollback()
     assert result["status"] == "applied"
+    assert one(db, "SELECT status FROM orders WHERE client_order_id = 'rc.ALP.a9.E1'") == ("open",)
 
 
 # --- synthetic exit -------------------------------------------------------------------------

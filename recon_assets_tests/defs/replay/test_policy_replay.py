@@ -1,11 +1,14 @@
 """The policy replay over a history recorded through real cycles (the simulator, real
 PostgreSQL, real Dagster runs), run as the Launchpad runs it: the `policy_replay` job.
 
-closed_manually: beta (10,000 USD allocated) holds 2,000 ADA in the database that the exchange
-closed from the web UI; at a mark price of 0.05 its ghost is 100 USD, 1 % of its capital. Live
+closed_before_history: beta (10,000 USD allocated) holds 2,000 ADA in the database that the
+exchange closed from the web UI before its trade history begins (no real fill explains it); at a
+mark price of 0.05 its ghost is 100 USD, 1 % of its capital. Live
 flags: three confirmations, the watchdog at 5 % (it does not trip), no minimum pause or
 cooldown. Five cycles are recorded: the ghost is confirming in the first two, closed by a
 synthetic exit in the third (the position_parity job applies it), and the last two are clean.
+A second record, closed_manually (the same close with its real fill in the history, a NO_GO for
+an operator), shows what the EXIT backfill's heuristics would have done.
 """
 
 import dagster as dg
@@ -33,7 +36,7 @@ def instance():
 @pytest.fixture
 def recorded(sim, pg_dsn, instance):
     """Five real cycles of acct1; returns the definitions and the cycles' run ids."""
-    defs = start(sim, pg_dsn, instance, **LIVE)
+    defs = start(sim, pg_dsn, instance, scenario="closed_before_history", **LIVE)
     runs = []
     for n in range(5):
         result = cycle(defs, instance)
@@ -44,9 +47,9 @@ def recorded(sim, pg_dsn, instance):
             assert requests, "the third cycle confirmed the ghost: a synthetic exit is requested"
             assert all(r.success for r in run_requests(defs, instance, "position_parity",
                                                        requests))
-    assert slice_row(pg_dsn, "t-b5")[0] == "closed"
+    assert slice_row(pg_dsn, "t-b6")[0] == "closed"
     decisions = query(pg_dsn, "SELECT cycle_id, decision, streak FROM recon.parity_checks "
-                              "WHERE trade_id = 't-b5' ORDER BY checked_at")
+                              "WHERE trade_id = 't-b6' ORDER BY checked_at")
     assert [(d, s) for _, d, s in decisions] == [("confirming", 1), ("confirming", 2),
                                                  ("synthetic_exit", 3)]
     return defs, runs
@@ -88,10 +91,10 @@ def test_the_live_flags_reproduce_the_record_and_other_flags_show_what_they_woul
     assert meta["cycles_replayed"] == 5
     assert "reproduce every recorded decision" in meta["summary"]
     [(profile, trade, cycle_id, *_)] = events(pg_dsn, live.run_id, "live", "synthetic_exit")
-    assert (profile, trade, cycle_id) == ("beta", "t-b5", runs[2])
+    assert (profile, trade, cycle_id) == ("beta", "t-b6", runs[2])
     # Without overrides the replay is the live fold: the same exit, zero cycles from it.
     [same] = events(pg_dsn, live.run_id, "replay", "synthetic_exit")
-    assert same[:5] == ("beta", "t-b5", runs[2], 0, runs[2])
+    assert same[:5] == ("beta", "t-b6", runs[2], 0, runs[2])
     assert query(pg_dsn, "SELECT fidelity_ok, cycles, overrides, accounts FROM "
                          "recon.policy_replays WHERE replay_id = %s",
                  (live.run_id,)) == [(True, 5, {}, ["acct1"])]
@@ -101,7 +104,7 @@ def test_the_live_flags_reproduce_the_record_and_other_flags_show_what_they_woul
     assert one.success and materialization(one)["fidelity_ok"] is True
     [(profile, trade, cycle_id, earlier, live_cycle, *_)] = events(
         pg_dsn, one.run_id, "replay", "synthetic_exit")
-    assert (profile, trade, cycle_id, earlier, live_cycle) == ("beta", "t-b5", runs[0], -2,
+    assert (profile, trade, cycle_id, earlier, live_cycle) == ("beta", "t-b6", runs[0], -2,
                                                                runs[2])
     assert "synthetic_exit 1 → 1" in materialization(one)["summary"]
 
@@ -121,18 +124,31 @@ def test_the_live_flags_reproduce_the_record_and_other_flags_show_what_they_woul
     assert "watchdog_pause 0 → 1" in meta["summary"]
     assert "watchdog_pause" in meta["per_day"]
 
-    # 4. The web-UI close is a NO_GO the heuristics would have turned into GO.
+    # Nothing the replays did changed a trading table or the loop's records.
+    assert table_rows(pg_dsn, keep=not_the_replays) == before
+    assert query(pg_dsn, "SELECT count(*) FROM recon.policy_replays") == [(3,)]
+
+
+def test_heuristics_would_have_booked_the_web_ui_close_the_live_loop_held_for_an_operator(
+        sim, pg_dsn, instance):
+    defs = start(sim, pg_dsn, instance, scenario="closed_manually", **LIVE)
+    for n in range(5):
+        assert cycle(defs, instance).success, n
+    # Live: the real fill waits for an operator (NO_GO), so the ghost is held, never closed.
+    decisions = query(pg_dsn, "SELECT DISTINCT decision FROM recon.parity_checks "
+                              "WHERE trade_id = 't-b5'")
+    assert decisions == [("held",)]
+    assert slice_row(pg_dsn, "t-b5")[0] == "open"
+    before = table_rows(pg_dsn, keep=not_the_replays)
     loose = replay_run(defs, instance, overrides={
         "RECON_EXIT_BACKFILL_ALLOW_HEURISTIC_MATCH": "true",
         "RECON_EXIT_BACKFILL_REQUIRE_STRONG_ATTRIBUTION": "false"})
-    assert loose.success
+    assert loose.success and materialization(loose)["fidelity_ok"] is True
     gos = events(pg_dsn, loose.run_id, "replay", "backfill_go")
     assert gos and gos[0][:2] == ("beta", "t-b5") and gos[0][5] is True
     assert events(pg_dsn, loose.run_id, "live", "backfill_go") == []
-
-    # Nothing the replays did changed a trading table or the loop's records.
+    assert events(pg_dsn, loose.run_id, "replay", "synthetic_exit") == []
     assert table_rows(pg_dsn, keep=not_the_replays) == before
-    assert query(pg_dsn, "SELECT count(*) FROM recon.policy_replays") == [(4,)]
 
 
 def test_a_bad_override_fails_the_run_naming_it_and_records_nothing(recorded, pg_dsn, instance):
