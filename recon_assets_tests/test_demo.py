@@ -137,6 +137,19 @@ def test_demo_serves_the_ui_and_ctrl_c_stops_everything(demo_dir):
         log.close()
 
 
+def _ticked_after(instance, sensor: str, after: float) -> bool:
+    """Whether `sensor` finished an evaluation that started after `after` (epoch seconds)."""
+    from dagster._core.scheduler.instigation import InstigatorType, TickStatus
+
+    for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+        if state.instigator_name == sensor:
+            ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=5)
+            return any(t.timestamp > after and t.status in (TickStatus.SUCCESS,
+                                                            TickStatus.SKIPPED)
+                       for t in ticks)
+    return False
+
+
 def test_a_demo_stopped_mid_cycle_and_started_again_raises_no_failed_cycle(demo_dir):
     """Ctrl-C while a cycle runs, then `recon demo` again: the interrupted run is no failed
     cycle, runs left from before do not act on the re-seeded database, and the cycles after the
@@ -154,10 +167,11 @@ def test_a_demo_stopped_mid_cycle_and_started_again_raises_no_failed_cycle(demo_
         demo = _start_demo(demo_dir, free_port(), log)
         deadline = time.monotonic() + 150
         with dg.DagsterInstance.from_config(str(demo_dir / "dagster_home")) as instance:
-            while not instance.get_runs(dg.RunsFilter(job_name="reconciliation_cycle",
-                                                      statuses=[dg.DagsterRunStatus.STARTED])):
+            while not (running := instance.get_runs(dg.RunsFilter(
+                    job_name="reconciliation_cycle", statuses=[dg.DagsterRunStatus.STARTED]))):
                 assert time.monotonic() < deadline, "no cycle started"
                 time.sleep(0.5)
+        interrupted = running[0].run_id
         _stop_demo(demo, demo_dir)  # mid-cycle
         log.truncate(0)
         log.seek(0)
@@ -174,7 +188,17 @@ def test_a_demo_stopped_mid_cycle_and_started_again_raises_no_failed_cycle(demo_
                 break
             assert time.monotonic() < deadline, "no cycle succeeded after the restart"
             time.sleep(2)
-        time.sleep(35)  # the failed-cycle and escalation sensors tick (30 s) after the cycle
+        succeeded = time.time()
+        with dg.DagsterInstance.from_config(str(demo_dir / "dagster_home")) as instance:
+            # The run the stop interrupted was canceled as superseded, not left running or failed.
+            run = instance.get_run_by_id(interrupted)
+            assert run.status == dg.DagsterRunStatus.CANCELED, (interrupted, run.status)
+            # Wait for the sensors that would record and escalate a failed cycle to have looked
+            # after that cycle (instead of sleeping through their interval).
+            for sensor in ("failed_cycle_sensor", "escalation_sensor"):
+                while not _ticked_after(instance, sensor, succeeded):
+                    assert time.monotonic() < deadline + 90, f"{sensor} did not tick"
+                    time.sleep(1)
         with psycopg.connect(dsn) as conn:
             failed = conn.execute("SELECT cycle_id, error FROM recon.cycles "
                                   "WHERE status = 'failed'").fetchall()

@@ -4,8 +4,8 @@ exchange account, a webhook URL), a cycle, its corrections (one with a failing p
 error quotes the signed request) and the escalation sensor run; then everything the project
 wrote or served is searched for the secrets: the terminal (stdout/stderr), every file of the
 Dagster instance (run and event storage with their metadata, compute logs), every row of the
-`recon` and trading tables, `/internal/health` and `/metrics` (also when the database is
-unreachable). The UI pages are read from the same storage (the browser test is separate)."""
+`recon` and trading tables, `/internal/health` and `/metrics` (both also when the database is
+unreachable); each place is checked to hold what it must (no place counts as searched empty). The UI pages are read from the same storage (the browser test is separate)."""
 
 import json
 import pathlib
@@ -109,6 +109,8 @@ def test_no_secret_in_anything_the_project_writes_or_serves(sim, pg_dsn, pg_serv
             with pytest.raises(HealthUnavailable) as down:
                 load_state(broken)
             served.append(("health when down", json.dumps(unavailable_health(str(down.value)))))
+            served.append(("metrics when down",
+                           generate_latest(build_registry(broken)).decode()))
         out, err = capfd.readouterr()
         everything = [("stdout", out), ("stderr", err), *served,
                       *(("event", e) for e in events), *_files_of(home),
@@ -120,6 +122,21 @@ def test_no_secret_in_anything_the_project_writes_or_serves(sim, pg_dsn, pg_serv
         assert not leaks, leaks[:10]
         signed = [where for where, text in everything if re.search(r"signature=[0-9a-f]{16}", text)]
         assert not signed, signed[:10]
-        # The search saw what it had to: the run storage, the events, the tables.
-        places = {where.split(" ")[0] for where, _ in everything}
-        assert {"stdout", "stderr", "event", "file", "table", "health", "metrics"} <= places
+        # The search saw what it had to, each place with what makes it worth searching: the
+        # cycles' and corrections' events, the instance's files, the rows the flow wrote, the
+        # health and metrics read from the database, and both answers when it is down.
+        texts: dict[str, list[str]] = {}
+        for where, text in everything:
+            texts.setdefault(where.split(" ")[0] if where.split(" ")[0] in (
+                "event", "file", "table") else where, []).append(text)
+        assert sum("correct_profile" in e for e in texts["event"]) >= 1
+        assert sum("STEP_SUCCESS" in e or "step_success" in e.lower() for e in texts["event"]) > 5
+        assert len(texts["file"]) >= 1 and len(texts["table"]) >= 10
+        assert any("reconcile_" in t for t in texts["table"])  # the corrections' rows
+        assert '"reconciliationLoopHealthy"' in texts["health"][0]
+        assert "reconciliation_mismatch_total" in texts["metrics"][0]
+        assert len(texts["health when down"]) == 2 and all(
+            '"reconciliationLoopHealthy": false' in t for t in texts["health when down"])
+        assert len(texts["metrics when down"]) == 2 and all(
+            "reconciliation_state_up 0.0" in t for t in texts["metrics when down"])
+        assert texts["stderr"][0] or texts["stdout"][0]  # the runs logged to the terminal

@@ -171,8 +171,12 @@ class TradingApp:
             # A web-UI close of a position that is exactly one open slice of this profile: a
             # moment ago (web_close: its fill waits for an operator), or before the trade
             # history (ghost: no real fill to book).
+            # (Not a slice an earlier drift already closed and recon has not resolved yet: the
+            # exchange is flat there, a second close would close nothing.)
+            pending = {(d["profile"], d.get("symbol")) for d in self.drifts
+                       if d["resolved_round"] is None}
             candidates = [(p, s) for p in sorted(PROFILES) for s in SYMBOLS[p]
-                          if not self._busy(PROFILES[p][0], s)
+                          if (p, s) not in pending and not self._busy(PROFILES[p][0], s)
                           and [row[0] for row in self._open_slices(PROFILES[p][0], s)] == [p]]
             if not candidates:
                 kind = "entry_filled"
@@ -180,9 +184,10 @@ class TradingApp:
                 profile, symbol = self.rng.choice(candidates)
                 account = PROFILES[profile][0]
                 (_, trade_id), = self._open_slices(account, symbol)
-                self.sim.exchange.close_position(
+                closed = self.sim.exchange.close_position(
                     account, symbol, client_order_id="web_" + random_suffix(16),
                     at_ms=now_ms() - BEFORE_HISTORY_MS if kind == "ghost" else None)
+                assert closed is not None, (kind, profile, symbol, "no position to close")
                 self._record(kind, round_no, profile, trade_id=trade_id, symbol=symbol)
                 return
         if self._busy(account, symbol) or (kind != "foreign_order"
@@ -246,7 +251,8 @@ def resolve(dsn: str, drifts: list[dict], round_no: int) -> None:
                     outcome = "resolved"
             elif d["kind"] == "web_close":
                 # Its real fill is a NO_GO with its reason, awaiting an operator; the slice is
-                # open and the heartbeat holds it (never closed at the mark).
+                # open and the heartbeat holds it or reports it ambiguous (never closed at the
+                # mark).
                 no_go = conn.execute(
                     "SELECT reason FROM recon.backfill_decisions WHERE profile_id = %s AND "
                     "trade_id = %s AND decision = 'NO_GO' AND reason <> ''",
@@ -256,7 +262,9 @@ def resolve(dsn: str, drifts: list[dict], round_no: int) -> None:
                     "ON t.profile_id = c.profile_id AND t.trade_id = c.trade_id WHERE "
                     "c.profile_id = %s AND c.trade_id = %s ORDER BY c.id DESC LIMIT 1",
                     (d["profile"], d["trade_id"])).fetchone()
-                if no_go and check == ("held", "open"):
+                # (Ambiguous when the profile has traded the symbol again since: the gap is no
+                # longer one slice's, and nothing is singled out; never closed either way.)
+                if no_go and check in (("held", "open"), ("ambiguous", "open")):
                     outcome = "held_for_operator"
                     d["no_go_reason"] = no_go[0]
             elif d["kind"] == "unattributed_ghost":
