@@ -2,7 +2,7 @@
 VENV := .venv
 STAMP := $(VENV)/.bootstrapped
 
-.PHONY: test test-fast demo bootstrap
+.PHONY: test test-fast demo bootstrap mutants
 $(STAMP): pyproject.toml scripts/bootstrap.sh
 	bash scripts/bootstrap.sh
 	touch $@
@@ -21,3 +21,14 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/recon demo
+
+# Mutation testing of the decisions (core/parity, watchdog, backfill, corrections) against the
+# unit tier, with mutmut ([tool.mutmut] in pyproject.toml); not in CI. `make mutants` runs all of
+# them (about an hour on two cores), MUTANTS="recon_assets.core.parity.x_slice_decision*" a
+# subset; `.venv/bin/mutmut results` lists the survivors, `.venv/bin/mutmut show NAME` one.
+MUTANTS ?=
+mutants: $(STAMP)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e ".[mutation]"
+	rm -rf mutants
+	RECON_TESTS_FAST=1 $(VENV)/bin/mutmut run $(MUTANTS)
+	$(VENV)/bin/mutmut results

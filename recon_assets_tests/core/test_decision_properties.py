@@ -571,7 +571,7 @@ def happen(w: World, symbols: list[str], event: str, pick: int) -> None:
     w.glitched = event == "glitch"
 
 
-@settings(max_examples=examples(250), deadline=None,
+@settings(max_examples=examples(500), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(worlds())
 def test_self_healing_never_guesses_on_random_books(case):

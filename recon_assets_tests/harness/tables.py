@@ -36,14 +36,26 @@ SKIPPED_TABLES = {"recon.schema_migrations", "recon.asset_values", "recon.exchan
 _CLOCK_IN_IDS = re.compile(r"autoclose-\d+")
 # Dagster's run ids (a cycle's id is its run's) inside keys and messages.
 _RUN_IDS = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-# Times inside messages (e.g. when a minimum pause ends).
-_TIMES = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00")
+# Times inside messages (e.g. when a minimum pause ends) and documents (ISO, UTC).
+_TIMES = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d+)?(\+00:00|\+00|Z)?")
+# Keys of JSON documents (evidence, details) whose values are times, e.g. ccxt's
+# lastTradeTimestamp (epoch ms): the run's clock, like the time columns.
+_TIME_KEYS = re.compile(r"(?i)(timestamp|time|_at|_ms|datetime)$")
+
+
+def _mask_time_keys(value):
+    if isinstance(value, dict):
+        return {k: "<time>" if _TIME_KEYS.search(k) and v is not None else _mask_time_keys(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask_time_keys(v) for v in value]
+    return value
 
 
 def normal(value):
     """`value` (JSON-like) with the clock in order ids, the run ids and the times masked."""
     text = _CLOCK_IN_IDS.sub("autoclose-<ms>", json.dumps(value, sort_keys=True, default=str))
-    return json.loads(_TIMES.sub("<time>", _RUN_IDS.sub("<run>", text)))
+    return _mask_time_keys(json.loads(_TIMES.sub("<time>", _RUN_IDS.sub("<run>", text))))
 
 
 def kept(column: str) -> bool:
@@ -94,5 +106,9 @@ def table_differences(a: dict[str, list[str]], b: dict[str, list[str]],
     out = {}
     for table in sorted(set(a) | set(b)):
         if a.get(table) != b.get(table):
-            out[table] = difference(a.get(table), b.get(table), names=names) or "differs"
+            # The rows are JSON texts (sortable); compared as documents, the message names the
+            # first differing column or key rather than two whole rows.
+            parsed = [None if rows is None else [json.loads(r) for r in rows]
+                      for rows in (a.get(table), b.get(table))]
+            out[table] = difference(*parsed, names=names) or "differs"
     return out
