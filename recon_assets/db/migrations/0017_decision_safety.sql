@@ -25,8 +25,6 @@ ALTER TABLE recon.quarantine ADD COLUMN clear_last_cycle text;
 ALTER TABLE recon.watchdog_checks ADD COLUMN not_fully_checked text;
 ALTER TABLE recon.watchdog_checks ADD COLUMN evidence_legs jsonb NOT NULL DEFAULT '[]'::jsonb;
 ALTER TABLE recon.watchdog_checks ADD COLUMN systemic text;
--- Charged with the orders: the profile's own fills of orders the database never recorded.
-ALTER TABLE recon.watchdog_checks ADD COLUMN unrecorded_fills_usd numeric NOT NULL DEFAULT 0;
 
 -- Per cycle: the profiles a finding held back by the recency guard concerned (profile -> why),
 -- and the position drift no profile could be charged with (account level).
