@@ -11,7 +11,9 @@ more short, than the exchange holds), for at most the gap. That **shortfall** (p
 side) makes the open slices there candidates, and so is every fill of the symbol in the
 exchange fills window that exits that side (one-way: a sell exits a long, a buy a short; hedge
 mode: a sell on the long leg, a buy on the short leg, by the fill's `position_side`: a sell
-that opened a short is no exit), not booked in `applied_fills`. Fills of
+that opened a short is no exit), not booked in `applied_fills`. On a leg out of sync, a fill
+whose id is the deterministic EXIT id of an open trade there is a candidate even on the side the
+gap does not point to (the gap is other slices', say a close before the trade history). Fills of
 an order the database holds are left to that order's lifecycle correction (reconcileExitFill
 probes the order and books them); fills newer than the database read minus the recency guard, and
 a symbol and side whose slices the trading app changed in that moment, are looked at next cycle.
@@ -236,6 +238,7 @@ def exit_backfill_decisions(*, cycle_id: str, account: str, slices: pd.DataFrame
     steps: dict[str, float] = {}
     room: dict[tuple[str, str], float] = {}
     shortfall_rows = []
+    unsynced: set[tuple[str, str]] = set()  # legs whose book and exchange disagree
     # What the database's own orders filled beyond it explains of each gap (left to the lifecycle).
     moves = pending_order_moves(orders=orders, fills=fills, booked=booked, hedged=hedged)
     for (symbol, leg), members in sorted(legs.items()):
@@ -249,6 +252,7 @@ def exit_backfill_decisions(*, cycle_id: str, account: str, slices: pd.DataFrame
                             moves.get((symbol, leg), 0.0))
         if verdict.state in (SUPPORTED, EXPLAINED):
             continue
+        unsynced.add((symbol, leg))
         for side in POSITION_SIDES:
             mine = [s for s in members if s.side == side]
             claimed = sum(s.open_qty for s in mine)
@@ -264,13 +268,15 @@ def exit_backfill_decisions(*, cycle_id: str, account: str, slices: pd.DataFrame
                                    "exchange_qty": held, "shortfall_qty": short,
                                    "go_qty": 0.0, "slices": [s.label for s in mine]})
 
+    def changed(symbol: str, side: str) -> list[_Slice]:
+        return [s for s in groups.get((symbol, side), []) if cutoff is not None
+                and s.updated_at is not None and s.updated_at > cutoff]
+
     if cutoff is not None:  # the recency guard: a side whose slices just changed waits a cycle
         for symbol, side in list(room):
-            changed = [s for s in groups[(symbol, side)] if s.updated_at is not None
-                       and s.updated_at > cutoff]
-            if changed:
+            if changed(symbol, side):
                 del room[(symbol, side)]
-                held_slices.extend(s.label for s in changed)
+                held_slices.extend(s.label for s in changed(symbol, side))
                 shortfall_rows = [r for r in shortfall_rows
                                   if (r["symbol"], r["side"]) != (symbol, side)]
     db_ids = {str(v) for column in ("client_order_id", "exchange_order_id")
@@ -290,7 +296,13 @@ def exit_backfill_decisions(*, cycle_id: str, account: str, slices: pd.DataFrame
         if fill.client_order_id in db_ids or fill.order_id in db_ids:
             left_to_lifecycle.append(fill.fill_id)
             continue
-        if fill.exits is None or (fill.symbol, fill.exits) not in room:
+        if fill.exits is None:
+            continue
+        if (fill.symbol, fill.exits) not in room and not (
+                (fill.symbol, leg_of(hedged, fill.exits)) in unsynced
+                and _names_own_trade(fill, groups.get((fill.symbol, fill.exits), []),
+                                     profile_of_tag)
+                and not changed(fill.symbol, fill.exits)):
             continue
         if cutoff is not None and fill.filled_at is not None and fill.filled_at > cutoff:
             held_recent.append(fill.fill_id)
@@ -379,6 +391,17 @@ def _strong_match(fill: _Fill, group: list[_Slice], profile_of_tag: Mapping[str,
     return _Match(None, [], "", False)
 
 
+def _names_own_trade(fill: _Fill, group: list[_Slice], profile_of_tag: Mapping[str, str]) -> bool:
+    """The fill's client order id is the deterministic EXIT id of a trade with an open slice
+    in `group`: proof on its own, a candidate on a leg out of sync even when the leg's gap
+    points to the other side (that gap is another slice's, a close no fill explains)."""
+    parsed = parse_client_order_id(fill.client_order_id)
+    if parsed is None or parsed.intent != "EXIT":
+        return False
+    profile = profile_of_tag.get(parsed.sub_tag)
+    return any(s.key[0] == profile and s.key[1] == parsed.trade_id for s in group)
+
+
 def _heuristic_match(fill: _Fill, group: list[_Slice], on_symbol: list[_Slice],
                      step: float) -> _Match:
     """The slice a heuristic would give an unattributed fill to (with the room left now)."""
@@ -443,11 +466,11 @@ def _decide(fill: _Fill, match: _Match, group: list[_Slice], room: dict, step: f
         # The deterministic EXIT id of the slice's own trade is proof on its own: the slice's
         # open qty bounds it, not the net shortfall left, which other fills still waiting for an
         # operator (a foreign close) can shrink.
-        if match.method != BY_CLIENT_ORDER_ID and not _fits(fill.qty, room[(fill.symbol,
-                                                                          fill.exits)], step):
+        if match.method != BY_CLIENT_ORDER_ID and not _fits(fill.qty, room.get(
+                (fill.symbol, fill.exits), 0.0), step):
             why_not = why_not or (f"the fill's qty {fill.qty:g} exceeds the exchange's shortfall "
-                                  f"of {room[(fill.symbol, fill.exits)]:g} left on {fill.symbol} "
-                                  f"({fill.exits})")
+                                  f"of {room.get((fill.symbol, fill.exits), 0.0):g} left on "
+                                  f"{fill.symbol} ({fill.exits})")
             continue
         target = s
         break
@@ -459,7 +482,7 @@ def _decide(fill: _Fill, match: _Match, group: list[_Slice], room: dict, step: f
         # GO, or the match a heuristic would make: either way the room is spoken for, so what is
         # reported is one consistent assignment.
         target.left -= fill.qty
-        room[(fill.symbol, fill.exits)] -= fill.qty
+        room[(fill.symbol, fill.exits)] = room.get((fill.symbol, fill.exits), 0.0) - fill.qty
     return {
         "cycle_id": cycle_id, "exchange_account": account, "symbol": fill.symbol,
         "exchange_fill_id": fill.fill_id, "exchange_order_id": fill.order_id,

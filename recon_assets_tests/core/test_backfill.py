@@ -261,3 +261,25 @@ def test_a_hedge_mode_sell_that_opened_a_short_is_no_exit_of_a_long():
     # A hedge-mode fill that does not say its leg is no exit anyone books.
     unknown = fill(0.5, coid="rc.P1.t1.X1") | {"position_side": None}
     assert rows(run(slices, legs, [unknown])) == []
+
+
+def test_a_trade_s_own_exit_fill_is_go_on_a_leg_whose_gap_points_the_other_way():
+    """One-way leg: legacy longs a close before the trade history ended (no fill explains them)
+    and an attributable short whose own EXIT fill the app never booked. The leg's gap points
+    long, yet the short's own EXIT id is proof on its own (found by the decision property)."""
+    slices = [trade_slice("p1", "t1", 0.012, order_client_ids=["legacy-t1-E1"]),
+              trade_slice("p2", "t17", 0.005, side="short")]
+    own = fill(0.005, coid="rc.P2.t17.X2", side="buy")
+    foreign = fill(0.005, coid="web_1", side="buy")
+    (row,) = rows(run(slices, [ex_position(0.001)], [own]))
+    assert (row["decision"], row["match_mode"], row["trade_id"]) == ("GO", "client_order_id", "t17")
+    # Nothing else on that side becomes a candidate: the side has no shortfall.
+    assert [r["exchange_fill_id"] for r in rows(run(slices, [ex_position(0.001)],
+                                                    [own, foreign]))] == [own["exchange_fill_id"]]
+    # A book in sync stays untouched, and a side the app just changed waits a cycle.
+    in_sync = [trade_slice("p1", "t1", 0.006, order_client_ids=["legacy-t1-E1"]),
+               trade_slice("p2", "t17", 0.005, side="short")]
+    assert run(in_sync, [ex_position(0.001)], [own]).decisions.empty
+    changed = [slices[0], trade_slice("p2", "t17", 0.005, side="short",
+                                      updated_at=READ_AT - pd.Timedelta(seconds=1))]
+    assert run(changed, [ex_position(0.001)], [own]).decisions.empty

@@ -601,3 +601,31 @@ def test_self_healing_never_guesses_on_random_books(case):
             assert s["status"] == "closed" and s["close_reason"] != SYNTHETIC, (
                 f"{trade.tid} is gone by its own exit fills, yet {s['status']} "
                 f"({s['close_reason']})")
+
+
+def test_a_short_s_own_lost_exit_is_booked_beside_longs_closed_before_the_history():
+    """The book the property found (CI, seed unknown; replayed here): one-way, legacy longs of
+    three profiles closed by a web-UI close before the trade history, a long entry half filled,
+    then a new short whose exit the app sent and crashed before booking. The leg's gap points
+    long (the old close),
+    yet the short's own EXIT fill is proof of its exit: it is booked, never left waiting."""
+    w = World(False, list(PROFILES), 1e5, 1, random.Random(0))
+    btc = "BTC/USDT:USDT"
+    for p, units in (("p1", 10), ("p2", 1), ("p3", 1)):
+        w.open_trade(p, btc, "long", units, with_exit=False, legacy=True)
+    w.close_leg(btc, ONE_WAY, visible=False)
+    run_cycle(w, ["lifecycle", "backfill", "parity"])
+    # A long entry half filled, its order still open: the exchange holds 0.001, not flat.
+    w.entry_behind("p3", btc, "long", 2, market=False, partial=True)
+    run_cycle(w, ["lifecycle", "backfill", "parity"])
+    w.entry_behind("p2", btc, "short", 5, market=False, partial=False)
+    run_cycle(w, ["lifecycle", "backfill", "parity"])
+    (short,) = [t for t in w.trades.values() if t.side == "short"]
+    w.lost_exit(short)
+    for _ in range(3):
+        run_cycle(w, ["parity", "backfill", "lifecycle"])
+    s = w.slices[("p2", short.tid)]
+    lost = [f.fid for f in w.fills if f.coid.endswith(".X2")]
+    assert lost and set(lost) <= w.booked, (lost, sorted(w.booked))
+    assert (s["status"], s["close_reason"]) == ("closed", "exit_fill_backfilled")
+    assert not w.synthetic
