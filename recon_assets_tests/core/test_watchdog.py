@@ -15,7 +15,7 @@ from recon_assets.core.diff import reconciliation_diff
 from recon_assets.core.parity import ParityPolicy, parity_checks
 from recon_assets.core.rules import (ACTIVE, OPERATOR_PAUSE_SOURCE, PAUSED, RESUME_CONDITIONS,
                                      WATCHDOG_PAUSE_SOURCE)
-from recon_assets.core.watchdog import (CycleRecord, GateState, ResumePolicy,
+from recon_assets.core.watchdog import (VERDICT_COLUMNS, CycleRecord, GateState, ResumePolicy,
                                         auto_resume_decision, clean_streak, cycle_record,
                                         watchdog_verdicts)
 from recon_assets_tests.core.test_diff import (BTC, ETH, READ_AT, db_order, ex_order,
@@ -28,8 +28,10 @@ N3 = ParityPolicy(confirmations=3, require_attribution=True, dry_run=False)
 
 
 def cycle_of(profiles, *, slices=(), positions=(), db_orders=(), db_positions=(), ex_orders=(),
-             pct=0.5, heartbeat=True):
-    """The diff, the heartbeat's checks and the watchdog's verdicts of one cycle of account A."""
+             pct=0.5, heartbeat=True, **evidence):
+    """The diff, the heartbeat's checks and the watchdog's verdicts of one cycle of account A
+    (`evidence`: the watchdog's other inputs, `fill_profiles`, `systemic`, ...); the verdicts'
+    `attrs` are kept."""
     frames = dict(
         profiles=pd.DataFrame(profiles, columns=list(F.DB_PROFILES)),
         db_orders=pd.DataFrame(list(db_orders), columns=list(F.DB_ORDERS)),
@@ -44,8 +46,10 @@ def cycle_of(profiles, *, slices=(), positions=(), db_orders=(), db_positions=()
                            policy=N3, db_read_at=READ_AT, recency_guard_s=5.0)
     verdicts = watchdog_verdicts(account="A", profiles=frames["profiles"], mismatches=diff,
                                  checks=checks if heartbeat else checks.iloc[0:0],
-                                 max_notional_pct=pct, heartbeat_checked=heartbeat)
-    return diff, checks, verdicts.set_index("profile_id")
+                                 max_notional_pct=pct, heartbeat_checked=heartbeat, **evidence)
+    indexed = verdicts.set_index("profile_id")
+    indexed.attrs = verdicts.attrs
+    return diff, checks, indexed
 
 
 def capital(profile_id, usd):
@@ -120,6 +124,60 @@ def test_foreign_activity_is_charged_to_no_profile():
     _, _, v = cycle_of([capital("p1", 10_000)], ex_orders=[ex_order("web_abc", "9", qty=5.0)],
                        positions=[ex_position(0.0, side="flat")])
     assert v.loc["p1", "mismatch_notional_usd"] == 0.0 and bool(v.loc["p1", "clean"])
+
+
+def test_a_grown_position_is_charged_to_the_profiles_whose_own_fills_are_there_else_to_no_one():
+    """The exchange holds 0.5 BTC the database knows nothing of: charged whole to the profile a
+    fill of its own (not booked yet) points at; with no such fill, to no one (uncharged)."""
+    two = [capital("p1", 10_000), capital("p2", 10_000)]
+    grown = [ex_position(0.5, mark=100.0)]
+    _, _, v = cycle_of(two, positions=grown, fill_profiles={(BTC, "both"): {"p2"}})
+    assert v.loc["p2", "position_notional_usd"] == pytest.approx(50.0)
+    assert v.loc["p1", "position_notional_usd"] == 0.0 and bool(v.loc["p1", "clean"])
+    assert v.loc["p2", "evidence_legs"] == [f"{BTC}|both"] and v.loc["p1", "evidence_legs"] == []
+    assert v.attrs["uncharged"] == []
+    _, _, v = cycle_of(two, positions=grown)
+    assert list(v["position_notional_usd"]) == [0.0, 0.0]
+    (row,) = v.attrs["uncharged"]
+    assert (row["exchange_account"], row["symbol"], row["position_side"]) == ("A", BTC, "both")
+    assert row["notional_usd"] == pytest.approx(50.0) and "charged to no one" in row["reason"]
+
+
+def test_a_hedge_mode_order_finding_points_at_the_leg_its_side_and_intent_move():
+    """An ENTRY buy of p1 filled behind the database (missing from the exchange) moves the long
+    leg: the long leg's growth is p1's; the short leg's is no one's."""
+    order = db_order("rc.P1.t1.E1", profile_id="p1", qty=0.5, price=100.0)
+    legs = [{**ex_position(0.5, mark=100.0), "position_side": "long"},
+            {**ex_position(0.0, side="flat", mark=100.0), "position_side": "short"}]
+    _, _, v = cycle_of([capital("p1", 10_000)], db_orders=[order], positions=legs)
+    assert v.loc["p1", "position_notional_usd"] == pytest.approx(50.0)
+    assert v.attrs["uncharged"] == []
+    legs = [{**ex_position(0.0, side="flat", mark=100.0), "position_side": "long"},
+            {**ex_position(0.5, side="short", mark=100.0), "position_side": "short"}]
+    _, _, v = cycle_of([capital("p1", 10_000)], db_orders=[order], positions=legs)
+    assert v.loc["p1", "position_notional_usd"] == 0.0
+    assert [r["position_side"] for r in v.attrs["uncharged"]] == ["short"]
+
+
+def test_systemic_not_fully_checked_and_unrecorded_fills_reach_the_verdicts():
+    two = [capital("p1", 10_000), capital("p2", 10_000)]
+    flat_btc = [ex_position(0.0, side="flat")]
+    _, _, v = cycle_of(two, positions=flat_btc, systemic="the exchange reports flat for 2")
+    assert all(v["tripped"]) and not any(v["clean"])
+    assert all(r.startswith("the exchange reports flat for 2; ") for r in v["reason"])
+    assert list(v["systemic"]) == ["the exchange reports flat for 2"] * 2
+    _, _, v = cycle_of(two, positions=flat_btc, not_fully_checked={"p1": "held back: an order"})
+    assert not bool(v.loc["p1", "clean"]) and bool(v.loc["p2", "clean"])
+    assert v.loc["p1", "reason"].endswith("; not fully checked: held back: an order")
+    _, _, v = cycle_of(two, positions=flat_btc, unrecorded_fills={"p2": 80.0})
+    assert v.loc["p2", "unrecorded_fills_usd"] == 80.0 and v.loc["p2", "order_notional_usd"] == 80.0
+    assert bool(v.loc["p2", "tripped"]) and v.loc["p2", "findings"] == 1
+    assert not bool(v.loc["p1", "tripped"]) and bool(v.loc["p1", "clean"])
+
+
+def test_an_account_without_profiles_has_no_verdicts_but_every_column():
+    _, _, v = cycle_of([], positions=[ex_position(0.0, side="flat")])
+    assert v.empty and ["profile_id", *v.columns] == list(VERDICT_COLUMNS)
 
 
 def test_a_profile_without_capital_trips_on_any_drift_and_not_without():
