@@ -15,7 +15,8 @@ from recon_assets.core.diff import reconciliation_diff
 from recon_assets.core.parity import ParityPolicy, parity_checks
 from recon_assets.core.rules import (ACTIVE, OPERATOR_PAUSE_SOURCE, PAUSED, RESUME_CONDITIONS,
                                      WATCHDOG_PAUSE_SOURCE)
-from recon_assets.core.watchdog import (VERDICT_COLUMNS, CycleRecord, GateState, ResumePolicy,
+from recon_assets.core.watchdog import (VERDICT_COLUMNS, Condition, CycleRecord, GateState,
+                                        ResumeDecision, ResumePolicy,
                                         auto_resume_decision, clean_streak, cycle_record,
                                         watchdog_verdicts)
 from recon_assets_tests.core.test_diff import (BTC, ETH, READ_AT, db_order, ex_order,
@@ -217,6 +218,48 @@ def test_resumes_exactly_when_all_four_conditions_hold():
     assert tuple(c.name for c in d.conditions) == RESUME_CONDITIONS
 
 
+def test_a_decision_names_its_profile_and_each_condition_says_what_it_saw():
+    """The whole decision compared: what the gates UI and the resume's evidence show."""
+    d = auto_resume_decision(paused(last_resume=-40), cycles(False, True, True, start=14),
+                             at(17), POLICY)
+    assert d == ResumeDecision(
+        profile_id="p1", resume=True, clean_cycle_ids=("c1", "c2"), clean_cycles_needed=0,
+        earliest_at=at(17), held_back_by=(), conditions=(
+            Condition("auto_resume_enabled", True, "ENABLE_RECON_WATCHDOG_AUTO_RESUME is true"),
+            Condition("pause_source", True, "paused by the parity watchdog"),
+            Condition("min_pause", True, f"paused since {at(0).isoformat()}; the minimum pause "
+                                         f"(900000 ms) ends {at(15).isoformat()}", at(15)),
+            Condition("clean_streak", True, "2 of 2 consecutive clean cycles since the pause"),
+            Condition("cooldown", True, f"last auto-resume {at(-40).isoformat()}; the cooldown "
+                                        f"(1800000 ms) ends {at(-10).isoformat()}", at(-10))))
+    off = auto_resume_decision(GateState("p2", PAUSED, None, None, None),
+                               [CycleRecord("c9", at(1), False, "the cycle failed: 503")], at(600),
+                               ResumePolicy(False, 0, 1, 0))
+    assert off == ResumeDecision(
+        profile_id="p2", resume=False, clean_cycle_ids=(), clean_cycles_needed=1,
+        earliest_at=None,
+        held_back_by=("auto_resume_enabled", "pause_source", "min_pause", "clean_streak"),
+        conditions=(
+            Condition("auto_resume_enabled", False,
+                      "ENABLE_RECON_WATCHDOG_AUTO_RESUME is false: an operator resumes"),
+            Condition("pause_source", False,
+                      "paused by an unknown source: only an operator resumes it"),
+            # A pause of unknown time never waited out its minimum.
+            Condition("min_pause", False, "paused at an unknown time"),
+            Condition("clean_streak", False, "0 of 1 consecutive clean cycles since the pause; "
+                                             "cycle c9 was not clean: the cycle failed: 503"),
+            Condition("cooldown", True, "never auto-resumed before")))
+
+
+def test_a_cycle_that_started_the_moment_of_the_pause_counts():
+    d = auto_resume_decision(paused(since=10), [CycleRecord("c0", at(10), True),
+                                                CycleRecord("c1", at(11), True)], at(30), POLICY)
+    assert d.resume and d.clean_cycle_ids == ("c0", "c1")
+    no_streak = ResumePolicy(True, 0, 0, 0)
+    d = auto_resume_decision(paused(), cycles(True, start=1), at(1), no_streak)
+    assert d.resume and d.clean_cycle_ids == ()
+
+
 def test_not_before_the_minimum_pause():
     d = auto_resume_decision(paused(), cycles(True, True, start=1), at(14.9), POLICY)
     assert not d.resume and held(d) == {"min_pause"}
@@ -259,13 +302,23 @@ def test_an_active_profile_has_nothing_to_resume():
 
 
 def test_a_cycle_is_clean_only_when_it_succeeded_and_judged_the_profile_clean():
-    assert cycle_record("c1", at(1), "succeeded", True).clean
-    failed = cycle_record("c2", at(2), "failed", None, error="exchange answered 503")
-    assert not failed.clean and failed.why == "the cycle failed: exchange answered 503"
-    assert cycle_record("c3", at(3), None, None).why == "the cycle did not finish"
-    assert cycle_record("c4", at(4), "succeeded", None).why == "the watchdog did not judge the profile"
-    dirty = cycle_record("c5", at(5), "succeeded", False, findings=2, tripped=True)
-    assert not dirty.clean and dirty.why == "2 finding(s) for the profile, the watchdog tripped"
+    # Whole records compared: the id and start place the cycle in the streak, `clean` is False
+    # (not merely falsy) in every branch but one.
+    assert cycle_record("c1", at(1), "succeeded", True) == CycleRecord("c1", at(1), True)
+    assert cycle_record("c2", at(2), "failed", None, error="exchange answered 503") == CycleRecord(
+        "c2", at(2), False, "the cycle failed: exchange answered 503")
+    assert cycle_record("c3", at(3), None, None) == CycleRecord(
+        "c3", at(3), False, "the cycle did not finish")
+    assert cycle_record("c4", at(4), "succeeded", None) == CycleRecord(
+        "c4", at(4), False, "the watchdog did not judge the profile")
+    assert cycle_record("c5", at(5), "succeeded", False, findings=2, tripped=True) == CycleRecord(
+        "c5", at(5), False, "2 finding(s) for the profile, the watchdog tripped")
+    assert cycle_record("c6", at(6), "succeeded", False) == CycleRecord(
+        "c6", at(6), False, "0 finding(s) for the profile")
+    for record in (cycle_record("c7", at(7), s, c) for s, c in (("failed", True),
+                                                             ("succeeded", None),
+                                                             ("succeeded", False))):
+        assert record.clean is False
 
 
 def test_the_clean_streak_is_the_trailing_run():
