@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import dagster as dg
+from recon_assets.resources.guard import RunConfigGuard
 from pydantic import model_validator
 
 
@@ -134,7 +135,7 @@ def _validated(values: Mapping[str, Any], source: str) -> dict[str, Any]:
     return parsed
 
 
-class ReconSettings(dg.ConfigurableResource):
+class ReconSettings(RunConfigGuard, dg.ConfigurableResource):
     """The runbook's reconciliation flags (see the README's table for meanings and units)."""
 
     enable_position_parity_heartbeat: bool = True

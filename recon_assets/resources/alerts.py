@@ -13,6 +13,7 @@ from pydantic import Field
 
 from recon_assets.core.escalation import Alert, after_delivery_attempt, slack_payload
 from recon_assets.core.rules import ALERT_NOT_CONFIGURED, ALERT_PENDING
+from recon_assets.resources.guard import RunConfigGuard
 
 if TYPE_CHECKING:
     from recon_assets.resources.database import TradingStore
@@ -22,7 +23,7 @@ class AlertDeliveryError(RuntimeError):
     """The webhook did not accept an alert (the message never contains the URL: it is a secret)."""
 
 
-class AlertWebhook(dg.ConfigurableResource):
+class AlertWebhook(RunConfigGuard, dg.ConfigurableResource):
     """Posts alerts as JSON to a webhook (Slack incoming webhook or compatible)."""
 
     url: str | None = Field(default=None, description="Set through EnvVar('RECON_ALERT_WEBHOOK_URL'); "

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import dagster as dg
+from recon_assets.resources.guard import RunConfigGuard
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
@@ -180,7 +181,7 @@ def idle_connections() -> int:
     return len(_IDLE)
 
 
-class TradingStore(dg.ConfigurableResource):
+class TradingStore(RunConfigGuard, dg.ConfigurableResource):
     """What the code location uses of the trading database, whichever backend reaches it:
     `PostgresStore` (psycopg; Supabase's direct connection or session pooler) or `SupabaseStore`
     (supabase-py through the Data API, in supabase_store.py). Every read and write the stores of

@@ -52,6 +52,7 @@ from recon_assets.resources.exchange_errors import (ExchangeBudgetSpent, Exchang
                                                     ExchangeUnknownMarket)
 from recon_assets.resources.weight_budget import (LocalWeightBudget, SharedWeightBudget,
                                                   WeightBudgetSpent)
+from recon_assets.resources.guard import RunConfigGuard
 
 # Re-exported: callers import the errors and the payload check from here.
 __all__ = ["ExchangeBudgetSpent", "ExchangeCredentialsError", "ExchangeFetchError",
@@ -632,7 +633,7 @@ class ExchangeSession:
         return prices
 
 
-class ExchangeResource(dg.ConfigurableResource):
+class ExchangeResource(RunConfigGuard, dg.ConfigurableResource):
     """The exchange through ccxt (Binance USD-M by default), with retries and request counts."""
 
     exchange_id: str = Field(default="binanceusdm", description="ccxt exchange id.")

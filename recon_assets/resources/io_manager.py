@@ -14,9 +14,10 @@ import dagster as dg
 import pandas as pd
 
 from recon_assets.resources.database import TradingStore
+from recon_assets.resources.guard import RunConfigGuard
 
 
-class PostgresFrameIOManager(dg.ConfigurableIOManager):
+class PostgresFrameIOManager(RunConfigGuard, dg.ConfigurableIOManager):
     """Stores pandas DataFrames (parquet) in recon.asset_values."""
 
     database: dg.ResourceDependency[TradingStore]
