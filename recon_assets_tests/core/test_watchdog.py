@@ -1,6 +1,7 @@
 """The integrity watchdog and the auto-resume rule (core.watchdog): examples per rule, and
 hypothesis properties over random pause/cycle/resume histories."""
 
+import json
 from collections import Counter
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
@@ -18,7 +19,7 @@ from recon_assets.core.rules import (ACTIVE, OPERATOR_PAUSE_SOURCE, PAUSED, RESU
 from recon_assets.core.watchdog import (VERDICT_COLUMNS, Condition, CycleRecord, GateState,
                                         ResumeDecision, ResumePolicy,
                                         auto_resume_decision, clean_streak, cycle_record,
-                                        watchdog_verdicts)
+                                        uncharged_drift, watchdog_verdicts)
 from recon_assets_tests.core.test_diff import (BTC, ETH, READ_AT, db_order, ex_order,
                                                ex_position, profile, trade_slice)
 from recon_assets_tests.harness.examples import examples
@@ -113,6 +114,71 @@ def test_a_drift_the_ghosts_explain_is_not_charged_twice():
     assert v.loc["p1", "position_notional_usd"] == pytest.approx(0.0)
 
 
+def test_with_the_heartbeat_off_a_ghost_explains_the_drift_of_its_own_leg_only():
+    """Hedge mode, heartbeat off: the diff's ghost row (long) explains the long leg's drift;
+    the same ghost never offsets the short leg's."""
+    legs = [{**ex_position(0.0, side="flat", symbol=ETH, mark=100.0), "position_side": "long"},
+            {**ex_position(0.0, side="flat", symbol=ETH, mark=100.0), "position_side": "short"}]
+    held = {"profile_id": "p1", "exchange_account": "A", "symbol": ETH, "qty": 1.0,
+            "avg_price": 100.0, "updated_at": READ_AT - pd.Timedelta(minutes=30)}
+    ghost = [trade_slice("p1", "t1", 1.0, symbol=ETH)]
+    _, _, v = cycle_of([capital("p1", 10_000)], slices=ghost, positions=legs, heartbeat=False,
+                       db_positions=[{**held, "side": "long"}])
+    assert v.loc["p1", "ghost_notional_usd"] == pytest.approx(100.0)
+    assert v.loc["p1", "position_notional_usd"] == 0.0
+    _, _, v = cycle_of([capital("p1", 10_000)], slices=ghost, positions=legs, heartbeat=False,
+                       db_positions=[{**held, "side": "short"}])
+    assert v.loc["p1", "position_notional_usd"] == pytest.approx(100.0)
+
+
+def test_two_ghosts_on_a_leg_explain_their_sum_of_its_drift_and_the_rest_is_charged():
+    held = {"profile_id": "p1", "exchange_account": "A", "symbol": ETH, "side": "long",
+            "qty": 3.0, "avg_price": 100.0, "updated_at": READ_AT - pd.Timedelta(minutes=30)}
+    diff, checks, v = cycle_of([capital("p1", 10_000)], db_positions=[held],
+                               slices=[trade_slice("p1", "t1", 1.0, symbol=ETH),
+                                       trade_slice("p1", "t2", 1.0, symbol=ETH)],
+                               positions=[ex_position(0.0, side="flat", symbol=ETH, mark=100.0)])
+    assert v.loc["p1", "ghost_notional_usd"] == pytest.approx(200.0)
+    assert v.loc["p1", "position_notional_usd"] == pytest.approx(100.0)  # 300 drift - 200
+    # With the heartbeat on, its checks say what a ghost is, not the diff's rows: a heartbeat
+    # that judged no ghost (real evidence explains them) leaves the whole drift to charge.
+    profiles = pd.DataFrame([capital("p1", 10_000)], columns=list(F.DB_PROFILES))
+    none = watchdog_verdicts(account="A", profiles=profiles, mismatches=diff,
+                             checks=checks.iloc[0:0], max_notional_pct=0.5)
+    assert none.loc[0, "position_notional_usd"] == pytest.approx(300.0)
+    assert none.loc[0, "ghost_notional_usd"] == 0.0
+    # Ambiguous slices (a gap on a leg the exchange still holds part of) explain that much of the
+    # leg's drift, in the verdicts and in what is left uncharged.
+    diff, checks, v = cycle_of([capital("p1", 10_000)],
+                               slices=[trade_slice("p1", "t1", 1.0, symbol=ETH),
+                                       trade_slice("p1", "t2", 1.0, symbol=ETH)],
+                               positions=[ex_position(0.5, symbol=ETH, mark=100.0)])
+    assert set(checks["decision"]) == {"ambiguous"} and v.attrs["uncharged"] == []
+    records = dict(mismatches=diff.to_dict("records"), checks=checks.to_dict("records"))
+    assert uncharged_drift(account="A", **records) == []
+    assert [r["notional_usd"] for r in uncharged_drift(account="A", heartbeat_checked=False,
+                                                       **records)] == [pytest.approx(50.0)]
+    # Heartbeat off: only the diff's ghost rows are ghosts, never its order findings.
+    order = db_order("rc.P1.t9.E1", profile_id="p1", qty=2.0, price=100.0, symbol=ETH)
+    _, _, v = cycle_of([capital("p1", 10_000)], db_orders=[order], heartbeat=False,
+                       positions=[ex_position(0.0, side="flat", symbol=ETH, mark=100.0)])
+    assert v.loc["p1", "ghost_notional_usd"] == 0.0
+    assert v.loc["p1", "order_notional_usd"] == pytest.approx(200.0)
+
+
+def test_recorded_findings_as_plain_records_are_read_like_the_diffs_frames():
+    """The replay hands the watchdog records: details as dicts, no account on the row."""
+    drift = {"kind": "position_drift", "profile_id": None, "symbol": BTC, "notional_usd": 50.0,
+             "details": {"difference": -0.5, "position_side": "both", "profiles": []}}
+    (row,) = uncharged_drift(account="A", mismatches=[drift], checks=[])
+    assert row["exchange_account"] == "A" and row["notional_usd"] == pytest.approx(50.0)
+    as_text = {**drift, "details": json.dumps(drift["details"])}
+    assert uncharged_drift(account="A", mismatches=[as_text], checks=[]) == [row]
+    (missing,) = uncharged_drift(account="A", mismatches=[{**drift, "details": float("nan")}],
+                                 checks=[])  # a missing details cell reads as none
+    assert missing["difference"] == 0.0 and missing["position_side"] == "both"
+
+
 def test_with_the_heartbeat_off_the_diffs_ghost_rows_are_charged():
     _, _, v = cycle_of([capital("p1", 10_000)], slices=[trade_slice("p1", "t1", 1.0, symbol=ETH)],
                        positions=[ex_position(0.0, side="flat", symbol=ETH, mark=100.0)],
@@ -158,6 +224,18 @@ def test_a_hedge_mode_order_finding_points_at_the_leg_its_side_and_intent_move()
     _, _, v = cycle_of([capital("p1", 10_000)], db_orders=[order], positions=legs)
     assert v.loc["p1", "position_notional_usd"] == 0.0
     assert [r["position_side"] for r in v.attrs["uncharged"]] == ["short"]
+    # An EXIT sell (of a long) moves the long leg too; read as an ENTRY it would be the short.
+    exit_order = db_order("rc.P1.t1.X1", profile_id="p1", qty=0.5, price=100.0, side="sell",
+                          intent="EXIT")
+    legs = [{**ex_position(0.0, side="flat", mark=100.0), "position_side": "long"},
+            {**ex_position(0.0, side="flat", mark=100.0), "position_side": "short"}]
+    held = {"profile_id": "p1", "exchange_account": "A", "symbol": BTC, "side": "long",
+            "qty": 1.0, "avg_price": 100.0, "updated_at": READ_AT - pd.Timedelta(minutes=30)}
+    _, _, v = cycle_of([capital("p1", 10_000), capital("p2", 10_000)], db_orders=[exit_order],
+                       positions=legs, db_positions=[held, {**held, "profile_id": "p2"}])
+    # The long leg shrank by 2: p1 (its order points there) is charged all of it, p2 its own 1.
+    assert v.loc["p1", "position_notional_usd"] == pytest.approx(200.0)
+    assert v.loc["p2", "position_notional_usd"] == pytest.approx(100.0)
 
 
 def test_systemic_not_fully_checked_and_unrecorded_fills_reach_the_verdicts():
@@ -255,6 +333,9 @@ def test_a_cycle_that_started_the_moment_of_the_pause_counts():
     d = auto_resume_decision(paused(since=10), [CycleRecord("c0", at(10), True),
                                                 CycleRecord("c1", at(11), True)], at(30), POLICY)
     assert d.resume and d.clean_cycle_ids == ("c0", "c1")
+    d = auto_resume_decision(paused(since=10), [CycleRecord("c0", at(10), False, "503")],
+                             at(30), POLICY)
+    assert d.conditions[3].detail.endswith("; cycle c0 was not clean: 503")
     no_streak = ResumePolicy(True, 0, 0, 0)
     d = auto_resume_decision(paused(), cycles(True, start=1), at(1), no_streak)
     assert d.resume and d.clean_cycle_ids == ()
