@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import dagster as dg
-from recon_assets.resources.guard import RunConfigGuard
 from pydantic import model_validator
+
+from recon_assets.resources.guard import RunConfigGuard
 
 
 class SettingsError(ValueError):
@@ -88,6 +89,16 @@ FLAGS_BY_FIELD = {flag.field: flag for flag in FLAGS + DEPLOYMENT_FLAGS}
 REPLAYABLE_FLAGS = tuple(flag for flag in FLAGS if flag.env not in (
     "ENABLE_RECON_POSITION_PARITY_HEARTBEAT", "RECON_EXIT_BACKFILL_FILL_AFTER_TRADE_GRACE_MINUTES"))
 
+# The loop's operational bounds (ReconSettings fields without a variable): each a finite number
+# of seconds in [low, high]. NaN would switch a staleness check off (every comparison false).
+OPERATIONAL_BOUNDS: dict[str, tuple[float, float]] = {
+    "recency_guard_seconds": (0.0, 3600.0),
+    "correction_max_cycle_age_seconds": (0.0, 86_400.0),
+    "evidence_max_age_seconds": (0.0, 86_400.0),
+    "evidence_max_apart_seconds": (0.0, 3600.0),
+    "reconciling_max_age_seconds": (0.0, 604_800.0),
+}
+
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
@@ -113,6 +124,30 @@ def _parse(flag: Flag, raw: Any) -> Any:
     if value != value or value in (float("inf"), float("-inf")):
         raise ValueError
     return value
+
+
+def _bounded(data: Mapping[str, Any]) -> dict[str, float]:
+    """The operational bounds given in `data`, checked (finite, in range); one SettingsError
+    naming every bad field."""
+    checked: dict[str, float] = {}
+    problems: list[str] = []
+    for field, (low, high) in OPERATIONAL_BOUNDS.items():
+        if field not in data:
+            continue
+        raw = data[field]
+        try:
+            value = float(raw) if not isinstance(raw, bool) else float("nan")
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not (low <= value <= high):  # NaN fails every comparison
+            problems.append(f"{field}={raw!r}: expected a finite number of seconds from "
+                            f"{low:g} to {high:g}")
+        else:
+            checked[field] = value
+    if problems:
+        raise SettingsError("invalid reconciliation settings (configuration): "
+                            + "; ".join(problems))
+    return checked
 
 
 def _validated(values: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -164,7 +199,7 @@ class ReconSettings(RunConfigGuard, dg.ConfigurableResource):
     def _check_values(cls, data: Any) -> Any:
         if isinstance(data, Mapping):
             known = {k: v for k, v in data.items() if k in FLAGS_BY_FIELD}
-            return {**data, **_validated(known, "configuration")}
+            return {**data, **_validated(known, "configuration"), **_bounded(data)}
         return data
 
     @classmethod

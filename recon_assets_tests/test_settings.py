@@ -4,7 +4,7 @@ import pytest
 
 from recon_assets.core.watchdog import threshold_usd
 
-from recon_assets.settings import FLAGS, ReconSettings, SettingsError
+from recon_assets.settings import FLAGS, OPERATIONAL_BOUNDS, ReconSettings, SettingsError
 
 pytestmark = pytest.mark.unit
 
@@ -105,3 +105,15 @@ def test_recon_and_every_subcommand_describe_themselves_with_defaults():
     health = help_of("health")
     assert "default 127.0.0.1" in health and "default 9187" in health and "default 300" in health
     assert "0 picks a free one" in help_of("simulator")
+
+
+@pytest.mark.parametrize("field", sorted(OPERATIONAL_BOUNDS))
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0, 10**9, "abc", True])
+def test_every_operational_bound_is_finite_and_in_range(field, value):
+    """Issue 38: `correction_max_cycle_age_seconds: .nan` switched the stale-evidence check off
+    (every comparison with NaN is false)."""
+    with pytest.raises(ValueError, match=field):
+        ReconSettings(**{field: value})
+    low, high = OPERATIONAL_BOUNDS[field]
+    assert getattr(ReconSettings(**{field: low}), field) == low
+    assert getattr(ReconSettings(**{field: high}), field) == high

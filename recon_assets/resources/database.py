@@ -18,11 +18,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import dagster as dg
-from recon_assets.resources.guard import RunConfigGuard
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 from pydantic import Field
+
+from recon_assets.resources.guard import RunConfigGuard
 
 
 def redact_dsn(dsn: str) -> str:
