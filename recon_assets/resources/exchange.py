@@ -21,6 +21,7 @@ the snapshot assets put in their metadata and the benchmark reads.
 """
 
 import functools
+import ipaddress
 import json
 import logging
 import random
@@ -48,11 +49,11 @@ from recon_assets.resources.binance_usdm import (CONDITIONAL_CLIENT_ID, CONDITIO
                                                  INCOME_PAGE_LIMIT, POSITION_LISTING,
                                                  TRIGGERED_AS_ORDER, check_payload)
 from recon_assets.resources.exchange_errors import (ExchangeBudgetSpent, ExchangeCredentialsError,
-                                                    ExchangeFetchError, ExchangePayloadError,
-                                                    ExchangeUnknownMarket)
+                                                    ExchangeFetchError, ExchangeHostRefused,
+                                                    ExchangePayloadError, ExchangeUnknownMarket)
+from recon_assets.resources.guard import RunConfigGuard
 from recon_assets.resources.weight_budget import (LocalWeightBudget, SharedWeightBudget,
                                                   WeightBudgetSpent)
-from recon_assets.resources.guard import RunConfigGuard
 
 # Re-exported: callers import the errors and the payload check from here.
 __all__ = ["ExchangeBudgetSpent", "ExchangeCredentialsError", "ExchangeFetchError",
@@ -642,7 +643,11 @@ class ExchangeResource(RunConfigGuard, dg.ConfigurableResource):
         description="JSON {account: {apiKey, secret}}; set it through "
                     "EnvVar('RECON_EXCHANGE_CREDENTIALS'). Never logged.")
     api_base_url: Optional[str] = Field(
-        default=None, description="Point every ccxt API URL at this host (e.g. the simulator).")
+        default=None, description="Point every ccxt API URL at this host (e.g. the simulator): "
+                                  "a loopback host, or the one api_allowed_host names.")
+    api_allowed_host: Optional[str] = Field(
+        default=None, description="The one non-loopback host api_base_url may name "
+                                  "(RECON_EXCHANGE_API_ALLOWED_HOST); unset: loopback only.")
     demo_trading: bool = Field(
         default=False, description="Use the exchange's demo-trading environment (Binance: "
                                    "demo-fapi.binance.com), through ccxt's enable_demo_trading.")
@@ -755,6 +760,7 @@ class ExchangeResource(RunConfigGuard, dg.ConfigurableResource):
         if self.demo_trading:  # Binance's demo-trading environment (ccxt's urls["demo"])
             client.enable_demo_trading(True)
         if self.api_base_url:
+            check_api_host(self.api_base_url, self.api_allowed_host)
             client.urls["api"] = point_urls_at(client.urls["api"], self.api_base_url)
         client.recon_stats = stats if stats is not None else RequestStats()
         client.recon_max_age_s = self.max_response_age_s
@@ -796,6 +802,23 @@ class ExchangeResource(RunConfigGuard, dg.ConfigurableResource):
 
 # Set through their own variables (secrets through EnvVar), not RECON_EXCHANGE_<FIELD>.
 _NOT_FROM_ENV = {"credentials", "api_base_url"}
+
+
+def check_api_host(api_base_url: str, allowed_host: str | None) -> None:
+    """Refuse (`ExchangeHostRefused`) a base URL whose host is not loopback and not
+    `allowed_host`: the signed requests carry the API key to whatever host this names."""
+    host = (urlsplit(api_base_url).hostname or "").lower()
+    if host == "localhost" or (allowed_host and host == allowed_host.strip().lower()):
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass
+    raise ExchangeHostRefused(
+        f"RECON_EXCHANGE_API_BASE_URL names the host {host or '(none)'}, which is not loopback: "
+        "the exchange's API key is only sent to the exchange's own URLs, the local simulator, or "
+        "the one host RECON_EXCHANGE_API_ALLOWED_HOST names")
 
 
 def exchange_settings_from_env(environ: Mapping[str, str]) -> dict[str, str]:

@@ -26,3 +26,8 @@ class ExchangeBudgetSpent(ExchangeFetchError):
 
 class ExchangeCredentialsError(ExchangeFetchError):
     """RECON_EXCHANGE_CREDENTIALS does not hold usable credentials for an account."""
+
+
+class ExchangeHostRefused(ExchangeFetchError):
+    """RECON_EXCHANGE_API_BASE_URL names a host that is neither loopback (the simulator) nor the
+    one RECON_EXCHANGE_API_ALLOWED_HOST names: the API key is never sent there."""
