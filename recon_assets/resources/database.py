@@ -7,6 +7,7 @@ and the reconciliation lock is an advisory lock. The DSN carries a password, so 
 
 
 import datetime as dt
+import ipaddress
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 import dagster as dg
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from pydantic import Field
 
@@ -95,8 +97,43 @@ def connection_lost(exc: BaseException) -> bool:
     return state is None or state.startswith("08") or state in _LOST_SQLSTATES
 
 
+class InsecureDatabaseUrl(ValueError):
+    """A database URL to a host off this machine that does not require TLS."""
+
+
+_TLS_SSLMODES = ("require", "verify-ca", "verify-full")
+
+
+def require_tls_off_loopback(dsn: str) -> None:
+    """Refuse (`InsecureDatabaseUrl`) a DSN whose host is not loopback (nor a Unix socket) when
+    its sslmode (else PGSSLMODE) is weaker than `require`: the password and every trading row
+    would cross the network in clear text. The message names host:port/db, never the password."""
+    try:
+        info = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return  # not parseable: psycopg.connect reports it, without the DSN
+    hosts = [h for h in str(info.get("hostaddr") or info.get("host") or "").split(",") if h]
+
+    def local(host: str) -> bool:
+        if host.startswith("/") or host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    sslmode = str(info.get("sslmode") or os.environ.get("PGSSLMODE") or "prefer").lower()
+    if all(local(h) for h in hosts) or sslmode in _TLS_SSLMODES:
+        return
+    raise InsecureDatabaseUrl(
+        f"the database at {redact_dsn(dsn)} is not on this machine and its URL does not require "
+        f"TLS (sslmode={sslmode}): add sslmode=require (or verify-full) to RECON_DATABASE_URL")
+
+
 def open_connection(dsn: str, **kwargs: Any) -> psycopg.Connection:
-    """psycopg.connect, with any failure to connect reported by `connection_failure`."""
+    """psycopg.connect, with any failure to connect reported by `connection_failure`; a DSN to
+    another host without TLS is refused first (`require_tls_off_loopback`)."""
+    require_tls_off_loopback(dsn)
     try:
         return psycopg.connect(dsn, **kwargs)
     except (psycopg.OperationalError, psycopg.ProgrammingError, psycopg.InterfaceError,
