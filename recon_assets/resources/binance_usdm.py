@@ -55,6 +55,11 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# No quantity, price, fee or amount of a USD-M account reaches this; a float holds it exactly
+# enough and far from infinity.
+MAX_DECIMAL_MAGNITUDE = Decimal("1E+15")
+
+
 def _decimal(item: dict, name: str, minimum: Decimal | None = None, positive: bool = False) -> Decimal:
     if name not in item:
         raise _Bad(f"field {name!r} is missing")
@@ -67,6 +72,9 @@ def _decimal(item: dict, name: str, minimum: Decimal | None = None, positive: bo
         raise _Bad(f"field {name!r} = {raw!r} is not a decimal") from None
     if not value.is_finite():
         raise _Bad(f"field {name!r} = {raw!r} is not a finite decimal")
+    if abs(value) > MAX_DECIMAL_MAGNITUDE:  # finite here, infinite as a float (1E+400)
+        raise _Bad(f"field {name!r} = {raw!r} is beyond any plausible amount "
+                   f"(|x| <= {MAX_DECIMAL_MAGNITUDE:E})")
     if positive and value <= 0:
         raise _Bad(f"field {name!r} = {raw!r} must be > 0")
     if minimum is not None and value < minimum:

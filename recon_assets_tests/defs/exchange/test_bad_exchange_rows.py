@@ -346,10 +346,15 @@ def test_a_duplicate_id_fails_the_cycle(clean, case):
     (OPEN_ORDERS, "origQty", "1e30"), (OPEN_ORDERS, "price", "1e30"),
     (POSITIONS, "positionAmt", "1e30"), (POSITIONS, "markPrice", "1e30"),
     (TRADES, "qty", "1e30"), (TRADES, "price", "1e30"),
+    # Issue 38: a Decimal this large is finite, but as a float it is infinite, and an infinite
+    # fee was booked as 0. Every decimal has a plausible magnitude.
+    (TRADES, "commission", "1E+400"), (POSITIONS, "notional", "1E+400"),
+    (TRADES, "commission", "-1E+20"),
 ])
 def test_a_huge_quantity_or_price_is_refused(clean, path, field, value):
     """No market lets 1e30 be a quantity or price (exchangeInfo's LOT_SIZE maxQty, PRICE_FILTER
-    maxPrice): the snapshot refuses it instead of handing it on as exchange truth."""
+    maxPrice), and no fee or notional is 1E+400: the snapshot refuses it instead of handing it
+    on as exchange truth."""
     sim, dsn, _instance, _defs_, state, _good = clean
     _cycle_with(clean, {"path": path, **_fault_args(path, "every_row", {"set": {field: value}},
                                                     state["symbol"])}, f"'{field}'")
