@@ -17,7 +17,7 @@ from dataclasses import dataclass
 MAX_LENGTH = 36  # Binance USD-M's limit for newClientOrderId
 _PATTERN = re.compile(
     r"^rc\.(?P<sub_tag>[A-Za-z0-9]{1,8})\.(?P<trade_id>[A-Za-z0-9_-]{1,20})\."
-    r"(?P<intent>[EX])(?P<seq>[1-9][0-9]?)$"
+    r"(?P<intent>[EX])(?P<seq>[1-9][0-9]?)\Z"  # \Z: `$` would accept a trailing newline
 )
 _TAGGED = re.compile(r"^rc\.(?P<sub_tag>[A-Za-z0-9]{1,8})\.")
 _INTENTS = {"ENTRY": "E", "EXIT": "X"}

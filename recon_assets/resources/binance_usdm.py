@@ -58,13 +58,16 @@ def _is_int(value: Any) -> bool:
 # No quantity, price, fee or amount of a USD-M account reaches this; a float holds it exactly
 # enough and far from infinity.
 MAX_DECIMAL_MAGNITUDE = Decimal("1E+15")
+# Binance's longest text fields are ids of at most 36 characters; symbols and names are shorter.
+MAX_TEXT_LENGTH = 128
 
 
 def _decimal(item: dict, name: str, minimum: Decimal | None = None, positive: bool = False) -> Decimal:
     if name not in item:
         raise _Bad(f"field {name!r} is missing")
     raw = item[name]
-    if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
+    if not isinstance(raw, (str, int, float)) or isinstance(raw, bool) or (
+            isinstance(raw, str) and not raw.isascii()):  # Decimal reads other scripts' digits
         raise _Bad(f"field {name!r} = {raw!r} is not a decimal")
     try:
         value = Decimal(str(raw))
@@ -86,7 +89,7 @@ def _integer(item: dict, name: str, minimum: int = 0) -> int:
     if name not in item:
         raise _Bad(f"field {name!r} is missing")
     raw = item[name]
-    if isinstance(raw, str) and raw.isdigit():  # some Binance endpoints send ms times as strings
+    if isinstance(raw, str) and raw.isascii() and raw.isdigit():  # ms times sent as strings
         raw = int(raw)
     if not _is_int(raw) or raw < minimum:
         raise _Bad(f"field {name!r} = {raw!r} is not a whole number >= {minimum}")
@@ -115,6 +118,10 @@ def _text(item: dict, name: str, optional: bool = False) -> str | None:
     raw = item[name]
     if not isinstance(raw, str) or (not raw and not optional):
         raise _Bad(f"field {name!r} = {raw!r} is not a non-empty string")
+    if len(raw) > MAX_TEXT_LENGTH:
+        raise _Bad(f"field {name!r} is {len(raw)} characters long, beyond {MAX_TEXT_LENGTH}")
+    if not raw.isprintable():  # NUL and other control characters: no table or log takes them
+        raise _Bad(f"field {name!r} = {raw!r} holds a control character")
     return raw
 
 

@@ -88,3 +88,10 @@ def test_bad_intents_are_refused(intent):
 ])
 def test_near_misses_are_not_ours(cid):
     assert parse_client_order_id(cid) is None
+
+
+def test_an_id_is_ours_only_when_it_is_exactly_the_format():
+    """Issue 38: `$` also matches before a trailing newline; the id must end where it ends."""
+    assert parse_client_order_id("rc.P1.t1.X1") is not None
+    for value in ("rc.P1.t1.X1\n", "rc.P1.t1.X1\x00", " rc.P1.t1.X1", "xrc.P1.t1.X1"):
+        assert parse_client_order_id(value) is None, repr(value)

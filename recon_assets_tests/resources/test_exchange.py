@@ -41,6 +41,12 @@ def _order(**overrides):
     ({"orderId": "abc"}, "'orderId'"), ({"side": "buy"}, "'side'"), ({"status": "OPEN"}, "'status'"),
     ({"price": None}, "'price'"), ({"positionSide": "SIDEWAYS"}, "'positionSide'"), ({"time": -1}, "'time'"),
     ({"clientOrderId": 7}, "'clientOrderId'"), ({"origQty": "NaN"}, "'origQty'"),
+    # Issue 38: text a database or a log must not take, digits Python reads but Binance never
+    # sends (Decimal("١٢") is 12), a quantity infinite as a float.
+    ({"clientOrderId": "rc.P1.t1.X1\x00"}, "'clientOrderId'"),
+    ({"clientOrderId": "x" * 300}, "'clientOrderId'"), ({"type": "LIMIT\x00"}, "'type'"),
+    ({"origQty": "\u0661\u0662"}, "'origQty'"), ({"price": "\uff15\uff10"}, "'price'"),
+    ({"time": "\u0661\u0662\u0663"}, "'time'"), ({"origQty": "1E+400"}, "'origQty'"),
 ])
 def test_bad_order_fields_are_named(overrides, field):
     with pytest.raises(ExchangePayloadError, match=field) as err:
