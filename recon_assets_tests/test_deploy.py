@@ -186,3 +186,43 @@ def test_the_code_location_image_installs_a_package_that_carries_its_sql(tmp_pat
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "RUN pip install ." in dockerfile
     assert '"-m", "recon_assets.definitions", "-a", "defs"' in dockerfile
+
+
+def test_the_helm_values_close_the_door():
+    """Issue 38: every pod non-root on a read-only root filesystem with no privilege escalation
+    and no capabilities, run pods without a service-account token, a read-only webserver for
+    viewers and the writable one behind an authenticating proxy, and only the daemon and the
+    webservers allowed to the code server's gRPC port."""
+    values = yaml.safe_load((REPO / "deploy" / "helm" / "values.yaml").read_text())
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    run = values["runLauncher"]["config"]["customRunLauncher"]["config"]["run_k8s_config"]
+    pods = {"user code": (deployment["podSecurityContext"], deployment["securityContext"]),
+            "webserver": (values["dagsterWebserver"]["podSecurityContext"],
+                          values["dagsterWebserver"]["securityContext"]),
+            "daemon": (values["dagsterDaemon"]["podSecurityContext"],
+                       values["dagsterDaemon"]["securityContext"]),
+            "run": (run["pod_spec_config"]["securityContext"],
+                    run["container_config"]["securityContext"])}
+    for name, (pod, container) in pods.items():
+        assert pod["runAsNonRoot"] is True and pod["runAsUser"] != 0, name
+        assert container == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                             "privileged": False, "capabilities": {"drop": ["ALL"]}}, name
+    # The image's user (Dockerfile) is the one the pods run as.
+    assert f"--uid {pods['run'][0]['runAsUser']} " in (REPO / "Dockerfile").read_text()
+    # A read-only root filesystem: /tmp and the compute logs are emptyDirs, in every pod.
+    for mounts in (deployment["volumeMounts"], values["dagsterWebserver"]["volumeMounts"],
+                   values["dagsterDaemon"]["volumeMounts"], run["container_config"]["volume_mounts"]):
+        assert {m["mountPath"] for m in mounts} == {"/tmp", "/opt/dagster/dagster_home/storage"}
+    assert run["pod_spec_config"]["automountServiceAccountToken"] is False
+    assert values["dagsterWebserver"]["enableReadOnly"] is True
+    ingress = values["ingress"]
+    assert ingress["enabled"] and "nginx.ingress.kubernetes.io/auth-url" in ingress["annotations"]
+    assert ingress["dagsterWebserver"]["host"] != ingress["readOnlyDagsterWebserver"]["host"]
+    policy = yaml.safe_load((REPO / "deploy" / "helm" / "networkpolicy.yaml").read_text())
+    assert policy["kind"] == "NetworkPolicy" and policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"component": "user-deployments"}}
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": deployment["port"]}]
+    (source,) = rule["from"]
+    assert source["podSelector"]["matchExpressions"] == [
+        {"key": "component", "operator": "In", "values": ["dagster-daemon", "dagster-webserver"]}]
