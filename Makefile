@@ -23,12 +23,14 @@ demo: $(STAMP)
 	$(VENV)/bin/recon demo
 
 # Mutation testing of the decisions (core/parity, watchdog, backfill, corrections) against the
-# unit tier, with mutmut ([tool.mutmut] in pyproject.toml); not in CI. `make mutants` runs all of
-# them (about an hour on two cores), MUTANTS="recon_assets.core.parity.x_slice_decision*" a
-# subset; `.venv/bin/mutmut results` lists the survivors, `.venv/bin/mutmut show NAME` one.
-MUTANTS ?=
+# unit tier, with mutmut ([tool.mutmut] in pyproject.toml); not in CI. One module at a time:
+# `make mutants MODULE=parity` (about 15 minutes on two cores; watchdog about 35); with no
+# MODULE, all four (hours). MUTANTS="recon_assets.core.parity.x_slice_decision*" picks any set;
+# `.venv/bin/mutmut results` lists the survivors, `.venv/bin/mutmut show NAME` one.
+MODULE ?=
+MUTANTS ?= $(if $(MODULE),recon_assets.core.$(MODULE)*,)
 mutants: $(STAMP)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -e ".[mutation]"
 	rm -rf mutants
-	RECON_TESTS_FAST=1 $(VENV)/bin/mutmut run $(MUTANTS)
+	RECON_TESTS_FAST=1 $(VENV)/bin/mutmut run --max-children 2 $(MUTANTS)
 	$(VENV)/bin/mutmut results

@@ -70,6 +70,7 @@ FUNCTIONS = (
     "recon_record_delivery_attempt",
     "recon_record_failed_cycle",
     "recon_record_lock_contention",
+    "recon_record_operator_action",
     "recon_record_parity_checks",
     "recon_record_policy_replay",
     "recon_record_refused_correction",

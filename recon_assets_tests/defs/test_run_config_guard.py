@@ -50,6 +50,8 @@ def test_an_operator_reason_read_from_the_environment_is_refused_and_never_resol
     recorded = everything_recorded(instance, result) + why
     assert "guard-test-key-7f3a" not in recorded and "guard-test-secret-91c2" not in recorded
     assert (gate(pg_dsn, "beta"), query(pg_dsn, "SELECT count(*) FROM recon.trading_gate_events")) == before
+    # Refused before the job's first line: not even its launch is recorded.
+    assert query(pg_dsn, "SELECT count(*) FROM recon.operator_actions") == [(0,)]
 
 
 @pytest.mark.parametrize("override, path", [

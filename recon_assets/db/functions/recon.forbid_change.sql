@@ -39,3 +39,7 @@ CREATE TRIGGER backfill_reviews_append_only BEFORE UPDATE OR DELETE ON recon.bac
 DROP TRIGGER IF EXISTS reconciling_revoked_append_only ON recon.reconciling_revoked;
 CREATE TRIGGER reconciling_revoked_append_only BEFORE UPDATE OR DELETE ON recon.reconciling_revoked
     FOR EACH ROW EXECUTE FUNCTION recon.forbid_change();
+
+DROP TRIGGER IF EXISTS operator_actions_append_only ON recon.operator_actions;
+CREATE TRIGGER operator_actions_append_only BEFORE UPDATE OR DELETE ON recon.operator_actions
+    FOR EACH ROW EXECUTE FUNCTION recon.forbid_change();

@@ -8,6 +8,7 @@ from recon_assets.core.rules import APPROVE, EXIT_BACKFILL, GO, REJECT
 from recon_assets.defs.apply import (Application, ProfileCycleConfig, apply_each, check_partition,
                                      own_attempts_decisions, profile_partitioned_config,
                                      report_outcomes, resolve_cycle)
+from recon_assets.defs.operator_record import record_launch
 from recon_assets.resources.backfill_store import BackfillStore
 from recon_assets.resources.database import TradingStore
 from recon_assets.settings import ReconSettings
@@ -78,6 +79,7 @@ class ReviewBackfillConfig(dg.Config):
 
 def _review(context: dg.OpExecutionContext, database: TradingStore, verdict: str,
             config: ReviewBackfillConfig) -> dict:
+    record_launch(context, database)
     try:
         review = BackfillStore(database).review(config.decision_id, verdict, config.note,
                                                 context.run.run_id)

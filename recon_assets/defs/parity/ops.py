@@ -7,6 +7,7 @@ from recon_assets.core.rules import QUARANTINE_RESOLUTIONS, SYNTHETIC_EXIT
 from recon_assets.defs.apply import (Application, ProfileCycleConfig, apply_each, check_partition,
                                      own_attempts_decisions, profile_partitioned_config,
                                      report_outcomes, resolve_cycle)
+from recon_assets.defs.operator_record import record_launch
 from recon_assets.resources.database import TradingStore
 from recon_assets.resources.recon_store import ReconStore
 from recon_assets.settings import ReconSettings
@@ -82,6 +83,7 @@ class ResolveQuarantineConfig(dg.Config):
        tags={"kind": "postgres"})
 def resolve_quarantine_op(context: dg.OpExecutionContext, config: ResolveQuarantineConfig,
                           database: TradingStore) -> dict:
+    record_launch(context, database)
     if config.resolution not in QUARANTINE_RESOLUTIONS:
         raise dg.Failure(f"resolution must be one of {', '.join(QUARANTINE_RESOLUTIONS)}, not "
                          f"{config.resolution!r}")

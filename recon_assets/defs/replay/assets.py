@@ -16,6 +16,7 @@ from recon_assets.core.parity import ParityPolicy
 from recon_assets.core.replay import EVENT_COLUMNS, LIVE, REPLAY, ReplayPolicy, replay
 from recon_assets.core.watchdog import ResumePolicy
 from recon_assets.defs.metadata import md_table
+from recon_assets.defs.operator_record import record_launch
 from recon_assets.resources.database import TradingStore
 from recon_assets.resources.replay_store import ReplayStore, events_query
 from recon_assets.settings import REPLAYABLE_FLAGS, ReconSettings, SettingsError, replay_overrides
@@ -102,6 +103,7 @@ def _markdown_summary(result, overrides: dict[str, object], since, until) -> str
 def policy_replays(context: dg.AssetExecutionContext, config: PolicyReplayConfig,
                   settings: ReconSettings, database: TradingStore) -> dg.MaterializeResult:
     """What the runbook flags would have done over the recorded history: the live loop's own rules folded over the recorded cycles with the live flags (checked against the record) and with the overrides, side by side; rows in recon.policy_replay_events by replay id."""
+    record_launch(context, database)
     since, until = _time(config.since, "since"), _time(config.until, "until")
     if since and until and since >= until:
         raise dg.Failure(f"since ({since.isoformat()}) must be before until ({until.isoformat()})")

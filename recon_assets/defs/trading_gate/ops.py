@@ -4,6 +4,7 @@ never auto-resumed: only `resume_profile` lifts it."""
 
 import dagster as dg
 
+from recon_assets.defs.operator_record import record_launch
 from recon_assets.resources.database import TradingStore
 from recon_assets.resources.watchdog_store import WatchdogStore
 
@@ -25,7 +26,9 @@ def _change(context: dg.OpExecutionContext, config: TradingGateConfig, result: d
     return result
 
 
-def _reason(config: TradingGateConfig) -> None:
+def _reason(context: dg.OpExecutionContext, config: TradingGateConfig,
+            database: TradingStore) -> None:
+    record_launch(context, database)
     if not config.reason.strip():
         raise dg.Failure("a reason is required: it is recorded with the change for the next "
                          "on-call")
@@ -36,7 +39,7 @@ def _reason(config: TradingGateConfig) -> None:
                    "auto-resumed.", tags={"kind": "postgres"})
 def pause_profile_op(context: dg.OpExecutionContext, config: TradingGateConfig,
                      database: TradingStore) -> dict:
-    _reason(config)
+    _reason(context, config, database)
     return _change(context, config,
                    WatchdogStore(database).pause(config.profile_id, config.reason, context.run.run_id))
 
@@ -46,7 +49,7 @@ def pause_profile_op(context: dg.OpExecutionContext, config: TradingGateConfig,
        tags={"kind": "postgres"})
 def resume_profile_op(context: dg.OpExecutionContext, config: TradingGateConfig,
                       database: TradingStore) -> dict:
-    _reason(config)
+    _reason(context, config, database)
     return _change(context, config,
                    WatchdogStore(database).resume(config.profile_id, config.reason, context.run.run_id))
 

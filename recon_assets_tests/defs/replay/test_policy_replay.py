@@ -75,7 +75,9 @@ def events(dsn, run_id, policy, kind):
 
 
 def not_the_replays(table, _row):
-    return not table.startswith("recon.policy_replay")
+    """Everything but the replays' own rows and their launches (recon.operator_actions, which
+    test_operator_record.py checks)."""
+    return not table.startswith("recon.policy_replay") and table != "recon.operator_actions"
 
 
 def test_the_live_flags_reproduce_the_record_and_other_flags_show_what_they_would_have_done(
@@ -86,6 +88,9 @@ def test_the_live_flags_reproduce_the_record_and_other_flags_show_what_they_woul
     # 1. The live flags: every recorded decision reproduced; the live exit is in the third cycle.
     live = replay_run(defs, instance, accounts=["acct1"])
     assert live.success
+    # The launch is recorded (issue 38), with its config.
+    assert query(pg_dsn, "SELECT job, run_id, config FROM recon.operator_actions") == [
+        ("policy_replay", live.run_id, live.dagster_run.run_config)]
     meta = materialization(live)
     assert meta["fidelity_ok"] is True and meta["differences"] == 0, meta["first_difference"]
     assert meta["cycles_replayed"] == 5
