@@ -19,7 +19,7 @@ from recon_assets.core.rules import (ACTIVE, OPERATOR_PAUSE_SOURCE, PAUSED, RESU
 from recon_assets.core.watchdog import (VERDICT_COLUMNS, Condition, CycleRecord, GateState,
                                         ResumeDecision, ResumePolicy,
                                         auto_resume_decision, clean_streak, cycle_record,
-                                        uncharged_drift, watchdog_verdicts)
+                                        uncharged_drift, verdict_records, watchdog_verdicts)
 from recon_assets_tests.core.test_diff import (BTC, ETH, READ_AT, db_order, ex_order,
                                                ex_position, profile, trade_slice)
 from recon_assets_tests.harness.examples import examples
@@ -519,3 +519,137 @@ def test_auto_resume_over_random_histories():
     n = seen["examples"]
     assert seen["resumed"] >= 0.35 * n and seen["resumed twice"] >= 0.1 * n, seen
     assert seen["held by the cooldown"] >= 0.05 * n, seen
+
+
+def _drift(symbol, difference, notional, parts, leg="both"):
+    return {"kind": "position_drift", "profile_id": None, "exchange_account": "A",
+            "symbol": symbol, "notional_usd": notional,
+            "details": {"difference": difference, "position_side": leg,
+                        "profiles": [{"profile_id": p, "net_qty": q} for p, q in parts]}}
+
+
+def _order_finding(profile, notional, symbol=BTC, kind="missing_from_exchange"):
+    return {"kind": kind, "profile_id": profile, "exchange_account": "A", "symbol": symbol,
+            "notional_usd": notional, "details": {"side": "buy", "intent": "ENTRY"}}
+
+
+def test_every_finding_is_counted_and_every_charge_summed_per_profile():
+    """Exact findings and sums over several findings of one profile (records, as the replay
+    hands them): two order findings, an unrecorded fill, a heartbeat check that is not cleared,
+    a position drift it holds a part of; and the reason's figures in their places."""
+    records = verdict_records(
+        account="A", max_notional_pct=0.5,
+        profiles=[capital("p1", 100_000), capital("p2", 100_000)],
+        mismatches=[_order_finding("p1", 30.0), _order_finding("p1", 20.0),
+                    _drift(ETH, 1.0, 100.0, [("p1", 1.0)])],
+        checks=[{"profile_id": "p1", "symbol": ETH, "side": "long", "ghost": False,
+                 "decision": "held", "mismatch_notional_usd": 0.0}],
+        unrecorded_fills={"p1": 0.5, "p2": 0.0})
+    p1, p2 = records
+    assert p1["exchange_account"] == "A"
+    assert (p1["order_notional_usd"], p1["position_notional_usd"]) == (50.5, 100.0)
+    assert p1["findings"] == 5  # 1 check + 2 orders + 1 unrecorded fill + 1 position part
+    assert p1["reason"] == ("mismatch notional 150.50 USD (ghosts 0.00, orders 50.50, positions "
+                            "100.00) is within 0.5 % of allocated capital 100000.00 USD "
+                            "(500.00 USD)")
+    assert (p2["findings"], p2["order_notional_usd"], p2["clean"]) == (0, 0.0, True)
+    # The heartbeat off: the diff's ghost rows are the findings, one each, never other kinds.
+    ghost = {"kind": "ghost_slice", "profile_id": "p1", "exchange_account": "A", "symbol": ETH,
+             "notional_usd": 40.0, "details": {"side": "long"}}
+    (off,) = verdict_records(account="A", max_notional_pct=0.5, profiles=[capital("p1", 100_000)],
+                             mismatches=[ghost, ghost, _order_finding("p1", 10.0)], checks=[],
+                             heartbeat_checked=False)
+    assert (off["findings"], off["ghost_notional_usd"], off["order_notional_usd"]) == (3, 80.0, 10.0)
+    (on,) = verdict_records(account="A", max_notional_pct=0.5, profiles=[capital("p1", 100_000)],
+                            mismatches=[ghost], checks=[])
+    assert (on["findings"], on["ghost_notional_usd"], on["clean"]) == (0, 0.0, True)
+
+
+def test_a_position_the_exchange_grew_is_not_a_holders_shrink():
+    """The database holds 1 BTC (p1), the exchange 2: grown, with no evidence pointing at anyone,
+    it is uncharged; the exchange at -1 (the other way) is grown too. A shrink (exchange 0.5) is
+    charged to the holder, at most its own position."""
+    for exchange in (2.0, -1.0):
+        difference = 1.0 - exchange
+        (v,) = verdict_records(account="A", max_notional_pct=0.5, profiles=[capital("p1", 10_000)],
+                               mismatches=[_drift(BTC, difference, abs(difference) * 100,
+                                                  [("p1", 1.0)])], checks=[])
+        assert v["position_notional_usd"] == 0.0 and v["findings"] == 1, exchange
+        (row,) = uncharged_drift(account="A", checks=[], mismatches=[
+            _drift(BTC, difference, abs(difference) * 100, [("p1", 1.0)])])
+        assert row["reason"] == (f"the exchange holds {exchange:g} on {BTC} against the "
+                                 "database's 1, and no order, fill or database position points "
+                                 "at a profile: charged to no one")
+    (v,) = verdict_records(account="A", max_notional_pct=0.5, profiles=[capital("p1", 10_000)],
+                           mismatches=[_drift(BTC, 0.5, 50.0, [("p1", 1.0)])], checks=[])
+    assert v["position_notional_usd"] == 50.0
+    (row,) = uncharged_drift(account="A", checks=[], mismatches=[
+        _drift(BTC, -0.5, 50.0, [("p1", 1.0)], leg="long")])
+    assert row["reason"].startswith(f"the exchange holds 1.5 on {BTC} (long leg) against")
+
+
+def test_records_carry_every_verdict_column_and_exact_counts_at_the_edges():
+    profiles = [capital("p1", 10_000), capital("p2", 10_000), capital("p3", 10_000)]
+    checks = [{"profile_id": "p1", "symbol": ETH, "side": "long", "ghost": False,
+               "decision": "held", "mismatch_notional_usd": 0.0}] * 2
+    p1, p2, p3 = verdict_records(
+        account="A", max_notional_pct=0.5, profiles=profiles, checks=checks,
+        mismatches=[_order_finding("p2", 50.0)], unrecorded_fills={"p1": 0.0},
+        not_fully_checked={"p3": "held back"})
+    for row in (p1, p2, p3):
+        assert list(row) == list(VERDICT_COLUMNS)
+        assert row["threshold_pct"] == 0.5 and row["allocated_capital_usd"] == 10_000
+    assert (p1["findings"], p2["findings"], p3["findings"]) == (2, 1, 0)
+    # Exactly at the threshold (50 USD of 10,000 at 0.5 %) is within it.
+    assert not p2["tripped"] and "is within 0.5 %" in p2["reason"]
+    assert p3["not_fully_checked"] == "held back" and p3["unrecorded_fills_usd"] == 0.0
+    assert p3["reason"].startswith("mismatch notional 0.00 USD") and p3["reason"].endswith(
+        "; not fully checked: held back")
+    assert p1["unrecorded_fills_usd"] == 0.0 and p2["unrecorded_fills_usd"] == 0.0
+
+
+def test_what_points_at_a_profile_is_an_order_finding_on_the_drifts_leg_and_nothing_else():
+    one = [capital("p1", 10_000), capital("p2", 10_000)]
+    grown = _drift(BTC, -1.0, 100.0, [])  # the exchange holds 1 the database does not
+    # One-way: p1's ENTRY buy points at the symbol's net; the whole growth is p1's, twice over
+    # two symbols (each charged).
+    p1, p2 = verdict_records(account="A", max_notional_pct=0.5, profiles=one, checks=[],
+                             mismatches=[_order_finding("p1", 10.0), grown,
+                                         _order_finding("p1", 10.0, symbol=ETH),
+                                         _drift(ETH, -2.0, 200.0, [])])
+    assert (p1["position_notional_usd"], p2["position_notional_usd"]) == (300.0, 0.0)
+    assert p1["findings"] == 4  # two orders, two drifts
+    # A finding whose profile cell is missing (NaN, as a float column holds it) is no one's.
+    assert uncharged_drift(account="A", checks=[],
+                           mismatches=[grown, _order_finding(float("nan"), 10.0)]) != []
+    assert uncharged_drift(account="A", checks=[], mismatches=[grown]) != []
+    assert uncharged_drift(account="A", checks=[],
+                           mismatches=[grown, _order_finding("p1", 10.0)]) == []
+    # A ghost row names a profile but is no order: it points at no one.
+    ghost = {"kind": "ghost_slice", "profile_id": "p2", "exchange_account": "A", "symbol": BTC,
+             "notional_usd": 100.0, "details": {"side": "long"}}
+    assert uncharged_drift(account="A", checks=[], mismatches=[grown, ghost]) != []
+    # Hedge mode, a qty drift (its sides as db_side / exchange_side): the database's side says
+    # the leg, the exchange's when the database has none.
+    long_grown = _drift(BTC, -1.0, 100.0, [], leg="long")
+    for details, charged in (({"db_side": "buy", "exchange_side": "sell"}, 100.0),
+                             ({"db_side": None, "exchange_side": "buy"}, 100.0),
+                             ({"db_side": "sell", "exchange_side": "buy"}, 0.0)):
+        finding = {**_order_finding("p1", 5.0, kind="qty_drift"),
+                   "details": {"intent": "ENTRY", **details}}
+        p1, _ = verdict_records(account="A", max_notional_pct=0.5, profiles=one, checks=[],
+                                mismatches=[finding, long_grown])
+        assert p1["position_notional_usd"] == charged, details
+
+
+def test_a_small_growth_is_uncharged_not_lost():
+    (row,) = uncharged_drift(account="A", checks=[], mismatches=[_drift(BTC, -0.001, 0.06, [])])
+    assert row["notional_usd"] == pytest.approx(0.06)
+
+
+def test_the_minimum_pause_ends_at_its_moment_and_a_breaker_without_a_why_is_named_alone():
+    d = auto_resume_decision(paused(), cycles(True, True, start=1), at(15), POLICY)
+    assert d.conditions[2].holds and d.resume
+    d = auto_resume_decision(paused(), [CycleRecord("c0", at(1), False, "")], at(30), POLICY)
+    assert d.conditions[3].detail == ("0 of 2 consecutive clean cycles since the pause; "
+                                      "cycle c0 was not clean")
