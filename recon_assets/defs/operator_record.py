@@ -10,7 +10,7 @@ from recon_assets.resources.operator_store import record_operator_action
 
 def record_launch(context: dg.OpExecutionContext | dg.AssetExecutionContext,
                   database: TradingStore) -> int:
-    """Record this run's launch before the job acts; the row's id (in the step's metadata)."""
+    """Record this run's launch before the job acts; the row's id (logged)."""
     run = context.run
     action_id = record_operator_action(database, job=run.job_name, run_id=run.run_id,
                                        tags=run.tags, run_config=run.run_config)

@@ -7,7 +7,6 @@ and the reconciliation lock is an advisory lock. The DSN carries a password, so 
 
 
 import datetime as dt
-import ipaddress
 import json
 import os
 import re
@@ -26,6 +25,7 @@ from psycopg.rows import dict_row
 from pydantic import Field
 
 from recon_assets.resources.guard import RunConfigGuard
+from recon_assets.resources.loopback import is_loopback_host
 
 
 def redact_dsn(dsn: str) -> str:
@@ -113,17 +113,8 @@ def require_tls_off_loopback(dsn: str) -> None:
     except psycopg.ProgrammingError:
         return  # not parseable: psycopg.connect reports it, without the DSN
     hosts = [h for h in str(info.get("hostaddr") or info.get("host") or "").split(",") if h]
-
-    def local(host: str) -> bool:
-        if host.startswith("/") or host.lower() == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
-
     sslmode = str(info.get("sslmode") or os.environ.get("PGSSLMODE") or "prefer").lower()
-    if all(local(h) for h in hosts) or sslmode in _TLS_SSLMODES:
+    if all(is_loopback_host(h) for h in hosts) or sslmode in _TLS_SSLMODES:
         return
     raise InsecureDatabaseUrl(
         f"the database at {redact_dsn(dsn)} is not on this machine and its URL does not require "

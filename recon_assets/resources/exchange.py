@@ -21,7 +21,6 @@ the snapshot assets put in their metadata and the benchmark reads.
 """
 
 import functools
-import ipaddress
 import json
 import logging
 import random
@@ -52,6 +51,7 @@ from recon_assets.resources.exchange_errors import (ExchangeBudgetSpent, Exchang
                                                     ExchangeFetchError, ExchangeHostRefused,
                                                     ExchangePayloadError, ExchangeUnknownMarket)
 from recon_assets.resources.guard import RunConfigGuard
+from recon_assets.resources.loopback import is_loopback_host
 from recon_assets.resources.weight_budget import (LocalWeightBudget, SharedWeightBudget,
                                                   WeightBudgetSpent)
 
@@ -808,13 +808,9 @@ def check_api_host(api_base_url: str, allowed_host: str | None) -> None:
     """Refuse (`ExchangeHostRefused`) a base URL whose host is not loopback and not
     `allowed_host`: the signed requests carry the API key to whatever host this names."""
     host = (urlsplit(api_base_url).hostname or "").lower()
-    if host == "localhost" or (allowed_host and host == allowed_host.strip().lower()):
+    # A URL's hostname is never a socket path: loopback here means localhost or 127/8, ::1.
+    if is_loopback_host(host) or (allowed_host and host == allowed_host.strip().lower()):
         return
-    try:
-        if ipaddress.ip_address(host).is_loopback:
-            return
-    except ValueError:
-        pass
     raise ExchangeHostRefused(
         f"RECON_EXCHANGE_API_BASE_URL names the host {host or '(none)'}, which is not loopback: "
         "the exchange's API key is only sent to the exchange's own URLs, the local simulator, or "
