@@ -13,9 +13,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     DAGSTER_HOME=/opt/dagster/dagster_home
 WORKDIR /opt/dagster/app
 
+# The locked versions, checked against their hashes (requirements.txt, `make lock`), then the
+# package on top of them without resolving anything again.
+COPY requirements.txt ./
+RUN pip install --require-hashes -r requirements.txt
 COPY pyproject.toml README.md ./
 COPY recon_assets ./recon_assets
-RUN pip install . && mkdir -p "$DAGSTER_HOME" \
+RUN pip install --no-deps . && mkdir -p "$DAGSTER_HOME" \
     && useradd --system --uid 10001 --home-dir /opt/dagster recon \
     && chown -R recon /opt/dagster
 USER recon

@@ -2,8 +2,8 @@
 VENV := .venv
 STAMP := $(VENV)/.bootstrapped
 
-.PHONY: test test-fast demo bootstrap mutants
-$(STAMP): pyproject.toml scripts/bootstrap.sh
+.PHONY: test test-fast demo bootstrap mutants lock
+$(STAMP): pyproject.toml requirements-test.txt scripts/bootstrap.sh
 	bash scripts/bootstrap.sh
 	touch $@
 
@@ -34,3 +34,15 @@ mutants: $(STAMP)
 	rm -rf mutants
 	RECON_TESTS_FAST=1 $(VENV)/bin/mutmut run --max-children 2 $(MUTANTS)
 	$(VENV)/bin/mutmut results
+
+# The lockfiles (pinned versions with their hashes): requirements.txt for the image,
+# requirements-test.txt for bootstrap and CI. Run after changing pyproject.toml's dependencies;
+# pins already in the files are kept unless UPGRADE=--upgrade (then everything moves to the
+# newest versions the ranges allow; run `make test` on them before committing).
+UPGRADE ?=
+LOCK = CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile -q --generate-hashes \
+	--no-strip-extras --no-emit-index-url --no-emit-find-links $(UPGRADE)
+lock: $(STAMP)
+	$(VENV)/bin/pip install -q --disable-pip-version-check "pip-tools>=7.4"
+	$(LOCK) -o requirements.txt pyproject.toml
+	$(LOCK) --extra test -o requirements-test.txt pyproject.toml

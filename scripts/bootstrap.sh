@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the project needs on a fresh machine: system packages (PostgreSQL server
-# binaries, Chromium for the browser test) and a virtualenv with the package and its test extra.
+# binaries, Chromium for the browser test) and a virtualenv with the package and its test extra,
+# at the versions and hashes of the lockfile (requirements-test.txt).
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,4 +20,7 @@ fi
 PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check --upgrade pip
-.venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
+# The locked versions, checked against their hashes (requirements-test.txt, `make lock`), then
+# the package itself on top of them without resolving anything again.
+.venv/bin/pip install -q --disable-pip-version-check --require-hashes -r requirements-test.txt
+.venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
