@@ -273,6 +273,27 @@ def test_each_grant_for_the_snapshot_is_needed(pg_server, pg_dsn, revoke):
             store.snapshot_account("acct1")
 
 
+def test_the_role_sees_the_trading_rows_only_through_its_policy(pg_server, pg_dsn):
+    """The trading tables have row-level security (migration 0023): the grant's policy
+    (`recon_reads_<role>`) is what lets the snapshot see their rows; without it the role reads
+    an empty book, which the cycle would take for a flat account."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO profiles (id, exchange_account, sub_tag, allocated_capital_usd)"
+                     " VALUES ('lp-rls', 'acct-rls', 'LPR', 1000)")
+    try:
+        with reconciler_role(pg_server, pg_dsn) as (role, role_dsn):
+            store = PostgresStore(dsn=role_dsn)
+            (row,) = store.snapshot_account("acct-rls")["profiles"]
+            assert row["profile_id"] == "lp-rls"
+            with psycopg.connect(pg_dsn, autocommit=True) as conn:
+                conn.execute(sql.SQL("DROP POLICY {} ON public.profiles").format(
+                    sql.Identifier(f"recon_reads_{role}")))
+            assert store.snapshot_account("acct-rls")["profiles"] == []
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM profiles WHERE id = 'lp-rls'")
+
+
 def test_the_command_grants_prints_and_refuses_without_a_database(pg_server, pg_dsn, capsys,
                                                                    monkeypatch):
     from recon_assets.cli import main

@@ -7,8 +7,10 @@ call`, `snapshot_account`). Those functions are SECURITY DEFINER with an empty s
 run as their owner (the role that migrates), so the reconciler's role needs EXECUTE on them and
 no privilege on any table of schema `recon`, nor any write privilege on a trading table.
 The one exception is `recon_snapshot_account`, which reads the trading tables as its caller
-(one statement, one MVCC snapshot): SELECT on the four tables it reads, USAGE on schema `recon`
-and EXECUTE on `recon.open_order_statuses()`, the one `recon.*` function it calls.
+(one statement, one MVCC snapshot): SELECT on the four tables it reads and a row-level security
+policy letting the role see their rows (`recon_reads_<role>`, FOR SELECT; the tables have
+row-level security since migration 0023), USAGE on schema `recon` and EXECUTE on
+`recon.open_order_statuses()`, the one `recon.*` function it calls.
 
 The grants are applied by the owner (a role that owns these objects or may grant on them), are
 idempotent, and must be applied again after a `recon migrate` that changed a function's
@@ -106,6 +108,15 @@ def grant_script(role: str) -> str:
     literal = "'" + role.replace("'", "''") + "'"
     functions = ", ".join(f"'{f}'" for f in FUNCTIONS)
     tables = ", ".join(f"public.{t}" for t in SNAPSHOT_TABLES)
+    # The tables have row-level security (migration 0023): a policy lets the role see every
+    # row of the four it reads (a role of its own; a policy per role, so granting two roles
+    # keeps both).
+    policies = "".join(
+        f"    EXECUTE pg_catalog.format('DROP POLICY IF EXISTS %I ON public.{t}', "
+        f"'recon_reads_' || r);\n"
+        f"    EXECUTE pg_catalog.format('CREATE POLICY %I ON public.{t} FOR SELECT TO %I "
+        f"USING (true)', 'recon_reads_' || r, r);\n"
+        for t in SNAPSHOT_TABLES)
     helpers = "".join(
         f"    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION {h} TO %I', r);\n"
         for h in SNAPSHOT_HELPERS)
@@ -123,7 +134,7 @@ BEGIN
                               pg_catalog.current_database(), r);
     EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA public, recon TO %I', r);
     EXECUTE pg_catalog.format('GRANT SELECT ON TABLE {tables} TO %I', r);
-{helpers}    FOREACH f IN ARRAY ARRAY[{functions}] LOOP
+{policies}{helpers}    FOREACH f IN ARRAY ARRAY[{functions}] LOOP
         granted := false;
         FOR fn IN SELECT p.oid::pg_catalog.regprocedure::text FROM pg_catalog.pg_proc p
                    WHERE p.pronamespace = 'public'::pg_catalog.regnamespace AND p.proname = f

@@ -32,7 +32,10 @@ def create_api_roles(server: LocalPostgres) -> None:
     with psycopg.connect(server.dsn(), autocommit=True) as conn:
         for role in SUPABASE_ROLES:
             if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
-                conn.execute(f"CREATE ROLE {role} NOLOGIN")
+                # Supabase's service_role bypasses row-level security (the service key is
+                # the backend's); anon and authenticated are subject to it.
+                extra = " BYPASSRLS" if role == "service_role" else ""
+                conn.execute(f"CREATE ROLE {role} NOLOGIN{extra}")
 
 
 def create_migrated_database(server: LocalPostgres, name: str) -> str:

@@ -30,8 +30,12 @@ behaviour for functions:
   `anon`) is set with `SET LOCAL ROLE` for the call, as PostgREST does from the JWT's role
   claim, so a missing grant is a `42501` (403; 401 for anon) here as there. The roles must exist
   in the cluster (the test harness creates them, NOLOGIN, before migrating).
-Not implemented: table endpoints, GET/HEAD rpc, filters, `Prefer` options, JWTs (keys are
-compared as opaque strings).
+- Table endpoints, enough to show what a key can read and write (issue 38: Supabase's public
+  keys reach nothing): `GET /rest/v1/<table>` (every row, `select` ignored), `POST` (insert the
+  JSON object or array), `PATCH` and `DELETE` (with `column=eq.value` filters only), in the
+  exposed schema (`Accept-Profile` / `Content-Profile` must name it), as the key's role.
+Not implemented: GET/HEAD rpc, other filters, `Prefer` options (a write answers 201/204 with no
+body), JWTs (keys are compared as opaque strings).
 """
 
 import hmac
@@ -45,6 +49,7 @@ from psycopg import sql
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _RPC_PATH = re.compile(r"^/rest/v1/rpc/([^/?#]+)/?(?:\?.*)?$")
+_TABLE_PATH = re.compile(r"^/rest/v1/([A-Za-z_][A-Za-z0-9_]*)/?(?:\?(.*))?$")
 
 # Input arguments of every overload of a function: names, types, how many have defaults.
 _SIGNATURES_SQL = """
@@ -188,6 +193,57 @@ class PostgrestStandIn:
             return 204, None
         return 200, body if body is not None else "null"
 
+    def table(self, method: str, table: str, filters: list[tuple[str, str]], body,
+              role: str) -> tuple[int, str | None]:
+        """(status, JSON text or None) of reading (GET) or writing (POST, PATCH, DELETE)
+        `table` of the exposed schema as `role` (always switched: the point is what a key's
+        role may do)."""
+        if not all(_IDENTIFIER.fullmatch(c) for c, _v in filters):
+            return 400, json.dumps({"code": "PGRST100", "message": "unsupported filter"})
+        target = sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(table))
+        where = sql.SQL(" AND ").join(
+            sql.SQL("{}::text = {}").format(sql.Identifier(c), sql.Literal(v))
+            for c, v in filters) if filters else sql.SQL("true")
+        rows = json.dumps(body if isinstance(body, list) else [body])
+        if method == "GET":
+            query = sql.SQL("SELECT COALESCE(json_agg(t), '[]')::text FROM {} t").format(target)
+        elif method == "POST":  # the payload's columns, as PostgREST inserts them
+            first = (body[0] if isinstance(body, list) and body else body) or {}
+            columns = [c for c in first if _IDENTIFIER.fullmatch(c)] if isinstance(
+                first, dict) else []
+            if not columns:
+                return 400, json.dumps({"code": "PGRST102", "message": "Empty or invalid json"})
+            cols = sql.SQL(", ").join(map(sql.Identifier, columns))
+            query = sql.SQL("INSERT INTO {t} ({cols}) SELECT {cols} FROM json_populate_recordset("
+                            "NULL::{t}, {rows}::json)").format(t=target, cols=cols,
+                                                               rows=sql.Literal(rows))
+        elif method == "PATCH":
+            columns = [c for c in (body or {}) if _IDENTIFIER.fullmatch(c)]
+            if not isinstance(body, dict) or not columns:
+                return 400, json.dumps({"code": "PGRST102", "message": "Empty or invalid json"})
+            query = sql.SQL("UPDATE {t} SET ({cols}) = (SELECT {cols} FROM json_populate_record("
+                            "NULL::{t}, {row}::json)) WHERE {w}").format(
+                t=target, cols=sql.SQL(", ").join(map(sql.Identifier, columns)),
+                row=sql.Literal(json.dumps(body)), w=where)
+        else:
+            query = sql.SQL("DELETE FROM {} WHERE {}").format(target, where)
+        try:
+            with psycopg.connect(self.dsn, connect_timeout=5,
+                                 application_name="postgrest-standin") as conn:
+                if conn.execute("SELECT to_regclass(%s)",
+                                (f"{self.schema}.{table}",)).fetchone()[0] is None:
+                    return 404, json.dumps({"code": "42P01", "message": f"relation "
+                                            f"\"{self.schema}.{table}\" does not exist"})
+                conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+                cursor = conn.execute(query)
+                found = cursor.fetchone()[0] if method == "GET" else None
+        except psycopg.Error as exc:
+            status, text = self._pg_error(exc)
+            if status == 403 and role == "anon":  # PostgREST: 401 for anon, 403 when signed in
+                status = 401
+            return status, text
+        return (200, found) if method == "GET" else (201 if method == "POST" else 204, None)
+
     def _pick_overload(self, conn: psycopg.Connection, function: str, args: dict) -> dict | None:
         keys = set(args)
         for oid, retset, returns_void, n_defaults, names, types in conn.execute(
@@ -262,11 +318,47 @@ class _RpcHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
+    def _table_request(self, method: str, raw: bytes) -> None:
+        match = _TABLE_PATH.match(self.path)
+        if not match:
+            return self._send(404, json.dumps({"message": "no Route matched with those values"}))
+        role = self.owner.authorize(self.headers.get("apikey"), self.headers.get("Authorization"))
+        if not isinstance(role, str):
+            return self._send(role[0], json.dumps(role[1]))
+        profile = self.headers.get("Accept-Profile" if method == "GET" else "Content-Profile")
+        if profile is not None and profile != self.owner.schema:
+            return self._send(406, json.dumps({
+                "code": "PGRST106", "message": "Invalid schema: " + profile, "details": None,
+                "hint": f"Only the following schemas are exposed: {self.owner.schema}"}))
+        from urllib.parse import parse_qsl
+        filters = []
+        for column, value in parse_qsl(match.group(2) or "", keep_blank_values=True):
+            if column in ("select", "limit", "order", "columns", "on_conflict"):
+                continue
+            if not value.startswith("eq."):
+                return self._send(400, json.dumps({"code": "PGRST100",
+                                                   "message": "the stand-in filters by eq only"}))
+            filters.append((column, value[3:]))
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            return self._send(400, json.dumps({"code": "PGRST102",
+                                               "message": "Empty or invalid json"}))
+        status, text = self.owner.table(method, match.group(1), filters, body, role)
+        self.owner.requests_served += 1
+        self._send(status, text)
+
+    def do_PATCH(self):  # noqa: N802
+        self._table_request("PATCH", self._read_body())
+
+    def do_DELETE(self):  # noqa: N802
+        self._table_request("DELETE", self._read_body())
+
     def do_POST(self):  # noqa: N802 - http.server's naming
         raw = self._read_body()
         match = _RPC_PATH.match(self.path)
         if not match:
-            return self._send(404, json.dumps({"message": "no Route matched with those values"}))
+            return self._table_request("POST", raw)
         role = self.owner.authorize(self.headers.get("apikey"), self.headers.get("Authorization"))
         if not isinstance(role, str):
             return self._send(role[0], json.dumps(role[1]))
@@ -291,4 +383,6 @@ class _RpcHandler(BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802
         self._read_body()
-        self._send(404, json.dumps({"message": "the stand-in implements POST /rest/v1/rpc/* only"}))
+        if _RPC_PATH.match(self.path):
+            return self._send(404, json.dumps({"message": "the stand-in calls rpc by POST only"}))
+        self._table_request("GET", b"")

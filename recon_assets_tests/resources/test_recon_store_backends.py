@@ -239,3 +239,78 @@ def test_a_schema_the_data_api_does_not_expose_is_a_clear_error(standin):
     with pytest.raises(SupabaseStoreError) as error:
         store.call("recon_database_created_at")
     assert "HTTP 406, code PGRST106" in str(error.value) and SERVICE_KEY not in str(error.value)
+
+
+# The project's own tables: the trading tables in public and every table of schema recon.
+TRADING_TABLES = ("profiles", "orders", "positions", "trade_history", "applied_fills",
+                  "capital_ledger")
+
+
+def _data_api(url: str, key: str, schema: str = "public"):
+    from supabase import ClientOptions, create_client
+
+    return create_client(url, key, options=ClientOptions(schema=schema))
+
+
+def test_supabase_s_public_keys_read_and_write_no_table(standin, pg_dsn):
+    """Issue 38: with Supabase's default grants the anon key could read and write the trading
+    tables through the Data API (no row-level security). Now every table of the project has
+    row-level security with no policy for anon or authenticated, and their privileges are
+    revoked: the anon key's reads and writes of each are refused, and the rows stay as they
+    were; the service role (BYPASSRLS on Supabase) still reads them."""
+    from postgrest.exceptions import APIError
+
+    with psycopg.connect(pg_dsn) as conn:
+        before = {t: conn.execute(f"SELECT count(*) FROM public.{t}").fetchone()[0]
+                  for t in TRADING_TABLES}
+        recon_tables = [r[0] for r in conn.execute(
+            "SELECT relname FROM pg_class WHERE relnamespace = 'recon'::regnamespace "
+            "AND relkind IN ('r', 'p') ORDER BY relname")]
+        first = dict(conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE "
+            "table_schema = 'public' AND table_name = ANY(%s) AND ordinal_position = 1",
+            (list(TRADING_TABLES),)).fetchall())
+    anon = _data_api(standin.url, ANON_KEY)
+    attempts = {  # each names a column the table has, so only a privilege can refuse it
+        "select": lambda t: anon.table(t).select("*").execute(),
+        "insert": lambda t: anon.table(t).insert({first[t]: "1"}).execute(),
+        "update": lambda t: anon.table(t).update({first[t]: "1"}).eq(first[t], "1").execute(),
+        "delete": lambda t: anon.table(t).delete().eq(first[t], "1").execute(),
+    }
+    for table in TRADING_TABLES:
+        for verb, attempt in attempts.items():
+            with pytest.raises(APIError) as refused:
+                attempt(table)
+            assert refused.value.code == "42501", (table, verb, refused.value)
+    with psycopg.connect(pg_dsn) as conn:
+        after = {t: conn.execute(f"SELECT count(*) FROM public.{t}").fetchone()[0]
+                 for t in TRADING_TABLES}
+        # And as the database sees it: row-level security on every project table, nothing
+        # granted to the public roles, for the tables of schema recon as well.
+        for role in ("anon", "authenticated"):
+            granted = conn.execute(
+                "SELECT c.oid::regclass::text FROM pg_class c WHERE c.relkind IN ('r', 'p') "
+                "AND (c.relnamespace = 'recon'::regnamespace OR (c.relnamespace = "
+                "'public'::regnamespace AND c.relname = ANY(%s))) AND (has_table_privilege(%s, "
+                "c.oid, 'SELECT') OR has_table_privilege(%s, c.oid, 'INSERT') OR "
+                "has_table_privilege(%s, c.oid, 'UPDATE') OR has_table_privilege(%s, c.oid, "
+                "'DELETE'))", (list(TRADING_TABLES), role, role, role, role)).fetchall()
+            assert granted == [], (role, granted)
+        without = conn.execute(
+            "SELECT c.oid::regclass::text FROM pg_class c WHERE c.relkind IN ('r', 'p') "
+            "AND NOT c.relrowsecurity AND (c.relnamespace = 'recon'::regnamespace OR "
+            "(c.relnamespace = 'public'::regnamespace AND c.relname = ANY(%s)))",
+            (list(TRADING_TABLES),)).fetchall()
+        assert without == [], without
+    assert after == before and before["profiles"] == 2 and len(recon_tables) > 20
+    # A deployment that exposed schema recon by mistake: the anon key still reads none of it.
+    with PostgrestStandIn(pg_dsn, SERVICE_KEY, schema="recon", anon_key=ANON_KEY,
+                          switch_roles=True) as exposed:
+        anon_recon = _data_api(exposed.url, ANON_KEY, schema="recon")
+        for table in recon_tables:
+            with pytest.raises(APIError) as refused:
+                anon_recon.table(table).select("*").execute()
+            assert refused.value.code == "42501", (table, refused.value)
+    service = _data_api(standin.url, SERVICE_KEY)
+    rows = service.table("profiles").select("*").execute().data
+    assert sorted(r["id"] for r in rows) == ["alpha", "beta"]
