@@ -37,6 +37,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import ccxt
 import dagster as dg
+import requests
+import urllib3
 from pydantic import Field
 
 from recon_assets.core.exchange_snapshot import market_bounds
@@ -49,7 +51,8 @@ from recon_assets.resources.binance_usdm import (CONDITIONAL_CLIENT_ID, CONDITIO
                                                  TRIGGERED_AS_ORDER, check_payload)
 from recon_assets.resources.exchange_errors import (ExchangeBudgetSpent, ExchangeCredentialsError,
                                                     ExchangeFetchError, ExchangeHostRefused,
-                                                    ExchangePayloadError, ExchangeUnknownMarket)
+                                                    ExchangePayloadError, ExchangeUnknownMarket,
+                                                    ResponseTooLarge)
 from recon_assets.resources.guard import RunConfigGuard
 from recon_assets.resources.loopback import is_loopback_host
 from recon_assets.resources.weight_budget import (LocalWeightBudget, SharedWeightBudget,
@@ -103,6 +106,41 @@ def scrub_exchange_error(message: str, *secrets: str | None) -> str:
         if secret and len(secret) >= 4:
             message = message.replace(secret, "<redacted>")
     return _SECRET_PARAMS.sub(r"\1<redacted>", message)
+
+
+# The largest answer read from the exchange. Binance USD-M's largest (exchangeInfo, some
+# hundreds of markets; a page of 1,000 fills) is a few MB; an answer beyond this is no answer to
+# trust, and it is refused before it is read whole into memory.
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+
+
+def size_cap(limit: int):
+    """A `requests` response hook (it runs before the body is read) that refuses a body larger
+    than `limit` bytes: by its declared Content-Length, else by reading at most `limit` + 1."""
+
+    def capped(response, *_args, **_kwargs):
+        endpoint = f"{response.request.method} {urlsplit(response.request.url).path}"
+        refused = (f"the exchange's answer to {endpoint} is larger than the {limit} bytes a "
+                   "response may have (max_response_bytes): refused unread")
+        declared = response.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            response.close()
+            raise ResponseTooLarge(refused)
+        try:  # a broken body is the network's error, as requests reports it (ccxt retries it)
+            body = response.raw.read(limit + 1, decode_content=True)
+        except urllib3.exceptions.ProtocolError as exc:
+            raise requests.exceptions.ChunkedEncodingError(exc) from exc
+        except urllib3.exceptions.DecodeError as exc:
+            raise requests.exceptions.ContentDecodingError(exc) from exc
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            raise requests.exceptions.ConnectionError(exc) from exc
+        if len(body) > limit:
+            response.close()
+            raise ResponseTooLarge(refused)
+        response._content, response._content_consumed = body, True
+        return response
+
+    return capped
 
 
 # ---- the ccxt client -------------------------------------------------------------------------
@@ -663,6 +701,9 @@ class ExchangeResource(RunConfigGuard, dg.ConfigurableResource):
         default=30.0, description="Fail instead of waiting when the exchange asks for longer.")
     max_response_age_s: float = Field(
         default=30.0, description="A response older than this (Age/Date headers) is stale: retried.")
+    max_response_bytes: int = Field(
+        default=MAX_RESPONSE_BYTES, gt=0,
+        description="A response body larger than this is refused unread (the cycle fails).")
     trades_page_limit: int = Field(default=1000, description="userTrades page size (Binance max 1000).")
     max_trade_pages: int = Field(
         default=20, description="Pages of fills read per symbol and cycle; beyond, the snapshot is incomplete.")
@@ -764,6 +805,7 @@ class ExchangeResource(RunConfigGuard, dg.ConfigurableResource):
             client.urls["api"] = point_urls_at(client.urls["api"], self.api_base_url)
         client.recon_stats = stats if stats is not None else RequestStats()
         client.recon_max_age_s = self.max_response_age_s
+        client.session.hooks["response"].append(size_cap(self.max_response_bytes))
         return client
 
     def egress(self, account: str) -> str:

@@ -10,6 +10,11 @@ class ExchangePayloadError(ExchangeFetchError):
     """The exchange answered with a body the snapshot cannot trust (names the field)."""
 
 
+class ResponseTooLarge(ExchangePayloadError):
+    """The exchange's answer is larger than `max_response_bytes`: refused before it is read
+    whole (not retried: the same answer would come back)."""
+
+
 class ExchangeUnknownMarket(ExchangePayloadError):
     """An answer names a symbol the loaded markets do not list: markets are reloaded once (a
     new listing) before this is an error."""

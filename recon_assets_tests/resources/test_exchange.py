@@ -180,3 +180,29 @@ def test_not_found_is_not_retried(sim):
         session.fetch_order("1", "BTC/USDT:USDT")
     assert "signature=<redacted>" in str(err.value) or "signature" not in str(err.value)
     assert session.stats.requests == 1
+
+
+def test_a_response_over_the_size_cap_is_refused_naming_the_endpoint(sim):
+    """Issue 38: an answer larger than `max_response_bytes` is never read whole, parsed or
+    booked: the read fails naming the endpoint and the cap (and is not retried: the same
+    answer would come back). Under the default cap the same answer is read."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{sim.url}/fapi/v1/exchangeInfo") as answer:
+        cap = len(answer.read()) + 1  # the markets fit; an open-orders answer larger does not
+    n = cap // 200 + 5
+    for i in range(n):
+        sim.exchange.place_order("acct1", "BTCUSDT", "BUY", "LIMIT", "0.001", "1000.0",
+                                 client_order_id=f"cap-{i}")
+    try:
+        assert len(_resource(sim).session("acct1").fetch_open_orders()) >= n
+        capped = _resource(sim, max_response_bytes=cap).session("acct1")
+        capped.load_markets()
+        with pytest.raises(ExchangePayloadError) as err:
+            capped.fetch_open_orders()
+        message = str(err.value)
+        assert "GET /fapi/v1/openOrders" in message and f"{cap} bytes" in message
+        assert capped.stats.by_endpoint.get("GET /fapi/v1/openOrders") == 1
+    finally:
+        for i in range(n):
+            sim.exchange.cancel_order("acct1", client_order_id=f"cap-{i}")
