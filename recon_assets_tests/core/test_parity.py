@@ -352,3 +352,140 @@ def test_the_ghost_rules_apply_in_their_documented_order(first, second):
     _, decision, reason = _GHOST_RULES[first]
     assert got[0] == decision and reason in got[1], (
         f"{_GHOST_RULES[first][0]} must win over {_GHOST_RULES[second][0]}: got {got}")
+
+
+# --------------------------------------------------------------------------- exact rows
+# Issue 44: the survivors of mutmut's run over core/parity.py were columns no test compared
+# whole (keys, reasons, price sources, the recency guard's edges, the systemic text).
+
+def test_the_synthetic_exit_key_never_changes_between_releases():
+    """A re-run after an upgrade must find the exit it applied before: the key is pinned."""
+    assert synthetic_exit_key("p1", "t1", 1, "c-1") == (
+        "synthetic_exit:p1:t1:1:996fea7f05f7f1a41683785240c5cca4")
+    assert synthetic_exit_key("p2", "t9", 3, "c7") == (
+        "synthetic_exit:p2:t9:3:f444da638418cafdd1dfcd1c9b5fd3c6")
+
+
+def test_a_confirmed_ghost_s_check_row_is_exact_in_every_column():
+    streaks = {("p1", "t1", 1): Streak(2, "c-1", "c0")}
+    row = one(run([trade_slice("p1", "t1", 0.5)], flat(mark=200.0), streaks=streaks))
+    assert row == {
+        "cycle_id": "c1", "exchange_account": "A", "profile_id": "p1", "trade_id": "t1",
+        "slice_no": 1, "symbol": BTC, "side": "long", "virtual_open_qty": 0.5,
+        "exchange_qty": 0.0, "slices_qty": 0.5, "min_qty_step": 0.001, "mark_price": 200.0,
+        "price_source": "mark_price", "mismatch_notional_usd": 100.0, "attributable": True,
+        "attribution": row["attribution"], "ghost": True,
+        "ghost_reason": f"the exchange is flat on {BTC} while its open slices claim 0.5",
+        "streak": 3, "confirmations_required": 3, "streak_started_cycle": "c-1",
+        "decision": SYNTHETIC_EXIT, "reason": "confirmed 3 of 3 consecutive cycles and attributed",
+        "idempotency_key": "synthetic_exit:p1:t1:1:996fea7f05f7f1a41683785240c5cca4",
+        "hold_reason": None, "clear_streak": 0, "clear_started_cycle": None}
+    assert "P1" in row["attribution"]
+
+
+def test_without_a_mark_the_entry_price_values_the_ghost_and_without_either_nothing_does():
+    no_mark = one(run([trade_slice("p1", "t1", 0.5, entry_price=80.0)], flat(mark=None)))
+    assert (no_mark["mark_price"], no_mark["price_source"], no_mark["mismatch_notional_usd"]) == (
+        None, "entry_price", 40.0)
+    neither = one(run([trade_slice("p1", "t1", 0.5, entry_price=None)], flat(mark=None)))
+    assert (neither["price_source"], neither["mismatch_notional_usd"]) == (None, 0.0)
+
+
+def test_a_hedge_leg_is_named_in_the_reason_and_a_one_way_symbol_alone():
+    short_flat = ex_position(0.0, side="flat") | {"position_side": "short"}
+    long_flat = ex_position(0.0, side="flat") | {"position_side": "long"}
+    hedged = one(run([trade_slice("p1", "t1", 0.5, side="short")], [long_flat, short_flat]))
+    assert hedged["ghost_reason"] == (f"the exchange is flat on {BTC} (short leg) while its open "
+                                      "slices claim -0.5")
+    plain = one(run([trade_slice("p1", "t1", 0.5)], flat()))
+    assert plain["ghost_reason"] == f"the exchange is flat on {BTC} while its open slices claim 0.5"
+
+
+def test_a_symbol_the_snapshot_has_no_row_for_is_not_checked():
+    """No position row for the slice's symbol (the snapshot did not cover it): never a ghost,
+    held, its streak starts again; another symbol's row does not stand in for it."""
+    eth = ex_position(0.0, side="flat", symbol="ETH/USDT:USDT")
+    row = one(run([trade_slice("p1", "t1", 0.5)], [eth],
+                  streaks={("p1", "t1", 1): Streak(2, "c-1", "c0")}))
+    assert (row["ghost"], row["decision"], row["streak"], row["exchange_qty"],
+            row["mark_price"], row["price_source"]) == (False, HELD, 0, None, None, "entry_price")
+    assert row["reason"] == "the exchange snapshot has no row for the symbol: not checked this cycle"
+
+
+def test_the_quantity_step_is_the_tolerance_of_a_book_that_nets():
+    """0.5 claimed, 0.5004 held: within the market's step (0.001) the book nets; a step the
+    snapshot does not give falls back to the absolute tolerance, and the gap is ambiguous."""
+    assert one(run([trade_slice("p1", "t1", 0.5)], [ex_position(0.5004)]))["decision"] == "cleared"
+    unknown_step = one(run([trade_slice("p1", "t1", 0.5)], [ex_position(0.5004, step=None)]))
+    assert unknown_step["decision"] == AMBIGUOUS
+
+
+def test_rows_are_ordered_by_symbol_then_slice_whatever_the_input_order():
+    eth = "ETH/USDT:USDT"
+    slices = [trade_slice("p2", "t9", 0.5, symbol=eth), trade_slice("p2", "t3", 0.5),
+              trade_slice("p1", "t5", 0.5, symbol=eth), trade_slice("p1", "t4", 0.5)]
+    checks = run(slices, [ex_position(1.0), ex_position(1.0, symbol=eth)])
+    assert list(zip(checks["symbol"], checks["profile_id"], checks["trade_id"])) == [
+        (BTC, "p1", "t4"), (BTC, "p2", "t3"), (eth, "p1", "t5"), (eth, "p2", "t9")]
+
+
+def test_the_recency_guard_s_edges():
+    """Changed after the read less the guard: held. Exactly at that moment, or with no known
+    update time: checked. With no read time there is no guard at all; without a guard given,
+    it is 0 s (a slice updated before the read is checked)."""
+    guard = pd.Timedelta(seconds=5)
+    at_edge = one(run([trade_slice("p1", "t1", 0.5, updated_at=READ_AT - guard)], flat()))
+    inside = one(run([trade_slice("p1", "t1", 0.5,
+                                  updated_at=READ_AT - guard + pd.Timedelta(milliseconds=1))],
+                     flat()))
+    unknown = one(run([trade_slice("p1", "t1", 0.5, updated_at=None)], flat()))
+    assert (at_edge["decision"], inside["decision"], unknown["decision"]) == (
+        CONFIRMING, HELD, CONFIRMING)
+    naive = one(run([trade_slice("p1", "t1", 0.5, updated_at=(READ_AT - pd.Timedelta(
+        seconds=1)).tz_localize(None))], flat()))  # a time without zone is UTC
+    assert naive["decision"] == HELD
+
+    def bare(**kw):
+        return one(parity_checks(
+            cycle_id="c1", account="A", previous_cycle_id="c0",
+            slices=pd.DataFrame([trade_slice("p1", "t1", 0.5,
+                                             updated_at=READ_AT - pd.Timedelta(seconds=0.5))],
+                                columns=list(F.DB_TRADE_SLICES)),
+            profiles=pd.DataFrame([profile("p1")], columns=list(F.DB_PROFILES)),
+            exchange_positions=pd.DataFrame(flat(), columns=list(F.EXCHANGE_POSITIONS)),
+            streaks={}, policy=N3, **kw))
+
+    assert bare(db_read_at=None, recency_guard_s=5.0)["decision"] == CONFIRMING
+    assert bare(db_read_at=READ_AT)["decision"] == CONFIRMING
+
+
+def test_the_systemic_reason_is_exact_and_held_evidence_is_no_part_of_it():
+    both = run([trade_slice("p1", "t1", 0.3), trade_slice("p2", "t2", 0.5)], flat())
+    assert both.attrs["systemic"] == (
+        "systemic: the exchange reports flat for open slices of 2 profiles (p1, p2) of A at "
+        "once and no real fill explains them: every profile of the account is paused, nothing "
+        "is closed until the exchange and the slices agree again")
+    assert one(both, "t1")["hold_reason"] == both.attrs["systemic"]
+    from recon_assets.core.evidence import Evidence
+    # p2's ghost waits for real evidence: one unexplained profile is no systemic answer.
+    waiting = Evidence(holds={("p2", "t2", 1): [("open_exit_order", "its EXIT order X is open")]})
+    held = run([trade_slice("p1", "t1", 0.3), trade_slice("p2", "t2", 0.5)], flat(),
+               evidence=waiting)
+    assert held.attrs["systemic"] is None
+    assert (one(held, "t1")["decision"], one(held, "t2")["decision"]) == (CONFIRMING, HELD)
+    # Three profiles, one of them held: systemic, and the held one's reason keeps both.
+    three = run([trade_slice("p1", "t1", 0.3), trade_slice("p2", "t2", 0.5),
+                 trade_slice("p3", "t3", 0.2)], flat(), evidence=waiting,
+                profiles=[profile("p1"), profile("p2"), profile("p3")])
+    assert "(p1, p3)" in three.attrs["systemic"]
+    assert one(three, "t2")["hold_reason"] == (three.attrs["systemic"]
+                                               + "; its EXIT order X is open")
+
+
+def test_evidence_for_a_supported_slice_holds_nothing():
+    """A hold reason is for a ghost (or a gap the evidence explains); a slice the exchange
+    supports is cleared, with no hold reason, whatever evidence lists it."""
+    from recon_assets.core.evidence import Evidence
+    waiting = Evidence(holds={("p1", "t1", 1): [("recent_fill", "a fill newer than the read")]})
+    row = one(run([trade_slice("p1", "t1", 0.5)], [ex_position(0.5)], evidence=waiting))
+    assert (row["decision"], row["hold_reason"]) == ("cleared", None)
