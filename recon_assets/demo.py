@@ -63,6 +63,9 @@ run_coordinator:
         value:
           applyLimitPerUniqueValue: true
         limit: 1
+      - key: recon/job
+        value: policy_replay
+        limit: 1
 telemetry:
   enabled: false
 """

@@ -35,8 +35,12 @@ def test_the_deployment_instance_loads_with_postgres_storage_limits_monitoring_a
         coordinator = instance.run_coordinator
         assert isinstance(coordinator, QueuedRunCoordinator)
         limits = {limit["key"]: limit for limit in coordinator.get_run_queue_config().tag_concurrency_limits}
-        assert {k: (v["limit"], v["value"]["applyLimitPerUniqueValue"]) for k, v in limits.items()} == {
-            "recon/profile": (1, True), "recon/account": (1, True)}
+        assert {k: (v["limit"], v["value"]) for k, v in limits.items()} == {
+            "recon/profile": (1, {"applyLimitPerUniqueValue": True}),
+            "recon/account": (1, {"applyLimitPerUniqueValue": True}),
+            "recon/job": (1, "policy_replay")}  # one policy replay at a time
+        from recon_assets.defs.replay.definitions import policy_replay_job
+        assert policy_replay_job.tags["recon/job"] == "policy_replay"  # what the limit matches
         assert coordinator.get_run_queue_config().max_concurrent_runs == 8
         assert instance.run_monitoring_enabled and instance.run_monitoring_start_timeout_seconds == 180
         assert instance.run_monitoring_max_resume_run_attempts == 0
