@@ -8,6 +8,9 @@
 -- the position stays the sum of its booked fills and no fill is booked twice.
 --
 -- Refused (SQLSTATE RCREF, the reason in DETAIL; nothing changes) when:
+--   no_recorded_decision  r.decision_id is no recorded decision about this fill and slice that
+--                         is GO, or assignable and approved by an operator's latest review
+--                         (the caller's arguments are never trusted on their own)
 --   slice_not_found       no such slice of the profile
 --   fill_not_found        recon has no such fill of the profile's account
 --   fill_already_booked   applied_fills holds the fill (booked by the trading app or a handler)
@@ -21,6 +24,21 @@
 -- EXIT backfill superseded: when a cycle of the account newer than the decision's has recorded
 -- its backfill and heartbeat, its decision about the fill must still be this pair, assignable,
 -- and GO or approved by an operator (act on the newest evidence).
+-- Whether an operator's latest review of the pair (fill f, slice s) approves it.
+CREATE OR REPLACE FUNCTION recon._backfill_approved(
+    p_account text, f recon.exchange_fills, s public.trade_history)
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = ''
+AS $$
+    SELECT COALESCE((
+        SELECT v.verdict = 'approve' FROM recon.backfill_reviews v
+         WHERE v.exchange_account = p_account AND v.symbol = f.symbol
+           AND v.exchange_fill_id = f.exchange_fill_id AND v.profile_id = s.profile_id
+           AND v.trade_id = s.trade_id AND v.slice_no = s.slice_no
+         ORDER BY v.id DESC LIMIT 1), false);
+$$;
+
 -- Why a newer cycle's decision supersedes decision p_decision_id about fill f and slice s (NULL:
 -- it does not).
 CREATE OR REPLACE FUNCTION recon._backfill_superseded(
@@ -61,17 +79,7 @@ BEGIN
     END IF;
     IF d.profile_id IS DISTINCT FROM s.profile_id OR d.trade_id IS DISTINCT FROM s.trade_id
        OR d.slice_no IS DISTINCT FROM s.slice_no OR NOT d.assignable
-       OR (d.decision <> 'GO' AND NOT EXISTS (
-               SELECT 1 FROM recon.backfill_reviews v
-               WHERE v.exchange_account = p_account AND v.symbol = f.symbol
-                 AND v.exchange_fill_id = f.exchange_fill_id AND v.profile_id = s.profile_id
-                 AND v.trade_id = s.trade_id AND v.slice_no = s.slice_no
-                 AND v.verdict = 'approve'
-                 AND v.id = (SELECT max(w.id) FROM recon.backfill_reviews w
-                             WHERE w.exchange_account = p_account AND w.symbol = f.symbol
-                               AND w.exchange_fill_id = f.exchange_fill_id
-                               AND w.profile_id = s.profile_id AND w.trade_id = s.trade_id
-                               AND w.slice_no = s.slice_no))) THEN
+       OR (d.decision <> 'GO' AND NOT recon._backfill_approved(p_account, f, s)) THEN
         RETURN pg_catalog.format('superseded: the newer cycle %s decided %s for fill %s (%s)',
                                  v_newest, d.decision, f.exchange_fill_id, d.reason);
     END IF;
@@ -93,6 +101,7 @@ DECLARE
     v_position jsonb;
     v_inserted integer;
     v_superseded text;
+    d recon.backfill_decisions%ROWTYPE;
 BEGIN
     SELECT exchange_account INTO v_account FROM public.profiles WHERE id = p_profile_id;
     s := recon._lock_slice(h, p_profile_id, r->>'trade_id', (r->>'slice_no')::integer);
@@ -118,6 +127,23 @@ BEGIN
        OR f.fee_usd IN ('NaN', 'Infinity', '-Infinity') THEN
         RAISE EXCEPTION '%: fill % on % has a qty, price or fee that is not a finite number (%, %, %); it is not booked',
             h, f.exchange_fill_id, f.symbol, f.qty, f.price, f.fee_usd;
+    END IF;
+    -- Evidence, not the caller: only a recorded decision about this very fill and slice is
+    -- booked (r.decision_id: GO, or an operator approved the pair after it); invented
+    -- arguments are refused.
+    IF r->>'decision_id' IS NOT NULL THEN
+        SELECT * INTO d FROM recon.backfill_decisions WHERE id = (r->>'decision_id')::bigint;
+    END IF;
+    IF d.id IS NULL OR d.exchange_account <> v_account OR d.symbol <> f.symbol
+       OR d.exchange_fill_id <> f.exchange_fill_id OR d.profile_id IS DISTINCT FROM p_profile_id
+       OR d.trade_id IS DISTINCT FROM s.trade_id OR d.slice_no IS DISTINCT FROM s.slice_no
+       OR NOT d.assignable
+       OR (d.decision <> 'GO' AND NOT recon._backfill_approved(v_account, f, s)) THEN
+        RAISE EXCEPTION USING ERRCODE = 'RCREF', DETAIL = 'no_recorded_decision',
+            MESSAGE = pg_catalog.format(
+                '%s: no recorded backfill decision %s is a GO (or an approved pair) of fill %s on %s for slice %s of trade %s of %s: only a recorded decision is booked',
+                h, COALESCE(r->>'decision_id', '(none given)'), f.exchange_fill_id, f.symbol,
+                s.slice_no, s.trade_id, p_profile_id);
     END IF;
     IF s.status <> 'open' OR s.virtual_open_qty <= 0 THEN
         RETURN pg_catalog.jsonb_build_object(
@@ -181,8 +207,8 @@ $$;
 
 -- The public entry point (psycopg SELECT or supabase-py rpc()): the correction frame of
 -- recon._run_correction (lock, gate owner, idempotency, dry run, record) around it.
--- p_decision_id: the backfill decision it books (recon.backfill_decisions.id): a newer cycle's
--- decision about the fill supersedes it unless it still names this pair.
+-- p_decision_id: the backfill decision it books (recon.backfill_decisions.id), required: a
+-- newer cycle's decision about the fill supersedes it unless it still names this pair.
 DROP FUNCTION IF EXISTS public.recon_exit_backfill(text, text, text, text, integer, text, text,
                                                    boolean, jsonb);
 

@@ -1,5 +1,7 @@
 -- The parity heartbeat's synthetic EXIT of a confirmed, attributed ghost slice (the runbook's
--- last resort): the whole open qty of the slice exits at the mark price of the cycle's exchange
+-- last resort), only as the heartbeat recorded it (recon.parity_checks row r.check_id decided
+-- this exit under this key, at this qty and mark price; otherwise refused, no_recorded_decision
+-- or not_the_recorded_decision): the whole open qty of the slice exits at the mark price of the cycle's exchange
 -- snapshot (at the moment of that check, p_exited_at), with close reason 'parity_synthetic_exit';
 -- the position moves by the same qty; a
 -- synthetic fill (exchange_fill_id 'synthetic:<idempotency key>', no exchange order, no fee) is
@@ -26,12 +28,34 @@ DECLARE
     v_exit jsonb;
     v_position jsonb;
     c recon.parity_checks%ROWTYPE;
+    d recon.parity_checks%ROWTYPE;
     v_open_exit record;
 BEGIN
     -- (NaN and Infinity are numerics greater than every number in Postgres: refused too.)
     IF v_qty IS NULL OR v_qty <= 0 OR v_price IS NULL OR v_price <= 0
        OR v_qty IN ('NaN', 'Infinity') OR v_price IN ('NaN', 'Infinity') THEN
         RAISE EXCEPTION '%: a finite qty > 0 and a finite price > 0 are required (got %, %)', h, v_qty, v_price;
+    END IF;
+    -- Evidence, not the caller: the exit applies the heartbeat's recorded decision (check
+    -- r.check_id decided this very exit, under this key, of this slice), at the qty it checked
+    -- and the mark price it recorded; invented arguments are refused.
+    IF r->>'check_id' IS NOT NULL THEN
+        SELECT * INTO d FROM recon.parity_checks WHERE id = (r->>'check_id')::bigint;
+    END IF;
+    IF d.id IS NULL OR d.profile_id <> p_profile_id OR d.trade_id <> r->>'trade_id'
+       OR d.slice_no <> (r->>'slice_no')::integer OR d.decision <> 'synthetic_exit'
+       OR d.idempotency_key IS DISTINCT FROM p_key THEN
+        RAISE EXCEPTION USING ERRCODE = 'RCREF', DETAIL = 'no_recorded_decision',
+            MESSAGE = pg_catalog.format(
+                '%s: no heartbeat check %s decided the synthetic exit %s of slice %s of trade %s of %s: only a recorded decision is applied',
+                h, COALESCE(r->>'check_id', '(none given)'), p_key, r->>'slice_no',
+                r->>'trade_id', p_profile_id);
+    END IF;
+    IF d.virtual_open_qty IS DISTINCT FROM v_qty OR d.mark_price IS DISTINCT FROM v_price THEN
+        RAISE EXCEPTION USING ERRCODE = 'RCREF', DETAIL = 'not_the_recorded_decision',
+            MESSAGE = pg_catalog.format(
+                '%s: check %s decided the exit of %s at %s, not of %s at %s: only the recorded qty and price are applied',
+                h, d.id, d.virtual_open_qty, d.mark_price, v_qty, v_price);
     END IF;
     s := recon._lock_slice(h, p_profile_id, r->>'trade_id', (r->>'slice_no')::integer);
     IF s.status <> 'open' OR s.virtual_open_qty <= 0 THEN
@@ -92,8 +116,8 @@ $$;
 
 -- The public entry point (psycopg SELECT or supabase-py rpc()): the correction frame of
 -- recon._run_correction (lock, gate owner, idempotency, dry run, record) around it.
--- p_check_id: the heartbeat check the exit was decided in (recon.parity_checks.id): a newer
--- check that decided otherwise supersedes it.
+-- p_check_id: the heartbeat check the exit was decided in (recon.parity_checks.id), required:
+-- the exit it recorded is the one applied; a newer check that decided otherwise supersedes it.
 DROP FUNCTION IF EXISTS public.recon_synthetic_exit(text, text, text, text, integer, numeric,
                                                     numeric, text, boolean, jsonb, timestamptz);
 

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recon_assets.resources.database import PostgresStore
+from recon_assets_tests.db.functions.decisions import recorded_backfill, recorded_exit
 from recon_assets_tests.db.functions.test_lifecycle_handlers import SYMBOL
 from recon_assets_tests.harness.examples import examples
 
@@ -67,7 +68,8 @@ bad_int = st.sampled_from([None, -1, 0, 2, 2**31, "1.5", "abc", "NaN", ""])
 
 def _reset(conn) -> None:
     conn.execute("TRUNCATE applied_fills, capital_ledger, positions, trade_history, orders, "
-                 "recon.corrections, recon.reconciling, recon.exchange_fills, profiles CASCADE")
+                 "recon.corrections, recon.reconciling, recon.exchange_fills, profiles, "
+                 "recon.parity_checks, recon.backfill_decisions, recon.backfill_reviews CASCADE")
     conn.execute("INSERT INTO profiles (id, exchange_account, sub_tag, allocated_capital_usd) "
                  "VALUES ('alpha', 'acct1', 'ALP', 10000), ('beta', 'acct1', 'BET', 5000)")
     for coid, intent, side in ((ENTRY, "ENTRY", "buy"), (EXIT, "EXIT", "sell")):
@@ -106,17 +108,21 @@ def _good_cancel() -> dict:
                 p_final_status="canceled", p_dry_run=False, p_evidence={})
 
 
+# The recorded decisions the good calls apply (the money functions apply nothing else).
+DECIDED_CHECK, DECIDED_BACKFILL = 9001, 9002
+
+
 def _good_synthetic() -> dict:
     return dict(p_profile_id="alpha", p_cycle_id="run-1", p_idempotency_key="k-synthetic",
                 p_trade_id="t1", p_slice_no=1, p_qty="2", p_price="105",
                 p_price_source="mark_price", p_dry_run=False, p_evidence={},
-                p_exited_at="2026-01-01T00:02:00+00:00")
+                p_exited_at="2026-01-01T00:02:00+00:00", p_check_id=DECIDED_CHECK)
 
 
 def _good_backfill() -> dict:
     return dict(p_profile_id="alpha", p_cycle_id="run-1", p_idempotency_key="k-backfill",
                 p_trade_id="t1", p_slice_no=1, p_symbol=SYMBOL, p_exchange_fill_id="b1",
-                p_dry_run=False, p_evidence={})
+                p_dry_run=False, p_evidence={}, p_decision_id=DECIDED_BACKFILL)
 
 
 def _stored_exit_fill(conn, qty="2", price="110") -> None:
@@ -202,9 +208,11 @@ def setup(pg_dsn):
                 _entry_filled(store)
             if state == "entry_filled_and_stored_fill":
                 _stored_exit_fill(conn)
+                recorded_backfill(conn, "b1", decision_id=DECIDED_BACKFILL)
             if state == "entry_filled_exit_cancelled":
                 conn.execute("UPDATE orders SET status = 'canceled' WHERE client_order_id = %s",
                              (EXIT,))
+                recorded_exit(conn, key="k-synthetic", price="105", check_id=DECIDED_CHECK)
         yield conn, store, prepare
 
 
@@ -266,6 +274,7 @@ def test_a_stored_exchange_fill_that_is_not_finite_is_not_backfilled(setup, qty,
         _stored_exit_fill(conn, qty, price)
     except psycopg.Error:
         return  # the table refuses it: nothing to backfill
+    recorded_backfill(conn, "b1", decision_id=DECIDED_BACKFILL)
     before = _dump(conn)
     with pytest.raises(psycopg.Error):
         store.call("recon_exit_backfill", _good_backfill())

@@ -9,6 +9,7 @@ from decimal import Decimal
 import psycopg
 import pytest
 
+from recon_assets_tests.db.functions.decisions import recorded_backfill
 from recon_assets_tests.db.functions.test_lifecycle_handlers import (SYMBOL, add_position,
                                                                      add_slice, call, full_state,
                                                                      one, rows)
@@ -36,6 +37,10 @@ def ghost(db):
 
 
 def backfill(db, fill_id, key=None, **extra):
+    """Book stored fill `fill_id` as t1's exit, with the GO decision it applies recorded
+    (p_decision_id) unless one is given."""
+    if "p_decision_id" not in extra:
+        extra["p_decision_id"] = recorded_backfill(db, fill_id)
     return call(db, "recon_exit_backfill", **{
         "p_profile_id": "alpha", "p_cycle_id": "run-1",
         "p_idempotency_key": key or f"exit_backfill:alpha:t1:1:{fill_id}", "p_trade_id": "t1",
@@ -107,6 +112,39 @@ def test_what_the_database_contradicts_is_refused_and_changes_nothing(ghost, set
         backfill(db, fill_id)
     assert err.value.sqlstate == "RCREF" and err.value.diag.message_detail == detail
     assert full_state(db) == before
+
+
+def test_only_a_recorded_go_or_an_approved_pair_is_booked(ghost):
+    """Issue 38: the money function trusts the recorded decision, not its caller. No decision,
+    a decision about another fill or slice, a NO_GO, a GO not assignable: refused, nothing
+    booked. A NO_GO an operator approved (the latest review of the pair) is booked."""
+    db = ghost
+    stored_fill(db, "f1", "2", "110")
+    stored_fill(db, "f2", "2", "111")
+    add_slice(db, "t2", entry="1", price="100")
+    invented = {
+        "no decision named": None,
+        "no such decision": 999999,
+        "another fill's GO": recorded_backfill(db, "f2"),
+        "another slice's GO": recorded_backfill(db, "f1", trade="t2"),
+        "a NO_GO": recorded_backfill(db, "f1", decision="NO_GO"),
+        "a GO not assignable": recorded_backfill(db, "f1", assignable=False),
+    }
+    before = full_state(db)
+    for why, decision_id in invented.items():
+        with pytest.raises(psycopg.Error) as err:
+            backfill(db, "f1", p_decision_id=decision_id)
+        assert err.value.sqlstate == "RCREF", why
+        assert err.value.diag.message_detail == "no_recorded_decision", why
+        assert full_state(db) == before, why
+    no_go = invented["a NO_GO"]
+    call(db, "recon_review_backfill", p_decision_id=no_go, p_verdict="reject",
+         p_note="not its exit", p_run_id="r1")
+    with pytest.raises(psycopg.Error, match="no recorded backfill decision"):
+        backfill(db, "f1", p_decision_id=no_go)
+    call(db, "recon_review_backfill", p_decision_id=no_go, p_verdict="approve",
+         p_note="the desk closed it from the app", p_run_id="r2")
+    assert backfill(db, "f1", p_decision_id=no_go)["status"] == "applied"
 
 
 def test_a_closed_slice_is_unchanged(ghost):

@@ -25,6 +25,7 @@ from recon_assets.core.corrections import (
     profile_lock_key,
     sql_call,
 )
+from recon_assets_tests.db.functions.decisions import recorded_backfill, recorded_exit
 from recon_assets_tests.harness.examples import examples
 
 pytestmark = pytest.mark.db
@@ -779,10 +780,13 @@ def test_the_lock_is_per_profile(db, pg_dsn):
 
 # --- synthetic exit -------------------------------------------------------------------------
 
-def synthetic_params(**extra):
-    return dict(p_profile_id="alpha", p_cycle_id="run-1",
-                p_idempotency_key="synthetic_exit:alpha:t1:1:k", p_trade_id="t1", p_slice_no=1,
-                p_qty="2", p_price="90", **extra)
+def synthetic_params(db, key="synthetic_exit:alpha:t1:1:k", **extra):
+    """The arguments of the synthetic exit of t1 (2 at 90), with the heartbeat check that
+    decided it recorded (p_check_id) unless one is given."""
+    if "p_check_id" not in extra:
+        extra["p_check_id"] = recorded_exit(db, key=key)
+    return dict(p_profile_id="alpha", p_cycle_id="run-1", p_idempotency_key=key,
+                p_trade_id="t1", p_slice_no=1, p_qty="2", p_price="90", **extra)
 
 
 def exit_order_cancelled(db):
@@ -796,44 +800,38 @@ def test_no_synthetic_exit_while_the_trade_has_an_open_exit_order(open_long):
     lifecycle correction books it at its real price); the synthetic exit is refused until the
     lifecycle resolved it, and changes nothing."""
     db = open_long
+    params = synthetic_params(db)
     before = full_state(db)
     with pytest.raises(psycopg.Error) as err:
-        call(db, "recon_synthetic_exit", **synthetic_params())
+        call(db, "recon_synthetic_exit", **params)
     assert err.value.sqlstate == "RCREF" and err.value.diag.message_detail == "exit_order_open"
     assert "rc.ALP.t1.X1" in err.value.diag.message_primary
     assert full_state(db) == before
     exit_order_cancelled(db)
-    assert call(db, "recon_synthetic_exit", **synthetic_params())["status"] == "applied"
+    assert call(db, "recon_synthetic_exit", **params)["status"] == "applied"
 
 
 def test_a_synthetic_exit_a_newer_check_superseded_changes_nothing(open_long):
     """Act on the newest evidence: the exit was decided in check 1; a newer check of the slice
     cleared it (the position is back): the exit is not applied."""
     db = exit_order_cancelled(open_long)
-    for decision, key in (("synthetic_exit", "synthetic_exit:alpha:t1:1:k"), ("cleared", None)):
-        db.execute("INSERT INTO recon.parity_checks (cycle_id, exchange_account, profile_id, "
-                   "trade_id, slice_no, symbol, side, virtual_open_qty, attributable, ghost, "
-                   "confirmations_required, decision, reason, idempotency_key) VALUES "
-                   "(%s, 'acct1', 'alpha', 't1', 1, %s, 'long', 2, true, %s, 3, %s, 'r', %s)",
-                   (f"c-{decision}", SYMBOL, decision != "cleared", decision, key))
-    (decided,) = one(db, "SELECT id FROM recon.parity_checks WHERE decision = 'synthetic_exit'")
+    key = "synthetic_exit:alpha:t1:1:k"
+    decided = recorded_exit(db, key=key, cycle="c-synthetic_exit")
+    recorded_exit(db, key=key, cycle="c-cleared", decision="cleared")
     before = full_state(db)
-    result = call(db, "recon_synthetic_exit", **synthetic_params(p_check_id=decided))
+    result = call(db, "recon_synthetic_exit", **synthetic_params(db, p_check_id=decided))
     assert result["status"] == "unchanged" and "superseded" in result["reason"]
     assert "cleared" in result["reason"] and full_state(db) == before
     # A still newer check decided the same exit (the same streak, so the same key): applied.
-    db.execute("INSERT INTO recon.parity_checks (cycle_id, exchange_account, profile_id, "
-               "trade_id, slice_no, symbol, side, virtual_open_qty, attributable, ghost, "
-               "confirmations_required, decision, reason, idempotency_key) VALUES "
-               "('c-again', 'acct1', 'alpha', 't1', 1, %s, 'long', 2, true, true, 3, "
-               "'synthetic_exit', 'r', 'synthetic_exit:alpha:t1:1:k')", (SYMBOL,))
+    recorded_exit(db, key=key, cycle="c-again")
     assert call(db, "recon_synthetic_exit",
-                **synthetic_params(p_check_id=decided))["status"] == "applied"
+                **synthetic_params(db, p_check_id=decided))["status"] == "applied"
 
 
 def test_a_synthetic_exit_closes_the_slice_at_the_price_with_a_synthetic_fill(open_long):
     db = exit_order_cancelled(open_long)
-    result = call(db, "recon_synthetic_exit", **synthetic_params())
+    params = synthetic_params(db)
+    result = call(db, "recon_synthetic_exit", **params)
     assert result["status"] == "applied" and result["handler"] == "synthetic_exit"
     assert one(db, "SELECT status, exit_qty, exit_price, realised_pnl_usd, close_reason "
                    "FROM trade_history") == ("closed", 2, 90, -20, "parity_synthetic_exit")
@@ -841,10 +839,10 @@ def test_a_synthetic_exit_closes_the_slice_at_the_price_with_a_synthetic_fill(op
     assert rows(db, "SELECT exchange_fill_id, side, qty, price, fee_usd, client_order_id "
                     "FROM applied_fills") == [
         ("synthetic:synthetic_exit:alpha:t1:1:k", "sell", 2, 90, 0, None)]
-    assert call(db, "recon_synthetic_exit", **synthetic_params())["status"] == "already_applied"
-    # Under another key (a later streak), a closed slice is left as it is.
+    assert call(db, "recon_synthetic_exit", **params)["status"] == "already_applied"
+    # Under another key (a later streak, its own check), a closed slice is left as it is.
     again = call(db, "recon_synthetic_exit",
-                 **{**synthetic_params(), "p_idempotency_key": "synthetic_exit:alpha:t1:1:other"})
+                 **synthetic_params(db, key="synthetic_exit:alpha:t1:1:other"))
     assert again["status"] == "unchanged"
 
 
@@ -856,11 +854,37 @@ def test_a_synthetic_exit_closes_the_slice_at_the_price_with_a_synthetic_fill(op
 def test_a_synthetic_exit_that_the_database_contradicts_is_refused(open_long, change, detail):
     db = exit_order_cancelled(open_long)
     db.execute(change)
+    params = synthetic_params(db)
     before = full_state(db)
     with pytest.raises(psycopg.Error) as err:
-        call(db, "recon_synthetic_exit", **synthetic_params())
+        call(db, "recon_synthetic_exit", **params)
     assert err.value.sqlstate == "RCREF" and err.value.diag.message_detail == detail
     assert full_state(db) == before
+
+
+@pytest.mark.parametrize("invented,detail", [
+    ({"p_check_id": None}, "no_recorded_decision"),  # no decision named
+    ({"p_check_id": 999999}, "no_recorded_decision"),  # no such check
+    ({"p_trade_id": "t1", "p_idempotency_key": "synthetic_exit:alpha:t1:1:mine"},
+     "no_recorded_decision"),  # a key the check did not decide
+    ({"p_price": "1"}, "not_the_recorded_decision"),  # another price than the recorded mark
+    ({"p_qty": "1"}, "not_the_recorded_decision"),  # another qty than the one checked
+])
+def test_a_synthetic_exit_with_invented_arguments_is_refused(open_long, invented, detail):
+    """Issue 38: the money function trusts the recorded decision, not its caller: a close of
+    any slice at any price is refused unless the heartbeat recorded that very exit."""
+    db = exit_order_cancelled(open_long)
+    params = {**synthetic_params(db), **invented}
+    before = full_state(db)
+    with pytest.raises(psycopg.Error) as err:
+        call(db, "recon_synthetic_exit", **params)
+    assert err.value.sqlstate == "RCREF" and err.value.diag.message_detail == detail
+    assert full_state(db) == before
+    # A check that decided something else (cleared) is no decision to exit either.
+    other = recorded_exit(db, key="synthetic_exit:alpha:t1:1:k", decision="cleared")
+    with pytest.raises(psycopg.Error) as err:
+        call(db, "recon_synthetic_exit", **synthetic_params(db, p_check_id=other))
+    assert err.value.diag.message_detail == "no_recorded_decision"
 
 
 # --- SIGKILL ---------------------------------------------------------------------------------
@@ -892,16 +916,17 @@ def _waiting_on_a_lock(conn, pid):
 
 SIGKILLED = {
     # A real exit fill of t1's EXIT order, and the heartbeat's synthetic exit of t1's slice.
-    "exit_fill": ("recon_reconcile_exit_fill", exit_params),
-    "synthetic_exit": ("recon_synthetic_exit", lambda: dict(
+    "exit_fill": ("recon_reconcile_exit_fill", lambda _db: exit_params()),
+    "synthetic_exit": ("recon_synthetic_exit", lambda db: dict(
         p_profile_id="alpha", p_cycle_id="run-1", p_idempotency_key="synthetic_exit:alpha:t1:1:k",
         p_trade_id="t1", p_slice_no=1, p_qty="2", p_price="110",
+        p_check_id=recorded_exit(db, key="synthetic_exit:alpha:t1:1:k", price="110"),
         p_evidence={"check_id": 1}, p_exited_at="2026-01-01T00:00:00+00:00")),
     # The EXIT backfill of t1's slice from the stored fill bf1 (open_long).
-    "exit_backfill": ("recon_exit_backfill", lambda: dict(
+    "exit_backfill": ("recon_exit_backfill", lambda db: dict(
         p_profile_id="alpha", p_cycle_id="run-1", p_idempotency_key="exit_backfill:alpha:t1:1:k",
         p_trade_id="t1", p_slice_no=1, p_symbol=SYMBOL, p_exchange_fill_id="bf1",
-        p_evidence={"decision_id": 1})),
+        p_decision_id=recorded_backfill(db, "bf1"), p_evidence={"decision_id": 1})),
 }
 
 
@@ -916,7 +941,7 @@ def test_sigkill_leaves_the_database_before_or_after_never_in_between(open_long,
     db.execute("UPDATE positions SET qty = 3, avg_price = 250.0 / 3")
     call(db, "recon_recalculate_capital", p_profile_id="alpha")
     function, make_params = SIGKILLED[handler]
-    params = make_params()
+    params = make_params(db)
     if handler == "synthetic_exit":  # no synthetic exit while an EXIT order is open
         exit_order_cancelled(db)
     before = state(db)

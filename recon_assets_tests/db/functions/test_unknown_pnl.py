@@ -9,6 +9,7 @@ from decimal import Decimal
 import psycopg
 import pytest
 
+from recon_assets_tests.db.functions.decisions import recorded_backfill, recorded_exit
 from recon_assets_tests.db.functions.test_lifecycle_handlers import (SYMBOL, add_order,
                                                                      add_position, add_slice,
                                                                      call, entry_params,
@@ -140,7 +141,8 @@ def test_a_synthetic_exit_never_turns_an_unknown_pnl_into_a_number(db):
     _entered_with_an_unpriced_fee(db)
     result = call(db, "recon_synthetic_exit", p_profile_id="alpha", p_cycle_id="run-1",
                   p_idempotency_key="synthetic_exit:alpha:t1:1:k", p_trade_id="t1",
-                  p_slice_no=1, p_qty="2", p_price="90")
+                  p_slice_no=1, p_qty="2", p_price="90",
+                  p_check_id=recorded_exit(db, key="synthetic_exit:alpha:t1:1:k"))
     assert result["status"] == "applied"
     assert one(db, "SELECT status FROM trade_history") == ("closed",)
     assert pnl(db) == (None, "fee_unpriced")
@@ -155,7 +157,7 @@ def test_a_backfilled_exit_never_turns_an_unknown_pnl_into_a_number(db):
     result = call(db, "recon_exit_backfill", p_profile_id="alpha", p_cycle_id="run-1",
                   p_idempotency_key="exit_backfill:alpha:t1:1:b1", p_trade_id="t1",
                   p_slice_no=1, p_symbol=SYMBOL, p_exchange_fill_id="b1",
-                  p_evidence={"decision_id": 1})
+                  p_decision_id=recorded_backfill(db, "b1"), p_evidence={"decision_id": 1})
     assert result["status"] == "applied"
     assert one(db, "SELECT status FROM trade_history") == ("closed",)
     assert pnl(db) == (None, "fee_unpriced")

@@ -169,10 +169,14 @@ def test_b_s_tagged_partial_exit_goes_to_b_only_and_a_killed_run_s_rerun_books_n
     # The killed run: it took beta's gate, booked the first fill, and died.
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute("SELECT recon_begin_reconciling('beta', 'killed-run')")
+        (decision_id,) = conn.execute(
+            "SELECT id FROM recon.backfill_decisions WHERE exchange_fill_id = %s AND decision = "
+            "'GO' ORDER BY id DESC LIMIT 1", (first["exchange_fill_id"],)).fetchone()
         conn.execute("SELECT recon_exit_backfill(p_profile_id => 'beta', p_cycle_id => 'killed-run', "
                      "p_idempotency_key => %s, p_trade_id => 't-b40', p_slice_no => 1, "
-                     "p_symbol => 'ADA/USDT:USDT', p_exchange_fill_id => %s)",
-                     (first["idempotency_key"], first["exchange_fill_id"]))
+                     "p_symbol => 'ADA/USDT:USDT', p_exchange_fill_id => %s, "
+                     "p_decision_id => %s)",
+                     (first["idempotency_key"], first["exchange_fill_id"], decision_id))
     requests, _ = backfill_requests(defs, instance)
     (run,) = run_requests(defs, instance, "exit_backfill", requests)
     assert run.success
