@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recon_assets.core import frames as F
-from recon_assets.core.parity import (ParityPolicy, Streak, parity_checks, slice_decision,
-                                      synthetic_exit_key)
+from recon_assets.core.parity import (PARITY_CHECK_COLUMNS, ParityPolicy, Streak, parity_checks,
+                                      slice_decision, synthetic_exit_key)
 from recon_assets.core.rules import (AMBIGUOUS, BACKFILL, BLOCKED, CONFIRMING, HELD, QUARANTINE,
                                      SYNTHETIC_EXIT)
 from recon_assets_tests.core.test_diff import OLD, READ_AT, ex_position, profile, trade_slice
@@ -489,3 +489,91 @@ def test_evidence_for_a_supported_slice_holds_nothing():
     waiting = Evidence(holds={("p1", "t1", 1): [("recent_fill", "a fill newer than the read")]})
     row = one(run([trade_slice("p1", "t1", 0.5)], [ex_position(0.5)], evidence=waiting))
     assert (row["decision"], row["hold_reason"]) == ("cleared", None)
+
+
+def test_a_cleared_slice_s_row_is_exact_in_every_column():
+    row = one(run([trade_slice("p1", "t1", 0.5)], [ex_position(0.5)]))
+    assert row == {
+        "cycle_id": "c1", "exchange_account": "A", "profile_id": "p1", "trade_id": "t1",
+        "slice_no": 1, "symbol": BTC, "side": "long", "virtual_open_qty": 0.5,
+        "exchange_qty": 0.5, "slices_qty": 0.5, "min_qty_step": 0.001, "mark_price": 101.0,
+        "price_source": "mark_price", "mismatch_notional_usd": 0.0, "attributable": True,
+        "attribution": row["attribution"], "ghost": False, "ghost_reason": None, "streak": 0,
+        "confirmations_required": 3, "streak_started_cycle": None, "decision": "cleared",
+        "reason": "the exchange supports the slice", "idempotency_key": None,
+        "hold_reason": None, "clear_streak": 0, "clear_started_cycle": None}
+
+
+def test_no_open_slice_gives_an_empty_frame_with_every_column():
+    checks = run([trade_slice("p1", "t1", 0.5, status="closed", exit_qty=0.5)], flat())
+    assert len(checks) == 0 and list(checks.columns) == list(PARITY_CHECK_COLUMNS)
+
+
+def test_a_quarantined_slice_s_run_of_supported_cycles_starts_only_when_supported():
+    """Its clear streak counts cycles the exchange supported it, checked and not held: a ghost
+    (still gone) has none, nor a slice changed a moment ago or held by evidence; the first
+    supported cycle starts the run there."""
+    from recon_assets.core.evidence import Evidence
+    key = ("p1", "t1", 1)
+    q = frozenset({key})
+    ghost = one(run([trade_slice("p1", "t1", 0.5)], flat(), quarantined=q))
+    assert (ghost["decision"], ghost["clear_streak"], ghost["clear_started_cycle"]) == (
+        QUARANTINE, 0, None)
+    supported = one(run([trade_slice("p1", "t1", 0.5)], [ex_position(0.5)], quarantined=q))
+    assert (supported["decision"], supported["clear_streak"],
+            supported["clear_started_cycle"]) == (QUARANTINE, 1, "c1")
+    assert supported["reason"] == ("the exchange supports it now (1 of 3 consecutive cycles): "
+                                   "the quarantine holds until it has for 3")
+    recent = one(run([trade_slice("p1", "t1", 0.5, updated_at=READ_AT)], [ex_position(0.5)],
+                     quarantined=q))
+    # The exchange holds 0.3 of the 0.5: a fill of its own waiting to be booked explains the
+    # rest, and holds it; supported only once that fill is booked.
+    held = one(run([trade_slice("p1", "t1", 0.5)], [ex_position(0.3)], quarantined=q,
+                   evidence=Evidence(holds={key: [("unbooked_fill", "fill F is not booked")]},
+                                     explained={(BTC, "both"): 0.2})))
+    assert (recent["clear_streak"], held["clear_streak"]) == (0, 0)
+    released = one(run([trade_slice("p1", "t1", 0.5)], [ex_position(0.5)], quarantined=q,
+                       clear_streaks={key: Streak(2, "c-1", "c0")}))
+    assert (released["decision"], released["reason"]) == (
+        "cleared", "the exchange supported it 3 of 3 consecutive cycles: the quarantine is "
+                   "released")
+
+
+def test_an_approval_s_attribution_says_so():
+    legacy = trade_slice("p1", "t1", 0.5, order_client_ids=["legacy42"])
+    row = one(run([legacy], flat(), streaks={("p1", "t1", 1): Streak(5, "c0", "c0")},
+                  approved={("p1", "t1", 1): frozenset({"c0"})}))
+    assert row["attribution"] == ("an operator approved its synthetic exit for this ghost "
+                                  "episode (since c0)")
+
+
+@pytest.mark.parametrize("kwargs,expected", [
+    (dict(unchecked=True), (HELD, "the exchange snapshot has no row for the symbol: not checked "
+                                  "this cycle")),
+    (dict(recent=True), (HELD, "changed a moment before the database was read: checked next "
+                               "cycle")),
+    (dict(ambiguous=True, why="the gap"), (AMBIGUOUS, "not singled out: the gap; reported, never "
+                                                      "closed automatically")),
+    (dict(ghost=False, backfill_go=True), (BACKFILL, "the EXIT backfill has the real exit fills "
+                                                     "for it: evidence first")),
+    (dict(ghost=False, hold="X waits"), (HELD, "waiting for its real evidence: X waits")),
+    (dict(ghost=False), ("cleared", "the exchange supports the slice")),
+    (dict(backfill_go=True), (BACKFILL, "the EXIT backfill has the real exit fills for it: "
+                                        "evidence first")),
+    (dict(hold="X waits"), (HELD, "no synthetic exit while X waits")),
+    (dict(quarantined=True), (QUARANTINE, "quarantined: never closed automatically until an "
+                                          "operator releases it")),
+    (dict(streak=2), (CONFIRMING, "ghost seen 2 of 3 consecutive cycles")),
+    (dict(attributed=False), (QUARANTINE, "confirmed 3 of 3, but not attributable to profile p1 "
+                                          "by its orders' sub tag")),
+    (dict(tripped="drift 900 USD"), (BLOCKED, "confirmed, but the integrity watchdog tripped: "
+                                              "drift 900 USD")),
+    (dict(policy=ParityPolicy(3, require_attribution=True, dry_run=True)),
+     (BLOCKED, "confirmed: dry run records the synthetic exit it would apply")),
+    (dict(mark=None), (BLOCKED, "confirmed, but the snapshot has no mark price to close it at")),
+    (dict(), (SYNTHETIC_EXIT, "confirmed 3 of 3 consecutive cycles and attributed")),
+])
+def test_every_decision_s_reason_is_exact(kwargs, expected):
+    """The reasons are what operators read and the analyst guide quotes."""
+    args = dict(ghost=True, streak=3, attributed=True, mark=100.0, policy=N3)
+    assert slice_decision(("p1", "t1", 1), "p1", **{**args, **kwargs}) == expected
