@@ -43,6 +43,11 @@ WATCHDOG_PAUSE, AUTO_RESUME, OPERATOR_PAUSE, OPERATOR_RESUME = GATE_ACTIONS
 
 # --- the reconciliation cycle (recon.cycles, recon.mismatches) ---------------------------------
 CYCLE_STATUSES = ("running", "succeeded", "failed")
+# An account's cycle run that has not finished this long after it started is failed by Dagster's
+# run monitoring (the `dagster/max_runtime` tag): a slow or stuck account cannot hold its
+# partition's one cycle slot, or a run slot, for ever; the next tick starts a fresh cycle. Each
+# request has its own timeout and retries are bounded; this bounds the whole run.
+CYCLE_DEADLINE_SECONDS = 300
 CYCLE_SUCCEEDED = "succeeded"
 CYCLE_FAILED = "failed"
 # Every kind of finding of the diff, in the order the diff sorts them (core/diff.py says what each

@@ -11,6 +11,8 @@ ROOT_RUN_ID_TAG = "dagster/root_run_id"
 # The cycle job's runs are retried from the start (a fresh look at both sides) rather than from
 # the failed step, as the same cycle (`cycle_id`): see deploy/dagster.yaml's run_retries.
 RETRY_ALL_STEPS = {"dagster/retry_strategy": "ALL_STEPS"}
+# Dagster's run monitoring fails a run still going this many seconds after it started.
+MAX_RUNTIME_TAG = "dagster/max_runtime"
 
 
 def cycle_id_of(run: dg.DagsterRun) -> str:

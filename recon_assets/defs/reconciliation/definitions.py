@@ -4,14 +4,15 @@ in a shard run with other accounts' cycles (`shard.py`, RECON_CYCLE_SHARD_SIZE).
 import dagster as dg
 
 from recon_assets.core.cycle import account_shards, interrupted
+from recon_assets.core.rules import CYCLE_DEADLINE_SECONDS
 from recon_assets.core.request_weights import WEIGHT_LIMIT_PER_MINUTE, AccountLoad, spread_cycles
 from recon_assets.defs.partitions import exchange_account_partitions
 from recon_assets.defs.reconciliation.assets import reconciliation_diff
 from recon_assets.defs.reconciliation.summary import (reconciliation_summary,
                                                       reconciliation_summary_sensor)
 from recon_assets.defs.reconciliation.shard import SHARD_JOB, reconciliation_shard_job
-from recon_assets.defs.runs import (RETRY_ALL_STEPS, SHARD_OP, cycle_id_of, pending_runs,
-                                    pending_shard_accounts)
+from recon_assets.defs.runs import (MAX_RUNTIME_TAG, RETRY_ALL_STEPS, SHARD_OP, cycle_id_of,
+                                    pending_runs, pending_shard_accounts)
 from recon_assets.resources.database import TradingStore
 from recon_assets.resources.recon_store import ReconStore
 from recon_assets.settings import ReconSettings
@@ -27,7 +28,7 @@ reconciliation_cycle_job = dg.define_asset_job(
                 "reconciling gates restored), snapshot the database and the exchange, diff them, "
                 "find the exit fills that prove unrecorded exits (EXIT backfill, GO / NO_GO), "
                 "and check the parity of every open slice (the heartbeat).",
-    tags=RETRY_ALL_STEPS,
+    tags={**RETRY_ALL_STEPS, MAX_RUNTIME_TAG: str(CYCLE_DEADLINE_SECONDS)},
 )
 
 

@@ -23,6 +23,37 @@ def test_the_cycle_job_is_retried_from_its_first_step():
     assert reconciliation_cycle_job.tags["dagster/retry_strategy"] == "ALL_STEPS"
 
 
+def test_a_cycle_run_past_its_deadline_is_failed_by_run_monitoring(monkeypatch):
+    """Issue 38: one account cannot hold its cycle slot for ever. The cycle job's runs carry
+    `dagster/max_runtime`; Dagster's run monitoring (enabled in every deployment's instance)
+    leaves a run alone before the deadline and fails it after. The monitoring daemon's check
+    runs here on a real instance; only its clock is moved past the deadline."""
+    import logging
+
+    from dagster._core.events import DagsterEvent, DagsterEventType
+    from dagster._daemon.monitoring import run_monitoring
+
+    from recon_assets.core.rules import CYCLE_DEADLINE_SECONDS
+
+    assert reconciliation_cycle_job.tags["dagster/max_runtime"] == str(CYCLE_DEADLINE_SECONDS)
+    with dg.instance_for_test() as instance:
+        run = dg.DagsterRun(job_name="reconciliation_cycle", run_id="d" * 8,
+                            tags=dict(reconciliation_cycle_job.tags),
+                            status=dg.DagsterRunStatus.STARTING)
+        instance.add_run(run)
+        instance.report_dagster_event(DagsterEvent(
+            event_type_value=DagsterEventType.RUN_START.value, job_name=run.job_name), run.run_id)
+        record = instance.get_run_record_by_id(run.run_id)
+        log = logging.getLogger("run_monitoring")
+        run_monitoring.check_run_timeout(instance, record, log, 0)
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
+        now = run_monitoring.get_current_timestamp
+        monkeypatch.setattr(run_monitoring, "get_current_timestamp",
+                            lambda: now() + CYCLE_DEADLINE_SECONDS + 1)
+        run_monitoring.check_run_timeout(instance, record, log, 0)
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+
+
 def test_the_history_has_one_entry_per_cycle_with_its_first_start():
     with dg.instance_for_test() as instance:
         tags = {"dagster/partition": "acct1"}
