@@ -73,6 +73,7 @@ def test_an_unattributed_ghost_is_quarantined_never_closed():
     legacy = trade_slice("p1", "t1", 0.5, order_client_ids=["legacy42"])
     row = one(run([legacy], flat(), streaks={("p1", "t1", 1): Streak(5, "c0", "c0")}))
     assert row["decision"] == "quarantine" and not row["attributable"]
+    assert row["reason"] == "confirmed 6 of 3, but not attributable to profile p1 by its orders' sub tag"
     assert "legacy42" in row["attribution"]
     # Without the flag it would be closed; an operator's approval attributes it.
     relaxed = ParityPolicy(3, require_attribution=False, dry_run=False)
@@ -134,6 +135,10 @@ def test_no_slice_is_singled_out_by_its_size():
     slices = [trade_slice("p1", "t1", 0.3), trade_slice("p2", "t2", 0.5)]
     checks = run(slices, [ex_position(0.5)])
     assert set(checks["decision"]) == {"ambiguous"} and not checks["ghost"].any()
+    assert one(checks, "t1")["reason"] == (
+        f"not singled out: the exchange holds 0.5 on {BTC} against 0.8 claimed and 0.3 of the "
+        "difference is explained by no real fill; no slice is singled out by its size; "
+        "reported, never closed automatically")
     same = run([trade_slice("p1", "t1", 0.5), trade_slice("p2", "t2", 0.5)], [ex_position(0.5)])
     assert set(same["decision"]) == {"ambiguous"} and not same["ghost"].any()
 
