@@ -81,7 +81,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -89,7 +89,8 @@ from recon_assets.core.attribution import parse_client_order_id
 from recon_assets.core.fees import Fee, fee_of
 from recon_assets.core.rules import (FAILED, INTENTS, LIFECYCLE_HANDLERS,
                                      ORDER_QUERY_RETENTION_DAYS, ORDER_SIDES,
-                                     RECONCILIATION_LOCK, REFUSED, ROW_LOCK, SQL_REFUSAL,
+                                     RECONCILIATION_LOCK, REFUSAL_BACKOFF_BASE_SECONDS,
+                                     REFUSAL_BACKOFF_MAX_SECONDS, REFUSED, ROW_LOCK, SQL_REFUSAL,
                                      UNFILLED_ORDER_QUERY_RETENTION_DAYS)
 
 ENTRY_FILL, EXIT_FILL, CANCEL = HANDLERS = LIFECYCLE_HANDLERS
@@ -434,6 +435,20 @@ def refusal_of(exc: BaseException) -> Refusal:
     if sqlstate is None and isinstance(exc, (ValueError, TypeError)):
         return Refusal(REFUSED, "bad_order_row", message)
     return Refusal(FAILED, "unexpected_error", f"{type(exc).__name__}: {message}")
+
+
+def retry_after_refusals(refusals: int, last_refused_at: datetime | None) -> datetime | None:
+    """When a profile whose last `refusals` lifecycle corrections in a row were refused (or
+    failed) may be corrected again; None: now. One refusal is retried at the next cycle (a busy
+    gate, a fill that arrived a moment late); from the second on the profile waits
+    REFUSAL_BACKOFF_BASE_SECONDS after the last one, doubling with each further refusal up to
+    REFUSAL_BACKOFF_MAX_SECONDS, so a correction the database keeps refusing is not hammered
+    (and alerted) every minute."""
+    if refusals < 2 or last_refused_at is None:
+        return None
+    wait = min(REFUSAL_BACKOFF_BASE_SECONDS * 2 ** min(refusals - 2, 32),
+               REFUSAL_BACKOFF_MAX_SECONDS)
+    return last_refused_at + timedelta(seconds=wait)
 
 
 _RELATION = re.compile(r'in relation "([^"]+)"')

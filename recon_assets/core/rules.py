@@ -48,6 +48,11 @@ CYCLE_STATUSES = ("running", "succeeded", "failed")
 # partition's one cycle slot, or a run slot, for ever; the next tick starts a fresh cycle. Each
 # request has its own timeout and retries are bounded; this bounds the whole run.
 CYCLE_DEADLINE_SECONDS = 300
+# A profile whose lifecycle corrections keep being refused is not retried every cycle: after two
+# refusals in a row it waits BASE seconds, then twice as long after each further one, up to MAX
+# (core/corrections.py `retry_after_refusals`); one applied correction ends the run.
+REFUSAL_BACKOFF_BASE_SECONDS = 60
+REFUSAL_BACKOFF_MAX_SECONDS = 1800
 CYCLE_SUCCEEDED = "succeeded"
 CYCLE_FAILED = "failed"
 # Every kind of finding of the diff, in the order the diff sorts them (core/diff.py says what each

@@ -78,6 +78,7 @@ FUNCTIONS = (
     "recon_record_refused_correction",
     "recon_record_resume_outlook",
     "recon_record_watchdog",
+    "recon_refusal_streak",
     "recon_resolve_quarantine",
     "recon_resume_outlook",
     "recon_resume_profile",

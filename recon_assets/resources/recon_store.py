@@ -87,6 +87,14 @@ class ReconStore:
         return self.database.call("recon_profiles_with_mismatches", {
             "p_cycle_id": cycle_id, "p_account": account, "p_kinds": list(kinds)})
 
+    def refusal_streak(self, profile_id: str) -> dict:
+        """How many of the profile's latest lifecycle corrections in a row were refused or
+        failed, when the newest was, and the database's clock."""
+        (row,) = self.database.call("recon_refusal_streak", {"p_profile_id": profile_id})
+        return {"refusals": int(row["refusals"]),
+                "last_refused_at": as_datetime(row["last_refused_at"]),
+                "now": as_datetime(row["now"])}
+
     def cycle_succeeded(self, cycle_id: str, account: str) -> bool:
         """Whether `cycle_id` is recorded as a succeeded cycle of `account`."""
         return bool(self.database.call("recon_cycle_has_status", {

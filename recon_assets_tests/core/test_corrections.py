@@ -464,3 +464,16 @@ def test_not_found_beyond_retention_is_its_own_reason_and_never_an_action():
     d = decide(p=ProbeFailure("not_found", "OrderNotFound", full_history=True,
                               beyond_retention=True))
     assert not d.actionable and d.reason == "beyond_exchange_query_retention"
+
+
+def test_refusals_back_off_from_the_second_doubling_up_to_the_cap():
+    from datetime import datetime, timedelta, timezone
+
+    from recon_assets.core.corrections import retry_after_refusals
+    t = datetime(2026, 12, 1, tzinfo=timezone.utc)
+    waits = {n: retry_after_refusals(n, t) for n in (0, 1, 2, 3, 4, 6, 7, 500)}
+    assert waits[0] is None and waits[1] is None
+    assert {n: (w - t).total_seconds() for n, w in waits.items() if w is not None} == {
+        2: 60, 3: 120, 4: 240, 6: 960, 7: 1800, 500: 1800}
+    assert retry_after_refusals(3, None) is None  # no time of the last refusal: no wait
+    assert retry_after_refusals(2, t) == t + timedelta(seconds=60)

@@ -3,6 +3,7 @@ escalates a correction run that failed."""
 
 import dagster as dg
 
+from recon_assets.core.corrections import retry_after_refusals
 from recon_assets.core.escalation import failed_correction_run
 from recon_assets.core.rules import ACTIONABLE_KINDS
 from recon_assets.defs.corrections.ops import lifecycle_correction
@@ -15,10 +16,23 @@ from recon_assets.defs.runs import cycle_id_of_run
 DIFF_KEY = dg.AssetKey("reconciliation_diff")
 
 
-def correction_run_requests(database: TradingStore, cycle_id: str, account: str) -> list[dg.RunRequest]:
+def correction_run_requests(database: TradingStore, cycle_id: str, account: str,
+                            log=None) -> list[dg.RunRequest]:
     """One run per profile with actionable mismatches in the cycle, as that profile's partition;
-    the run key makes a cycle's profile launch once, however often the sensor sees the event."""
-    profiles = ReconStore(database).profiles_with_mismatches(cycle_id, account, ACTIONABLE_KINDS)
+    the run key makes a cycle's profile launch once, however often the sensor sees the event. A
+    profile whose corrections keep being refused waits (`retry_after_refusals`)."""
+    store = ReconStore(database)
+    profiles = []
+    for profile in store.profiles_with_mismatches(cycle_id, account, ACTIONABLE_KINDS):
+        streak = store.refusal_streak(profile)
+        until = retry_after_refusals(streak["refusals"], streak["last_refused_at"])
+        if until is not None and streak["now"] < until:
+            if log is not None:
+                log.info(f"{profile}: its last {streak['refusals']} corrections were refused; "
+                         f"not corrected from cycle {cycle_id}, next try after "
+                         f"{until.isoformat()}")
+            continue
+        profiles.append(profile)
     return [dg.RunRequest(
         run_key=f"{cycle_id}:{profile}", partition_key=profile,
         run_config={"ops": {"correct_profile": {"config": {"profile_id": profile, "cycle_id": cycle_id}}}},
@@ -42,7 +56,7 @@ def lifecycle_correction_sensor(context: dg.SensorEvaluationContext, database: T
         account = event.dagster_event.partition
         if account:
             requests += correction_run_requests(
-                database, cycle_id_of_run(context.instance, event.run_id), account)
+                database, cycle_id_of_run(context.instance, event.run_id), account, context.log)
         last = record.storage_id
     if last is None:
         return dg.SkipReason("no reconciliation_diff materialization yet")

@@ -490,3 +490,41 @@ def test_an_order_beyond_the_exchanges_query_retention_gets_its_own_reason_and_n
                        "rc.ALP.t-gone.E1": "beyond_exchange_query_retention"}
     assert query(pg_dsn, "SELECT DISTINCT status FROM orders WHERE trade_id IN "
                          "('t-gone', 't-ancient')") == [("open",)]
+
+
+def test_a_profile_whose_corrections_keep_being_refused_backs_off(sim, pg_dsn, instance):
+    """Issue 38: a profile whose lifecycle corrections the database keeps refusing is not
+    retried (and alerted) every cycle. One refusal: tried again at the next cycle. Two in a
+    row: it waits a minute after the last, three: two minutes (`retry_after_refusals`); another
+    profile's refusals are its own; an applied correction of it ends the run."""
+    plan = sim.load_scenario("lifecycle")
+    plan.seed_database(pg_dsn)
+    add_partitions(instance, plan)
+    defs = make_defs(sim, pg_dsn)
+    run_scheduled_cycles(defs, instance)
+    everyone = [r.partition_key for r in evaluate_correction_sensor(defs, instance).run_requests]
+    assert everyone == ["alpha"]
+
+    def record(outcome, seconds_ago, profile="alpha"):
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO recon.corrections (idempotency_key, cycle_id, profile_id, handler, "
+                "outcome, reason, applied_at) VALUES (%s, 'c-earlier', %s, "
+                "'reconcile_exit_fill', %s, %s, now() - make_interval(secs => %s))",
+                (f"k-{uuid.uuid4()}" if outcome == "applied" else None, profile, outcome,
+                 None if outcome == "applied" else "exit_exceeds_open_qty", seconds_ago))
+
+    def launched():
+        return [r.partition_key for r in evaluate_correction_sensor(defs, instance).run_requests]
+
+    for _ in range(3):  # another profile's refusals are its own
+        record("refused", 0, profile="beta")
+    assert launched() == everyone
+    record("refused", 300)
+    assert launched() == everyone  # one refusal: the next cycle tries again
+    record("refused", 61)
+    assert launched() == everyone  # two: a minute after the last, which has passed
+    record("refused", 0)
+    assert launched() == []  # three: two minutes after the last
+    record("applied", 0)
+    assert launched() == everyone  # an applied correction ends the run of refusals
