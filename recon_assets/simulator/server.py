@@ -51,6 +51,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from recon_assets.processes import stop_on_signals
+from recon_assets.resources.loopback import is_loopback_host
 from recon_assets.simulator.state import (ALGO_ORDER_TYPES, Account, Fault, SimError, SimExchange,
                                           now_ms)
 
@@ -485,6 +486,11 @@ class SimulatorServer:
 
     def __init__(self, port: int = 0, host: str = "127.0.0.1", scenario: str | None = None,
                  exchange: SimExchange | None = None):
+        # It takes any API key and moves money on request: never reachable from another host
+        # (a deployment must not be able to point anything real at it, nor anyone else use it).
+        if not is_loopback_host(host):
+            raise ValueError(f"the exchange simulator serves this machine only: host {host!r} is "
+                             "not a loopback address (use 127.0.0.1, ::1 or localhost)")
         self.host = host
         self.port = port
         self.exchange = exchange or SimExchange()

@@ -396,3 +396,16 @@ def test_hedge_mode_keeps_a_long_and_a_short_leg_per_symbol_like_binance(sim):
     assert [(r["positionSide"], Decimal(r["positionAmt"])) for r in rows] == [
         ("LONG", Decimal("0.02")), ("SHORT", 0)]
     ex.check_consistency()
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.0.0.7", "exchange.example.com", ""])
+def test_the_simulator_refuses_to_serve_beyond_this_machine(host):
+    """Issue 38: it takes any API key and fills orders on request, so it never binds an
+    address another host can reach (a production image that starts it by mistake exposes
+    nothing); loopback addresses are fine."""
+    from recon_assets.simulator.server import SimulatorServer
+
+    with pytest.raises(ValueError, match="serves this machine only"):
+        SimulatorServer(port=0, host=host)
+    for loopback in ("127.0.0.1", "::1", "localhost"):
+        assert SimulatorServer(port=0, host=loopback).host == loopback
