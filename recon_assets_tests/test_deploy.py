@@ -4,6 +4,7 @@ docs/configuration.md says."""
 
 import importlib
 import pathlib
+import re
 import shutil
 
 import dagster as dg
@@ -222,6 +223,11 @@ def test_the_helm_values_close_the_door():
     ingress = values["ingress"]
     assert ingress["enabled"] and "nginx.ingress.kubernetes.io/auth-url" in ingress["annotations"]
     assert ingress["dagsterWebserver"]["host"] != ingress["readOnlyDagsterWebserver"]["host"]
+    # Every pod's image pinned by digest, the same one everywhere (run pods use the code
+    # server's).
+    tags = {deployment["image"]["tag"], values["dagsterWebserver"]["image"]["tag"],
+            values["dagsterDaemon"]["image"]["tag"]}
+    assert len(tags) == 1 and re.fullmatch(r"[\w.-]+@sha256:[0-9a-f]{64}", tags.pop())
     policy = yaml.safe_load((REPO / "deploy" / "helm" / "networkpolicy.yaml").read_text())
     assert policy["kind"] == "NetworkPolicy" and policy["spec"]["policyTypes"] == ["Ingress"]
     assert policy["spec"]["podSelector"] == {"matchLabels": {"component": "user-deployments"}}
