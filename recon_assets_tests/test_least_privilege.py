@@ -201,12 +201,15 @@ def test_the_role_writes_no_table_and_calls_no_internal_function_but_the_handler
         # The handler path changes the trading tables: pause and resume through the functions.
         store = PostgresStore(dsn=role_dsn)
         assert store.snapshot_account("acct-lp")["profiles"][0]["trading_state"] == "active"
+        for job in ("pause_profile", "resume_profile"):  # what each operator job records first
+            store.call("recon_record_operator_action", {"p_job": job, "p_run_id": f"lp-{job}",
+                                                        "p_user": None, "p_config": {}})
         store.call("recon_pause_profile", {"p_profile_id": "lp1", "p_reason": "least privilege",
-                                           "p_run_id": None})
+                                           "p_run_id": "lp-pause_profile"})
         assert _rows(pg_dsn, "SELECT trading_state FROM profiles WHERE id = 'lp1'") == [
             ("paused",)]
         store.call("recon_resume_profile", {"p_profile_id": "lp1", "p_reason": "least privilege",
-                                            "p_run_id": None})
+                                            "p_run_id": "lp-resume_profile"})
         assert _rows(pg_dsn, "SELECT trading_state FROM profiles WHERE id = 'lp1'") == [
             ("active",)]
         # The health server's read works under the role too.

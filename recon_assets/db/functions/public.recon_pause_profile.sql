@@ -7,7 +7,8 @@
 --       it judged is no longer the profile's pause)
 -- (what the trading app polls: public.recon_may_trade.sql)
 -- Each change is one transaction under the profile's lock, recorded in
--- recon.trading_gate_events (recon._change_trading_gate.sql).
+-- recon.trading_gate_events (recon._change_trading_gate.sql). An operator's pause or resume is
+-- taken only for a run that recorded its request first (recon._require_operator_request.sql).
 
 CREATE OR REPLACE FUNCTION public.recon_pause_profile(
     p_profile_id text, p_reason text, p_run_id text DEFAULT NULL)
@@ -22,6 +23,8 @@ BEGIN
     IF COALESCE(pg_catalog.btrim(p_reason), '') = '' THEN
         RAISE EXCEPTION 'recon_pause_profile: a reason is required';
     END IF;
+    PERFORM recon._require_operator_request('recon_pause_profile', p_run_id,
+                                            ARRAY['pause_profile']);
     prof := recon._lock_profile_row(p_profile_id, 'recon_pause_profile');
     IF prof.trading_state = 'paused' AND prof.pause_source = 'operator' THEN
         RETURN pg_catalog.jsonb_build_object('status', 'unchanged', 'profile_id', p_profile_id,
@@ -48,6 +51,8 @@ BEGIN
     IF COALESCE(pg_catalog.btrim(p_reason), '') = '' THEN
         RAISE EXCEPTION 'recon_resume_profile: a reason is required';
     END IF;
+    PERFORM recon._require_operator_request('recon_resume_profile', p_run_id,
+                                            ARRAY['resume_profile']);
     prof := recon._lock_profile_row(p_profile_id, 'recon_resume_profile');
     IF prof.trading_state <> 'paused' THEN
         RETURN pg_catalog.jsonb_build_object('status', 'unchanged', 'profile_id', p_profile_id,

@@ -149,6 +149,8 @@ BEGIN
     IF COALESCE(p_note, '') = '' THEN
         RAISE EXCEPTION 'recon_resolve_quarantine: a note saying why is required';
     END IF;
+    PERFORM recon._require_operator_request('recon_resolve_quarantine', p_operator_run,
+                                            ARRAY['resolve_quarantine']);
     PERFORM recon._lock_profile(p_profile_id);
     UPDATE recon.quarantine
        SET released_at = pg_catalog.now(), released_by = 'operator:' || COALESCE(p_operator_run, '?'),

@@ -21,6 +21,8 @@ BEGIN
     IF COALESCE(pg_catalog.btrim(p_note), '') = '' THEN
         RAISE EXCEPTION 'recon_review_backfill: a note saying why is required';
     END IF;
+    PERFORM recon._require_operator_request('recon_review_backfill', p_run_id,
+                                            ARRAY[p_verdict || '_backfill']);
     SELECT * INTO d FROM recon.backfill_decisions WHERE id = p_decision_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'recon_review_backfill: no backfill decision %', p_decision_id;

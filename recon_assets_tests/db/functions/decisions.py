@@ -1,4 +1,4 @@
-"""Recorded decisions for the money functions' tests. recon_synthetic_exit applies only a
+"""Recorded decisions and requests for the money and gate functions' tests. recon_synthetic_exit applies only a
 heartbeat check that decided the exit (its key, qty and mark price) and recon_exit_backfill
 only a recorded GO (or an approved pair) about the fill and slice (issue 38: evidence, not the
 caller); a test records the decision it applies, as a cycle would."""
@@ -49,3 +49,11 @@ def recorded_backfill(db, fill_id: str, *, profile: str = "alpha", trade: str = 
          assignable, decision,
          f"exit_backfill:{profile}:{trade}:{slice_no}:{fill_id}", symbol, fill_id)).fetchone()
     return row[0] if row else None
+
+
+def operator_request(db, job: str, run_id: str) -> int:
+    """An operator job's recorded launch (what every operator job writes before it acts); the
+    pause, resume, review and quarantine functions act only for a run that has one."""
+    (action_id,) = db.execute("SELECT recon_record_operator_action(%s, %s, NULL, '{}'::jsonb)",
+                              (job, run_id)).fetchone()
+    return action_id

@@ -9,7 +9,7 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-from recon_assets_tests.db.functions.decisions import recorded_backfill
+from recon_assets_tests.db.functions.decisions import operator_request, recorded_backfill
 from recon_assets_tests.db.functions.test_lifecycle_handlers import (SYMBOL, add_position,
                                                                      add_slice, call, full_state,
                                                                      one, rows)
@@ -138,6 +138,8 @@ def test_only_a_recorded_go_or_an_approved_pair_is_booked(ghost):
         assert err.value.diag.message_detail == "no_recorded_decision", why
         assert full_state(db) == before, why
     no_go = invented["a NO_GO"]
+    operator_request(db, "reject_backfill", "r1")
+    operator_request(db, "approve_backfill", "r2")
     call(db, "recon_review_backfill", p_decision_id=no_go, p_verdict="reject",
          p_note="not its exit", p_run_id="r1")
     with pytest.raises(psycopg.Error, match="no recorded backfill decision"):
@@ -192,6 +194,7 @@ def test_a_review_names_the_pair_needs_a_note_and_a_slice(db):
                                              trade_id=None, slice_no=None, match_mode=None,
                                              idempotency_key=None)])
     (named, unnamed) = [r[0] for r in rows(db, "SELECT id FROM recon.backfill_decisions ORDER BY id")]
+    operator_request(db, "approve_backfill", "r1")
     review = call(db, "recon_review_backfill", p_decision_id=named, p_verdict="approve",
                   p_note="closed from our app by the desk", p_run_id="r1")
     assert review["decision"]["trade_id"] == "t1"

@@ -9,11 +9,20 @@ import json
 import psycopg
 import pytest
 
+from recon_assets_tests.db.functions.decisions import operator_request
+
 from recon_assets_tests.db.functions.test_lifecycle_handlers import (add_order, call,
                                                                     cancel_params, rows)
 from recon_assets_tests.db.functions.test_trading_gate import record, verdict
 
 pytestmark = pytest.mark.db
+
+
+@pytest.fixture(autouse=True)
+def operator_runs(db):
+    """The operator jobs' recorded requests the pauses and resumes below act for."""
+    operator_request(db, "pause_profile", "run-pause")
+    operator_request(db, "resume_profile", "run-resume")
 
 
 def gate(db, profile="alpha"):
@@ -186,7 +195,7 @@ def test_a_resume_during_the_correction_of_a_paused_profile_restores_reconciling
     assert (began["status"], began["trading_state"]) == ("began", "paused")
     assert gate(db) == ("paused", "parity_watchdog") and session(db) == [("run-r",)]
     if resume == "operator":
-        db.execute("SELECT recon_resume_profile('alpha', 'explained', 'run-op')")
+        db.execute("SELECT recon_resume_profile('alpha', 'explained', 'run-resume')")
     else:
         paused_at, last = db.execute("SELECT paused_at, last_auto_resume_at FROM profiles "
                                      "WHERE id = 'alpha'").fetchone()
@@ -205,7 +214,7 @@ def test_a_resume_during_the_correction_of_a_paused_profile_restores_reconciling
 
 def test_end_leaves_a_still_paused_profile_paused(open_entry):
     db = open_entry
-    db.execute("SELECT recon_pause_profile('alpha', 'maintenance', 'run-op')")
+    db.execute("SELECT recon_pause_profile('alpha', 'maintenance', 'run-pause')")
     call(db, "recon_begin_reconciling", p_profile_id="alpha", p_cycle_id="run-r")
     # Only the owner corrects the paused profile while its session is open.
     assert refused(db, "run-s").diag.message_detail == "gate_owned_by_another_run"
@@ -216,7 +225,7 @@ def test_end_leaves_a_still_paused_profile_paused(open_entry):
 
 
 def test_a_stale_session_of_a_paused_profile_is_cleared_and_stays_paused(db):
-    db.execute("SELECT recon_pause_profile('alpha', 'maintenance', 'run-op')")
+    db.execute("SELECT recon_pause_profile('alpha', 'maintenance', 'run-pause')")
     call(db, "recon_begin_reconciling", p_profile_id="alpha", p_cycle_id="run-r")
     ended = call(db, "recon_end_reconciling", p_profile_id="alpha", p_cycle_id="run-r",
                  p_restored_by="cycle-2")

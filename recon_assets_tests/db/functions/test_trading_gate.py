@@ -8,7 +8,16 @@ import os
 import psycopg
 import pytest
 
+from recon_assets_tests.db.functions.decisions import operator_request
+
 pytestmark = pytest.mark.db
+
+
+@pytest.fixture(autouse=True)
+def operator_runs(db):
+    """The operator jobs' recorded requests the pauses and resumes below act for."""
+    operator_request(db, "pause_profile", "run-pause")
+    operator_request(db, "resume_profile", "run-resume")
 
 
 def verdict(profile, tripped, notional=100.0, clean=None):
@@ -55,7 +64,7 @@ def test_a_second_trip_keeps_the_pause_and_its_start(db):
 
 
 def test_the_watchdog_never_turns_an_operators_pause_into_its_own(db):
-    db.execute("SELECT recon_pause_profile('alpha', 'maintenance', 'run-op')")
+    db.execute("SELECT recon_pause_profile('alpha', 'maintenance', 'run-pause')")
     record(db, "c1", verdict("alpha", True))
     assert gate(db, "alpha")[:2] == ("paused", "operator")
     assert events(db, "alpha") == ["operator_pause"]
@@ -64,24 +73,24 @@ def test_the_watchdog_never_turns_an_operators_pause_into_its_own(db):
 def test_an_operator_takes_a_watchdog_pause_over_and_resumes_it(db):
     record(db, "c1", verdict("alpha", True))
     paused_at = gate(db, "alpha")[2]
-    took = db.execute("SELECT recon_pause_profile('alpha', 'looking into it', 'run-op')").fetchone()[0]
+    took = db.execute("SELECT recon_pause_profile('alpha', 'looking into it', 'run-pause')").fetchone()[0]
     assert (took["status"], took["previous_pause_source"], took["pause_source"]) == (
         "applied", "parity_watchdog", "operator")
     assert gate(db, "alpha")[:3] == ("paused", "operator", paused_at)
-    again = db.execute("SELECT recon_pause_profile('alpha', 'still', 'run-op')").fetchone()[0]
+    again = db.execute("SELECT recon_pause_profile('alpha', 'still', 'run-pause')").fetchone()[0]
     assert again["status"] == "unchanged"
-    db.execute("SELECT recon_resume_profile('alpha', 'explained', 'run-op')")
+    db.execute("SELECT recon_resume_profile('alpha', 'explained', 'run-resume')")
     assert gate(db, "alpha")[:3] == ("active", None, None)
     assert events(db, "alpha") == ["watchdog_pause", "operator_pause", "operator_resume"]
     with pytest.raises(psycopg.errors.RaiseException, match="a reason is required"):
-        db.execute("SELECT recon_pause_profile('alpha', '  ', 'run-op')")
+        db.execute("SELECT recon_pause_profile('alpha', '  ', 'run-pause')")
 
 
 def test_a_resume_during_a_correction_restores_reconciling_not_active(db):
     db.execute("SELECT recon_begin_reconciling('alpha', 'run-corr')")
     record(db, "c1", verdict("alpha", True))
     assert gate(db, "alpha")[0] == "paused"
-    db.execute("SELECT recon_resume_profile('alpha', 'ok', 'run-op')")
+    db.execute("SELECT recon_resume_profile('alpha', 'ok', 'run-resume')")
     assert gate(db, "alpha")[0] == "reconciling"
     db.execute("SELECT recon_end_reconciling('alpha', 'run-corr')")
     assert gate(db, "alpha")[0] == "active"
@@ -92,7 +101,7 @@ def test_auto_resume_lifts_only_the_pause_it_judged(db):
     _state, _source, paused_at, last = gate(db, "alpha")
     evidence = json.dumps({"clean_cycles": ["c2", "c3"], "summary": "2 clean cycle(s): c2, c3"})
     # An operator paused it in the meantime: the auto-resume is refused.
-    db.execute("SELECT recon_pause_profile('alpha', 'hold it', 'run-op')")
+    db.execute("SELECT recon_pause_profile('alpha', 'hold it', 'run-pause')")
     refused = db.execute("SELECT recon_auto_resume('alpha', 'c3', 'run-3', %s, %s, %s::jsonb)",
                          (paused_at, last, evidence)).fetchone()[0]
     assert (refused["status"], refused["reason"]) == ("refused", "pause_changed")
@@ -150,3 +159,35 @@ def test_public_may_not_change_or_read_the_gate(db):
                                      "recon_resume_profile", "recon_auto_resume",
                                      "recon_may_trade"), False)
     assert view is False
+
+
+def test_an_operator_action_is_taken_only_for_the_run_that_recorded_its_request(db):
+    """Issue 38: pause, resume, a backfill review and a quarantine's end act only for a run
+    whose operator job recorded its request first (recon.operator_actions): an invented run
+    id, none, or one another job recorded is refused, no_recorded_request, and changes
+    nothing."""
+    before = gate(db, "alpha")
+    db.execute("INSERT INTO recon.quarantine (profile_id, trade_id, slice_no, reason, cycle_id) "
+               "VALUES ('alpha', 't1', 1, 'unattributed', 'c1')")
+    (decision,) = db.execute(
+        "INSERT INTO recon.backfill_decisions (cycle_id, exchange_account, symbol, "
+        "exchange_fill_id, fill_side, fill_qty, fill_price, profile_id, trade_id, slice_no, "
+        "slice_side, match_mode, strong, assignable, decision, reason, idempotency_key) "
+        "VALUES ('c1', 'acct1', 'BTC/USDT:USDT', 'f1', 'sell', 1, 100, 'alpha', 't1', 1, 'long', "
+        "'qty_unique', false, true, 'NO_GO', 'r', 'k') RETURNING id").fetchone()
+    calls = {
+        "pause": ("SELECT recon_pause_profile('alpha', 'why', %s)", ()),
+        "resume": ("SELECT recon_resume_profile('alpha', 'why', %s)", ()),
+        "review": ("SELECT recon_review_backfill(%s, 'approve', 'why', %s)", (decision,)),
+        "quarantine": ("SELECT recon_resolve_quarantine('alpha', 't1', 1, 'release', 'why', %s)",
+                       ()),
+    }
+    for name, (sql, args) in calls.items():
+        for run_id in (None, "invented-run", "run-pause" if name != "pause" else "run-resume"):
+            with pytest.raises(psycopg.Error) as err:
+                db.execute(sql, (*args, run_id))
+            assert err.value.sqlstate == "RCREF", (name, run_id)
+            assert err.value.diag.message_detail == "no_recorded_request", (name, run_id)
+    assert gate(db, "alpha") == before
+    assert db.execute("SELECT count(*) FROM recon.backfill_reviews").fetchone() == (0,)
+    assert db.execute("SELECT released_at FROM recon.quarantine").fetchone() == (None,)
