@@ -373,10 +373,13 @@ def _strong_match(fill: _Fill, group: list[_Slice], profile_of_tag: Mapping[str,
                                                      f"of trade {parsed.trade_id} of profile "
                                                      f"{profile}", True)
         mine = [s for s in group if s.key[0] == profile]
-        if len(mine) != 1:
+        if not mine:
             return _Match(None, [], f"its client order id {coid} carries sub tag {tag} of profile "
-                                    f"{profile}, which has {len(mine) or 'no'} {where}"
-                                    + ("s: the id does not say which" if mine else ""), True)
+                                    f"{profile}, which has no {where}", True)
+        if len(mine) > 1:
+            return _Match(None, [], f"its client order id {coid} carries sub tag {tag} of profile "
+                                    f"{profile}, which has {len(mine)} open {fill.exits} slices "
+                                    f"on {fill.symbol}: the id does not say which", True)
         return _Match(BY_SUB_TAG, mine, f"its client order id {coid} carries sub tag {tag} of "
                                         f"profile {profile}, whose only {where} this is", True)
     hint = hints.get(fill.order_id) if fill.order_id else None

@@ -283,3 +283,135 @@ def test_a_trade_s_own_exit_fill_is_go_on_a_leg_whose_gap_points_the_other_way()
     changed = [slices[0], trade_slice("p2", "t17", 0.005, side="short",
                                       updated_at=READ_AT - pd.Timedelta(seconds=1))]
     assert run(changed, [ex_position(0.001)], [own]).decisions.empty
+
+
+# --------------------------------------------------------------------------- exact rows
+# Issue 44: mutmut's survivors over core/backfill.py were columns and reasons no test compared
+# whole (the key, awaiting_operator, assignable, the room a decision leaves, the strong and
+# heuristic reasons).
+
+def test_the_exit_backfill_key_never_changes_between_releases():
+    """A re-run after an upgrade must find the booking it made before: the key is pinned."""
+    assert exit_backfill_key("p1", "t1", 1, "A", BTC, "f1") == (
+        "exit_backfill:p1:t1:1:7788192099ec6028327e17156721021b")
+
+
+def test_a_go_row_is_exact_in_every_column():
+    (row,) = rows(run([trade_slice("p1", "t1", 0.5)], flat(),
+                      [fill(0.5, coid="rc.P1.t1.X1", fill_id="f1", order="o1")]))
+    assert row == {
+        "cycle_id": "c1", "exchange_account": "A", "symbol": BTC, "exchange_fill_id": "f1",
+        "exchange_order_id": "o1", "client_order_id": "rc.P1.t1.X1", "fill_side": "sell",
+        "fill_qty": 0.5, "fill_price": 105.0, "fee_usd": 0.02,
+        "filled_at": OLD + pd.Timedelta(minutes=1), "profile_id": "p1", "trade_id": "t1",
+        "slice_no": 1, "slice_side": "long", "slice_open_qty": 0.5, "slice_opened_at": OLD,
+        "candidate_slices": ["p1/t1/1"], "match_mode": "client_order_id", "strong": True,
+        "assignable": True, "decision": "GO",
+        "reason": "its client order id rc.P1.t1.X1 is the EXIT id of trade t1 of profile p1",
+        "idempotency_key": "exit_backfill:p1:t1:1:7788192099ec6028327e17156721021b",
+        "awaiting_operator": False, "candidate_keys": [["p1", "t1", "1"]]}
+
+
+def test_a_heuristic_no_go_row_is_exact_and_awaits_an_operator():
+    slices = [trade_slice("p1", "t1", 0.5), trade_slice("p2", "t2", 0.3)]
+    (row,) = rows(run(slices, flat(), [fill(0.3, coid="web_manual", fill_id="f2", order="o2")]))
+    assert {k: row[k] for k in ("profile_id", "trade_id", "slice_no", "slice_open_qty",
+                                "candidate_slices", "match_mode", "strong", "assignable",
+                                "decision", "reason", "idempotency_key", "awaiting_operator",
+                                "candidate_keys")} == {
+        "profile_id": "p2", "trade_id": "t2", "slice_no": 1, "slice_open_qty": 0.3,
+        "candidate_slices": ["p1/t1/1", "p2/t2/1"], "match_mode": "qty_unique",
+        "strong": False, "assignable": True, "decision": "NO_GO",
+        "reason": "unattributed (client order id web_manual); p2/t2/1 is the only open long "
+                  f"slice on {BTC} with the fill's qty 0.3 open; heuristic qty_unique would "
+                  "match, held for an operator: RECON_EXIT_BACKFILL_ALLOW_HEURISTIC_MATCH is "
+                  "false and RECON_EXIT_BACKFILL_REQUIRE_STRONG_ATTRIBUTION is true",
+        "idempotency_key": exit_backfill_key("p2", "t2", 1, "A", BTC, "f2"),
+        "awaiting_operator": True, "candidate_keys": [["p1", "t1", "1"], ["p2", "t2", "1"]]}
+    (none,) = rows(run(slices + [trade_slice("p1", "t3", 0.3)], flat(),
+                       [fill(0.3, coid=None, fill_id="f3")]))
+    assert {k: none[k] for k in ("profile_id", "slice_open_qty", "match_mode", "assignable",
+                                 "reason", "idempotency_key", "awaiting_operator")} == {
+        "profile_id": None, "slice_open_qty": None, "match_mode": None, "assignable": False,
+        "reason": "unattributed (client order id none), and no heuristic singles out a slice: "
+                  f"3 open long slice(s) on {BTC}, 2 with the fill's qty 0.3 open",
+        "idempotency_key": None, "awaiting_operator": True}
+    (single,) = rows(run([trade_slice("p1", "t1", 0.5)], flat(), [fill(0.5, coid="web_9")]))
+    assert single["reason"].startswith(
+        f"unattributed (client order id web_9); p1/t1/1 is the only open slice on {BTC}; ")
+
+
+def test_the_strong_attributions_say_exactly_why():
+    slices = [trade_slice("p2", "t1", 0.5), trade_slice("p2", "t2", 0.5),
+              trade_slice("p1", "t5", 0.5)]
+
+    def reason(coid, book=slices, **kw):
+        (row,) = rows(run(book, flat(), [fill(0.5, coid=coid, order="777")], **kw))
+        return row["decision"], row["match_mode"], row["reason"], row["awaiting_operator"]
+
+    assert reason("rc.P2.panic") == (
+        "NO_GO", None, "its client order id rc.P2.panic carries sub tag P2 of profile p2, which "
+                       f"has 2 open long slices on {BTC}: the id does not say which", False)
+    assert reason("rc.P3.panic", profiles=[profile("p1"), profile("p2"), profile("p3")]) == (
+        "NO_GO", None, "its client order id rc.P3.panic carries sub tag P3 of profile p3, which "
+                       f"has no open long slice on {BTC}", False)
+    assert reason("rc.P1.panic") == (
+        "GO", "sub_tag", "its client order id rc.P1.panic carries sub tag P1 of profile p1, "
+                         f"whose only open long slice on {BTC} this is", False)
+    assert reason("web_x", hints={"777": ("p2", "t2")}) == (
+        "GO", "trade_id_hint", "a trade id hint ties order 777 to trade t2 of profile p2", False)
+    assert reason("web_x", hints={"777": ("p2", "t9")}) == (
+        "NO_GO", None, "a trade id hint ties order 777 to trade t9 of profile p2, which has no "
+                       f"open long slice on {BTC}", False)
+    # A hint for another order ties nothing: the fill stays unattributed.
+    assert reason("web_x", hints={"778": ("p2", "t2")})[1:] == (
+        None, "unattributed (client order id web_x), and no heuristic singles out a slice: "
+              f"3 open long slice(s) on {BTC}, 3 with the fill's qty 0.5 open", True)
+
+
+def test_a_decision_leaves_the_room_it_took():
+    """The exchange holds 0.5 of a 1.0 slice (shortfall 0.5): the first unattributed 0.3 takes
+    0.3 of it, so the second 0.3 no longer fits the 0.2 left, though the slice has 0.7 open."""
+    first = fill(0.3, coid=None, at=OLD + pd.Timedelta(minutes=1))
+    second = fill(0.3, coid=None, at=OLD + pd.Timedelta(minutes=2))
+    one_, two_ = rows(run([trade_slice("p1", "t1", 1.0)], [ex_position(0.5)], [first, second],
+                          policy=HEURISTICS))
+    assert (one_["decision"], one_["assignable"]) == ("GO", True)
+    assert (two_["decision"], two_["assignable"]) == ("NO_GO", False)
+    assert two_["reason"].endswith(f"but the fill's qty 0.3 exceeds the exchange's shortfall of "
+                                   f"0.2 left on {BTC} (long)")
+
+
+def test_stale_and_rejected_pairs_await_no_operator():
+    slices = [trade_slice("p1", "t1", 0.5)]
+    (stale,) = rows(run(slices, flat(), [fill(0.5, coid="web_1",
+                                               at=OLD - pd.Timedelta(minutes=10))]))
+    assert (stale["decision"], stale["assignable"], stale["awaiting_operator"]) == (
+        "NO_GO", False, False)
+    assert stale["reason"].endswith("but stale evidence: filled 10.0 min before slice p1/t1/1 "
+                                    "opened, beyond the 5 min grace")
+    f = fill(0.5, coid="web_2")
+    pair = (BTC, f["exchange_fill_id"], "p1", "t1", 1)
+    (rejected,) = rows(run(slices, flat(), [f], reviews={pair: Review("reject", 7)}))
+    assert (rejected["reason"], rejected["awaiting_operator"]) == (
+        "rejected by an operator (review 7)", False)
+    (noted,) = rows(run(slices, flat(), [f], reviews={pair: Review("reject", 7, "not ours")}))
+    assert noted["reason"] == "rejected by an operator (review 7: not ours)"
+
+
+def test_a_fill_naming_another_profile_s_trade_is_no_candidate_on_a_leg_out_of_sync():
+    """On the leg whose gap points long, only a short's own EXIT id is a candidate: an id with
+    the same trade id under another profile's tag is not."""
+    slices = [trade_slice("p1", "t1", 0.012, order_client_ids=["legacy-t1-E1"]),
+              trade_slice("p2", "t17", 0.005, side="short")]
+    other = fill(0.005, coid="rc.P1.t17.X2", side="buy")
+    assert run(slices, [ex_position(0.001)], [other]).decisions.empty
+
+
+def test_the_fit_and_time_helpers_at_their_edges():
+    from recon_assets.core.backfill import _fits, _text, _time
+    assert _fits(1.0 + 1e-6, 1.0, 1.0) and not _fits(1.0 + 2e-6, 1.0, 1.0)  # slack: a millionth step
+    assert _time(pd.Timestamp("2026-01-01T00:00:00")) == pd.Timestamp("2026-01-01T00:00:00Z")
+    assert _time(pd.Timestamp("2026-01-01T01:00:00+01:00")) == pd.Timestamp("2026-01-01T00:00:00Z")
+    assert _time(None) is None and _time(pd.NaT) is None
+    assert _text(float("nan")) is None and _text(pd.NaT) is None and _text(7) == "7"
