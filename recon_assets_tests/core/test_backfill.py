@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recon_assets.core import frames as F
-from recon_assets.core.backfill import (BackfillPolicy, Review, exit_backfill_decisions,
-                                        exit_backfill_key)
+from recon_assets.core.backfill import (BACKFILL_DECISION_COLUMNS, BackfillPolicy, Review,
+                                        exit_backfill_decisions, exit_backfill_key)
 from recon_assets_tests.core.test_diff import OLD, READ_AT, db_order, ex_position, profile, trade_slice
 from recon_assets_tests.harness.examples import examples
 
@@ -415,3 +415,125 @@ def test_the_fit_and_time_helpers_at_their_edges():
     assert _time(pd.Timestamp("2026-01-01T01:00:00+01:00")) == pd.Timestamp("2026-01-01T00:00:00Z")
     assert _time(None) is None and _time(pd.NaT) is None
     assert _text(float("nan")) is None and _text(pd.NaT) is None and _text(7) == "7"
+
+
+def test_the_shortfalls_are_exact_per_symbol_and_side_with_what_the_go_fills_cover():
+    """BTC: long 1.0 claimed, 0.4 held, a GO of 0.6. ETH: short 1.0 claimed, 0.3 held, a GO of
+    0.2. SOL: long 0.5 claimed while the exchange is short 0.2 (it holds none of the long)."""
+    eth, sol = "ETH/USDT:USDT", "SOL/USDT:USDT"
+    slices = [trade_slice("p1", "t1", 1.0), trade_slice("p2", "t2", 1.0, side="short", symbol=eth),
+              trade_slice("p1", "t3", 0.5, symbol=sol)]
+    positions = [ex_position(0.4), ex_position(0.3, side="short", symbol=eth),
+                 ex_position(0.2, side="short", symbol=sol)]
+    fills = [fill(0.6, coid="rc.P1.t1.X1", fill_id="a"),
+             fill(0.2, coid="rc.P2.t2.X1", side="buy", symbol=eth, fill_id="b")]
+    result = run(slices, positions, fills)
+    assert list(result.shortfalls.columns) == ["symbol", "side", "claimed_qty", "exchange_qty",
+                                               "shortfall_qty", "go_qty", "slices"]
+    got = [{k: (round(v, 9) if isinstance(v, float) else v) for k, v in r.items()}
+           for r in result.shortfalls.to_dict("records")]
+    assert got == [
+        {"symbol": BTC, "side": "long", "claimed_qty": 1.0, "exchange_qty": 0.4,
+         "shortfall_qty": 0.6, "go_qty": 0.6, "slices": ["p1/t1/1"]},
+        {"symbol": eth, "side": "short", "claimed_qty": 1.0, "exchange_qty": 0.3,
+         "shortfall_qty": 0.7, "go_qty": 0.2, "slices": ["p2/t2/1"]},
+        {"symbol": sol, "side": "long", "claimed_qty": 0.5, "exchange_qty": 0.0,
+         "shortfall_qty": 0.5, "go_qty": 0.0, "slices": ["p1/t3/1"]}]
+    assert list(result.decisions.columns) == list(BACKFILL_DECISION_COLUMNS)
+    assert [type(v) for v in result.decisions["slice_no"]] == [int, int]
+    assert list(result.decisions.index) == [0, 1]
+
+
+def test_an_unassigned_row_has_no_slice_number_and_the_others_whole_numbers():
+    slices = [trade_slice("p1", "t1", 0.5), trade_slice("p1", "t2", 0.5),
+              trade_slice("p1", "t3", 0.5)]
+    result = run(slices, flat(), [fill(0.5, coid="rc.P1.t1.X1"), fill(0.5, coid=None)])
+    assert [r["slice_no"] for r in rows(result)] == [1, None]
+
+
+def test_every_symbol_and_fill_is_looked_at_past_one_that_is_skipped():
+    """A symbol the snapshot has no row for, a leg in sync, a booked fill, a recent fill, a
+    fill of the database's own order: each is skipped, never the ones after it."""
+    eth = "ETH/USDT:USDT"
+    slices = [trade_slice("p1", "t1", 0.5, symbol="ADA/USDT:USDT"), trade_slice("p1", "t2", 0.5),
+              trade_slice("p1", "t3", 0.5, symbol=eth)]
+    positions = [ex_position(0.5), ex_position(0.0, side="flat", symbol=eth)]  # no ADA row
+    booked = fill(0.1, coid="rc.P1.t3.X1", symbol=eth, side="sell",
+                  at=OLD + pd.Timedelta(minutes=1))
+    recent = fill(0.1, coid="rc.P1.t3.X1", symbol=eth, at=READ_AT - pd.Timedelta(seconds=1))
+    ours = fill(0.1, coid="rc.P1.t3.X9", symbol=eth, at=OLD + pd.Timedelta(minutes=2))
+    wanted = fill(0.5, coid="rc.P1.t3.X1", symbol=eth, at=OLD + pd.Timedelta(minutes=3))
+    result = run(slices, positions, [booked, recent, ours, wanted],
+                 booked=frozenset({(eth, booked["exchange_fill_id"])}),
+                 orders=[db_order("rc.P1.t3.X9", intent="EXIT", side="sell", symbol=eth)])
+    assert [r["exchange_fill_id"] for r in rows(result)] == [wanted["exchange_fill_id"]]
+    assert [r["symbol"] for r in result.shortfalls.to_dict("records")] == [eth]
+
+
+def test_the_recency_guard_s_edges_for_fills_and_slices():
+    """Exactly at the read less the guard: looked at now; after it: next cycle. With no guard
+    given there is none (a fill a moment before the read is looked at)."""
+    slices = [trade_slice("p1", "t1", 0.5, updated_at=READ_AT - pd.Timedelta(seconds=5))]
+    at_edge = fill(0.5, coid="rc.P1.t1.X1", at=READ_AT - pd.Timedelta(seconds=5))
+    assert rows(run(slices, flat(), [at_edge]))[0]["decision"] == "GO"
+    just_now = fill(0.5, coid="rc.P1.t1.X1", at=READ_AT - pd.Timedelta(seconds=1))
+    unguarded = exit_backfill_decisions(
+        cycle_id="c1", account="A", slices=pd.DataFrame(slices, columns=list(F.DB_TRADE_SLICES)),
+        profiles=pd.DataFrame([profile("p1")], columns=list(F.DB_PROFILES)),
+        orders=pd.DataFrame([], columns=list(F.DB_ORDERS)),
+        exchange_positions=pd.DataFrame(flat(), columns=list(F.EXCHANGE_POSITIONS)),
+        fills=pd.DataFrame([just_now], columns=list(F.EXCHANGE_FILLS)), policy=STRICT,
+        db_read_at=READ_AT)
+    assert rows(unguarded)[0]["decision"] == "GO"
+
+
+def test_slices_not_open_are_never_candidates():
+    slices = [trade_slice("p1", "t1", 0.5), trade_slice("p1", "t2", 0.5, exit_qty=0.5),
+              trade_slice("p1", "t3", 0.5, status="closed")]
+    (row,) = rows(run(slices, flat(), [fill(0.5, coid=None)]))
+    assert row["candidate_slices"] == ["p1/t1/1"]
+
+
+def test_fills_without_a_position_side_column_and_a_fill_without_a_time():
+    slices = [trade_slice("p1", "t1", 0.5)]
+    frame = pd.DataFrame([fill(0.5, coid="rc.P1.t1.X1")],
+                         columns=[c for c in F.EXCHANGE_FILLS if c != "position_side"])
+    result = exit_backfill_decisions(
+        cycle_id="c1", account="A", slices=pd.DataFrame(slices, columns=list(F.DB_TRADE_SLICES)),
+        profiles=pd.DataFrame([profile("p1")], columns=list(F.DB_PROFILES)),
+        orders=pd.DataFrame([], columns=list(F.DB_ORDERS)),
+        exchange_positions=pd.DataFrame(flat(), columns=list(F.EXCHANGE_POSITIONS)),
+        fills=frame, policy=STRICT, db_read_at=READ_AT, recency_guard_s=5.0)
+    assert rows(result)[0]["decision"] == "GO"
+    # A fill without a time is never GO (its age cannot be checked), and the others are
+    # decided beside it.
+    untimed = fill(0.5, coid="rc.P1.t1.X1", at=None, fill_id="u")
+    timed = fill(0.5, coid="rc.P1.t1.X1", fill_id="v")
+    by_id = {r["exchange_fill_id"]: r for r in rows(run(slices, flat(), [timed, untimed]))}
+    assert (by_id["u"]["decision"], by_id["v"]["decision"]) == ("NO_GO", "GO")
+
+
+def test_the_quantity_step_is_the_tolerance_of_the_book_and_of_a_size_match():
+    slices = [trade_slice("p1", "t1", 0.5), trade_slice("p2", "t2", 0.3)]
+    # 0.5 + 0.3 claimed, the exchange holds 0.8004: within a step, in sync: no candidates.
+    assert run(slices, [ex_position(0.8004)], [fill(0.3, coid=None)]).decisions.empty
+    # Flat: a fill of 0.3004 is within a step of p2's 0.3, which qty_unique names.
+    (row,) = rows(run(slices, flat(), [fill(0.3004, coid=None)]))
+    assert (row["match_mode"], row["trade_id"]) == ("qty_unique", "t2")
+
+
+def test_an_unknown_tag_names_this_account():
+    (row,) = rows(run([trade_slice("p1", "t1", 0.5)], flat(), [fill(0.5, coid="rc.ZZ.t1.X1")]))
+    assert row["reason"] == ("its client order id rc.ZZ.t1.X1 carries sub tag ZZ, which no "
+                             "profile of A has: not this account's profiles' to book")
+
+
+def test_a_hedge_mode_short_s_own_exit_on_a_short_leg_whose_gap_points_long():
+    """Hedge mode: the short leg holds less than its slices claim only because of a short's own
+    unbooked EXIT fill on that leg; the fill names its trade and is GO there."""
+    long_leg = ex_position(0.5, side="long") | {"position_side": "long"}
+    short_leg = ex_position(0.2, side="short") | {"position_side": "short"}
+    slices = [trade_slice("p1", "t1", 0.5), trade_slice("p2", "t2", 0.5, side="short")]
+    own = fill(0.3, coid="rc.P2.t2.X1", side="buy") | {"position_side": "short"}
+    (row,) = rows(run(slices, [long_leg, short_leg], [own]))
+    assert (row["decision"], row["trade_id"], row["slice_side"]) == ("GO", "t2", "short")
