@@ -475,6 +475,12 @@ class _HTTPServer(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.exchange = exchange
 
+    def handle_error(self, request, client_address):
+        # A client that hung up mid-answer (a capped read, a timeout) is no server error.
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
+
 
 class SimulatorServer:
     """The simulator on a loopback port, in a background thread of this process.
