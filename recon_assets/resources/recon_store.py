@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from recon_assets.core.escalation import MISMATCH_IDENTITY
-from recon_assets.core.rules import APPLIED, CYCLE_FAILED, CYCLE_SUCCEEDED
+from recon_assets.core.rules import APPLIED, CYCLE_FAILED, CYCLE_SUCCEEDED, LIFECYCLE_HANDLERS
 from recon_assets.resources.database import TradingStore, as_datetime
 
 
@@ -90,7 +90,8 @@ class ReconStore:
     def refusal_streak(self, profile_id: str) -> dict:
         """How many of the profile's latest lifecycle corrections in a row were refused or
         failed, when the newest was, and the database's clock."""
-        (row,) = self.database.call("recon_refusal_streak", {"p_profile_id": profile_id})
+        (row,) = self.database.call("recon_refusal_streak", {
+            "p_profile_id": profile_id, "p_handlers": list(LIFECYCLE_HANDLERS)})
         return {"refusals": int(row["refusals"]),
                 "last_refused_at": as_datetime(row["last_refused_at"]),
                 "now": as_datetime(row["now"])}

@@ -43,6 +43,7 @@ import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl
 
 import psycopg
 from psycopg import sql
@@ -330,7 +331,6 @@ class _RpcHandler(BaseHTTPRequestHandler):
             return self._send(406, json.dumps({
                 "code": "PGRST106", "message": "Invalid schema: " + profile, "details": None,
                 "hint": f"Only the following schemas are exposed: {self.owner.schema}"}))
-        from urllib.parse import parse_qsl
         filters = []
         for column, value in parse_qsl(match.group(2) or "", keep_blank_values=True):
             if column in ("select", "limit", "order", "columns", "on_conflict"):

@@ -1,8 +1,9 @@
--- How many of the profile's latest lifecycle corrections in a row were refused or failed (no
--- dry run; counted back from the newest to its latest applied one), when the newest of them
+-- How many of the profile's latest corrections by the handlers p_handlers (a JSON array of text:
+-- the lifecycle handlers) in a row were refused or failed (no dry run; counted back from the
+-- newest to its latest applied one), when the newest of them
 -- was recorded, and the database's clock (ReconStore.refusal_streak: the correction sensor backs
 -- off such a profile, core/corrections.py `retry_after_refusals`).
-CREATE OR REPLACE FUNCTION public.recon_refusal_streak(p_profile_id text)
+CREATE OR REPLACE FUNCTION public.recon_refusal_streak(p_profile_id text, p_handlers jsonb)
 RETURNS TABLE (refusals integer, last_refused_at timestamptz, now timestamptz)
 LANGUAGE sql STABLE
 SECURITY DEFINER
@@ -11,7 +12,7 @@ AS $$
     WITH recent AS (
         SELECT c.outcome, c.applied_at FROM recon.corrections c
          WHERE c.profile_id = p_profile_id AND NOT c.dry_run
-           AND c.handler IN ('reconcile_entry_fill', 'reconcile_exit_fill', 'reconcile_cancel')
+           AND c.handler IN (SELECT pg_catalog.jsonb_array_elements_text(p_handlers))
          ORDER BY c.applied_at DESC, c.id DESC
          LIMIT 64),
     last_applied AS (SELECT max(applied_at) AS at FROM recent WHERE outcome = 'applied')
