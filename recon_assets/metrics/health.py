@@ -53,6 +53,12 @@ could happen, null when it never will by itself: an operator's pause, or auto-re
 Cumulative counters (for `/metrics`): every finding ever recorded in `recon.mismatches`, all kinds,
 and those of kind `missing_from_exchange` / `missing_in_db`. The table is append-only (a trigger
 refuses UPDATE and DELETE), so these only grow, and they survive restarts.
+
+Every read is bounded, whatever the length of the history (a scrape comes every few seconds):
+the latest cycles of each account are index probes, and the all-time totals (findings, applied
+synthetic exits, lock contention, alerts by delivery status) come from small tables the history
+tables' triggers keep in the writing transaction (migration 0024, `db/functions/recon.count_*`),
+one row per account or profile and kind.
 """
 
 from dataclasses import dataclass, field

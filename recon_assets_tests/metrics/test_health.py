@@ -1,5 +1,6 @@
 """`recon health`: /internal/health and /metrics over real HTTP, from state in the real Postgres."""
 
+import contextlib
 import json
 import os
 import signal
@@ -521,3 +522,106 @@ def test_the_server_is_read_only_other_methods_get_405_and_change_nothing(seeded
         with urllib.request.urlopen(head, timeout=10) as r:
             assert r.status == 200 and r.read() == b""
     assert table_rows(seeded_dsn) == before
+
+
+# A long history before the seed's cycles (all of it older than a day): 20,000 succeeded cycles
+# of acct1 with three findings each, and 5,000 alerts, corrections and lock contention rows.
+HISTORY = """
+INSERT INTO recon.cycles (cycle_id, exchange_account, started_at, finished_at, status)
+SELECT 'h' || g, 'acct1', now() - interval '3 days' - g * interval '1 s',
+       now() - interval '3 days' - g * interval '1 s' + interval '500 ms', 'succeeded'
+FROM generate_series(1, 20000) g;
+INSERT INTO recon.mismatches (cycle_id, kind, profile_id, exchange_account, notional_usd)
+SELECT 'h' || (g / 3 + 1), (ARRAY['missing_from_exchange', 'missing_in_db', 'qty_drift'])[g % 3 + 1],
+       'alpha', 'acct1', 1
+FROM generate_series(0, 59999) g;
+INSERT INTO recon.alerts (dedup_key, reason, exchange_account, profile_id, summary, raised_at,
+                          delivery_status)
+SELECT 'old:' || g, (ARRAY['persistent_mismatch', 'unknown_fill'])[g % 2 + 1], 'acct1',
+       CASE WHEN g % 2 = 0 THEN 'alpha' END, 'old', now() - interval '2 days',
+       (ARRAY['delivered', 'given_up', 'pending', 'not_configured'])[g % 4 + 1]
+FROM generate_series(0, 4999) g;
+INSERT INTO recon.corrections (idempotency_key, cycle_id, profile_id, handler, trade_id, dry_run,
+                               applied_at)
+SELECT 'old:' || g, 'h' || g, 'alpha',
+       (ARRAY['synthetic_exit', 'reconcile_cancel'])[g % 2 + 1], 't' || g, g % 3 = 0,
+       now() - interval '3 days'
+FROM generate_series(1, 5000) g;
+INSERT INTO recon.lock_contention (profile_id, cycle_id, waited_ms, observed_at)
+SELECT 'alpha', 'h' || g, 5, now() - interval '3 days' FROM generate_series(1, 5000) g;
+ANALYZE;
+"""
+
+HISTORY_TABLES = ("cycles", "mismatches", "alerts", "corrections", "lock_contention")
+
+
+def _rows_read(conn) -> dict[str, int]:
+    """Rows each history table handed out so far (sequential and index reads), as the
+    statistics collector counts them."""
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    return dict(conn.execute(
+        "SELECT relname, COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0) "
+        "FROM pg_stat_user_tables WHERE schemaname = 'recon' AND relname = ANY(%s)",
+        (list(HISTORY_TABLES),)).fetchall())
+
+
+def test_a_scrape_reads_a_bounded_number_of_rows_whatever_the_history(pg_dsn):
+    """Issue 38: `/internal/health` counted every finding, correction, alert and lock
+    contention row ever recorded on each scrape (and sorted every cycle of each account). With
+    a long history the answer is the same as the seed's alone (the latest cycles, the totals
+    including the history), and one read of the health state hands out a few rows of each
+    history table: the latest cycles by index, the totals from the tables the history's
+    triggers keep. Those totals equal a full count, also after delivery attempts moved
+    alerts between statuses."""
+    from recon_assets.metrics.health import read_state
+    from recon_assets.resources.database import PostgresStore
+
+    _execute(pg_dsn, HISTORY)
+    _execute(pg_dsn, SEED)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        class OnThisConnection(PostgresStore):
+            """The health read on the measuring connection, so its statistics are flushed
+            before they are read (a pooled connection flushes them later)."""
+
+            @contextlib.contextmanager
+            def connect(self, autocommit: bool = False):
+                conn.row_factory = psycopg.rows.dict_row
+                try:
+                    yield conn
+                finally:
+                    conn.row_factory = psycopg.rows.tuple_row
+
+        before = _rows_read(conn)
+        state = read_state(OnThisConnection(dsn=pg_dsn))
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        after = _rows_read(conn)
+        read = {t: after.get(t, 0) - before.get(t, 0) for t in HISTORY_TABLES}
+        assert all(n <= 50 for n in read.values()), read
+
+        assert {k: state.health[k] for k in EXPECTED_HEALTH} == {
+            **EXPECTED_HEALTH, "reconciliationParityAutoClosedTrades": 1 + 2500 - 833}
+        assert state.cumulative == {
+            "mismatch": 60000 + 14, "missing_from_exchange": 20000 + 4,
+            "missing_in_db": 20000 + 4, "lock_contention": 5000}
+
+        def recount():
+            return sorted(conn.execute(
+                "SELECT exchange_account, profile_id, reason, delivery_status, count(*) "
+                "FROM recon.alerts GROUP BY 1, 2, 3, 4").fetchall(), key=str)
+
+        def totals():
+            return sorted(conn.execute(
+                "SELECT exchange_account, profile_id, reason, delivery_status, n "
+                "FROM recon.alert_totals WHERE n > 0").fetchall(), key=str)
+
+        assert totals() == recount()
+        ids = [r[0] for r in conn.execute(
+            "SELECT id FROM recon.alerts WHERE delivery_status = 'pending' ORDER BY id LIMIT 3")]
+        for alert_id, status in zip(ids, ("delivered", "given_up", "pending")):
+            conn.execute("SELECT public.recon_record_delivery_attempt(%s, %s, NULL, NULL)",
+                         (alert_id, status))
+        assert totals() == recount()
+        for table, total in (("mismatch_totals", "mismatches"),
+                             ("lock_contention_totals", "lock_contention")):
+            kept = conn.execute(f"SELECT sum(n) FROM recon.{table}").fetchone()[0]
+            assert kept == conn.execute(f"SELECT count(*) FROM recon.{total}").fetchone()[0]
