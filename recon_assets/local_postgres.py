@@ -97,7 +97,10 @@ class LocalPostgres:
         cmd = [str(self._bindir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
                "-k", str(self.data_dir), "-c", "listen_addresses=127.0.0.1",
                "-c", "max_connections=200", "-c", "fsync=off",
-               "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+               "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+               # Who did what in which database: a refused call is recorded in this log with
+               # its role, database, error and statement (as Supabase's Postgres logs do).
+               "-c", "log_line_prefix=%m [%p] %u@%d "]
         self.process = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             user=self._run_as, preexec_fn=reset_signals, start_new_session=True)

@@ -1039,3 +1039,20 @@ def test_supabase_roles_get_the_documented_privileges(empty_pg_dsn):
                 conn.execute(f"DROP ROLE {role}")
     assert can == {"anon": False, "authenticated": False, "service_role": True}
     assert writes == (True, True, False, True)  # corrections stay append-only
+
+
+def test_a_refused_call_is_recorded_in_the_server_log_with_its_role(open_long, pg_server):
+    """Issue 38: a call with invented arguments is refused, and the refusal rolls back with the
+    caller's transaction, so no table can keep it; the database server's log does, which no
+    role of the database can erase: the role and database, the refusal, its reason and the
+    statement (log_min_error_statement is `error` by default; Supabase keeps the same log)."""
+    db = exit_order_cancelled(open_long)
+    log = pg_server.log_path
+    start = log.stat().st_size
+    with pytest.raises(psycopg.Error):
+        call(db, "recon_synthetic_exit", **{**synthetic_params(db), "p_check_id": 424242})
+    lines = log.read_bytes()[start:].decode(errors="replace").splitlines()
+    mine = [i for i, line in enumerate(lines) if f" {db.info.user}@{db.info.dbname} ERROR:" in line]
+    assert mine, lines
+    told = "\n".join(lines[mine[-1]:mine[-1] + 4])
+    assert "DETAIL:  no_recorded_decision" in told and "recon_synthetic_exit" in told, told
