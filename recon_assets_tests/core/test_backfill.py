@@ -8,9 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recon_assets.core import frames as F
-from recon_assets.core.backfill import (BACKFILL_DECISION_COLUMNS, BackfillPolicy, Review,
+from recon_assets.core.backfill import (BACKFILL_DECISION_COLUMNS, SHORTFALL_COLUMNS,
+                                        BackfillPolicy, Review,
                                         exit_backfill_decisions, exit_backfill_key)
-from recon_assets_tests.core.test_diff import OLD, READ_AT, db_order, ex_position, profile, trade_slice
+from recon_assets_tests.core.test_diff import (OLD, READ_AT, db_order, ex_position, profile,
+                                              trade_slice)
 from recon_assets_tests.harness.examples import examples
 
 pytestmark = pytest.mark.unit
@@ -537,3 +539,154 @@ def test_a_hedge_mode_short_s_own_exit_on_a_short_leg_whose_gap_points_long():
     own = fill(0.3, coid="rc.P2.t2.X1", side="buy") | {"position_side": "short"}
     (row,) = rows(run(slices, [long_leg, short_leg], [own]))
     assert (row["decision"], row["trade_id"], row["slice_side"]) == ("GO", "t2", "short")
+
+
+# --------------------------------------------------------------------------- a trade's slices
+
+def _at(minutes: float) -> pd.Timestamp:
+    return OLD + pd.Timedelta(minutes=minutes)
+
+
+def test_a_slice_without_an_opened_time_is_passed_over_for_the_trade_s_next_one():
+    """The trade's oldest slice has no opened time (the fill's age cannot be checked against
+    it): its own EXIT fill goes to the next slice; with no other slice it is NO_GO, saying so."""
+    undated = trade_slice("p1", "t1", 0.3, slice_no=1) | {"opened_at": None}
+    dated = trade_slice("p1", "t1", 0.3, slice_no=2)
+    (row,) = rows(run([undated, dated], flat(), [fill(0.3, coid="rc.P1.t1.X1")]))
+    assert (row["decision"], row["slice_no"]) == ("GO", 2)
+    (alone,) = rows(run([undated], flat(), [fill(0.3, coid="rc.P1.t1.X1")]))
+    assert (alone["decision"], alone["assignable"]) == ("NO_GO", False)
+    assert alone["reason"].endswith(
+        "but slice p1/t1/1 has no opened time: the fill's age cannot be checked"), alone["reason"]
+
+
+def test_a_slice_the_fill_is_older_than_or_too_small_for_is_passed_over_for_the_next_one():
+    """Slice 1 opened after the fill (beyond the grace), or has less open than the fill: the
+    trade's own EXIT fill goes to slice 2. When every slice opened after it, no operator can
+    turn it either (it cannot be their exit)."""
+    late = trade_slice("p1", "t1", 0.3, slice_no=1) | {"opened_at": _at(30)}
+    small = trade_slice("p1", "t1", 0.1, slice_no=1)
+    fits = trade_slice("p1", "t1", 0.5, slice_no=2)
+    own = fill(0.3, coid="rc.P1.t1.X1", at=_at(1))
+    for first in (late, small):
+        (row,) = rows(run([first, fits], flat(), [own]))
+        assert (row["decision"], row["slice_no"]) == ("GO", 2), row["reason"]
+    both_late = [late, fits | {"opened_at": _at(40)}]
+    (row,) = rows(run(both_late, flat(), [own]))
+    assert (row["decision"], row["awaiting_operator"]) == ("NO_GO", False), row["reason"]
+
+
+def test_an_approved_pair_takes_the_room_it_books():
+    """An operator approves an unattributed fill of 0.3 for the slice (shortfall 0.5): it is GO
+    and takes 0.3 of the room, so the next unattributed 0.3 no longer fits the 0.2 left."""
+    first = fill(0.3, coid="web_1", at=_at(1))
+    second = fill(0.3, coid="web_2", at=_at(2))
+    approved = {(BTC, first["exchange_fill_id"], "p1", "t1", 1): Review("approve", 3)}
+    one_, two_ = rows(run([trade_slice("p1", "t1", 1.0)], [ex_position(0.5)], [first, second],
+                          reviews=approved))
+    assert (one_["decision"], two_["assignable"]) == ("GO", False), (one_, two_)
+    assert two_["reason"].endswith("exceeds the exchange's shortfall of 0.2 left on "
+                                   f"{BTC} (long)"), two_["reason"]
+
+
+def test_an_operator_s_candidates_are_the_slices_the_fill_is_not_older_than():
+    """An unattributed fill awaiting an operator lists the slices it could be the exit of: not
+    one that opened after it beyond the grace, and one that opened exactly at the grace's edge."""
+    edge = trade_slice("p2", "t2", 0.3) | {"opened_at": _at(6)}  # fill at 1 = 6 - 5 min grace
+    late = trade_slice("p3", "t3", 0.3) | {"opened_at": _at(20)}
+    profiles = [profile("p1"), profile("p2"), profile("p3")]
+    (row,) = rows(run([trade_slice("p1", "t1", 0.3), edge, late], flat(),
+                      [fill(0.3, coid="web_1", at=_at(1))], profiles=profiles))
+    assert row["awaiting_operator"]
+    assert row["candidate_keys"] == [["p1", "t1", "1"], ["p2", "t2", "1"]]
+
+
+def test_the_recency_guard_is_off_by_default():
+    """Without a guard, a fill half a second before the database read is looked at now."""
+    just = fill(0.5, coid="rc.P1.t1.X1", at=READ_AT - pd.Timedelta(milliseconds=500))
+    result = exit_backfill_decisions(
+        cycle_id="c1", account="A",
+        slices=pd.DataFrame([trade_slice("p1", "t1", 0.5)], columns=list(F.DB_TRADE_SLICES)),
+        profiles=pd.DataFrame([profile("p1")], columns=list(F.DB_PROFILES)),
+        orders=pd.DataFrame([], columns=list(F.DB_ORDERS)),
+        exchange_positions=pd.DataFrame(flat(), columns=list(F.EXCHANGE_POSITIONS)),
+        fills=pd.DataFrame([just], columns=list(F.EXCHANGE_FILLS)), policy=STRICT,
+        db_read_at=READ_AT)
+    assert [r["decision"] for r in rows(result)] == ["GO"]
+
+
+def test_a_book_in_sync_has_an_empty_shortfalls_frame_with_its_columns():
+    result = run([trade_slice("p1", "t1", 0.5)], [ex_position(0.5)], [])
+    assert result.shortfalls.empty
+    assert list(result.shortfalls.columns) == list(SHORTFALL_COLUMNS)
+
+
+@pytest.mark.parametrize("hedged", [False, True])
+def test_a_gap_the_database_s_own_order_explains_is_no_shortfall(hedged):
+    """The exchange holds 0.3 of a 0.5 slice because the trade's EXIT order (in the database,
+    still open there) filled 0.2 not booked yet: the lifecycle correction books it, so there is
+    no shortfall and no candidate; one-way and on a hedge-mode long leg."""
+    leg = {"position_side": "long"} if hedged else {}
+    position = ex_position(0.3) | leg
+    positions = [position, ex_position(0.0, side="flat") | {"position_side": "short"}] \
+        if hedged else [position]
+    exit_order = db_order("rc.P1.t1.X1", side="sell", intent="EXIT", qty=0.5, eoid="o77")
+    filled = fill(0.2, coid="rc.P1.t1.X1", order="o77") | leg
+    foreign = fill(0.2, coid="web_9") | leg
+    result = run([trade_slice("p1", "t1", 0.5)], positions, [filled, foreign],
+                 orders=[exit_order])
+    assert result.shortfalls.empty, result.shortfalls
+    assert result.decisions.empty, rows(result)
+
+
+def test_a_side_held_back_by_the_recency_guard_leaves_the_other_side_s_shortfall():
+    """Hedge mode, both legs short of their slices; a slice of the long side changed after the
+    database read less the guard: that side waits a cycle, the short side's shortfall stays."""
+    changed = trade_slice("p1", "t1", 0.5, updated_at=READ_AT)
+    short = trade_slice("p2", "t2", 0.5, side="short")
+    positions = [ex_position(0.0, side="flat") | {"position_side": "long"},
+                 ex_position(0.0, side="flat") | {"position_side": "short"}]
+    result = run([changed, short], positions, [])
+    assert [(r["side"], r["shortfall_qty"]) for r in result.shortfalls.to_dict("records")] == [
+        ("short", 0.5)]
+
+
+def test_a_gap_below_one_step_is_in_sync_on_the_leg_and_on_each_side():
+    """The book is in sync within one quantity step (0.001): the trade's own EXIT fill of the
+    difference is no candidate. A side whose shortfall is below a step has no row, beside a side
+    that has one (the exchange flat for a long of 0.0005 and a short of 0.002)."""
+    own = fill(0.0005, coid="rc.P1.t1.X1")
+    assert run([trade_slice("p1", "t1", 0.5)], [ex_position(0.4995)], [own]).decisions.empty
+    tiny = trade_slice("p1", "t1", 0.0005)
+    short = trade_slice("p2", "t2", 0.002, side="short")
+    result = run([tiny, short], flat(), [])
+    assert [(r["side"], r["shortfall_qty"]) for r in result.shortfalls.to_dict("records")] == [
+        ("short", 0.002)]
+
+
+def test_a_hedge_short_s_own_exit_on_a_leg_holding_more_than_its_slices():
+    """Hedge mode: the short leg holds 0.8 (a short entry nobody recorded) while its slice
+    claims 0.5, which its own EXIT fill (not booked) closed: the leg is out of sync, its gap
+    points long, and the fill naming its trade is GO there."""
+    long_leg = ex_position(0.5, side="long") | {"position_side": "long"}
+    short_leg = ex_position(0.8, side="short") | {"position_side": "short"}
+    slices = [trade_slice("p1", "t1", 0.5), trade_slice("p2", "t2", 0.5, side="short")]
+    own = fill(0.5, coid="rc.P2.t2.X1", side="buy") | {"position_side": "short"}
+    (row,) = rows(run(slices, [long_leg, short_leg], [own]))
+    assert (row["decision"], row["trade_id"]) == ("GO", "t2"), row["reason"]
+
+
+def test_a_fill_skipped_before_a_candidate_does_not_end_the_look():
+    """A booked fill, or (hedge mode) a fill that opened its leg rather than exiting it, listed
+    before a candidate: the candidate is still looked at."""
+    booked = fill(0.2, coid="rc.P1.t1.X1")
+    candidate = fill(0.3, coid="rc.P1.t1.X2")
+    result = run([trade_slice("p1", "t1", 0.5)], [ex_position(0.2)], [booked, candidate],
+                 booked=frozenset({(BTC, booked["exchange_fill_id"])}))
+    assert [r["exchange_fill_id"] for r in rows(result)] == [candidate["exchange_fill_id"]]
+    long_leg = ex_position(0.2, side="long") | {"position_side": "long"}
+    short_leg = ex_position(0.0, side="flat") | {"position_side": "short"}
+    entry = fill(0.1, coid="web_3", side="sell") | {"position_side": "short"}
+    exit_ = fill(0.3, coid="rc.P1.t1.X2") | {"position_side": "long"}
+    result = run([trade_slice("p1", "t1", 0.5)], [long_leg, short_leg], [entry, exit_])
+    assert [r["exchange_fill_id"] for r in rows(result)] == [exit_["exchange_fill_id"]]
