@@ -4,8 +4,10 @@ These are the tests mutation testing (`make mutants MODULE=corrections`) measure
 by: a changed word, argument or bound fails one of them."""
 
 import datetime as dt
+import json
 from decimal import Decimal
 
+import ccxt
 import numpy as np
 import pandas as pd
 import pytest
@@ -229,6 +231,13 @@ def test_a_cancel_is_exact_with_the_evidence_of_its_probe():
         detail="reconcileCancel for rc.ALP.t1.E1: expired with 0.5 filled")
 
 
+def test_a_cancel_in_a_dry_run_of_an_order_the_database_has_no_exchange_id_for():
+    d = decide(order(exchange_order_id=None), probe(status="canceled", filled=0.0), [],
+               dry_run=True)
+    assert (d.handler, d.params["p_dry_run"], d.params["p_exchange_order_id"]) == (
+        CANCEL, True, "9001")
+
+
 def test_a_rejected_order_with_nothing_filled_is_cancelled_as_rejected():
     d = decide(order(), probe(status="rejected", filled=0.0), [])
     assert (d.handler, d.reason, d.params["p_final_status"]) == (
@@ -237,7 +246,7 @@ def test_a_rejected_order_with_nothing_filled_is_cancelled_as_rejected():
 
 def test_not_found_in_the_full_history_cancels_with_that_evidence():
     d = decide(FULL_ORDER, ProbeFailure("not_found", "gone", full_history=True), [],
-               dry_run=True)
+               dry_run=True, evidence={"snapshot": "s3"})
     key = idempotency_key(CANCEL, "alpha", "t1", COID, (),
                           "filled=0;status=canceled;rule=not_found_with_full_history")
     assert d == CorrectionDecision(
@@ -245,7 +254,7 @@ def test_not_found_in_the_full_history_cancels_with_that_evidence():
             "p_profile_id": "alpha", "p_cycle_id": "run-1", "p_idempotency_key": key,
             "p_client_order_id": COID, "p_exchange_order_id": "9001", "p_filled_qty": "0",
             "p_final_status": "canceled", "p_dry_run": True,
-            "p_evidence": {"decided_by": "recon_assets.core.corrections",
+            "p_evidence": {"snapshot": "s3", "decided_by": "recon_assets.core.corrections",
                            "rule": "not_found_with_full_history", "db_order": DB_ORDER,
                            "probe": {"failure": "not_found", "message": "gone",
                                      "full_history": True}}},
@@ -342,6 +351,9 @@ def test_the_key_of_a_correction_never_changes_between_releases():
         "reconcile_cancel:alpha:rc.ALP.t1.E1:" + C.hashlib.sha256(
             '["recon-correction/v1","reconcile_cancel","alpha","t1","rc.ALP.t1.E1",'
             '["f1","f2"],"q"]'.encode()).hexdigest()[:32]
+    assert idempotency_key(CANCEL, "α", "t1", COID) == "reconcile_cancel:α:rc.ALP.t1.E1:" + \
+        C.hashlib.sha256('["recon-correction/v1","reconcile_cancel","α","t1","rc.ALP.t1.E1",'
+                         '[],""]'.encode()).hexdigest()[:32]
     with pytest.raises(ValueError, match="unknown handler 'x'; expected one of "
                                          "reconcile_entry_fill, reconcile_exit_fill, "
                                          "reconcile_cancel"):
@@ -373,6 +385,8 @@ def test_an_order_without_filled_qty_has_nothing_filled():
     row = {k: v for k, v in order().items() if k != "filled_qty"}
     assert decide(row, probe(), TWO_FILLS).params["p_filled_qty"] == "2"
     assert decide(order(filled_qty=None), probe(), TWO_FILLS).handler == ENTRY_FILL
+    cancelled = decide(row, probe(status="canceled", filled=0.0), [])
+    assert (cancelled.handler, cancelled.params["p_filled_qty"]) == (CANCEL, "0")
 
 
 def test_a_probe_that_is_neither_a_result_nor_a_failure_is_a_programming_error():
@@ -381,38 +395,45 @@ def test_a_probe_that_is_neither_a_result_nor_a_failure_is_a_programming_error()
 
 
 def test_a_probe_exception_keeps_its_class_and_message():
-    import ccxt
     failure = ProbeFailure.from_exception(ccxt.OrderNotFound("-2013"), full_history=True)
     assert failure == ProbeFailure("not_found", "OrderNotFound: -2013", True)
     assert ProbeFailure.from_exception(ccxt.NetworkError("reset"), full_history=True) == \
         ProbeFailure("network_error", "NetworkError: reset", False)
-    for name in ("InvalidNonce", "OnMaintenance", "ConnectionError", "JSONDecodeError"):
+    assert ProbeFailure.from_exception(ccxt.OrderNotFound("-2013")).full_history is False
+    # By name, whatever ccxt's class tree: each is a network error on its own.
+    for name in ("RequestTimeout", "DDoSProtection", "RateLimitExceeded", "ExchangeNotAvailable",
+                 "InvalidNonce", "OnMaintenance", "ConnectionError", "JSONDecodeError"):
         exc = type(name, (Exception,), {})("x")
         assert ProbeFailure.from_exception(exc).kind == "network_error", name
 
 
 @pytest.mark.parametrize("days,filled,beyond", [
     (90, 0.5, False), (90.001, 0.5, True), (3, 0, False), (3.001, 0, True), (3.001, 0.1, False),
-    (3.001, Decimal("0"), True),
+    (3.001, Decimal("0"), True), (90 + 5 / 86_400_000, 0.5, True),
 ])
 def test_the_query_retention_at_its_edges(days, filled, beyond):
     now = 10**13
-    assert C.beyond_query_retention(now - int(days * 86_400_000), now, filled) is beyond
+    assert C.beyond_query_retention(now - round(days * 86_400_000), now, filled) is beyond
 
 
 # --------------------------------------------------------------------------- refusals, locks
 
 class _SqlError(Exception):
-    def __init__(self, text, sqlstate, detail=None):
+    """psycopg's error as refusal_of reads it: sqlstate, and diag.message_detail (a diag
+    without it: another driver's error)."""
+
+    def __init__(self, text, sqlstate, detail=None, diag=True):
         super().__init__(text)
         self.sqlstate = sqlstate
-        self.diag = type("Diag", (), {"message_detail": detail})()
+        self.diag = type("Diag", (), {"message_detail": detail})() if diag else object()
 
 
 @pytest.mark.parametrize("exc,expected", [
     (_SqlError("refused\nCONTEXT: x", "RCREF", "no_recorded_decision"),
      C.Refusal("refused", "no_recorded_decision", "refused")),
     (_SqlError("refused", "RCREF"), C.Refusal("refused", "refused_by_handler", "refused")),
+    (_SqlError("refused", "RCREF", diag=None),
+     C.Refusal("refused", "refused_by_handler", "refused")),
     (_SqlError("illegal", "P0001"), C.Refusal("refused", "refused_by_handler", "illegal")),
     (_SqlError("dup", "23505"), C.Refusal("refused", "constraint_violated", "dup")),
     (_SqlError("x" * 1200, "40001"),
@@ -447,7 +468,7 @@ def test_the_backoff_after_many_refusals_is_capped():
 
 @pytest.mark.parametrize("value,missing", [
     (None, True), (float("nan"), True), ("", True), (pd.NA, True), (pd.NaT, True),
-    (np.float64("nan"), True), (0, False), (0.0, False), ("0", False), (" ", False),
+    (np.float64("nan"), True), (Decimal("NaN"), True), (0, False), (0.0, False), ("0", False), (" ", False),
     (False, False), (np.array([1, 2]), False),
 ])
 def test_what_counts_as_missing(value, missing):
@@ -494,5 +515,7 @@ def test_sql_call_spells_the_query():
     assert query.startswith("SELECT public.recon_reconcile_entry_fill(p_profile_id => "
                             "%(p_profile_id)s, p_cycle_id => %(p_cycle_id)s, ")
     assert "p_fills => %(p_fills)s::jsonb" in query and query.endswith(") AS result")
+    assert params["p_profile_id"] == "alpha" and params["p_dry_run"] is False
+    assert json.loads(params["p_fills"]) == d.params["p_fills"]
     with pytest.raises(ValueError, match="decision 'fills_missing' applies nothing"):
         C.sql_call(decide(order(), probe(), []))
