@@ -571,6 +571,10 @@ def test_a_slice_the_fill_is_older_than_or_too_small_for_is_passed_over_for_the_
     for first in (late, small):
         (row,) = rows(run([first, fits], flat(), [own]))
         assert (row["decision"], row["slice_no"]) == ("GO", 2), row["reason"]
+    # Exactly at the grace's edge (the slice opened 5 min after the fill) is not stale.
+    edge = trade_slice("p1", "t1", 0.3, slice_no=1) | {"opened_at": _at(6)}
+    (row,) = rows(run([edge], flat(), [own]))
+    assert (row["decision"], row["slice_no"]) == ("GO", 1), row["reason"]
     both_late = [late, fits | {"opened_at": _at(40)}]
     (row,) = rows(run(both_late, flat(), [own]))
     assert (row["decision"], row["awaiting_operator"]) == ("NO_GO", False), row["reason"]
