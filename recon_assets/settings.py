@@ -93,6 +93,7 @@ REPLAYABLE_FLAGS = tuple(flag for flag in FLAGS if flag.env not in (
 # of seconds in [low, high]. NaN would switch a staleness check off (every comparison false).
 OPERATIONAL_BOUNDS: dict[str, tuple[float, float]] = {
     "recency_guard_seconds": (0.0, 3600.0),
+    "new_order_grace_seconds": (0.0, 3600.0),
     "correction_max_cycle_age_seconds": (0.0, 86_400.0),
     "evidence_max_age_seconds": (0.0, 86_400.0),
     "evidence_max_apart_seconds": (0.0, 3600.0),
@@ -187,6 +188,9 @@ class ReconSettings(RunConfigGuard, dg.ConfigurableResource):
     exit_backfill_fill_after_trade_grace_minutes: int = 5
     # Not runbook flags: operational bounds of the loop itself.
     recency_guard_seconds: float = 5.0  # rows changed this recently are re-checked next cycle
+    # A DB order placed this recently that the exchange does not list yet is not missing from
+    # it (Binance's API may lag its matching engine: -2013 for a new order for a moment).
+    new_order_grace_seconds: float = 30.0
     correction_max_cycle_age_seconds: float = 300.0  # older evidence never drives a correction
     evidence_max_age_seconds: float = 300.0  # the diff refuses snapshots read longer ago
     evidence_max_apart_seconds: float = 30.0  # ... and a database and exchange read further apart

@@ -70,6 +70,13 @@ the profiles they concern (a position finding: every profile with a part in it) 
 ``attrs["not_fully_checked"]`` (profile -> why): their cycle was not fully checked, so it is not
 clean for the watchdog's auto-resume streak.
 
+New-order grace: a DB order placed (`created_at`) after `db_read_at - new_order_grace_s` that
+the exchange does not list is not reported `missing_from_exchange` this cycle either: Binance's
+open orders and order queries (-2013 Order does not exist) may lag its matching engine for a
+moment after an order is placed, and such an order is neither lost nor to be cancelled. It is
+held back like a recent row (counted in `suppressed_recent`, its profile not fully checked), and
+the next cycle past the grace looks again.
+
 Bad input fails loudly: a missing column raises `SnapshotShapeError` naming it; so do null or
 unknown sides / null quantities in positions and slices, numbers that do not parse, and naive
 timestamps. Rows are sorted by kind (in the order above), account, symbol, profile, client order
@@ -275,7 +282,7 @@ _E_ROW_COLUMNS = ("account", "symbol", "exchange_order_id", "client_order_id",
 # JSON, suppression flag, in the final order.
 _ORDER_FINDINGS_SQL = f"""
 WITH d AS (
-    SELECT _row AS d_row, _recent AS d_recent,
+    SELECT _row AS d_row, _recent AS d_recent, _new AS d_new,
            CAST(profile_id AS VARCHAR) AS d_profile_id,
            CAST(exchange_account AS VARCHAR) AS d_account,
            CAST(trade_id AS VARCHAR) AS d_trade_id,
@@ -333,7 +340,7 @@ orders AS (
            d_status AS db_status, CAST(NULL AS VARCHAR) AS exchange_status,
            d_price AS db_price, CAST(NULL AS DOUBLE) AS exchange_price,
            greatest(d_qty - d_filled, 0.0) * coalesce(d_price, mark) AS notional_usd,
-           d_recent AS suppressed, CAST(NULL AS BIGINT) AS slice_no,
+           d_recent OR d_new AS suppressed, CAST(NULL AS BIGINT) AS slice_no,
            json_object('side', d_side, 'intent', d_intent, 'filled_qty', d_filled,
                        'remaining_qty', greatest(d_qty - d_filled, 0.0),
                        'price_known', d_price IS NOT NULL,
@@ -667,7 +674,8 @@ def reconciliation_diff(*, profiles: pd.DataFrame, db_orders: pd.DataFrame,
                         db_positions: pd.DataFrame, db_trade_slices: pd.DataFrame,
                         exchange_open_orders: pd.DataFrame, exchange_positions: pd.DataFrame,
                         cycle_id: str, db_read_at: pd.Timestamp,
-                        recency_guard_s: float = 5.0) -> pd.DataFrame:
+                        recency_guard_s: float = 5.0,
+                        new_order_grace_s: float = 0.0) -> pd.DataFrame:
     """The mismatch dataset of one cycle: one row per finding, columns `MISMATCH_COLUMNS`.
 
     See the module docstring for the rules. `result.attrs` holds `suppressed_recent` (findings
@@ -676,11 +684,13 @@ def reconciliation_diff(*, profiles: pd.DataFrame, db_orders: pd.DataFrame,
     db_read_at = pd.Timestamp(db_read_at)
     if db_read_at.tzinfo is None:
         raise ValueError("db_read_at must be timezone-aware (UTC)")
-    if isinstance(recency_guard_s, bool) or not (
-            isinstance(recency_guard_s, (int, float)) and math.isfinite(recency_guard_s)
-            and recency_guard_s >= 0):
-        raise ValueError(f"recency_guard_s must be a number >= 0, not {recency_guard_s!r}")
+    for name, value in (("recency_guard_s", recency_guard_s),
+                        ("new_order_grace_s", new_order_grace_s)):
+        if isinstance(value, bool) or not (
+                isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a number >= 0, not {value!r}")
     cutoff = db_read_at - pd.Timedelta(seconds=float(recency_guard_s))
+    placed_cutoff = db_read_at - pd.Timedelta(seconds=float(new_order_grace_s))
 
     profiles = require_columns(profiles, DB_PROFILES, "db_profiles")
     db_orders = _numbers(require_columns(db_orders, DB_ORDERS, "db_orders"), "db_orders",
@@ -718,6 +728,7 @@ def reconciliation_diff(*, profiles: pd.DataFrame, db_orders: pd.DataFrame,
     # Timestamps are checked over every row here; the recency of orders is only needed for
     # the few rows stage 1 keeps, so it is computed for those.
     d_times = _times(db_orders, "db_orders", "updated_at")
+    d_placed = _times(db_orders, "db_orders", "created_at")
     e_times = _times(ex_orders, "exchange_open_orders", "created_at")
     db_positions = db_positions.assign(
         _recent=_recent(db_positions, "db_positions", "updated_at", cutoff))
@@ -753,6 +764,7 @@ def reconciliation_diff(*, profiles: pd.DataFrame, db_orders: pd.DataFrame,
             # Only the rows and columns stage 2 reads.
             d_rows = _rows(db_orders, _D_ROW_COLUMNS, d_pos)
             d_rows["_recent"] = _after(_take(d_times, d_pos), cutoff)
+            d_rows["_new"] = _after(_take(d_placed, d_pos), placed_cutoff)
             e_rows = _rows(ex_orders, _E_ROW_COLUMNS, e_pos)
             e_created = _take(e_times, e_pos)
             e_rows["_recent"] = _after(e_created, cutoff)

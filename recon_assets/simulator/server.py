@@ -26,6 +26,8 @@ holds a position or an open order),
 documented weight, core.request_weights: beyond the limit a 429 with Retry-After, a request
 before it ended a 418 ban, doubling per ban), `set_clock_offset` {offset_ms} (the exchange's clock ahead of this machine's; Date headers,
 `/fapi/v1/time` and the recvWindow check follow it),
+`set_listing_delay` {delay_ms} (a new order is not in the open orders and its query answers
+-2013 until that long after it was placed: Binance's API lagging its matching engine),
 `place_order`,
 `fill_order`, `cancel_order`, `expire_order`, `close_position`, `liquidate`, `fault`,
 `clear_faults`, `reset_requests` (arguments: the `SimExchange` method's keyword arguments).
@@ -68,7 +70,7 @@ _SIGNED = {
 }
 _CONTROL_OPS = {
     "reset", "scenario", "add_account", "add_market", "set_mark_price", "set_fee_asset", "place_order",
-    "set_clock_offset", "set_rate_limits", "set_position_mode", "place_algo_order", "trigger_algo_order", "cancel_algo_order", "fill_order", "cancel_order", "expire_order", "close_position", "liquidate", "fault",
+    "set_clock_offset", "set_listing_delay", "set_rate_limits", "set_position_mode", "place_algo_order", "trigger_algo_order", "cancel_algo_order", "fill_order", "cancel_order", "expire_order", "close_position", "liquidate", "fault",
     "clear_faults", "reset_requests",
 }
 
@@ -435,6 +437,9 @@ def control(exchange: SimExchange, op: str, args: dict) -> Any:
         return {"ok": True}
     if op == "set_clock_offset":
         exchange.set_clock_offset(**args)
+        return {"ok": True}
+    if op == "set_listing_delay":
+        exchange.set_listing_delay(**args)
         return {"ok": True}
     if op == "set_fee_asset":
         exchange.set_fee_asset(**args)

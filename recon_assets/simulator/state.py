@@ -294,6 +294,9 @@ class SimExchange:
         # How far the exchange's clock is ahead of this machine's (ms): a local clock that is
         # off, seen from the exchange (signed requests outside recvWindow fail with -1021).
         self.clock_offset_ms = 0
+        # How long a new order takes to show up (ms): Binance's matching engine has it, but its
+        # open orders and order queries (-2013 Order does not exist) may lag behind for a moment.
+        self.listing_delay_ms = 0
         # The per-IP request-weight limit (Binance USD-M: 2400 per clock minute) and its
         # enforcement: a 429 when spent, a 418 ban for a request sent before a 429's Retry-After
         # ended, longer for each ban (ban_base_s doubling, at most 3 days).
@@ -406,6 +409,16 @@ class SimExchange:
         """Move the exchange's clock `offset_ms` ahead of this machine's (negative: behind)."""
         with self.lock:
             self.clock_offset_ms = int(offset_ms)
+
+    def set_listing_delay(self, delay_ms: int) -> None:
+        """New orders are not listed (open orders, order queries) until `delay_ms` after they
+        were placed, as Binance's API may lag behind its matching engine."""
+        with self.lock:
+            self.listing_delay_ms = int(delay_ms)
+
+    def listed(self, order: Order) -> bool:
+        """Whether the API shows the order yet (see `set_listing_delay`)."""
+        return now_ms() >= order.time + self.listing_delay_ms
 
     def set_fee_asset(self, account: str, asset: str) -> None:
         """Charge `account`'s commissions in `asset` from now on (e.g. BNB)."""
@@ -658,6 +671,8 @@ class SimExchange:
         without a fill is not found 3 days after it was created, any order after 90 days."""
         with self.lock:
             order = self.find_order(account, order_id, client_order_id, symbol)
+            if not self.listed(order):
+                raise SimError(-2013, "Order does not exist.")
             age = now_ms() - order.time
             unfilled_gone = order.status in ("CANCELED", "EXPIRED") and order.executed_qty == 0
             if age > ORDER_RETENTION_MS or (unfilled_gone and age > UNFILLED_RETENTION_MS):
@@ -879,7 +894,7 @@ class SimExchange:
             if symbol is not None:
                 self.market(symbol)
             return [self.order_payload(o) for o in sorted(acct.orders.values(), key=lambda o: o.order_id)
-                    if o.is_open and (symbol is None or o.symbol == symbol)]
+                    if o.is_open and (symbol is None or o.symbol == symbol) and self.listed(o)]
 
     def position_risk(self, acct: Account, symbol: str | None = None) -> list[dict]:
         """GET /fapi/v3/positionRisk: symbols with a position or open orders."""

@@ -409,3 +409,24 @@ def test_the_simulator_refuses_to_serve_beyond_this_machine(host):
         SimulatorServer(port=0, host=host)
     for loopback in ("127.0.0.1", "::1", "localhost"):
         assert SimulatorServer(port=0, host=loopback).host == loopback
+
+
+def test_a_new_order_is_listed_only_after_the_listing_delay(sim):
+    """Binance's API may lag its matching engine: with a listing delay a new order is not in
+    the open orders and its query answers -2013, through ccxt; an order older than the delay
+    is listed as usual."""
+    sim.load_scenario("clean")
+    _control(sim, "set_listing_delay", delay_ms=60_000)
+    young = sim.exchange.place_order("acct1", "SOLUSDT", "BUY", "LIMIT", "1", "100.0000",
+                                     client_order_id="rc.ALP.t-y.E1")
+    old = sim.exchange.place_order("acct1", "SOLUSDT", "BUY", "LIMIT", "1", "100.0000",
+                                   client_order_id="rc.ALP.t-o.E1",
+                                   at_ms=int(time.time() * 1000) - 61_000)
+    client = _ccxt(sim)
+    listed = {o["clientOrderId"] for o in client.fetch_open_orders("SOL/USDT:USDT")}
+    assert "rc.ALP.t-o.E1" in listed and "rc.ALP.t-y.E1" not in listed
+    with pytest.raises(ccxt.OrderNotFound):
+        client.fetch_order(str(young.order_id), "SOL/USDT:USDT")
+    assert client.fetch_order(str(old.order_id), "SOL/USDT:USDT")["status"] == "open"
+    _control(sim, "set_listing_delay", delay_ms=0)
+    assert client.fetch_order(str(young.order_id), "SOL/USDT:USDT")["status"] == "open"

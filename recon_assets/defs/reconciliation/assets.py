@@ -89,7 +89,8 @@ def reconciliation_diff(
         db_trade_slices=db_trade_slices, exchange_open_orders=exchange_open_orders,
         exchange_positions=exchange_positions, cycle_id=cycle_id,
         db_read_at=pd.Timestamp(db_profiles.attrs["read_at"]),
-        recency_guard_s=settings.recency_guard_seconds)
+        recency_guard_s=settings.recency_guard_seconds,
+        new_order_grace_s=settings.new_order_grace_seconds)
     evidence = {
         "db_read_at": min(s.read_at for s in stamps if s.side == "database").isoformat(),
         "exchange_read_at": min(s.read_at for s in stamps if s.side == "exchange").isoformat(),
