@@ -92,6 +92,7 @@ FUNCTIONS = (
     "recon_store_asset_value",
     "recon_synthetic_exit",
     "recon_take_exchange_weight",
+    "recon_take_order_probes",
     "recon_unresolved_orders",
     "recon_watchdog_verdicts",
 )

@@ -732,6 +732,10 @@ class ExchangeResource(RunConfigGuard, dg.ConfigurableResource):
                                  "otherwise consider; 0 turns the sweep off.")
     max_order_probes: int = Field(
         default=20, description="Orders looked up per cycle to learn a fill's client_order_id.")
+    max_correction_probes: int = Field(
+        default=50, ge=0,
+        description="Orders the lifecycle correction probes one by one per account and cycle "
+                    "(all its profiles' runs together); the rest wait for the next cycle.")
     max_snapshot_age_s: float = Field(
         default=120.0, description="Freshness check: the snapshot is older than this when checked.")
     max_snapshot_spread_s: float = Field(

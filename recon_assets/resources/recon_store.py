@@ -81,6 +81,13 @@ class ReconStore:
         return self.database.call("recon_actionable_mismatches", {
             "p_cycle_id": cycle_id, "p_profile_id": profile_id, "p_kinds": list(kinds)})
 
+    def take_order_probes(self, account: str, cycle_id: str, wanted: int, cap: int) -> int:
+        """How many of `wanted` single-order probes a correction run of the cycle may make on
+        `account`: what is left of the cycle's budget of `cap`, shared by every run of it."""
+        return int(self.database.call("recon_take_order_probes", {
+            "p_account": account, "p_cycle_id": cycle_id, "p_wanted": int(wanted),
+            "p_cap": int(cap)}))
+
     def profiles_with_mismatches(self, cycle_id: str, account: str,
                                  kinds: tuple[str, ...]) -> list[str]:
         """The profiles with at least one mismatch of `kinds` in the cycle of `account`."""

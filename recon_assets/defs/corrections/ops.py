@@ -3,7 +3,9 @@
 For every order the cycle found `missing_from_exchange`, one targeted probe (the order by id and
 its fills, and the USD price of a non-USD fee asset at each fill's time) feeds the pure decision
 (`core.corrections`), and an actionable decision is applied by its SQL handler under the
-profile's reconciliation lock, exactly once (idempotency key).
+profile's reconciliation lock, exactly once (idempotency key). An account's probes per cycle are
+capped (`ExchangeResource.max_correction_probes`, shared by its profiles' runs): the orders
+beyond the cap are reported `deferred` and wait for the next cycle.
 
 Each order is its own unit: an order whose decision or handler fails is recorded in
 `recon.corrections` (outcome refused or failed, with the reason; the escalation sensor alerts on
@@ -141,6 +143,21 @@ def correct_profile(context: dg.OpExecutionContext, config: ProfileCycleConfig,
         if not dry_run:
             begin_gate(context, database, profile, run_id, settings.reconciling_max_age_seconds)
         session = None
+        # The probes come out of the account's budget for the cycle, shared with its other
+        # profiles' runs: what is not granted waits for the next cycle (issue 39).
+        granted = ReconStore(database).take_order_probes(account, cycle_id, len(rows),
+                                                         exchange.max_correction_probes)
+        rows, deferred = rows[:granted], rows[granted:]
+        for row in deferred:
+            outcomes.append({"client_order_id": row["client_order_id"], "handler": "none",
+                             "reason": "probe_cap", "status": "deferred",
+                             "detail": f"{account} spent its {exchange.max_correction_probes} "
+                                       f"order probes of cycle {cycle_id}: the next cycle "
+                                       "looks again"})
+        if deferred:
+            context.log.warning(f"{len(deferred)} order(s) of {config.profile_id} wait for the "
+                                f"next cycle: {account}'s order probes of cycle {cycle_id} are "
+                                f"spent ({exchange.max_correction_probes} per cycle)")
         try:
             session = exchange.session(account, database=database)
             for row in rows:

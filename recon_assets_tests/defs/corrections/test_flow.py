@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from recon_assets.definitions import build_defs
+from recon_assets.demo import local_resources
 from recon_assets.defs.partitions import profile_partitions
 from recon_assets.resources.alerts import AlertWebhook
 from recon_assets.resources.database import PostgresStore
@@ -20,6 +21,7 @@ from recon_assets_tests.harness.dagster_flow import (WATCHDOG_OUT_OF_THE_WAY, ad
                                                      diff_rows, evaluate_correction_sensor,
                                                      make_defs, query, run_corrections,
                                                      run_scheduled_cycles, running_run)
+from recon_assets_tests.harness.exchange import FAST_RETRIES
 
 pytestmark = pytest.mark.integration
 
@@ -528,3 +530,41 @@ def test_a_profile_whose_corrections_keep_being_refused_backs_off(sim, pg_dsn, i
     assert launched() == []  # three: two minutes after the last
     record("applied", 0)
     assert launched() == everyone  # an applied correction ends the run of refusals
+
+
+def test_an_account_s_order_probes_per_cycle_are_capped_and_the_rest_wait(sim, pg_dsn, instance):
+    """Issue 39: one account with many orders missing from the exchange must not spend the
+    IP's weight. With a cap of 2 order probes per account and cycle, the lifecycle scenario's
+    three missing orders (one profile) get two probes and corrections; the third is reported
+    deferred, probed by no one, and corrected after the next cycle."""
+    plan = sim.load_scenario("lifecycle")
+    plan.seed_database(pg_dsn)
+    add_partitions(instance, plan)
+    defs = build_defs(local_resources(pg_dsn, sim, ReconSettings(**WATCHDOG_OUT_OF_THE_WAY),
+                                      max_attempts=2, max_correction_probes=2, **FAST_RETRIES))
+    first = run_scheduled_cycles(defs, instance)
+    missing = [r for r in diff_rows(first) if r["kind"] == "missing_from_exchange"]
+    assert len(missing) == 3 and len({r["profile_id"] for r in missing}) == 1
+    sim.exchange.reset_request_counts()
+    tick = evaluate_correction_sensor(defs, instance)
+    (run,) = run_corrections(defs, instance, tick.run_requests)
+    assert run.success
+    probed = sim.exchange.reset_request_counts().get("GET /fapi/v1/order", 0)
+    assert probed == 2
+    outcomes = run.output_for_node("correct_profile")["outcomes"]
+    assert sorted(o["status"] for o in outcomes) == ["applied", "applied", "deferred"]
+    (deferred,) = [o for o in outcomes if o["status"] == "deferred"]
+    assert deferred["reason"] == "probe_cap"
+    assert query(pg_dsn, "SELECT count(*) FROM recon.corrections WHERE NOT dry_run") == [(2,)]
+    assert query(pg_dsn, "SELECT exchange_account, used FROM recon.order_probe_budgets") == [
+        ("acct1", 2)]
+    # The next cycle finds the third order missing again, and its corrections probe it.
+    second = run_scheduled_cycles(defs, instance)
+    assert [r["client_order_id"] for r in diff_rows(second)
+            if r["kind"] == "missing_from_exchange"] == [deferred["client_order_id"]]
+    (again,) = run_corrections(defs, instance, evaluate_correction_sensor(
+        defs, instance, cursor=tick.cursor).run_requests)
+    assert [(o["client_order_id"], o["status"])
+            for o in again.output_for_node("correct_profile")["outcomes"]] == [
+        (deferred["client_order_id"], "applied")]
+    assert diff_rows(run_scheduled_cycles(defs, instance)) == []
