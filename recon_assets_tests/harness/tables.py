@@ -30,7 +30,9 @@ IGNORED_DIGESTS = {"idempotency_key", "activity_key"}
 IGNORED_EXACT = IGNORED_IDS | IGNORED_TIMES | IGNORED_DIGESTS
 # Shared or clock-driven state, not the outcome of the flow.
 SKIPPED_TABLES = {"recon.schema_migrations", "recon.asset_values", "recon.exchange_weight_budget",
-                  "recon.exchange_clock", "recon.exchange_markets"}
+                  "recon.exchange_clock", "recon.exchange_markets",
+                  # probes spent per cycle: a correction run killed and run again spends more
+                  "recon.order_probe_budgets"}
 
 # Binance names a liquidation's order after its time (autoclose-<ms>-...): the scenario's clock.
 _CLOCK_IN_IDS = re.compile(r"autoclose-\d+")

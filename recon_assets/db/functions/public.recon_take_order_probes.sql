@@ -23,7 +23,7 @@ BEGIN
     SELECT used INTO v_used FROM recon.order_probe_budgets
      WHERE exchange_account = p_account AND cycle_id = p_cycle_id FOR UPDATE;
     v_granted := GREATEST(0, LEAST(p_wanted, p_cap - v_used));
-    UPDATE recon.order_probe_budgets SET used = used + v_granted, taken_at = now()
+    UPDATE recon.order_probe_budgets SET used = used + v_granted, updated_at = now()
      WHERE exchange_account = p_account AND cycle_id = p_cycle_id;
     RETURN v_granted;
 END;

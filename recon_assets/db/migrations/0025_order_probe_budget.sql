@@ -7,7 +7,7 @@ CREATE TABLE IF NOT EXISTS recon.order_probe_budgets (
     exchange_account text NOT NULL,
     cycle_id         text NOT NULL,
     used             integer NOT NULL CHECK (used >= 0),
-    taken_at         timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (exchange_account, cycle_id)
 );
 
