@@ -11,9 +11,11 @@ more short, than the exchange holds), for at most the gap. That **shortfall** (p
 side) makes the open slices there candidates, and so is every fill of the symbol in the
 exchange fills window that exits that side (one-way: a sell exits a long, a buy a short; hedge
 mode: a sell on the long leg, a buy on the short leg, by the fill's `position_side`: a sell
-that opened a short is no exit), not booked in `applied_fills`. On a leg out of sync, a fill
-whose id is the deterministic EXIT id of an open trade there is a candidate even on the side the
-gap does not point to (the gap is other slices', say a close before the trade history). Fills of
+that opened a short is no exit), not booked in `applied_fills`. A fill whose id is the
+deterministic EXIT id of an open trade there is a candidate whatever the leg's gap: on the side
+the gap does not point to (the gap is other slices', say a close before the trade history), and
+on a leg in sync (another fill nobody booked, an untagged lost exit, can offset it: booking the
+trade's own exit is what shows that other fill's gap). Fills of
 an order the database holds are left to that order's lifecycle correction (reconcileExitFill
 probes the order and books them); fills newer than the database read minus the recency guard, and
 a symbol and side whose slices the trading app changed in that moment, are looked at next cycle.
@@ -238,13 +240,14 @@ def exit_backfill_decisions(*, cycle_id: str, account: str, slices: pd.DataFrame
     steps: dict[str, float] = {}
     room: dict[tuple[str, str], float] = {}
     shortfall_rows = []
-    unsynced: set[tuple[str, str]] = set()  # legs whose book and exchange disagree
+    checked: set[tuple[str, str]] = set()  # legs the exchange snapshot has a position row for
     # What the database's own orders filled beyond it explains of each gap (left to the lifecycle).
     moves = pending_order_moves(orders=orders, fills=fills, booked=booked, hedged=hedged)
     for (symbol, leg), members in sorted(legs.items()):
         position = positions.get((symbol, leg))
         if position is None:  # not checked this cycle: no shortfall can be known
             continue
+        checked.add((symbol, leg))
         step = finite(position.min_qty_step) or QTY_ABS_TOL
         steps[symbol] = step
         exchange = 0.0 if position.side == FLAT else signed(position.side, float(position.qty))
@@ -252,7 +255,6 @@ def exit_backfill_decisions(*, cycle_id: str, account: str, slices: pd.DataFrame
                             moves.get((symbol, leg), 0.0))
         if verdict.state in (SUPPORTED, EXPLAINED):
             continue
-        unsynced.add((symbol, leg))
         for side in POSITION_SIDES:
             mine = [s for s in members if s.side == side]
             claimed = sum(s.open_qty for s in mine)
@@ -299,7 +301,7 @@ def exit_backfill_decisions(*, cycle_id: str, account: str, slices: pd.DataFrame
         if fill.exits is None:
             continue
         if (fill.symbol, fill.exits) not in room and not (
-                (fill.symbol, leg_of(hedged, fill.exits)) in unsynced
+                (fill.symbol, leg_of(hedged, fill.exits)) in checked
                 and _names_own_trade(fill, groups.get((fill.symbol, fill.exits), []),
                                      profile_of_tag)
                 and not changed(fill.symbol, fill.exits)):
@@ -396,8 +398,9 @@ def _strong_match(fill: _Fill, group: list[_Slice], profile_of_tag: Mapping[str,
 
 def _names_own_trade(fill: _Fill, group: list[_Slice], profile_of_tag: Mapping[str, str]) -> bool:
     """The fill's client order id is the deterministic EXIT id of a trade with an open slice
-    in `group`: proof on its own, a candidate on a leg out of sync even when the leg's gap
-    points to the other side (that gap is another slice's, a close no fill explains)."""
+    in `group`: proof on its own, a candidate whatever the leg's gap (one pointing to the other
+    side is another slice's; a leg in sync may be so only because another unbooked fill offsets
+    this one)."""
     parsed = parse_client_order_id(fill.client_order_id)
     if parsed is None or parsed.intent != "EXIT":
         return False
