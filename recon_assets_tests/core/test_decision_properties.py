@@ -331,11 +331,22 @@ class World:
                 "ex_fills": ex_fills, "read_at": read_at}
 
     # -- the oracle's truths --------------------------------------------------------------
-    def true_drift_usd(self, profile: str) -> float:
+    def true_drift_usd(self, profile: str, unseen: list[Fill] = ()) -> float:
+        """The profile's drift notional; with `unseen` fills, the drift it would have without
+        them (each undone on its own trade: an exit's qty still open, an entry's not)."""
+        undone: dict[tuple[str, str], float] = {}
+        for f in unseen:
+            order = self.ex_orders[f.oid]
+            for t in self.trades.values():
+                if self.owns(t, order):
+                    key = (t.profile, t.tid)
+                    undone[key] = undone.get(key, 0.0) + (
+                        f.qty if order.intent == "EXIT" else -f.qty)
         total = 0.0
         for sym in MARKS:
             for side in ("long", "short"):
-                truth = sum(t.true_open for t in self.trades.values()
+                truth = sum(t.true_open + undone.get((t.profile, t.tid), 0.0)
+                            for t in self.trades.values()
                             if t.profile == profile and t.symbol == sym and t.side == side)
                 db = self.positions.get((profile, sym, side), 0.0)
                 total += abs(truth - db) * MARKS[sym]
@@ -361,11 +372,6 @@ class World:
                             and not f.coid.startswith("rc.") and f.coid not in db_ids
                             and f.oid not in db_ids]
         return out
-
-    def unseen_drift_usd(self, profile: str, unseen: list[Fill]) -> float:
-        """What of the profile's drift the `unseen` fills of its own trades' orders made."""
-        return sum(f.qty * MARKS[f.symbol] for f in unseen for t in self.trades.values()
-                   if t.profile == profile and self.owns(t, self.ex_orders[f.oid]))
 
     def owns(self, trade: Trade, order: ExOrder) -> bool:
         return order.coid.startswith((f"rc.{self.tag(trade.profile)}.{trade.tid}.",
@@ -400,7 +406,8 @@ def diff_of(w: World, fr: dict, cycle: str) -> pd.DataFrame:
     """The live diff of the snapshot. It is a pure function of it, and most quiet cycles repeat
     the snapshot of the cycle before (about two calls in three): those take the findings the
     earlier call made, under this cycle's id, which keeps 500 examples within CI's time."""
-    snapshot = "\n".join(fr[name].to_json(date_format="iso", orient="split") for name in (
+    snapshot = "\n".join(str(fr[name].dtypes.to_dict()) + fr[name].to_json(
+        date_format="iso", date_unit="ns", double_precision=15, orient="split") for name in (
         "profiles", "orders", "positions", "slices", "ex_open", "ex_positions")) + str(
         fr["read_at"])
     if snapshot not in w.diffs:
@@ -464,7 +471,7 @@ def run_cycle(w: World, order: list[str]) -> None:
         missing = sorted({f.fid for f in unseen} - alerted)
         assert not missing, f"cycle {cycle}: fills {missing} moved no snapshot and were not alerted"
     for v in (verdicts.itertuples() if not w.glitch else ()):
-        truth = w.true_drift_usd(v.profile_id) - w.unseen_drift_usd(v.profile_id, unseen)
+        truth = w.true_drift_usd(v.profile_id, unseen)
         assert v.mismatch_notional_usd >= truth * (1 - 1e-9) - 1e-6, (
             f"cycle {cycle}: {v.profile_id} charged {v.mismatch_notional_usd:.2f} USD, its true "
             f"drift is {truth:.2f} USD ({v.reason})")
@@ -757,4 +764,29 @@ def test_two_untagged_lost_exits_that_offset_are_the_account_s_unknown_fill_aler
     assert evidence.unrecorded == ({} if short_legacy else {"p3": STEP * MARKS[btc]})
     for _ in range(3):  # assertion 4 in each cycle, with the alert; nothing closed on it
         run_cycle(w, ["lifecycle", "backfill", "parity"])
+    assert not w.synthetic
+
+
+def test_a_trade_s_own_lost_exit_offset_by_an_untagged_one_is_booked():
+    """A book CI's random search found (one-way): legacy longs of p1 (0.002) and p2 (0.001), a
+    tagged short of p3 (0.002); the app crashed before booking p1's exit (untagged) and then
+    p3's (its own EXIT id). The two fills offset, so the leg agrees with the book, and p3's own
+    exit was never a candidate: it stayed unbooked for ever. A trade's own EXIT id is now a
+    candidate whatever the leg's gap: it is booked, which shows p1's gap, whose untagged fill
+    then waits for an operator (never a synthetic exit), and the watchdog charges what it must
+    every cycle."""
+    w = World(False, list(PROFILES), 1e5, 1, random.Random(0))
+    btc = "BTC/USDT:USDT"
+    first = w.open_trade("p1", btc, "long", 2, with_exit=False, legacy=True)
+    w.open_trade("p2", btc, "long", 1, with_exit=False, legacy=True)
+    short = w.open_trade("p3", btc, "short", 2, with_exit=False)
+    run_cycle(w, ["lifecycle", "backfill", "parity"])
+    w.lost_exit(first)
+    run_cycle(w, ["lifecycle", "backfill", "parity"])
+    w.lost_exit(short)
+    for _ in range(4):
+        run_cycle(w, ["lifecycle", "backfill", "parity"])
+    (own,) = [f.fid for f in w.fills if f.coid == f"rc.P3.{short.tid}.X2"]
+    assert own in w.booked
+    assert w.slices[("p3", short.tid)]["close_reason"] == "exit_fill_backfilled"
     assert not w.synthetic
