@@ -208,7 +208,8 @@ def test_a_status_only_fill_keeps_the_database_s_average():
 ])
 def test_fills_add_up_within_a_billionth_of_the_filled_qty_at_least_one(qty, fills, adds_up):
     d = decide(order(qty=qty), probe(filled=qty, amount=qty), fills)
-    assert (d.reason != "fills_do_not_add_up") is adds_up, d
+    assert (d.handler, d.reason) == ((ENTRY_FILL, "exchange_closed_fully_filled") if adds_up
+                                     else (NONE, "fills_do_not_add_up")), d
 
 
 def test_a_cancel_is_exact_with_the_evidence_of_its_probe():

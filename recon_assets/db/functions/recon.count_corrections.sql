@@ -5,7 +5,7 @@ CREATE OR REPLACE FUNCTION recon.count_corrections() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 BEGIN
     INSERT INTO recon.correction_totals AS t (profile_id, handler, outcome, dry_run, n)
-    SELECT profile_id, handler, outcome, dry_run, count(*) FROM new_rows GROUP BY 1, 2, 3, 4
+    SELECT profile_id, handler, outcome, dry_run, count(*) FROM new_rows GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
     ON CONFLICT (profile_id, handler, outcome, dry_run) DO UPDATE SET n = t.n + EXCLUDED.n;
     RETURN NULL;
 END;

@@ -5,7 +5,7 @@ CREATE OR REPLACE FUNCTION recon.count_mismatches() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 BEGIN
     INSERT INTO recon.mismatch_totals AS t (exchange_account, kind, n)
-    SELECT exchange_account, kind, count(*) FROM new_rows GROUP BY 1, 2
+    SELECT exchange_account, kind, count(*) FROM new_rows GROUP BY 1, 2 ORDER BY 1, 2
     ON CONFLICT (exchange_account, kind) DO UPDATE SET n = t.n + EXCLUDED.n;
     RETURN NULL;
 END;
