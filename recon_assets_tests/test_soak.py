@@ -75,6 +75,9 @@ SETTINGS = {
     # exits back by design (its own tests and the kill points cover it).
     "position_parity_max_notional_pct": 100.0,
     "recency_guard_seconds": 0.0,
+    # Its rounds are seconds apart and the simulator lists every order at once: a just-placed
+    # order's grace (its own tests: test_cycle.py, test_diff.py) would only delay each drift.
+    "new_order_grace_seconds": 0.0,
 }
 # Each profile trades its own symbols, so a web-UI close hits one profile's one slice.
 SYMBOLS = {"alpha": ("SOLUSDT", "LINKUSDT"), "beta": ("ADAUSDT", "DOGEUSDT"),

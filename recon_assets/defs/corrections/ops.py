@@ -5,7 +5,8 @@ its fills, and the USD price of a non-USD fee asset at each fill's time) feeds t
 (`core.corrections`), and an actionable decision is applied by its SQL handler under the
 profile's reconciliation lock, exactly once (idempotency key). An account's probes per cycle are
 capped (`ExchangeResource.max_correction_probes`, shared by its profiles' runs): the orders
-beyond the cap are reported `deferred` and wait for the next cycle.
+beyond the cap are reported `deferred` and wait for the next cycle, which takes the orders in
+another order (by a digest of the cycle and the order), so none waits for ever.
 
 Each order is its own unit: an order whose decision or handler fails is recorded in
 `recon.corrections` (outcome refused or failed, with the reason; the escalation sensor alerts on
@@ -20,6 +21,7 @@ partition, and the run carries the `recon/profile` tag the run queue limits to o
 """
 
 import dataclasses
+import hashlib
 import time
 
 import ccxt
@@ -140,14 +142,21 @@ def correct_profile(context: dg.OpExecutionContext, config: ProfileCycleConfig,
         profile, run_id = config.profile_id, context.run.run_id
         # Dry run is total: not even the trading state changes; decisions are only recorded.
         dry_run = settings.position_parity_dry_run
+        # The probes come out of the account's budget for the cycle, shared with its other
+        # profiles' runs: what is not granted waits for the next cycle (issue 39). Taken before
+        # the gate, so a failure here leaves the trading state alone. Which orders wait is
+        # drawn anew each cycle (a digest of the cycle and the order), so orders that stay
+        # missing cycle after cycle (beyond the query retention, say) cannot keep the others
+        # from ever being probed; the probed ones keep their order (an entry before its exit).
+        granted = ReconStore(database).take_order_probes(account, cycle_id, len(rows),
+                                                         exchange.max_correction_probes)
+        chosen = {r["client_order_id"] for r in sorted(rows, key=lambda r: hashlib.sha256(
+            f"{cycle_id}:{r['client_order_id']}".encode()).hexdigest())[:granted]}
+        deferred = [r for r in rows if r["client_order_id"] not in chosen]
+        rows = [r for r in rows if r["client_order_id"] in chosen]
         if not dry_run:
             begin_gate(context, database, profile, run_id, settings.reconciling_max_age_seconds)
         session = None
-        # The probes come out of the account's budget for the cycle, shared with its other
-        # profiles' runs: what is not granted waits for the next cycle (issue 39).
-        granted = ReconStore(database).take_order_probes(account, cycle_id, len(rows),
-                                                         exchange.max_correction_probes)
-        rows, deferred = rows[:granted], rows[granted:]
         for row in deferred:
             outcomes.append({"client_order_id": row["client_order_id"], "handler": "none",
                              "reason": "probe_cap", "status": "deferred",
