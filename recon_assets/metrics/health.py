@@ -102,7 +102,7 @@ class ReconState:
 
     health: dict[str, Any]
     cumulative: dict[str, int] = field(default_factory=dict)
-    # The latest succeeded cycles' findings per account, profile and kind (findings,
+    # The latest succeeded cycles' findings per watched account, profile and kind (findings,
     # notional_usd), and the alerts per account, profile and reason (raised, last_day,
     # undelivered): the labelled /metrics series.
     breakdown: list[dict] = field(default_factory=list)

@@ -5,7 +5,7 @@
 --   "global"      the database's now, open quarantines, applied synthetic exits, whether the
 --                 watchdog holds any profile paused
 --   "profiles"    every profile's trading gate and its watchdog state
---   "breakdown"   the latest succeeded cycles' findings per account, profile and kind
+--   "breakdown"   the latest succeeded cycles' findings per watched account, profile and kind
 --   "alerts"      alerts per account, profile and reason
 --   "cumulative"  every finding ever recorded (and of two kinds), lock contention rows
 -- Every part is bounded whatever the history's length (a scrape comes every few seconds): the
