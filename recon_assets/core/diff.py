@@ -728,7 +728,6 @@ def reconciliation_diff(*, profiles: pd.DataFrame, db_orders: pd.DataFrame,
     # Timestamps are checked over every row here; the recency of orders is only needed for
     # the few rows stage 1 keeps, so it is computed for those.
     d_times = _times(db_orders, "db_orders", "updated_at")
-    d_placed = _times(db_orders, "db_orders", "created_at")
     e_times = _times(ex_orders, "exchange_open_orders", "created_at")
     db_positions = db_positions.assign(
         _recent=_recent(db_positions, "db_positions", "updated_at", cutoff))
@@ -764,7 +763,9 @@ def reconciliation_diff(*, profiles: pd.DataFrame, db_orders: pd.DataFrame,
             # Only the rows and columns stage 2 reads.
             d_rows = _rows(db_orders, _D_ROW_COLUMNS, d_pos)
             d_rows["_recent"] = _after(_take(d_times, d_pos), cutoff)
-            d_rows["_new"] = _after(_take(d_placed, d_pos), placed_cutoff)
+            # Placing times only for these rows: stage 1 keeps the drift, not the book.
+            placed = pd.DataFrame({"created_at": _take(db_orders["created_at"], d_pos)})
+            d_rows["_new"] = _after(_times(placed, "db_orders", "created_at"), placed_cutoff)
             e_rows = _rows(ex_orders, _E_ROW_COLUMNS, e_pos)
             e_created = _take(e_times, e_pos)
             e_rows["_recent"] = _after(e_created, cutoff)

@@ -134,7 +134,8 @@ def correct_profile(context: dg.OpExecutionContext, config: ProfileCycleConfig,
     cycle = resolve_cycle(database, config.profile_id, config.cycle_id,
                           settings.correction_max_cycle_age_seconds)
     cycle_id, account = cycle["cycle_id"], cycle["exchange_account"]
-    rows = ReconStore(database).actionable_mismatches(cycle_id, config.profile_id, ACTIONABLE_KINDS)
+    store = ReconStore(database)
+    rows = store.actionable_mismatches(cycle_id, config.profile_id, ACTIONABLE_KINDS)
     context.log.info(f"profile {config.profile_id} on {account}: {len(rows)} actionable "
                      f"mismatch(es) from cycle {cycle_id}; dry run {settings.position_parity_dry_run}")
     outcomes = []
@@ -148,8 +149,8 @@ def correct_profile(context: dg.OpExecutionContext, config: ProfileCycleConfig,
         # drawn anew each cycle (a digest of the cycle and the order), so orders that stay
         # missing cycle after cycle (beyond the query retention, say) cannot keep the others
         # from ever being probed; the probed ones keep their order (an entry before its exit).
-        granted = ReconStore(database).take_order_probes(account, cycle_id, len(rows),
-                                                         exchange.max_correction_probes)
+        granted = store.take_order_probes(account, cycle_id, len(rows),
+                                          exchange.max_correction_probes)
         chosen = {r["client_order_id"] for r in sorted(rows, key=lambda r: hashlib.sha256(
             f"{cycle_id}:{r['client_order_id']}".encode()).hexdigest())[:granted]}
         deferred = [r for r in rows if r["client_order_id"] not in chosen]
